@@ -1,0 +1,142 @@
+//! Protocol configuration: timing in ticks, and a named limit for every queue and batch.
+
+use crate::types::NodeId;
+use std::fmt;
+
+/// Settings of one protocol instance. Build with [`Config::new`], adjust fields, and call
+/// [`Config::validate`] (the protocol calls it too).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// This node.
+    pub id: NodeId,
+    /// The voting members of the cluster, this node included.
+    pub voters: Vec<NodeId>,
+    /// Seed of the node's random number generator (election timeouts). Mixed with `id`, so one
+    /// seed serves a whole cluster.
+    pub seed: u64,
+    /// Lowest randomized election timeout, in ticks (inclusive).
+    pub election_timeout_ticks_min: u32,
+    /// Highest randomized election timeout, in ticks (exclusive).
+    pub election_timeout_ticks_max: u32,
+    /// How often a leader sends heartbeats, in ticks. Must be below the election timeout.
+    pub heartbeat_interval_ticks: u32,
+    /// Run a pre-vote round before a real election, so a node that cannot win does not raise
+    /// the term and depose a healthy leader.
+    pub pre_vote: bool,
+    /// A leader that has not heard from a majority for an election timeout steps down, and a
+    /// follower that heard from a leader within the minimum election timeout refuses votes.
+    pub check_quorum: bool,
+    /// Largest append a leader sends in one message, counted by [`crate::Entry::size_bytes`].
+    /// One entry larger than this is still sent alone.
+    pub message_bytes_max: usize,
+    /// Appends a leader keeps unacknowledged per follower in the pipelined state.
+    pub inflight_messages_max: usize,
+    /// Bytes a leader keeps unacknowledged per follower in the pipelined state.
+    pub inflight_bytes_max: usize,
+    /// Payload bytes of uncommitted entries a leader holds before refusing proposals.
+    pub uncommitted_bytes_max: usize,
+    /// Largest command accepted in one proposal.
+    pub proposal_bytes_max: usize,
+    /// Proposals this node tracks at once (waiting for a leader, for the leader's answer, or
+    /// for their entry to apply). Past it a proposal is refused.
+    pub pending_proposals_max: usize,
+    /// How long a proposal on a node without a known leader, or forwarded and not yet placed by
+    /// the leader, waits before failing, in ticks.
+    pub proposal_wait_ticks: u32,
+    /// Committed entries handed to the state machine in one batch.
+    pub apply_batch_entries_max: usize,
+}
+
+/// Ticks are 10 ms in the runtime by default, so these defaults give a 150–300 ms election
+/// timeout and a 50 ms heartbeat.
+impl Config {
+    /// A configuration with the defaults for node `id` in a cluster of `voters`.
+    pub fn new(id: NodeId, voters: Vec<NodeId>) -> Config {
+        Config {
+            id,
+            voters,
+            seed: 0,
+            election_timeout_ticks_min: 15,
+            election_timeout_ticks_max: 30,
+            heartbeat_interval_ticks: 5,
+            pre_vote: true,
+            check_quorum: true,
+            message_bytes_max: 1 << 20,
+            inflight_messages_max: 256,
+            inflight_bytes_max: 16 << 20,
+            uncommitted_bytes_max: 64 << 20,
+            proposal_bytes_max: 1 << 20,
+            pending_proposals_max: 1 << 16,
+            proposal_wait_ticks: 60,
+            apply_batch_entries_max: 4096,
+        }
+    }
+
+    /// Checks every setting and the relations between them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |why: String| Err(ConfigError(why));
+        if self.id == NodeId(0) {
+            return fail("node id 0 is reserved for \"no node\"".into());
+        }
+        if !self.voters.contains(&self.id) {
+            return fail(format!(
+                "node {} is not among the voters {:?}",
+                self.id, self.voters
+            ));
+        }
+        let mut sorted = self.voters.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != self.voters.len() || sorted.contains(&NodeId(0)) {
+            return fail(format!(
+                "voters {:?} contain a duplicate or node 0",
+                self.voters
+            ));
+        }
+        if self.heartbeat_interval_ticks == 0 {
+            return fail("heartbeat_interval_ticks must be at least 1".into());
+        }
+        if self.election_timeout_ticks_min <= self.heartbeat_interval_ticks {
+            return fail(format!(
+                "election_timeout_ticks_min ({}) must be above heartbeat_interval_ticks ({})",
+                self.election_timeout_ticks_min, self.heartbeat_interval_ticks
+            ));
+        }
+        if self.election_timeout_ticks_max <= self.election_timeout_ticks_min {
+            return fail(format!(
+                "election_timeout_ticks_max ({}) must be above election_timeout_ticks_min ({})",
+                self.election_timeout_ticks_max, self.election_timeout_ticks_min
+            ));
+        }
+        let positive = [
+            ("message_bytes_max", self.message_bytes_max),
+            ("inflight_messages_max", self.inflight_messages_max),
+            ("inflight_bytes_max", self.inflight_bytes_max),
+            ("uncommitted_bytes_max", self.uncommitted_bytes_max),
+            ("proposal_bytes_max", self.proposal_bytes_max),
+            ("pending_proposals_max", self.pending_proposals_max),
+            ("apply_batch_entries_max", self.apply_batch_entries_max),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return fail(format!("{name} must be at least 1"));
+            }
+        }
+        if self.proposal_wait_ticks == 0 {
+            return fail("proposal_wait_ticks must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// A configuration that cannot work, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid raft configuration: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -1,0 +1,153 @@
+//! The messages nodes exchange. Every message is one-way: a response is just another message,
+//! which is what lets the leader pipeline appends without waiting for answers.
+
+use crate::types::{Entry, LogIndex, NodeId, ProposalId, Term};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A message between two members of one cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// The sender.
+    pub from: NodeId,
+    /// The recipient.
+    pub to: NodeId,
+    /// The sender's term (for a pre-vote request, the term it would campaign in).
+    pub term: Term,
+    /// What the message says.
+    pub body: MessageBody,
+}
+
+/// The kinds of message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageBody {
+    /// A (pre-)candidate asks for a vote (Raft §5.2; PreVote from the Raft thesis §9.6).
+    VoteRequest {
+        /// True for the pre-vote round, which changes no state on the receiver.
+        pre_vote: bool,
+        /// Index of the candidate's last entry.
+        last_log_index: LogIndex,
+        /// Term of the candidate's last entry.
+        last_log_term: Term,
+    },
+    /// The answer to a `VoteRequest`.
+    VoteResponse {
+        /// Mirrors the request.
+        pre_vote: bool,
+        /// Whether the vote was granted.
+        granted: bool,
+    },
+    /// The leader replicates entries following `prev_log_index` (Raft §5.3).
+    Append {
+        /// Index of the entry just before `entries`.
+        prev_log_index: LogIndex,
+        /// Term of that entry, for the consistency check.
+        prev_log_term: Term,
+        /// The entries, in order and without gaps; may be empty (a probe).
+        entries: Vec<Entry>,
+        /// The leader's commit index.
+        leader_commit: LogIndex,
+    },
+    /// The answer to an `Append`.
+    AppendResponse(AppendResponse),
+    /// The leader's periodic liveness signal; carries the commit index the follower may use.
+    Heartbeat {
+        /// `min(leader commit, follower's known match index)`: never beyond what the follower holds.
+        commit: LogIndex,
+    },
+    /// The answer to a `Heartbeat`, which tells the leader the follower is alive.
+    HeartbeatResponse,
+    /// A follower hands client proposals to the leader it knows.
+    Forward {
+        /// The proposals, each tagged with the follower's own ID for it.
+        proposals: Vec<ForwardedProposal>,
+    },
+    /// The leader says where each forwarded proposal went, or why it was refused.
+    ForwardResponse {
+        /// One outcome per forwarded proposal.
+        outcomes: Vec<ForwardOutcome>,
+    },
+}
+
+/// The answer to an `Append`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AppendResponse {
+    /// The follower's log now matches the leader's up to `match_index` and that is durable.
+    Accepted {
+        /// The last index known to match the leader's log.
+        match_index: LogIndex,
+    },
+    /// The consistency check failed at `prev_log_index`.
+    Rejected {
+        /// The `prev_log_index` of the rejected append, so stale rejections can be recognised.
+        rejected_index: LogIndex,
+        /// Hint: the follower's term at `min(rejected_index, last index)`.
+        hint_term: Term,
+        /// Hint: the largest index at or below `rejected_index` whose term is at most
+        /// `hint_term`, from which the leader resumes probing (a term at a time, not an entry).
+        hint_index: LogIndex,
+    },
+}
+
+/// A client proposal travelling from a follower to the leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardedProposal {
+    /// The follower's ID for the proposal.
+    pub id: ProposalId,
+    /// The command.
+    pub data: Bytes,
+}
+
+/// Where the leader put a forwarded proposal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardOutcome {
+    /// The follower's ID for the proposal.
+    pub id: ProposalId,
+    /// `Ok((term, index))` of the entry the leader appended, or why it did not.
+    pub result: Result<(Term, LogIndex), ForwardRefusal>,
+}
+
+/// Why a leader refused a forwarded proposal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardRefusal {
+    /// The recipient is not (or no longer) the leader.
+    NotLeader,
+    /// The leader's uncommitted log is at `uncommitted_bytes_max`.
+    UncommittedFull,
+    /// The command is larger than the leader accepts.
+    TooLarge,
+}
+
+impl Message {
+    /// A rough wire size used by flow control: the entries' sizes plus a fixed header.
+    pub fn size_bytes(&self) -> usize {
+        const HEADER_BYTES: usize = 48;
+        HEADER_BYTES
+            + match &self.body {
+                MessageBody::Append { entries, .. } => entries.iter().map(Entry::size_bytes).sum(),
+                MessageBody::Forward { proposals } => {
+                    proposals.iter().map(|p| p.data.len() + 16).sum()
+                }
+                MessageBody::ForwardResponse { outcomes } => outcomes.len() * 24,
+                _ => 0,
+            }
+    }
+}
+
+/// Which stream a transport should carry a message on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Votes, appends, heartbeats and forwarding: small, latency-sensitive, in order per peer.
+    Ordinary,
+    /// Bulk snapshot data: carried apart so it never delays a heartbeat.
+    Snapshot,
+}
+
+impl Message {
+    /// The lane a transport should use for this message. Transports must keep the order of
+    /// messages within a lane to one peer; they need not keep order across lanes.
+    pub fn lane(&self) -> Lane {
+        // Snapshot chunks arrive with the snapshot work; every message kind today is ordinary.
+        Lane::Ordinary
+    }
+}

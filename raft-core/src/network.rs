@@ -1,0 +1,159 @@
+//! The `Network` trait: how a node's messages reach its peers, and how theirs reach it.
+
+use crate::message::Message;
+use crate::types::NodeId;
+use async_trait::async_trait;
+use std::fmt;
+use tokio::sync::mpsc;
+
+/// Why a message could not be queued for sending. Raft retries on its own (heartbeats, probes,
+/// resent appends), so a dropped message costs time, never safety.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// The peer's send queue is at its limit.
+    QueueFull {
+        /// The peer.
+        to: NodeId,
+    },
+    /// The encoded message is over the transport's frame limit.
+    TooLarge {
+        /// The message's encoded size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The transport knows no address for the peer.
+    UnknownPeer {
+        /// The peer.
+        to: NodeId,
+    },
+    /// The transport is shut down.
+    Closed,
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::QueueFull { to } => write!(f, "send queue to {to} is full"),
+            SendError::TooLarge { bytes, limit } => {
+                write!(f, "message of {bytes} bytes is over the {limit}-byte frame limit")
+            }
+            SendError::UnknownPeer { to } => write!(f, "no address is known for peer {to}"),
+            SendError::Closed => write!(f, "the transport is shut down"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// A failure to start a transport (binding a socket, loading certificates, ...).
+#[derive(Debug)]
+pub struct NetworkError(pub String);
+
+impl fmt::Display for NetworkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "network error: {}", self.0)
+    }
+}
+
+impl std::error::Error for NetworkError {}
+
+/// Why an inbound message was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliverError {
+    /// The message is addressed to another node.
+    WrongRecipient {
+        /// This node.
+        local: NodeId,
+        /// Whom the message was for.
+        to: NodeId,
+    },
+    /// The node's inbox is at its limit (only from `try_deliver`).
+    InboxFull,
+    /// The node has shut down.
+    Closed,
+}
+
+impl fmt::Display for DeliverError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeliverError::WrongRecipient { local, to } => {
+                write!(f, "message for {to} reached node {local}")
+            }
+            DeliverError::InboxFull => write!(f, "the node's inbox is full"),
+            DeliverError::Closed => write!(f, "the node has shut down"),
+        }
+    }
+}
+
+impl std::error::Error for DeliverError {}
+
+/// The handle through which a transport hands received messages to its node. Cheap to clone;
+/// backed by a bounded queue (`Config::inbox_messages_max`).
+#[derive(Clone, Debug)]
+pub struct Inbound {
+    local: NodeId,
+    sender: mpsc::Sender<Message>,
+}
+
+impl Inbound {
+    /// Creates a handle and the receiving end the node reads from.
+    pub fn channel(local: NodeId, messages_max: usize) -> (Inbound, mpsc::Receiver<Message>) {
+        assert!(messages_max > 0, "an inbox needs room for at least one message");
+        let (sender, receiver) = mpsc::channel(messages_max);
+        (Inbound { local, sender }, receiver)
+    }
+
+    /// The node this handle delivers to.
+    pub fn local_id(&self) -> NodeId {
+        self.local
+    }
+
+    /// Delivers a message, waiting while the inbox is full (backpressure onto the connection).
+    pub async fn deliver(&self, message: Message) -> Result<(), DeliverError> {
+        self.check(&message)?;
+        self.sender
+            .send(message)
+            .await
+            .map_err(|_| DeliverError::Closed)
+    }
+
+    /// Delivers a message if there is room now, or drops it.
+    pub fn try_deliver(&self, message: Message) -> Result<(), DeliverError> {
+        self.check(&message)?;
+        self.sender.try_send(message).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => DeliverError::InboxFull,
+            mpsc::error::TrySendError::Closed(_) => DeliverError::Closed,
+        })
+    }
+
+    fn check(&self, message: &Message) -> Result<(), DeliverError> {
+        if message.to != self.local {
+            return Err(DeliverError::WrongRecipient {
+                local: self.local,
+                to: message.to,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A transport between the members of one cluster.
+///
+/// The runtime calls `start` once, then `send` from its event loop, then `shutdown`. Messages to
+/// one peer on one [`Lane`](crate::message::Lane) must arrive in the order sent, or not at all;
+/// duplicates and losses are tolerated by the protocol. The contract is checked by
+/// `raft_core::testkit::network_suite` (feature `testkit`).
+#[async_trait]
+pub trait Network: Send + Sync + 'static {
+    /// Starts delivering this node's incoming messages to `inbound`. Called once, before any
+    /// `send`.
+    async fn start(&self, inbound: Inbound) -> Result<(), NetworkError>;
+
+    /// Queues `message` for `message.to`. Must not block: when the message cannot be queued it
+    /// is dropped and the reason returned.
+    fn send(&self, message: Message) -> Result<(), SendError>;
+
+    /// Closes every connection and ends every task the transport started.
+    async fn shutdown(&self);
+}

@@ -1,0 +1,60 @@
+//! The `StateMachine` trait: what a user writes to put an application on the replicated log.
+
+use crate::types::LogIndex;
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::fmt;
+
+/// A failure inside a state machine. Applying is not allowed to fail in Raft (every node must
+/// reach the same state), so the runtime stops the node on this error (fail-stop) rather than
+/// skip an entry.
+#[derive(Debug)]
+pub struct StateMachineError(pub String);
+
+impl fmt::Display for StateMachineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "state machine failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for StateMachineError {}
+
+/// Committed commands, in log order, handed to a state machine together.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyBatch {
+    /// The commands with their log indexes, strictly increasing.
+    pub commands: Vec<(LogIndex, Bytes)>,
+    /// The last log index this batch covers. It can be past the last command, because entries
+    /// that carry no command (a new leader's blank entry) are applied too, invisibly.
+    pub last_index: LogIndex,
+}
+
+/// An application replicated by Raft: a deterministic function from a sequence of commands to
+/// a state, answering each command.
+///
+/// Every node applies the same commands in the same order, so `apply` must depend only on the
+/// current state and the command (no clocks, no randomness, no reading other machines' state).
+/// The simplest machine implements `apply` alone; a durable one also overrides `apply_batch`
+/// (to write a batch and its `last_index` atomically) and `applied_index` (so a restart does not
+/// replay what is already applied).
+#[async_trait]
+pub trait StateMachine: Send + 'static {
+    /// Applies one committed command and returns the answer for its proposer.
+    async fn apply(&mut self, index: LogIndex, command: Bytes) -> Result<Bytes, StateMachineError>;
+
+    /// Applies a batch in order and returns one answer per command. Override to make a batch
+    /// one atomic write; the default calls `apply` for each command.
+    async fn apply_batch(&mut self, batch: ApplyBatch) -> Result<Vec<Bytes>, StateMachineError> {
+        let mut answers = Vec::with_capacity(batch.commands.len());
+        for (index, command) in batch.commands {
+            answers.push(self.apply(index, command).await?);
+        }
+        Ok(answers)
+    }
+
+    /// The last index whose effect the machine holds durably. The runtime replays the log from
+    /// the entry after it when a node starts. An in-memory machine keeps the default, 0.
+    async fn applied_index(&self) -> Result<LogIndex, StateMachineError> {
+        Ok(LogIndex(0))
+    }
+}

@@ -1,0 +1,124 @@
+//! Plain value types shared by the protocol, the traits and every backend.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+macro_rules! newtype_u64 {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(
+            Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+        )]
+        #[serde(transparent)]
+        pub struct $name(pub u64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}{}", $prefix, self.0)
+            }
+        }
+
+        impl From<u64> for $name {
+            fn from(value: u64) -> Self {
+                $name(value)
+            }
+        }
+    };
+}
+
+newtype_u64!(
+    /// A member of the cluster. IDs are chosen by the operator, are never 0 and are never reused.
+    NodeId,
+    "n"
+);
+newtype_u64!(
+    /// A Raft term: a logical clock that grows by one with every election.
+    Term,
+    "t"
+);
+newtype_u64!(
+    /// A position in the replicated log. The first entry has index 1; index 0 means "nothing".
+    LogIndex,
+    "i"
+);
+newtype_u64!(
+    /// An identifier the caller gives a proposal so it can match the outcome to the request.
+    ProposalId,
+    "p"
+);
+
+impl LogIndex {
+    /// The index after this one.
+    pub fn next(self) -> LogIndex {
+        LogIndex(self.0 + 1)
+    }
+
+    /// The index before this one, saturating at zero.
+    pub fn prev(self) -> LogIndex {
+        LogIndex(self.0.saturating_sub(1))
+    }
+}
+
+impl Term {
+    /// The term after this one.
+    pub fn next(self) -> Term {
+        Term(self.0 + 1)
+    }
+}
+
+/// What an entry carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryPayload {
+    /// Appended by every new leader so that it can commit entries of its own term (Raft §5.4.2).
+    /// State machines never see it.
+    Blank,
+    /// An opaque command for the state machine.
+    Command(Bytes),
+}
+
+impl EntryPayload {
+    /// Bytes of user payload, for the flow-control and memory limits.
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            EntryPayload::Blank => 0,
+            EntryPayload::Command(data) => data.len(),
+        }
+    }
+}
+
+/// One record of the replicated log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The term of the leader that created the entry.
+    pub term: Term,
+    /// The entry's position in the log.
+    pub index: LogIndex,
+    /// What the entry carries.
+    pub payload: EntryPayload,
+}
+
+/// A fixed per-entry overhead (index, term, tag) counted on top of the payload by every byte
+/// limit, so that a flood of empty entries is still bounded.
+pub const ENTRY_OVERHEAD_BYTES: usize = 24;
+
+impl Entry {
+    /// The size this entry counts for against byte limits (payload plus a fixed overhead).
+    pub fn size_bytes(&self) -> usize {
+        ENTRY_OVERHEAD_BYTES + self.payload.payload_bytes()
+    }
+}
+
+/// The part of a node's state that must survive a crash before it may act on it.
+///
+/// Invariant: `term` and `commit` never decrease; `vote`, once set for a term, is never changed
+/// within that term.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    /// The latest term this node has seen.
+    pub term: Term,
+    /// Whom this node voted for in `term`, if anyone.
+    pub vote: Option<NodeId>,
+    /// The highest index this node knows to be committed.
+    pub commit: LogIndex,
+}

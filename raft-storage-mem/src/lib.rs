@@ -1,0 +1,1 @@
+//! In-memory log store (being written).
