@@ -15,3 +15,6 @@ pub use network::{DeliverError, Inbound, Network, NetworkError, SendError};
 pub use state_machine::{ApplyBatch, StateMachine, StateMachineError};
 pub use storage::{LogBounds, LogStore, LogWrite, StorageError};
 pub use types::{Entry, EntryPayload, HardState, LogIndex, NodeId, ProposalId, Term};
+
+#[cfg(feature = "testkit")]
+pub mod testkit;

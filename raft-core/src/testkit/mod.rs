@@ -1,0 +1,6 @@
+//! The test kit (feature `testkit`): a deterministic cluster simulator, a linearizability
+//! checker, and conformance suites that any `LogStore` or `Network` implementation can run.
+
+pub mod linearizability;
+pub mod log_store_suite;
+pub mod network_suite;
