@@ -8,6 +8,7 @@ pub mod network;
 pub mod state_machine;
 pub mod storage;
 pub mod types;
+pub mod wire;
 
 pub use config::{Config, ConfigError};
 pub use message::{Lane, Message, MessageBody};
