@@ -1,1 +1,490 @@
-//! In-memory log store (being written).
+//! An in-memory [`LogStore`] for `raft-core`: for tests, simulation, and deployments that keep
+//! no disk state.
+//!
+//! [`MemLogStore`] keeps the log and the hard state behind one `std::sync::Mutex`. Cloning it is
+//! cheap and every clone shares the same data, so a test can "reopen" the store by handing a
+//! clone of the original to a restarted node. Nothing survives the process.
+//!
+//! It enforces the same contract as the durable stores, so a runtime tested against it behaves
+//! the same on disk:
+//!
+//! - appends start right after the last held entry and are consecutive (no holes, no overlap);
+//! - truncation never reaches the purge point nor an entry at or below the saved commit index;
+//! - the hard state never goes backwards: `term` and `commit` never decrease, the vote never
+//!   changes within a term, and `commit` never points past the last entry;
+//! - a [`LogWrite`] is checked as a whole before any part of it is applied, so a rejected group
+//!   changes nothing;
+//! - every call takes effect when it is made, not when its future is first polled, so calls made
+//!   in order from one task apply in that order even when their futures are awaited later or out
+//!   of order.
+//!
+//! The log lives in memory in full: its size is bounded by the protocol's compaction (`purge`),
+//! which the runtime drives.
+//!
+//! ```
+//! use raft_core::{Entry, EntryPayload, HardState, LogIndex, LogStore, LogWrite, Term};
+//! use raft_storage_mem::MemLogStore;
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let store = MemLogStore::new();
+//! let entry = |index: u64| Entry {
+//!     term: Term(1),
+//!     index: LogIndex(index),
+//!     payload: EntryPayload::Command(format!("command {index}").into()),
+//! };
+//! store
+//!     .write(&LogWrite {
+//!         truncate_from: None,
+//!         entries: vec![entry(1), entry(2)],
+//!         hard_state: Some(HardState { term: Term(1), vote: None, commit: LogIndex(1) }),
+//!     })
+//!     .await?;
+//!
+//! // A clone shares the data: this is how a test "restarts" a node on the same store.
+//! let reopened = store.clone();
+//! drop(store);
+//! assert_eq!(reopened.bounds().await?.last, LogIndex(2));
+//! assert_eq!(reopened.entries(LogIndex(2)..LogIndex(3)).await?, vec![entry(2)]);
+//! assert_eq!(reopened.load_hard_state().await?.commit, LogIndex(1));
+//! # Ok::<(), raft_core::StorageError>(())
+//! # }).unwrap();
+//! ```
+#![deny(missing_docs)]
+
+use raft_core::{Entry, HardState, LogBounds, LogIndex, LogStore, LogWrite, StorageError};
+use std::collections::VecDeque;
+use std::future::{ready, Future};
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The future every [`LogStore`] method returns (the shape `async_trait` expects).
+type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StorageError>> + Send + 'a>>;
+
+/// An in-memory log store. Clones share the same log and hard state.
+#[derive(Clone, Debug, Default)]
+pub struct MemLogStore {
+    state: Arc<Mutex<MemState>>,
+}
+
+/// The shared data.
+///
+/// Invariant: `entries[k].index == first + k` for every `k` (no holes), and
+/// `hard_state.commit <= last()`.
+#[derive(Debug)]
+struct MemState {
+    first: LogIndex,
+    entries: VecDeque<Entry>,
+    hard_state: HardState,
+}
+
+impl Default for MemState {
+    fn default() -> Self {
+        MemState {
+            first: LogBounds::EMPTY.first,
+            entries: VecDeque::new(),
+            hard_state: HardState::default(),
+        }
+    }
+}
+
+impl MemLogStore {
+    /// An empty store: no entries, never purged, default hard state.
+    pub fn new() -> MemLogStore {
+        MemLogStore::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MemState> {
+        // A panic while the lock was held happened between two complete operations (every
+        // operation checks before it mutates), so the data is still consistent.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl MemState {
+    fn bounds(&self) -> LogBounds {
+        LogBounds {
+            first: self.first,
+            last: LogIndex(self.first.0 + self.entries.len() as u64 - 1),
+        }
+    }
+
+    fn offset(&self, index: LogIndex) -> usize {
+        debug_assert!(index >= self.first);
+        (index.0 - self.first.0) as usize
+    }
+
+    /// Checks a whole group against the current state, then applies it. Nothing changes when the
+    /// check fails.
+    fn write(&mut self, write: &LogWrite) -> Result<(), StorageError> {
+        let mut last = self.bounds().last;
+        if let Some(from) = write.truncate_from {
+            check_truncate(self.bounds(), self.hard_state.commit, from)?;
+            last = last.min(from.prev());
+        }
+        check_append(
+            LogBounds {
+                first: self.first,
+                last,
+            },
+            &write.entries,
+        )?;
+        if let Some(last_entry) = write.entries.last() {
+            last = last_entry.index;
+        }
+        if let Some(hard_state) = &write.hard_state {
+            check_hard_state(&self.hard_state, hard_state, last)?;
+        }
+
+        if let Some(from) = write.truncate_from {
+            if from <= self.bounds().last {
+                let keep = self.offset(from);
+                self.entries.truncate(keep);
+            }
+        }
+        self.entries.extend(write.entries.iter().cloned());
+        if let Some(hard_state) = write.hard_state {
+            self.hard_state = hard_state;
+        }
+        debug_assert_eq!(self.bounds().last, last);
+        debug_assert!(self.hard_state.commit <= last);
+        Ok(())
+    }
+
+    fn purge(&mut self, up_to: LogIndex) {
+        let bounds = self.bounds();
+        if up_to < bounds.first {
+            return;
+        }
+        if up_to >= bounds.last {
+            self.entries.clear();
+        } else {
+            let drop_count = self.offset(up_to.next());
+            self.entries.drain(..drop_count);
+        }
+        self.first = up_to.next();
+        debug_assert!(self.bounds().last >= up_to);
+    }
+
+    fn entries(&self, range: Range<LogIndex>) -> Result<Vec<Entry>, StorageError> {
+        check_range(self.bounds(), &range)?;
+        if range.start == range.end {
+            return Ok(Vec::new());
+        }
+        let start = self.offset(range.start);
+        let end = self.offset(range.end);
+        let entries: Vec<Entry> = self.entries.range(start..end).cloned().collect();
+        debug_assert!(entries
+            .iter()
+            .zip(range.start.0..)
+            .all(|(entry, index)| entry.index.0 == index));
+        Ok(entries)
+    }
+}
+
+/// Checks that `entries` are consecutive and start right after `bounds.last`.
+fn check_append(bounds: LogBounds, entries: &[Entry]) -> Result<(), StorageError> {
+    let Some(first_entry) = entries.first() else {
+        return Ok(());
+    };
+    let expected = bounds.last.next();
+    if first_entry.index != expected {
+        return Err(StorageError::InvalidArgument(format!(
+            "an append must start at {expected} (the log holds {}..={}), not at {}",
+            bounds.first, bounds.last, first_entry.index
+        )));
+    }
+    for pair in entries.windows(2) {
+        if pair[1].index != pair[0].index.next() {
+            return Err(StorageError::InvalidArgument(format!(
+                "appended entries are not consecutive: {} follows {}",
+                pair[1].index, pair[0].index
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that truncating at `from` keeps the purge point and every committed entry.
+fn check_truncate(bounds: LogBounds, commit: LogIndex, from: LogIndex) -> Result<(), StorageError> {
+    if from < bounds.first {
+        return Err(StorageError::InvalidArgument(format!(
+            "cannot truncate from {from}: the log is purged up to {} (first held is {})",
+            bounds.first.prev(),
+            bounds.first
+        )));
+    }
+    // `commit <= bounds.last` always holds, so this only ever refuses to remove held entries.
+    if from <= commit {
+        return Err(StorageError::InvalidArgument(format!(
+            "cannot truncate from {from}: entries up to the commit index {commit} are committed"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that `new` does not take the hard state backwards and commits only held entries.
+fn check_hard_state(
+    saved: &HardState,
+    new: &HardState,
+    last: LogIndex,
+) -> Result<(), StorageError> {
+    let reject = |why: String| Err(StorageError::InvalidArgument(format!("hard state {why}")));
+    if new.term < saved.term {
+        return reject(format!(
+            "term {} is behind the saved term {}",
+            new.term, saved.term
+        ));
+    }
+    if new.term == saved.term && saved.vote.is_some() && new.vote != saved.vote {
+        return reject(format!(
+            "changes the vote within {} from {:?} to {:?}",
+            new.term, saved.vote, new.vote
+        ));
+    }
+    if new.commit < saved.commit {
+        return reject(format!(
+            "commit {} is behind the saved commit {}",
+            new.commit, saved.commit
+        ));
+    }
+    if new.commit > last {
+        return reject(format!(
+            "commit {} is past the last entry {last} (purge past the end first to commit a snapshot)",
+            new.commit
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `range` is well formed and held.
+fn check_range(bounds: LogBounds, range: &Range<LogIndex>) -> Result<(), StorageError> {
+    if range.start > range.end {
+        return Err(StorageError::InvalidArgument(format!(
+            "read range {}..{} ends before it starts",
+            range.start, range.end
+        )));
+    }
+    if range.start < bounds.first || range.end > bounds.last.next() {
+        return Err(StorageError::OutOfRange {
+            requested: range.clone(),
+            bounds,
+        });
+    }
+    Ok(())
+}
+
+// The methods are written out (not `async fn`) so that each call takes effect when it is made:
+// the returned future is already complete.
+impl LogStore for MemLogStore {
+    fn append<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        entries: &'life1 [Entry],
+    ) -> StoreFuture<'async_trait, ()>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        let write = LogWrite {
+            truncate_from: None,
+            entries: entries.to_vec(),
+            hard_state: None,
+        };
+        Box::pin(ready(self.lock().write(&write)))
+    }
+
+    fn truncate<'life0, 'async_trait>(&'life0 self, from: LogIndex) -> StoreFuture<'async_trait, ()>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        let write = LogWrite {
+            truncate_from: Some(from),
+            ..LogWrite::default()
+        };
+        Box::pin(ready(self.lock().write(&write)))
+    }
+
+    fn purge<'life0, 'async_trait>(&'life0 self, up_to: LogIndex) -> StoreFuture<'async_trait, ()>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        self.lock().purge(up_to);
+        Box::pin(ready(Ok(())))
+    }
+
+    fn entries<'life0, 'async_trait>(
+        &'life0 self,
+        range: Range<LogIndex>,
+    ) -> StoreFuture<'async_trait, Vec<Entry>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(ready(self.lock().entries(range)))
+    }
+
+    fn bounds<'life0, 'async_trait>(&'life0 self) -> StoreFuture<'async_trait, LogBounds>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(ready(Ok(self.lock().bounds())))
+    }
+
+    fn save_hard_state<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        hard_state: &'life1 HardState,
+    ) -> StoreFuture<'async_trait, ()>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        let write = LogWrite {
+            hard_state: Some(*hard_state),
+            ..LogWrite::default()
+        };
+        Box::pin(ready(self.lock().write(&write)))
+    }
+
+    fn load_hard_state<'life0, 'async_trait>(&'life0 self) -> StoreFuture<'async_trait, HardState>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(ready(Ok(self.lock().hard_state)))
+    }
+
+    fn write<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        write: &'life1 LogWrite,
+    ) -> StoreFuture<'async_trait, ()>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(ready(self.lock().write(write)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft_core::{EntryPayload, Term};
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            term: Term(term),
+            index: LogIndex(index),
+            payload: EntryPayload::Command(format!("{index}@{term}").into()),
+        }
+    }
+
+    fn block_on<T>(future: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a current-thread runtime")
+            .block_on(future)
+    }
+
+    /// Proves a call takes effect when it is made: the second append's future is awaited first
+    /// and still succeeds, because the first append was applied when `append` was called.
+    #[test]
+    fn calls_apply_in_call_order_not_poll_order() {
+        block_on(async {
+            let store = MemLogStore::new();
+            let first = [entry(1, 1), entry(2, 1)];
+            let second = [entry(3, 1)];
+            let first_future = store.append(&first);
+            let second_future = store.append(&second);
+            second_future
+                .await
+                .expect("the second append follows the first");
+            first_future.await.expect("the first append");
+            assert_eq!(store.bounds().await.unwrap().last, LogIndex(3));
+        });
+    }
+
+    /// Proves the hard-state invariants are enforced and a rejected save changes nothing.
+    #[test]
+    fn hard_state_never_goes_backwards() {
+        block_on(async {
+            let store = MemLogStore::new();
+            store.append(&[entry(1, 2), entry(2, 2)]).await.unwrap();
+            let saved = HardState {
+                term: Term(3),
+                vote: Some(raft_core::NodeId(1)),
+                commit: LogIndex(1),
+            };
+            store.save_hard_state(&saved).await.unwrap();
+            let rejected = [
+                HardState {
+                    term: Term(2),
+                    ..saved
+                },
+                HardState {
+                    vote: Some(raft_core::NodeId(2)),
+                    ..saved
+                },
+                HardState {
+                    vote: None,
+                    ..saved
+                },
+                HardState {
+                    commit: LogIndex(0),
+                    ..saved
+                },
+                HardState {
+                    commit: LogIndex(3),
+                    ..saved
+                },
+            ];
+            for hard_state in rejected {
+                let error = store.save_hard_state(&hard_state).await.unwrap_err();
+                assert!(
+                    matches!(error, StorageError::InvalidArgument(_)),
+                    "{hard_state:?} gave {error}"
+                );
+                assert_eq!(store.load_hard_state().await.unwrap(), saved);
+            }
+            let next_term = HardState {
+                term: Term(4),
+                vote: None,
+                commit: LogIndex(2),
+            };
+            store.save_hard_state(&next_term).await.unwrap();
+            assert_eq!(store.load_hard_state().await.unwrap(), next_term);
+        });
+    }
+
+    /// Proves truncation refuses to remove committed entries and leaves the log as it was.
+    #[test]
+    fn truncate_keeps_committed_entries() {
+        block_on(async {
+            let store = MemLogStore::new();
+            store
+                .append(&[entry(1, 1), entry(2, 1), entry(3, 1)])
+                .await
+                .unwrap();
+            store
+                .save_hard_state(&HardState {
+                    term: Term(1),
+                    vote: None,
+                    commit: LogIndex(2),
+                })
+                .await
+                .unwrap();
+            let error = store.truncate(LogIndex(2)).await.unwrap_err();
+            assert!(matches!(error, StorageError::InvalidArgument(_)), "{error}");
+            assert_eq!(store.bounds().await.unwrap().last, LogIndex(3));
+            store.truncate(LogIndex(3)).await.unwrap();
+            assert_eq!(store.bounds().await.unwrap().last, LogIndex(2));
+        });
+    }
+}
