@@ -447,6 +447,12 @@ pub fn check_handshake(
     Ok(())
 }
 
+/// The DNS name in a node's certificate, where a transport authenticates peers with TLS: the
+/// dialler asks for this name, and the listener checks the handshake's `from` against it.
+pub fn certificate_name(node: NodeId) -> String {
+    format!("node-{}", node.0)
+}
+
 /// Checks that a message arriving on a connection that belongs to `peer` comes from `peer`.
 pub fn check_sender(message: &Message, peer: NodeId) -> Result<(), HandshakeError> {
     if message.from != peer {

@@ -1,1 +1,894 @@
-//! (being written)
+//! The `Network` conformance suite: one contract that every transport, ours or a third party's,
+//! is held to.
+//!
+//! A transport joins by implementing [`NetworkHarness`] (build a transport for a node of a
+//! cluster on a given address, reach its run-time controls, and play an intruder against it) and
+//! calling [`run_all`], or each case from its own `#[tokio::test]` (multi-threaded runtime). Every
+//! case builds its transports on `127.0.0.1` ports the OS chooses, and every wait is bounded: a
+//! transport that loses, reorders, blocks or leaks fails a case with a message, never hangs it.
+//!
+//! What the suite requires beyond the trait's signatures:
+//!
+//! - messages to one peer on one lane arrive whole and in the order sent; with no faults and
+//!   room in the queues, none is lost;
+//! - a message whose frame is at most the transport's `frame_bytes_max` is carried whole; one
+//!   byte more is refused by `send` with [`SendError::TooLarge`] naming the frame size and limit;
+//! - `send` never blocks: toward a peer that is down it queues up to the per-peer limit and then
+//!   answers [`SendError::QueueFull`]; toward a node it has no address for, [`SendError::UnknownPeer`];
+//!   after `shutdown`, [`SendError::Closed`];
+//! - a peer that restarts on the same address is reached again without help;
+//! - messages on the snapshot lane travel apart from ordinary ones: a heartbeat sent while a
+//!   snapshot stream fills its queue overtakes chunks queued before it;
+//! - bytes that are not frames, handshakes from another cluster, from unknown nodes or for
+//!   another node, a silent connection, and messages whose sender is not the connection's peer
+//!   are all refused by closing that connection, and no such message reaches the node, while
+//!   good peers' messages keep arriving;
+//! - after `shutdown` the transport runs no task, and the runtime is back to the tasks it had
+//!   before the transports were built (transport libraries' own background tasks included).
+//!
+//! The protocol has no snapshot message kinds yet, so the suite sends big `Append` messages on
+//! the snapshot lane through [`NetworkHarness::send_on`]; a transport's `Network::send` routes
+//! each message by [`Message::lane`].
+//!
+//! ```
+//! use async_trait::async_trait;
+//! use raft_core::testkit::network_suite::{run_all, IntrusionOutcome, NetworkHarness, SuiteLimits};
+//! use raft_core::wire::ClusterId;
+//! use raft_core::{Lane, Message, Network, NetworkError, NodeId, SendError};
+//! use std::net::SocketAddr;
+//! use std::time::Duration;
+//!
+//! /// Runs the suite against some transport type `MyTransport` (here a stand-in, never built).
+//! struct MyHarness;
+//!
+//! # struct MyTransport;
+//! # #[async_trait]
+//! # impl Network for MyTransport {
+//! #     async fn start(&self, _: raft_core::Inbound) -> Result<(), NetworkError> { Ok(()) }
+//! #     fn send(&self, _: Message) -> Result<(), SendError> { Ok(()) }
+//! #     async fn shutdown(&self) {}
+//! # }
+//! #[async_trait]
+//! impl NetworkHarness for MyHarness {
+//!     type Transport = MyTransport;
+//!     fn limits(&self) -> SuiteLimits {
+//!         SuiteLimits { frame_bytes_max: 1 << 20, send_queue_messages_max: 64, snapshot_queue_messages_max: 8 }
+//!     }
+//!     async fn build(&self, _: ClusterId, _: NodeId, _: SocketAddr) -> Result<MyTransport, NetworkError> {
+//!         Err(NetworkError("a stand-in".into()))
+//!     }
+//!     fn local_addr(&self, _: &MyTransport) -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], 0)) }
+//!     fn add_peer(&self, _: &MyTransport, _: NodeId, _: SocketAddr) {}
+//!     fn remove_peer(&self, _: &MyTransport, _: NodeId) {}
+//!     fn send_on(&self, _: &MyTransport, _: Lane, _: Message) -> Result<(), SendError> { Ok(()) }
+//!     fn tasks_running(&self, _: &MyTransport) -> usize { 0 }
+//!     async fn intrude(&self, _: SocketAddr, _: NodeId, _: Vec<u8>, _: Duration) -> IntrusionOutcome {
+//!         IntrusionOutcome::Closed
+//!     }
+//! }
+//!
+//! // In the transport's tests:
+//! // #[tokio::test(flavor = "multi_thread")]
+//! // async fn conformance() { run_all(&MyHarness).await }
+//! # let _ = run_all::<MyHarness>;
+//! ```
+
+use crate::message::{Lane, Message, MessageBody};
+use crate::network::{Inbound, Network, NetworkError, SendError};
+use crate::types::{Entry, EntryPayload, LogIndex, NodeId, Term};
+use crate::wire::{self, ClusterId, Handshake};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::{sleep, timeout, Instant};
+
+/// The limits the harness configured its transports with; the suite fills and passes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SuiteLimits {
+    /// Largest frame, length field included, that a transport sends or accepts.
+    pub frame_bytes_max: usize,
+    /// Messages queued per peer on the ordinary lane before `send` answers `QueueFull`.
+    pub send_queue_messages_max: usize,
+    /// Messages queued per peer on the snapshot lane before `send` answers `QueueFull`.
+    pub snapshot_queue_messages_max: usize,
+}
+
+/// What became of an intruder's connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IntrusionOutcome {
+    /// The transport closed the connection (or the stream's connection) within the wait.
+    Closed,
+    /// The transport refused the connection before any byte was written (for example, the TLS
+    /// handshake failed).
+    Refused(String),
+    /// The connection was still open when the wait ended.
+    StillOpen,
+}
+
+/// Builds transports for the suite and reaches what the `Network` trait does not cover.
+#[async_trait]
+pub trait NetworkHarness: Send + Sync + 'static {
+    /// The transport under test.
+    type Transport: Network;
+
+    /// The limits every transport this harness builds is configured with. Keep them small
+    /// (a few MiB per frame, tens of messages per queue) so the cases run fast.
+    fn limits(&self) -> SuiteLimits;
+
+    /// Builds (and binds, but does not start) the transport of node `node` of `cluster`,
+    /// listening on `listen`: `127.0.0.1:0` for a new node, a previous node's address for a
+    /// restart. It knows no peers yet; the suite adds them.
+    async fn build(
+        &self,
+        cluster: ClusterId,
+        node: NodeId,
+        listen: SocketAddr,
+    ) -> Result<Self::Transport, NetworkError>;
+
+    /// The address the transport listens on.
+    fn local_addr(&self, transport: &Self::Transport) -> SocketAddr;
+
+    /// Adds (or moves) a peer at run time.
+    fn add_peer(&self, transport: &Self::Transport, peer: NodeId, address: SocketAddr);
+
+    /// Forgets a peer at run time; sends to it then fail with `UnknownPeer`.
+    fn remove_peer(&self, transport: &Self::Transport, peer: NodeId);
+
+    /// Queues `message` on `lane`, whatever `message.lane()` says.
+    fn send_on(
+        &self,
+        transport: &Self::Transport,
+        lane: Lane,
+        message: Message,
+    ) -> Result<(), SendError>;
+
+    /// Tasks the transport has started that have not finished.
+    fn tasks_running(&self, transport: &Self::Transport) -> usize;
+
+    /// Plays an intruder: connects to the transport at `target` presenting the credentials of
+    /// `credentials` where the transport authenticates peers (a certificate signed by the
+    /// cluster's authority naming that node; plain TCP has none), writes `bytes` as the start of
+    /// a connection (QUIC: of a stream), keeps it open and waits up to `wait` for the transport
+    /// to close it.
+    async fn intrude(
+        &self,
+        target: SocketAddr,
+        credentials: NodeId,
+        bytes: Vec<u8>,
+        wait: Duration,
+    ) -> IntrusionOutcome;
+}
+
+/// The cluster every case runs in.
+pub const SUITE_CLUSTER: ClusterId = ClusterId(0x5eed);
+
+/// How long any single expectation may take before the case fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Capacity of each node's inbox in the suite.
+const INBOX_MESSAGES_MAX: usize = 4096;
+
+/// One started node: its transport and the inbox its messages arrive in.
+pub struct SuiteNode<T> {
+    /// The node.
+    pub id: NodeId,
+    /// Its transport, started.
+    pub transport: Arc<T>,
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// What reached it.
+    pub inbox: mpsc::Receiver<Message>,
+}
+
+/// Builds and starts `count` nodes (IDs 1..=count) on OS-chosen ports, each knowing the others.
+pub async fn start_cluster<H: NetworkHarness>(
+    harness: &H,
+    count: u64,
+) -> Vec<SuiteNode<H::Transport>> {
+    let mut nodes = Vec::new();
+    for id in 1..=count {
+        let node = start_node(harness, NodeId(id), localhost_any_port()).await;
+        nodes.push(node);
+    }
+    for node in &nodes {
+        for peer in &nodes {
+            if peer.id != node.id {
+                harness.add_peer(&node.transport, peer.id, peer.address);
+            }
+        }
+    }
+    nodes
+}
+
+/// Builds and starts one node on `listen`. A restart may find the address still held for a
+/// moment by the previous transport's socket, so binding is retried within the suite's patience.
+pub async fn start_node<H: NetworkHarness>(
+    harness: &H,
+    id: NodeId,
+    listen: SocketAddr,
+) -> SuiteNode<H::Transport> {
+    let deadline = Instant::now() + PATIENCE;
+    let transport = loop {
+        match harness.build(SUITE_CLUSTER, id, listen).await {
+            Ok(transport) => break transport,
+            Err(error) if Instant::now() < deadline => {
+                tracing::debug!(%error, "building the transport failed; retrying");
+                sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("could not build node {id} on {listen}: {error}"),
+        }
+    };
+    let address = harness.local_addr(&transport);
+    assert!(address.ip().is_loopback(), "transports listen on loopback");
+    assert_ne!(address.port(), 0, "local_addr is the bound address");
+    let (inbound, inbox) = Inbound::channel(id, INBOX_MESSAGES_MAX);
+    transport
+        .start(inbound)
+        .await
+        .unwrap_or_else(|error| panic!("node {id} did not start: {error}"));
+    SuiteNode {
+        id,
+        transport: Arc::new(transport),
+        address,
+        inbox,
+    }
+}
+
+fn localhost_any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// A heartbeat that carries a sequence number in its commit index.
+pub fn numbered(from: NodeId, to: NodeId, sequence: u64) -> Message {
+    Message {
+        from,
+        to,
+        term: Term(1),
+        body: MessageBody::Heartbeat {
+            commit: LogIndex(sequence),
+        },
+    }
+}
+
+fn sequence_of(message: &Message) -> Option<u64> {
+    match message.body {
+        MessageBody::Heartbeat { commit } => Some(commit.0),
+        _ => None,
+    }
+}
+
+/// An append of one entry with `payload_bytes` of a pattern derived from `index`, so a receiver
+/// can check every byte.
+pub fn chunk(from: NodeId, to: NodeId, index: u64, payload_bytes: usize) -> Message {
+    let payload: Vec<u8> = (0..payload_bytes)
+        .map(|at| (at as u64).wrapping_mul(31).wrapping_add(index) as u8)
+        .collect();
+    Message {
+        from,
+        to,
+        term: Term(2),
+        body: MessageBody::Append {
+            prev_log_index: LogIndex(index),
+            prev_log_term: Term(2),
+            entries: vec![Entry {
+                term: Term(2),
+                index: LogIndex(index + 1),
+                payload: EntryPayload::Command(Bytes::from(payload)),
+            }],
+            leader_commit: LogIndex(0),
+        },
+    }
+}
+
+/// The index of a [`chunk`] whose every byte is intact, or `None` for anything else.
+fn intact_chunk_index(message: &Message) -> Option<u64> {
+    let MessageBody::Append {
+        prev_log_index,
+        entries,
+        ..
+    } = &message.body
+    else {
+        return None;
+    };
+    let [Entry {
+        payload: EntryPayload::Command(data),
+        ..
+    }] = entries.as_slice()
+    else {
+        return None;
+    };
+    let index = prev_log_index.0;
+    let intact = data
+        .iter()
+        .enumerate()
+        .all(|(at, &byte)| byte == (at as u64).wrapping_mul(31).wrapping_add(index) as u8);
+    assert!(intact, "chunk {index} arrived with different bytes");
+    Some(index)
+}
+
+/// A [`chunk`] whose encoded frame is exactly `frame_bytes` long.
+pub fn chunk_of_frame_bytes(from: NodeId, to: NodeId, frame_bytes: usize) -> Message {
+    let frame_len = |payload_bytes: usize| {
+        wire::encode_message(&chunk(from, to, 0, payload_bytes), usize::MAX)
+            .expect("no limit")
+            .len()
+    };
+    let overhead = frame_len(0);
+    assert!(frame_bytes > overhead + 16, "the frame limit leaves room");
+    let mut payload_bytes = frame_bytes - overhead;
+    // The payload's length prefix grows by a few bytes past 250 and 65535 bytes: step back.
+    while frame_len(payload_bytes) > frame_bytes {
+        payload_bytes -= 1;
+    }
+    let message = chunk(from, to, 0, payload_bytes);
+    assert_eq!(
+        frame_len(payload_bytes),
+        frame_bytes,
+        "no payload size gives a frame of exactly {frame_bytes} bytes"
+    );
+    message
+}
+
+/// Sends, waiting out `QueueFull` (the transport is draining); any other error fails the case.
+async fn send_patiently<H: NetworkHarness>(
+    harness: &H,
+    transport: &H::Transport,
+    lane: Lane,
+    message: Message,
+) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match harness.send_on(transport, lane, message.clone()) {
+            Ok(()) => return,
+            Err(SendError::QueueFull { .. }) if Instant::now() < deadline => {
+                sleep(Duration::from_millis(1)).await;
+            }
+            Err(error) => panic!("sending {message:?} failed: {error}"),
+        }
+    }
+}
+
+/// The next message in `inbox`, or a failed case after the suite's patience.
+async fn next_message(inbox: &mut mpsc::Receiver<Message>, waiting_for: &str) -> Message {
+    match timeout(PATIENCE, inbox.recv()).await {
+        Ok(Some(message)) => message,
+        Ok(None) => panic!("the inbox closed while waiting for {waiting_for}"),
+        Err(_) => panic!("nothing arrived within {PATIENCE:?} while waiting for {waiting_for}"),
+    }
+}
+
+/// Runs every case, one after the other.
+pub async fn run_all<H: NetworkHarness>(harness: &H) {
+    delivery_and_per_peer_order(harness).await;
+    large_messages_up_to_the_limit(harness).await;
+    unknown_and_removed_peers_are_refused(harness).await;
+    full_queue_refuses_without_blocking(harness).await;
+    restarted_peer_is_reached_again(harness).await;
+    snapshot_lane_does_not_delay_ordinary_messages(harness).await;
+    intruders_are_refused_while_good_peers_carry_on(harness).await;
+    shutdown_leaves_no_task_running(harness).await;
+}
+
+async fn shutdown_all<T: Network>(nodes: &[SuiteNode<T>]) {
+    for node in nodes {
+        node.transport.shutdown().await;
+    }
+}
+
+/// Proves: every message between three nodes arrives, once, in the order sent per peer, when
+/// all of them send to each other at once.
+pub async fn delivery_and_per_peer_order<H: NetworkHarness>(harness: &H) {
+    const MESSAGES_PER_PEER: u64 = 500;
+    let mut nodes = start_cluster(harness, 3).await;
+    let ids: Vec<NodeId> = nodes.iter().map(|node| node.id).collect();
+    for round in 0..MESSAGES_PER_PEER {
+        for node in &nodes {
+            for &peer in ids.iter().filter(|&&peer| peer != node.id) {
+                let message = numbered(node.id, peer, round);
+                send_patiently(harness, &node.transport, Lane::Ordinary, message).await;
+            }
+        }
+    }
+    for node in &mut nodes {
+        let mut next_expected: HashMap<NodeId, u64> = HashMap::new();
+        let expected_total = MESSAGES_PER_PEER * (ids.len() as u64 - 1);
+        for _ in 0..expected_total {
+            let message = next_message(&mut node.inbox, "ordered messages").await;
+            assert_eq!(message.to, node.id);
+            let sequence = sequence_of(&message).expect("only numbered heartbeats are sent");
+            let expected = next_expected.entry(message.from).or_insert(0);
+            assert_eq!(
+                sequence, *expected,
+                "node {} got message {sequence} from {} out of order",
+                node.id, message.from
+            );
+            *expected += 1;
+        }
+        for &peer in ids.iter().filter(|&&peer| peer != node.id) {
+            assert_eq!(next_expected.get(&peer), Some(&MESSAGES_PER_PEER));
+        }
+    }
+    shutdown_all(&nodes).await;
+}
+
+/// Proves: a message whose frame is exactly `frame_bytes_max` arrives whole on either lane, and
+/// one a byte larger is refused by `send` with its size and the limit.
+pub async fn large_messages_up_to_the_limit<H: NetworkHarness>(harness: &H) {
+    let limit = harness.limits().frame_bytes_max;
+    let mut nodes = start_cluster(harness, 2).await;
+    let (from, to) = (nodes[0].id, nodes[1].id);
+    let largest = chunk_of_frame_bytes(from, to, limit);
+    for lane in [Lane::Ordinary, Lane::Snapshot] {
+        send_patiently(harness, &nodes[0].transport, lane, largest.clone()).await;
+        let received = next_message(&mut nodes[1].inbox, "the largest message").await;
+        assert_eq!(
+            received, largest,
+            "the largest message arrives whole on {lane:?}"
+        );
+    }
+
+    let too_large = chunk_of_frame_bytes(from, to, limit + 1);
+    for lane in [Lane::Ordinary, Lane::Snapshot] {
+        assert_eq!(
+            harness.send_on(&nodes[0].transport, lane, too_large.clone()),
+            Err(SendError::TooLarge {
+                bytes: limit + 1,
+                limit
+            })
+        );
+    }
+    assert_eq!(
+        nodes[0].transport.send(too_large),
+        Err(SendError::TooLarge {
+            bytes: limit + 1,
+            limit
+        })
+    );
+    // Nothing of the refused message arrives; the link still works after it.
+    send_patiently(
+        harness,
+        &nodes[0].transport,
+        Lane::Ordinary,
+        numbered(from, to, 7),
+    )
+    .await;
+    let after = next_message(&mut nodes[1].inbox, "a message after the refused one").await;
+    assert_eq!(after, numbered(from, to, 7));
+    shutdown_all(&nodes).await;
+}
+
+/// Proves: a send to a node without an address is refused as `UnknownPeer`, also after the peer
+/// is removed at run time, and a peer added back is reached again.
+pub async fn unknown_and_removed_peers_are_refused<H: NetworkHarness>(harness: &H) {
+    let mut nodes = start_cluster(harness, 2).await;
+    let (from, to) = (nodes[0].id, nodes[1].id);
+    let stranger = NodeId(77);
+    assert_eq!(
+        nodes[0].transport.send(numbered(from, stranger, 0)),
+        Err(SendError::UnknownPeer { to: stranger })
+    );
+    harness.remove_peer(&nodes[0].transport, to);
+    assert_eq!(
+        nodes[0].transport.send(numbered(from, to, 0)),
+        Err(SendError::UnknownPeer { to })
+    );
+    harness.add_peer(&nodes[0].transport, to, nodes[1].address);
+    send_patiently(
+        harness,
+        &nodes[0].transport,
+        Lane::Ordinary,
+        numbered(from, to, 1),
+    )
+    .await;
+    let message = next_message(&mut nodes[1].inbox, "a message to a re-added peer").await;
+    assert_eq!(message, numbered(from, to, 1));
+    shutdown_all(&nodes).await;
+}
+
+/// Proves: toward a peer that is down, `send` never blocks; it queues up to the per-peer limit
+/// on each lane and then answers `QueueFull`.
+pub async fn full_queue_refuses_without_blocking<H: NetworkHarness>(harness: &H) {
+    let limits = harness.limits();
+    let nodes = start_cluster(harness, 1).await;
+    let from = nodes[0].id;
+    let down = NodeId(2);
+    // An address where nothing listens: bind a port, then let it go.
+    let vacant = std::net::TcpListener::bind(localhost_any_port())
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port");
+    harness.add_peer(&nodes[0].transport, down, vacant);
+    for (lane, queue_max) in [
+        (Lane::Ordinary, limits.send_queue_messages_max),
+        (Lane::Snapshot, limits.snapshot_queue_messages_max),
+    ] {
+        let started = Instant::now();
+        let mut accepted = 0usize;
+        let refusal = loop {
+            match harness.send_on(&nodes[0].transport, lane, numbered(from, down, 0)) {
+                Ok(()) => accepted += 1,
+                Err(error) => break error,
+            }
+            assert!(
+                accepted <= queue_max + 2,
+                "{lane:?}: {accepted} messages queued toward a dead peer, limit {queue_max}"
+            );
+        };
+        assert_eq!(refusal, SendError::QueueFull { to: down }, "{lane:?}");
+        // The writer may hold a message or two in hand while it waits to connect.
+        assert!(
+            (queue_max..=queue_max + 2).contains(&accepted),
+            "{lane:?}: {accepted} messages queued before QueueFull, limit {queue_max}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{lane:?}: filling the queue took {:?}: send blocked",
+            started.elapsed()
+        );
+    }
+    shutdown_all(&nodes).await;
+}
+
+/// Proves: when a peer shuts down and a new transport for it starts on the same address, the
+/// other node reaches it again, and it reaches the other node.
+pub async fn restarted_peer_is_reached_again<H: NetworkHarness>(harness: &H) {
+    let mut nodes = start_cluster(harness, 2).await;
+    let (first, second) = (nodes[0].id, nodes[1].id);
+    send_patiently(
+        harness,
+        &nodes[0].transport,
+        Lane::Ordinary,
+        numbered(first, second, 0),
+    )
+    .await;
+    assert_eq!(
+        next_message(&mut nodes[1].inbox, "a message before the restart").await,
+        numbered(first, second, 0)
+    );
+
+    let old = nodes.pop().expect("two nodes");
+    old.transport.shutdown().await;
+    drop(old.inbox);
+    let mut restarted = start_node(harness, second, old.address).await;
+    assert_eq!(restarted.address, old.address);
+    harness.add_peer(&restarted.transport, first, nodes[0].address);
+
+    // Messages sent while the old connection dies are lost (Raft resends); keep sending until
+    // one arrives, as a leader's heartbeats would.
+    let deadline = Instant::now() + PATIENCE;
+    let mut sequence = 1;
+    let arrived = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted peer was never reached"
+        );
+        match nodes[0].transport.send(numbered(first, second, sequence)) {
+            Ok(()) | Err(SendError::QueueFull { .. }) => {}
+            Err(error) => panic!("sending to a restarting peer failed: {error}"),
+        }
+        sequence += 1;
+        if let Ok(Some(message)) = timeout(Duration::from_millis(50), restarted.inbox.recv()).await
+        {
+            break message;
+        }
+    };
+    assert_eq!(arrived.from, first);
+    assert!(sequence_of(&arrived).is_some_and(|received| received >= 1));
+
+    send_patiently(
+        harness,
+        &restarted.transport,
+        Lane::Ordinary,
+        numbered(second, first, 0),
+    )
+    .await;
+    assert_eq!(
+        next_message(&mut nodes[0].inbox, "a message from the restarted peer").await,
+        numbered(second, first, 0)
+    );
+    nodes[0].transport.shutdown().await;
+    restarted.transport.shutdown().await;
+}
+
+/// Proves: a stream of snapshot-lane chunks arrives whole and in order while ordinary messages
+/// keep flowing beside it: whenever the snapshot queue is full, a heartbeat is sent, and at
+/// least one such heartbeat arrives before the chunk queued just before it. A transport that
+/// carried both lanes on one ordered stream could never deliver that.
+pub async fn snapshot_lane_does_not_delay_ordinary_messages<H: NetworkHarness>(harness: &H) {
+    const CHUNKS: u64 = 96;
+    let limits = harness.limits();
+    let chunk_payload_bytes = (limits.frame_bytes_max / 2).min(512 << 10);
+    let mut nodes = start_cluster(harness, 2).await;
+    let (from, to) = (nodes[0].id, nodes[1].id);
+    let sender = Arc::clone(&nodes[0].transport);
+
+    let mut queued = 0u64;
+    let mut heartbeats_sent = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while queued < CHUNKS {
+        assert!(Instant::now() < deadline, "the snapshot stream stalled");
+        let message = chunk(from, to, queued, chunk_payload_bytes);
+        match harness.send_on(&sender, Lane::Snapshot, message) {
+            Ok(()) => queued += 1,
+            Err(SendError::QueueFull { .. }) => {
+                // The snapshot lane is backed up: this heartbeat is tagged with the number of
+                // chunks queued before it.
+                if heartbeats_sent.last() != Some(&queued) {
+                    send_patiently(harness, &sender, Lane::Ordinary, numbered(from, to, queued))
+                        .await;
+                    heartbeats_sent.push(queued);
+                }
+                sleep(Duration::from_millis(1)).await;
+            }
+            Err(error) => panic!("queueing a chunk failed: {error}"),
+        }
+    }
+    assert!(
+        !heartbeats_sent.is_empty(),
+        "the snapshot queue never filled; the case proves nothing"
+    );
+
+    let mut chunks_received = 0u64;
+    let mut heartbeats_received = Vec::new();
+    let mut overtakes = 0;
+    while chunks_received < CHUNKS || heartbeats_received.len() < heartbeats_sent.len() {
+        let message = next_message(&mut nodes[1].inbox, "chunks and heartbeats").await;
+        if let Some(tag) = sequence_of(&message) {
+            // Chunks 0..tag were queued before this heartbeat; the last of them is tag - 1.
+            if chunks_received < tag {
+                overtakes += 1;
+            }
+            heartbeats_received.push(tag);
+        } else {
+            let index = intact_chunk_index(&message).expect("only chunks and heartbeats");
+            assert_eq!(index, chunks_received, "chunks arrive in order");
+            chunks_received += 1;
+        }
+    }
+    assert_eq!(
+        heartbeats_received, heartbeats_sent,
+        "heartbeats arrive in order"
+    );
+    assert!(
+        overtakes > 0,
+        "none of {} heartbeats overtook the snapshot chunks queued before it",
+        heartbeats_sent.len()
+    );
+    shutdown_all(&nodes).await;
+}
+
+/// A message no node should ever receive: intruders try to smuggle it in.
+fn smuggled(from: NodeId, to: NodeId) -> Message {
+    Message {
+        from,
+        to,
+        term: Term(666),
+        body: MessageBody::HeartbeatResponse,
+    }
+}
+
+fn frames(handshake: &Handshake, messages: &[Message], frame_bytes_max: usize) -> Vec<u8> {
+    let mut bytes = wire::encode_handshake(handshake).to_vec();
+    for message in messages {
+        let frame = wire::encode_message(message, frame_bytes_max).expect("fits");
+        bytes.extend_from_slice(&frame);
+    }
+    bytes
+}
+
+/// Proves: each kind of bad connection is closed by the target, nothing it sends is delivered,
+/// and a good peer's messages keep arriving throughout. A well-behaved intruder (a known peer
+/// with a correct handshake) is the control: its connection stays open and its message arrives,
+/// so the refusals are not an artefact of the harness.
+pub async fn intruders_are_refused_while_good_peers_carry_on<H: NetworkHarness>(harness: &H) {
+    let limits = harness.limits();
+    let mut nodes = start_cluster(harness, 3).await;
+    let (target, good, other) = (nodes[0].id, nodes[1].id, nodes[2].id);
+    let target_address = nodes[0].address;
+    let hello = Handshake {
+        cluster: SUITE_CLUSTER,
+        from: good,
+        to: target,
+        lane: Lane::Ordinary,
+    };
+    let stranger = NodeId(99);
+    let max = limits.frame_bytes_max;
+    let mut garbage = vec![0u8; 2048];
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for byte in &mut garbage {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        *byte = state as u8;
+    }
+    let mut wrong_version = wire::encode_handshake(&hello).to_vec();
+    wrong_version[wire::LENGTH_BYTES] = wire::FORMAT_VERSION + 1;
+    let mut oversized = wire::encode_handshake(&hello).to_vec();
+    oversized.extend_from_slice(&((max as u32).to_be_bytes()));
+    oversized.extend_from_slice(&[wire::FORMAT_VERSION, wire::KIND_MESSAGE, 0, 0]);
+    let mut garbled_payload = wire::encode_handshake(&hello).to_vec();
+    garbled_payload.extend_from_slice(&[0, 0, 0, 6, wire::FORMAT_VERSION, wire::KIND_MESSAGE]);
+    garbled_payload.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
+
+    let cases: Vec<(&str, NodeId, Vec<u8>)> = vec![
+        ("random bytes", good, garbage),
+        (
+            "an HTTP request",
+            good,
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        ("an unknown format version", good, wrong_version),
+        ("a frame over the limit", good, oversized),
+        ("a garbled payload", good, garbled_payload),
+        ("a silent connection", good, Vec::new()),
+        (
+            "a handshake from another cluster",
+            good,
+            frames(
+                &Handshake {
+                    cluster: ClusterId(SUITE_CLUSTER.0 + 1),
+                    ..hello
+                },
+                &[smuggled(good, target)],
+                max,
+            ),
+        ),
+        (
+            "a handshake from an unknown node",
+            stranger,
+            frames(
+                &Handshake {
+                    from: stranger,
+                    ..hello
+                },
+                &[smuggled(stranger, target)],
+                max,
+            ),
+        ),
+        (
+            "a handshake meant for another node",
+            good,
+            frames(
+                &Handshake { to: other, ..hello },
+                &[smuggled(good, target)],
+                max,
+            ),
+        ),
+        (
+            "a message whose sender is not the connection's peer",
+            good,
+            frames(&hello, &[smuggled(other, target)], max),
+        ),
+        (
+            "a handshake where a message belongs",
+            good,
+            frames(&hello, &[], max)
+                .into_iter()
+                .chain(frames(&hello, &[], max))
+                .collect(),
+        ),
+    ];
+
+    let good_sender = Arc::clone(&nodes[1].transport);
+    let mut sent = 0u64;
+    for (what, credentials, bytes) in cases {
+        let outcome = harness
+            .intrude(target_address, credentials, bytes, PATIENCE)
+            .await;
+        assert!(
+            matches!(
+                outcome,
+                IntrusionOutcome::Closed | IntrusionOutcome::Refused(_)
+            ),
+            "{what}: the connection was not refused ({outcome:?})"
+        );
+        // The good peer carries on after each intruder.
+        send_patiently(
+            harness,
+            &good_sender,
+            Lane::Ordinary,
+            numbered(good, target, sent),
+        )
+        .await;
+        sent += 1;
+    }
+
+    let welcome = numbered(good, target, 1_000_000);
+    let control = harness
+        .intrude(
+            target_address,
+            good,
+            frames(&hello, std::slice::from_ref(&welcome), max),
+            Duration::from_millis(500),
+        )
+        .await;
+    assert_eq!(
+        control,
+        IntrusionOutcome::StillOpen,
+        "a correct connection is kept"
+    );
+
+    let mut good_received = 0;
+    let mut welcome_received = false;
+    while good_received < sent || !welcome_received {
+        let message = next_message(&mut nodes[0].inbox, "the good peer's messages").await;
+        assert_ne!(
+            message.term,
+            Term(666),
+            "an intruder's message was delivered"
+        );
+        assert_eq!(message.from, good);
+        if message == welcome {
+            welcome_received = true;
+        } else {
+            assert_eq!(message, numbered(good, target, good_received));
+            good_received += 1;
+        }
+    }
+    // Anything still in flight must not be smuggled either.
+    sleep(Duration::from_millis(100)).await;
+    while let Ok(message) = nodes[0].inbox.try_recv() {
+        assert_ne!(
+            message.term,
+            Term(666),
+            "an intruder's message was delivered"
+        );
+    }
+    shutdown_all(&nodes).await;
+}
+
+/// Proves: after messages flowed both ways on both lanes, `shutdown` ends every task the
+/// transports started (by their own count and by the runtime's), and `send` then answers
+/// `Closed`.
+pub async fn shutdown_leaves_no_task_running<H: NetworkHarness>(harness: &H) {
+    let runtime = tokio::runtime::Handle::current();
+    let tasks_before = runtime.metrics().num_alive_tasks();
+    let mut nodes = start_cluster(harness, 3).await;
+    let ids: Vec<NodeId> = nodes.iter().map(|node| node.id).collect();
+    for node in &nodes {
+        for &peer in ids.iter().filter(|&&peer| peer != node.id) {
+            for lane in [Lane::Ordinary, Lane::Snapshot] {
+                send_patiently(harness, &node.transport, lane, numbered(node.id, peer, 0)).await;
+            }
+        }
+    }
+    for node in &mut nodes {
+        for _ in 0..(ids.len() - 1) * 2 {
+            next_message(&mut node.inbox, "messages before shutdown").await;
+        }
+    }
+    assert!(
+        nodes
+            .iter()
+            .all(|node| harness.tasks_running(&node.transport) > 0),
+        "running transports report their tasks"
+    );
+    shutdown_all(&nodes).await;
+    for node in &nodes {
+        assert_eq!(
+            harness.tasks_running(&node.transport),
+            0,
+            "node {} still runs tasks after shutdown",
+            node.id
+        );
+        assert_eq!(
+            node.transport.send(numbered(node.id, ids[0], 0)),
+            Err(SendError::Closed)
+        );
+    }
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let alive = runtime.metrics().num_alive_tasks();
+        if alive <= tasks_before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{alive} tasks alive after shutdown, {tasks_before} before the transports"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
