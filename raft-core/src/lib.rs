@@ -5,6 +5,7 @@
 pub mod config;
 pub mod message;
 pub mod network;
+pub mod protocol;
 pub mod state_machine;
 pub mod storage;
 pub mod types;

@@ -115,7 +115,10 @@ pub enum ForwardRefusal {
     /// The leader's uncommitted log is at `uncommitted_bytes_max`.
     UncommittedFull,
     /// The command is larger than the leader accepts.
-    TooLarge,
+    TooLarge {
+        /// The leader's `proposal_bytes_max`.
+        limit: u64,
+    },
 }
 
 impl Message {

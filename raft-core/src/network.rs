@@ -36,7 +36,10 @@ impl fmt::Display for SendError {
         match self {
             SendError::QueueFull { to } => write!(f, "send queue to {to} is full"),
             SendError::TooLarge { bytes, limit } => {
-                write!(f, "message of {bytes} bytes is over the {limit}-byte frame limit")
+                write!(
+                    f,
+                    "message of {bytes} bytes is over the {limit}-byte frame limit"
+                )
             }
             SendError::UnknownPeer { to } => write!(f, "no address is known for peer {to}"),
             SendError::Closed => write!(f, "the transport is shut down"),
@@ -99,7 +102,10 @@ pub struct Inbound {
 impl Inbound {
     /// Creates a handle and the receiving end the node reads from.
     pub fn channel(local: NodeId, messages_max: usize) -> (Inbound, mpsc::Receiver<Message>) {
-        assert!(messages_max > 0, "an inbox needs room for at least one message");
+        assert!(
+            messages_max > 0,
+            "an inbox needs room for at least one message"
+        );
         let (sender, receiver) = mpsc::channel(messages_max);
         (Inbound { local, sender }, receiver)
     }

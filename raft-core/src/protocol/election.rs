@@ -1,0 +1,213 @@
+//! Terms, votes and elections (Raft §5.2, §5.4.1; PreVote and CheckQuorum from the Raft
+//! thesis §9.6).
+
+use super::{RawNode, Role};
+use crate::message::{ForwardOutcome, ForwardRefusal, Message, MessageBody};
+use crate::types::{LogIndex, NodeId, Term};
+
+impl RawNode {
+    /// A message carries a higher term. Returns false when the message is to be ignored.
+    pub(super) fn adopt_higher_term(&mut self, message: &Message) -> bool {
+        match message.body {
+            MessageBody::VoteRequest { pre_vote, .. } => {
+                // CheckQuorum: a node that heard from a live leader within the minimum election
+                // timeout ignores elections, so a partitioned node cannot depose that leader.
+                let in_lease = self.config.check_quorum
+                    && self.leader.is_some()
+                    && self.election_elapsed < self.config.election_timeout_ticks_min;
+                if in_lease {
+                    return false;
+                }
+                if !pre_vote {
+                    self.become_follower(message.term, None);
+                }
+                // A pre-vote request changes nothing here: its term is only a proposal.
+                true
+            }
+            // A granted pre-vote echoes the term the pre-candidate would campaign in.
+            MessageBody::VoteResponse {
+                pre_vote: true,
+                granted: true,
+            } => true,
+            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
+                self.become_follower(message.term, Some(message.from));
+                true
+            }
+            _ => {
+                self.become_follower(message.term, None);
+                true
+            }
+        }
+    }
+
+    /// A message carries a lower term: most are dropped, some answered so the sender learns
+    /// the newer term.
+    pub(super) fn answer_stale_term(&mut self, message: &Message) {
+        match message.body {
+            // A deposed leader (or one cut off and rejoining) learns it is stale from any
+            // answer carrying our term; without it, PreVote and CheckQuorum could leave it
+            // ignored forever.
+            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
+                self.send(message.from, MessageBody::HeartbeatResponse)
+            }
+            MessageBody::VoteRequest { pre_vote: true, .. } => self.send(
+                message.from,
+                MessageBody::VoteResponse {
+                    pre_vote: true,
+                    granted: false,
+                },
+            ),
+            _ => {}
+        }
+    }
+
+    pub(super) fn handle_vote_request(
+        &mut self,
+        from: NodeId,
+        request_term: Term,
+        pre_vote: bool,
+        last_log_index: LogIndex,
+        last_log_term: Term,
+    ) {
+        let can_vote = self.vote == Some(from)
+            || (self.vote.is_none() && self.leader.is_none())
+            || (pre_vote && request_term > self.term);
+        let granted = can_vote && self.log.is_up_to_date(last_log_index, last_log_term);
+        if granted && !pre_vote {
+            // Recorded before the answer leaves: the answer waits for the hard state write.
+            self.vote = Some(from);
+            self.election_elapsed = 0;
+        }
+        let term = if granted && pre_vote {
+            request_term
+        } else {
+            self.term
+        };
+        self.send_message(Message {
+            from: self.id,
+            to: from,
+            term,
+            body: MessageBody::VoteResponse { pre_vote, granted },
+        });
+    }
+
+    pub(super) fn tick_election(&mut self) {
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.election_timeout {
+            self.start_election();
+        }
+    }
+
+    pub(super) fn start_election(&mut self) {
+        if self.config.pre_vote {
+            self.become_pre_candidate();
+        } else {
+            self.become_candidate();
+        }
+    }
+
+    fn become_pre_candidate(&mut self) {
+        self.role = Role::PreCandidate;
+        // Forget the old leader: otherwise, with CheckQuorum, peers' lease checks and this
+        // node's own can leave the cluster without any leader.
+        self.leader = None;
+        self.votes.clear();
+        self.votes.insert(self.id, true);
+        self.reset_election_timeout();
+        if self.quorum() == 1 {
+            self.become_candidate();
+            return;
+        }
+        self.request_votes(true);
+    }
+
+    fn become_candidate(&mut self) {
+        self.term = self.term.next();
+        self.vote = Some(self.id);
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.proposals.forget_forward_answers();
+        self.votes.clear();
+        self.votes.insert(self.id, true);
+        self.reset_election_timeout();
+        if self.quorum() == 1 {
+            self.become_leader();
+            return;
+        }
+        self.request_votes(false);
+    }
+
+    fn request_votes(&mut self, pre_vote: bool) {
+        let term = if pre_vote {
+            self.term.next()
+        } else {
+            self.term
+        };
+        let last_log_index = self.log.last_index();
+        let last_log_term = self.log.last_term();
+        let peers: Vec<NodeId> = self.peers().collect();
+        for to in peers {
+            self.send_message(Message {
+                from: self.id,
+                to,
+                term,
+                body: MessageBody::VoteRequest {
+                    pre_vote,
+                    last_log_index,
+                    last_log_term,
+                },
+            });
+        }
+    }
+
+    pub(super) fn step_candidate(&mut self, from: NodeId, body: MessageBody) {
+        match body {
+            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
+                // A leader won this term.
+                self.become_follower(self.term, Some(from));
+                self.step_follower(from, body);
+            }
+            MessageBody::VoteResponse { pre_vote, granted } => {
+                if pre_vote != (self.role == Role::PreCandidate) {
+                    return; // an answer from an earlier round
+                }
+                self.votes.insert(from, granted);
+                let yes = self.votes.values().filter(|g| **g).count();
+                let no = self.votes.len() - yes;
+                if yes >= self.quorum() {
+                    if self.role == Role::PreCandidate {
+                        self.become_candidate();
+                    } else {
+                        self.become_leader();
+                    }
+                } else if no >= self.quorum() {
+                    self.become_follower(self.term, None);
+                }
+            }
+            MessageBody::Forward { proposals } => self.refuse_forwards(from, proposals),
+            MessageBody::ForwardResponse { outcomes } => self.forward_answered(outcomes),
+            _ => {}
+        }
+    }
+
+    pub(super) fn refuse_forwards(
+        &mut self,
+        from: NodeId,
+        proposals: Vec<crate::message::ForwardedProposal>,
+    ) {
+        let outcomes = proposals
+            .into_iter()
+            .map(|p| ForwardOutcome {
+                id: p.id,
+                result: Err(ForwardRefusal::NotLeader),
+            })
+            .collect();
+        self.send(from, MessageBody::ForwardResponse { outcomes });
+    }
+
+    pub(super) fn forward_answered(&mut self, outcomes: Vec<ForwardOutcome>) {
+        for outcome in &outcomes {
+            self.proposals.forward_answered(outcome, self.log.applying);
+        }
+    }
+}

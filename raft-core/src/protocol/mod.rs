@@ -1,0 +1,558 @@
+//! The Raft protocol as a deterministic state machine, with no IO of any kind.
+//!
+//! A [`RawNode`] takes four kinds of input — [`RawNode::tick`], [`RawNode::step`] (a peer's
+//! message), [`RawNode::propose`] (a client command) and the acknowledgements
+//! [`RawNode::persisted`] / [`RawNode::applied`] — and hands back its work as a [`Ready`]:
+//! what to write to the log store, which messages to send (and which of them must wait for
+//! that write), which committed entries to apply, and which proposals failed. Time is counted
+//! in ticks and randomness comes from a generator seeded by the configuration, so the same
+//! inputs always give the same outputs: one seed replays a whole simulated cluster.
+//!
+//! Handling a `Ready` (the runtime in [`crate::runtime`] does exactly this):
+//! 1. send `messages` (they depend on nothing local: a leader's appends and heartbeats);
+//! 2. make `write` durable in the log store, in `number` order with earlier readies;
+//! 3. send `messages_after_write` (votes and acknowledgements that promise durable state);
+//! 4. call [`RawNode::persisted`] with the ready's `number`;
+//! 5. apply `committed` in order and call [`RawNode::applied`]; report `failed_proposals`.
+//!
+//! A leader may send its appends before its own write is durable (step 1 before step 2); it
+//! counts itself toward a commit majority only once step 4 says the entries are durable.
+
+mod election;
+mod log;
+mod progress;
+mod proposals;
+mod replication;
+mod rng;
+
+pub use progress::ReplicationState;
+pub use proposals::ProposeError;
+
+use crate::config::{Config, ConfigError};
+use crate::message::{Message, MessageBody};
+use crate::storage::LogWrite;
+use crate::types::{Entry, HardState, LogIndex, NodeId, ProposalId, Term};
+use bytes::Bytes;
+use log::RaftLog;
+use progress::Progress;
+use proposals::Proposals;
+use rng::Rng;
+use std::collections::{BTreeMap, VecDeque};
+
+/// A node's role in its current term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Asks whether it could win an election, without raising its term (PreVote).
+    PreCandidate,
+    /// Runs for election in its current term.
+    Candidate,
+    /// Leads its term: the only node that appends new entries.
+    Leader,
+}
+
+/// What a node needs from storage to start: the durable state written by earlier runs.
+#[derive(Clone, Debug, Default)]
+pub struct Restore {
+    /// The last saved hard state.
+    pub hard_state: HardState,
+    /// Every entry the store holds, in order, starting at index 1.
+    pub entries: Vec<Entry>,
+    /// The last index the state machine already holds (entries up to it are not re-applied).
+    pub applied: LogIndex,
+}
+
+/// A committed entry to apply, with the proposal it answers when this node proposed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommittedEntry {
+    /// The entry.
+    pub entry: Entry,
+    /// The local proposal this entry carries, whose proposer awaits the result.
+    pub proposal: Option<ProposalId>,
+}
+
+/// One batch of work for the runtime. See the [module documentation](self) for the order.
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Sequence number to pass to [`RawNode::persisted`] once `write` is durable.
+    pub number: u64,
+    /// What to make durable.
+    pub write: LogWrite,
+    /// Messages that may be sent at once.
+    pub messages: Vec<Message>,
+    /// Messages that may be sent only once `write` (and every earlier ready's) is durable.
+    pub messages_after_write: Vec<Message>,
+    /// Committed, locally durable entries to apply, in order.
+    pub committed: Vec<CommittedEntry>,
+    /// Proposals that failed, with the reason.
+    pub failed_proposals: Vec<(ProposalId, ProposeError)>,
+}
+
+impl Ready {
+    /// True when there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.write.is_empty()
+            && self.messages.is_empty()
+            && self.messages_after_write.is_empty()
+            && self.committed.is_empty()
+            && self.failed_proposals.is_empty()
+    }
+}
+
+/// A leader's view of one follower, for status displays.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerProgress {
+    /// The follower.
+    pub id: NodeId,
+    /// Highest index known to be replicated there.
+    pub match_index: LogIndex,
+    /// Next index the leader will send.
+    pub next_index: LogIndex,
+    /// Probing or pipelining.
+    pub pipelined: bool,
+    /// Appends in flight.
+    pub inflight_messages: usize,
+    /// Bytes in flight.
+    pub inflight_bytes: usize,
+}
+
+/// A snapshot of a node's state, for status pages and tests.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    /// This node.
+    pub id: NodeId,
+    /// Its role.
+    pub role: Role,
+    /// Its term.
+    pub term: Term,
+    /// The leader it knows for this term, if any.
+    pub leader: Option<NodeId>,
+    /// Highest committed index it knows.
+    pub commit_index: LogIndex,
+    /// Highest index its state machine applied.
+    pub applied_index: LogIndex,
+    /// Its last log index.
+    pub last_index: LogIndex,
+    /// Highest index durable in its store.
+    pub persisted_index: LogIndex,
+    /// The voters.
+    pub voters: Vec<NodeId>,
+    /// For a leader: each follower's progress.
+    pub progress: Vec<PeerProgress>,
+}
+
+/// One node of the Raft protocol, without IO. See the [module documentation](self).
+#[derive(Debug)]
+pub struct RawNode {
+    config: Config,
+    id: NodeId,
+    /// The voters, sorted; the quorum is a majority of them.
+    voters: Vec<NodeId>,
+    term: Term,
+    vote: Option<NodeId>,
+    role: Role,
+    leader: Option<NodeId>,
+    log: RaftLog,
+    rng: Rng,
+    /// Ticks since this node last reset its election clock (heard from a leader, voted, or,
+    /// for a leader, since its last quorum check).
+    election_elapsed: u32,
+    heartbeat_elapsed: u32,
+    /// This term's election timeout, drawn from `[min, max)`.
+    election_timeout: u32,
+    /// Ticks since start: deadlines of waiting proposals are measured against it.
+    now: u64,
+    /// Votes received in the current (pre-)election.
+    votes: BTreeMap<NodeId, bool>,
+    /// Leader only: each follower's progress (never this node's own).
+    progress: BTreeMap<NodeId, Progress>,
+    /// Leader only: payload bytes of entries appended this term and not yet committed.
+    uncommitted_bytes: usize,
+    /// Leader only: new entries or a new commit index must be sent to followers.
+    needs_broadcast: bool,
+    proposals: Proposals,
+    messages: Vec<Message>,
+    messages_after_write: Vec<Message>,
+    /// The hard state last handed to storage.
+    hard_state_written: HardState,
+    ready_number: u64,
+    /// Readies handed out whose writes storage has not acknowledged: (number, last entry).
+    unacknowledged_writes: VecDeque<(u64, Option<(LogIndex, Term)>)>,
+}
+
+impl RawNode {
+    /// Starts a node from its configuration and what storage holds.
+    pub fn new(config: Config, restore: Restore) -> Result<RawNode, ConfigError> {
+        config.validate()?;
+        let hard_state = restore.hard_state;
+        for (position, entry) in restore.entries.iter().enumerate() {
+            if entry.index != LogIndex(position as u64 + 1) {
+                return Err(ConfigError(format!(
+                    "restored log has entry {} at position {} (holes or a purged log)",
+                    entry.index,
+                    position + 1
+                )));
+            }
+        }
+        let last = LogIndex(restore.entries.len() as u64);
+        if hard_state.commit > last {
+            return Err(ConfigError(format!(
+                "restored commit index {} is beyond the last entry {last}",
+                hard_state.commit
+            )));
+        }
+        let applied = restore.applied.min(last);
+        let mut voters = config.voters.clone();
+        voters.sort();
+        let mut rng = Rng::new(config.seed ^ config.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let proposals = Proposals::new(rng.next_u64() & !0xFFFF_FFFF);
+        let mut node = RawNode {
+            id: config.id,
+            voters,
+            term: hard_state.term,
+            vote: hard_state.vote,
+            role: Role::Follower,
+            leader: None,
+            log: RaftLog::restore(
+                LogIndex(0),
+                Term(0),
+                restore.entries,
+                hard_state.commit,
+                applied,
+            ),
+            rng,
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            election_timeout: 0,
+            now: 0,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            uncommitted_bytes: 0,
+            needs_broadcast: false,
+            proposals,
+            messages: Vec::new(),
+            messages_after_write: Vec::new(),
+            hard_state_written: hard_state,
+            ready_number: 0,
+            unacknowledged_writes: VecDeque::new(),
+            config,
+        };
+        node.reset_election_timeout();
+        Ok(node)
+    }
+
+    // ----- inputs -------------------------------------------------------------------------
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        self.now += 1;
+        self.proposals.expire(self.now);
+        match self.role {
+            Role::Leader => self.tick_leader(),
+            _ => self.tick_election(),
+        }
+    }
+
+    /// Handles a message from a peer. Messages for another node, from a non-member or with a
+    /// stale term are ignored (the last may get an answer that tells the sender the new term).
+    pub fn step(&mut self, message: Message) {
+        if message.to != self.id || !self.voters.contains(&message.from) || message.from == self.id
+        {
+            return;
+        }
+        if message.term > self.term {
+            if !self.adopt_higher_term(&message) {
+                return;
+            }
+        } else if message.term < self.term {
+            self.answer_stale_term(&message);
+            return;
+        }
+        match message.body {
+            MessageBody::VoteRequest {
+                pre_vote,
+                last_log_index,
+                last_log_term,
+            } => self.handle_vote_request(
+                message.from,
+                message.term,
+                pre_vote,
+                last_log_index,
+                last_log_term,
+            ),
+            body => match self.role {
+                Role::Leader => self.step_leader(message.from, body),
+                Role::Candidate | Role::PreCandidate => self.step_candidate(message.from, body),
+                Role::Follower => self.step_follower(message.from, body),
+            },
+        }
+        self.assert_invariants();
+    }
+
+    /// Proposes a command. The outcome arrives later: the committed entry that carries `id`,
+    /// or an entry in [`Ready::failed_proposals`].
+    pub fn propose(&mut self, id: ProposalId, data: Bytes) {
+        if data.len() > self.config.proposal_bytes_max {
+            let limit = self.config.proposal_bytes_max;
+            let bytes = data.len();
+            self.proposals
+                .fail(id, ProposeError::TooLarge { bytes, limit });
+            return;
+        }
+        if self.proposals.tracked() >= self.config.pending_proposals_max {
+            self.proposals.fail(id, ProposeError::TooManyPending);
+            return;
+        }
+        let deadline = self.now + u64::from(self.config.proposal_wait_ticks);
+        self.route_proposal(id, data, deadline);
+    }
+
+    /// Starts an election now (as if the election timeout had passed).
+    pub fn campaign(&mut self) {
+        if self.role != Role::Leader {
+            self.start_election();
+        }
+    }
+
+    /// Storage made the write of ready `number` (and all earlier ones) durable.
+    pub fn persisted(&mut self, number: u64) {
+        let mut last = None;
+        while let Some(&(n, entry)) = self.unacknowledged_writes.front() {
+            if n > number {
+                break;
+            }
+            self.unacknowledged_writes.pop_front();
+            last = entry.or(last);
+        }
+        if let Some((index, term)) = last {
+            self.log.stable_to(index, term);
+            if self.role == Role::Leader {
+                self.maybe_commit();
+            }
+        }
+        self.assert_invariants();
+    }
+
+    /// The state machine applied every entry up to `index`.
+    pub fn applied(&mut self, index: LogIndex) {
+        self.log.applied_to(index);
+    }
+
+    // ----- output -------------------------------------------------------------------------
+
+    /// True when [`RawNode::ready`] would return work.
+    pub fn has_ready(&self) -> bool {
+        self.needs_broadcast
+            || self.proposals.has_waiting_to_route(self.role, self.leader)
+            || !self.messages.is_empty()
+            || !self.messages_after_write.is_empty()
+            || !self.proposals.failures.is_empty()
+            || self.log.has_unwritten()
+            || self.log.has_applicable()
+            || self.hard_state() != self.hard_state_written
+    }
+
+    /// Takes the work accumulated since the last call.
+    pub fn ready(&mut self) -> Ready {
+        if self.role == Role::Leader && self.needs_broadcast {
+            self.broadcast_append();
+        }
+        self.needs_broadcast = false;
+        self.flush_waiting_proposals();
+        let (truncate_from, entries) = self.log.take_unwritten();
+        let hard_state = self.hard_state();
+        let vote_changed = (hard_state.term, hard_state.vote)
+            != (self.hard_state_written.term, self.hard_state_written.vote);
+        let commit_changed = hard_state.commit != self.hard_state_written.commit;
+        // The commit index is saved when something else is written anyway: it may lag on
+        // disk (it is recomputed from the cluster), so it never costs a sync of its own.
+        let save_hard_state = vote_changed || (commit_changed && !entries.is_empty());
+        if save_hard_state {
+            self.hard_state_written = hard_state;
+        }
+        self.ready_number += 1;
+        let last_written = entries.last().map(|e| (e.index, e.term));
+        self.unacknowledged_writes
+            .push_back((self.ready_number, last_written));
+        let committed = self.take_committed();
+        Ready {
+            number: self.ready_number,
+            write: LogWrite {
+                truncate_from,
+                entries,
+                hard_state: save_hard_state.then_some(hard_state),
+            },
+            messages: std::mem::take(&mut self.messages),
+            messages_after_write: std::mem::take(&mut self.messages_after_write),
+            committed,
+            failed_proposals: std::mem::take(&mut self.proposals.failures),
+        }
+    }
+
+    fn take_committed(&mut self) -> Vec<CommittedEntry> {
+        let entries = self
+            .log
+            .take_applicable(self.config.apply_batch_entries_max);
+        entries
+            .into_iter()
+            .map(|entry| CommittedEntry {
+                proposal: self.proposals.match_applied(&entry),
+                entry,
+            })
+            .collect()
+    }
+
+    /// Fails every tracked proposal with an indeterminate error (for shutdown); they appear
+    /// in the next ready.
+    pub fn abandon_proposals(&mut self) {
+        self.proposals.fail_all();
+    }
+
+    // ----- queries ------------------------------------------------------------------------
+
+    /// This node's ID.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The current term.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    /// The leader known for the current term.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// The highest committed index known.
+    pub fn commit_index(&self) -> LogIndex {
+        self.log.committed
+    }
+
+    /// The last index in the log.
+    pub fn last_index(&self) -> LogIndex {
+        self.log.last_index()
+    }
+
+    /// The entry at `index`, if held.
+    pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
+        self.log.get(index)
+    }
+
+    /// The hard state as it stands (not necessarily durable yet).
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.log.committed,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A status snapshot.
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.id,
+            role: self.role,
+            term: self.term,
+            leader: self.leader,
+            commit_index: self.log.committed,
+            applied_index: self.log.applied,
+            last_index: self.log.last_index(),
+            persisted_index: self.log.persisted,
+            voters: self.voters.clone(),
+            progress: self
+                .progress
+                .iter()
+                .map(|(id, p)| PeerProgress {
+                    id: *id,
+                    match_index: p.match_index,
+                    next_index: p.next_index,
+                    pipelined: p.state == ReplicationState::Replicate,
+                    inflight_messages: p.inflights.len(),
+                    inflight_bytes: p.inflights.bytes(),
+                })
+                .collect(),
+        }
+    }
+
+    // ----- shared helpers -----------------------------------------------------------------
+
+    fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+
+    fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let me = self.id;
+        self.voters.iter().copied().filter(move |id| *id != me)
+    }
+
+    /// Queues a message. A leader's messages go out at once; everyone else's wait for the
+    /// ready's write, since they may promise a vote or entries that must be durable first.
+    fn send(&mut self, to: NodeId, body: MessageBody) {
+        let message = Message {
+            from: self.id,
+            to,
+            term: self.term,
+            body,
+        };
+        self.send_message(message);
+    }
+
+    fn send_message(&mut self, message: Message) {
+        if self.role == Role::Leader {
+            self.messages.push(message);
+        } else {
+            self.messages_after_write.push(message);
+        }
+    }
+
+    fn reset_election_timeout(&mut self) {
+        self.election_elapsed = 0;
+        self.election_timeout = self.rng.range(
+            self.config.election_timeout_ticks_min,
+            self.config.election_timeout_ticks_max,
+        );
+    }
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        assert!(term >= self.term, "terms never go backwards");
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+            self.proposals.forget_forward_answers();
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.progress.clear();
+        self.votes.clear();
+        self.uncommitted_bytes = 0;
+        self.needs_broadcast = false;
+        self.reset_election_timeout();
+    }
+
+    fn assert_invariants(&self) {
+        self.log.assert_invariants();
+        if self.role == Role::Leader {
+            assert_eq!(self.leader, Some(self.id), "a leader leads itself");
+            assert_eq!(self.vote, Some(self.id), "a leader voted for itself");
+        }
+        if let Some(leader) = self.leader {
+            assert!(self.voters.contains(&leader), "leader {leader} is not a voter");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

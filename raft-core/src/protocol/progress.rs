@@ -1,0 +1,206 @@
+//! What a leader knows about each follower's log, and how fast it may send to it.
+
+use crate::types::LogIndex;
+use std::collections::VecDeque;
+
+/// How a leader is sending to one follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicationState {
+    /// The leader does not know where the follower's log matches; it sends one append at a
+    /// time and waits for the answer (or for the next heartbeat answer) before sending another.
+    Probe,
+    /// The follower's log matches up to `match_index`; the leader streams appends ahead of the
+    /// answers, bounded by the in-flight limits.
+    Replicate,
+}
+
+/// Appends sent in the `Replicate` state and not yet acknowledged.
+///
+/// Invariant: `bytes` is the sum of the queued sizes; last indexes strictly increase.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Inflights {
+    queue: VecDeque<(LogIndex, usize)>,
+    bytes: usize,
+}
+
+impl Inflights {
+    pub(crate) fn add(&mut self, last: LogIndex, bytes: usize) {
+        if let Some((previous, _)) = self.queue.back() {
+            assert!(last > *previous, "inflight appends must move forward");
+        }
+        self.queue.push_back((last, bytes));
+        self.bytes += bytes;
+    }
+
+    /// Frees every append whose last index is at or below `index`.
+    pub(crate) fn free_to(&mut self, index: LogIndex) {
+        while let Some(&(last, bytes)) = self.queue.front() {
+            if last > index {
+                break;
+            }
+            self.queue.pop_front();
+            self.bytes -= bytes;
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.queue.clear();
+        self.bytes = 0;
+    }
+
+    pub(crate) fn is_full(&self, messages_max: usize, bytes_max: usize) -> bool {
+        self.queue.len() >= messages_max || self.bytes >= bytes_max
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// A leader's view of one follower.
+///
+/// Invariant: `match_index < next_index`.
+#[derive(Clone, Debug)]
+pub(crate) struct Progress {
+    /// The highest index known to match the leader's log and be durable on the follower.
+    pub(crate) match_index: LogIndex,
+    /// The next index to send.
+    pub(crate) next_index: LogIndex,
+    pub(crate) state: ReplicationState,
+    /// In `Probe`: an append is outstanding, so no other is sent until an answer arrives.
+    pub(crate) probe_sent: bool,
+    pub(crate) inflights: Inflights,
+    /// Heard from since the last quorum check (CheckQuorum).
+    pub(crate) recent_active: bool,
+    /// Heartbeat answers received in `Replicate` while appends were outstanding and
+    /// `match_index` did not move: a sign an append was lost, which sends the follower back to
+    /// `Probe`.
+    pub(crate) stalled_heartbeats: u32,
+}
+
+impl Progress {
+    pub(crate) fn new(next_index: LogIndex) -> Progress {
+        Progress {
+            match_index: LogIndex(0),
+            next_index,
+            state: ReplicationState::Probe,
+            probe_sent: false,
+            inflights: Inflights::default(),
+            recent_active: true,
+            stalled_heartbeats: 0,
+        }
+    }
+
+    pub(crate) fn is_paused(&self, messages_max: usize, bytes_max: usize) -> bool {
+        match self.state {
+            ReplicationState::Probe => self.probe_sent,
+            ReplicationState::Replicate => self.inflights.is_full(messages_max, bytes_max),
+        }
+    }
+
+    /// Records that the follower holds everything up to `index`. Returns true when that is news.
+    pub(crate) fn update_match(&mut self, index: LogIndex) -> bool {
+        let advanced = index > self.match_index;
+        if advanced {
+            self.match_index = index;
+            self.probe_sent = false;
+            self.stalled_heartbeats = 0;
+        }
+        self.next_index = self.next_index.max(index.next());
+        self.inflights.free_to(index);
+        self.assert_invariants();
+        advanced
+    }
+
+    pub(crate) fn become_probe(&mut self) {
+        self.state = ReplicationState::Probe;
+        self.next_index = self.match_index.next();
+        self.probe_sent = false;
+        self.stalled_heartbeats = 0;
+        self.inflights.clear();
+    }
+
+    pub(crate) fn become_replicate(&mut self) {
+        self.state = ReplicationState::Replicate;
+        self.next_index = self.match_index.next();
+        self.probe_sent = false;
+        self.stalled_heartbeats = 0;
+        self.inflights.clear();
+    }
+
+    /// Handles a rejection of the append at `rejected_index`, resuming at `resume_after + 1`.
+    /// Returns false when the rejection is stale and was ignored.
+    pub(crate) fn back_off(&mut self, rejected_index: LogIndex, resume_after: LogIndex) -> bool {
+        if rejected_index <= self.match_index {
+            return false; // answers an append older than what we already know matches
+        }
+        if self.state == ReplicationState::Probe && rejected_index != self.next_index.prev() {
+            return false; // answers an older probe
+        }
+        self.state = ReplicationState::Probe;
+        self.inflights.clear();
+        self.probe_sent = false;
+        self.next_index = resume_after
+            .next()
+            .min(rejected_index)
+            .max(self.match_index.next());
+        self.assert_invariants();
+        true
+    }
+
+    fn assert_invariants(&self) {
+        assert!(
+            self.match_index < self.next_index,
+            "progress invariant broken: match {} >= next {}",
+            self.match_index,
+            self.next_index
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inflight_limits_pause_replication_and_acks_resume_it() {
+        let mut progress = Progress::new(LogIndex(1));
+        progress.become_replicate();
+        progress.inflights.add(LogIndex(5), 100);
+        progress.inflights.add(LogIndex(9), 100);
+        assert!(progress.is_paused(2, 1000), "two messages fill a window of two");
+        assert!(progress.is_paused(10, 200), "200 bytes fill a window of 200");
+        progress.update_match(LogIndex(5));
+        assert!(!progress.is_paused(2, 1000));
+        assert_eq!(progress.inflights.len(), 1);
+        assert_eq!(progress.inflights.bytes(), 100);
+    }
+
+    #[test]
+    fn stale_rejections_are_ignored() {
+        let mut progress = Progress::new(LogIndex(11));
+        progress.update_match(LogIndex(7));
+        assert!(!progress.back_off(LogIndex(6), LogIndex(3)), "below match: stale");
+        assert!(
+            !progress.back_off(LogIndex(8), LogIndex(3)),
+            "probe answer for an older probe"
+        );
+        assert!(progress.back_off(LogIndex(10), LogIndex(9)));
+        assert_eq!(progress.next_index, LogIndex(10));
+    }
+
+    #[test]
+    fn back_off_never_goes_below_match() {
+        let mut progress = Progress::new(LogIndex(21));
+        progress.update_match(LogIndex(12));
+        progress.become_replicate();
+        progress.next_index = LogIndex(21);
+        assert!(progress.back_off(LogIndex(20), LogIndex(2)));
+        assert_eq!(progress.next_index, LogIndex(13));
+        assert_eq!(progress.state, ReplicationState::Probe);
+    }
+}

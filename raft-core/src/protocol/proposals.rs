@@ -1,0 +1,254 @@
+//! Bookkeeping for client proposals: those waiting for a leader, those forwarded to it, and
+//! those placed in the log and waiting to be applied.
+
+use crate::message::ForwardOutcome;
+use crate::types::{Entry, LogIndex, NodeId, ProposalId, Term};
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+
+/// Why a proposal failed. [`ProposeError::is_definite`] tells whether the command may still
+/// take effect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProposeError {
+    /// No leader was known within `proposal_wait_ticks`; the command was never appended.
+    NoLeader,
+    /// The command is larger than `proposal_bytes_max`; it was never appended.
+    TooLarge {
+        /// The command's size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The leader holds `uncommitted_bytes_max` of uncommitted entries; it was never appended.
+    UncommittedFull,
+    /// This node already tracks `pending_proposals_max` proposals; it was never appended.
+    TooManyPending,
+    /// Another entry was committed at the command's index: it never takes effect.
+    Dropped,
+    /// Leadership changed (or the leader did not answer a forward in time) after the command may
+    /// have been appended: it may or may not take effect.
+    OutcomeUnknown,
+}
+
+impl ProposeError {
+    /// True when the command certainly did not and will not take effect.
+    pub fn is_definite(&self) -> bool {
+        !matches!(self, ProposeError::OutcomeUnknown)
+    }
+}
+
+impl fmt::Display for ProposeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProposeError::NoLeader => write!(f, "no leader is known; the write was not applied"),
+            ProposeError::TooLarge { bytes, limit } => {
+                write!(f, "command of {bytes} bytes is over the {limit}-byte limit")
+            }
+            ProposeError::UncommittedFull => write!(
+                f,
+                "the leader's uncommitted log is full; retry when it has caught up"
+            ),
+            ProposeError::TooManyPending => write!(f, "too many proposals are pending on this node"),
+            ProposeError::Dropped => write!(f, "the write was overwritten by a new leader"),
+            ProposeError::OutcomeUnknown => write!(
+                f,
+                "leadership changed while the write was in flight; it may or may not be applied"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ProposeError {}
+
+/// A forwarded proposal awaiting the leader's answer.
+#[derive(Debug)]
+struct Forwarded {
+    proposal: ProposalId,
+    data: Bytes,
+    deadline: u64,
+}
+
+/// Limits on the forward de-duplication window a leader keeps per follower.
+const FORWARD_DEDUPE_WINDOW_MAX: usize = 4096;
+
+/// Proposal bookkeeping. Every proposal is in exactly one of `waiting`, `forwarded` or
+/// `placed` until its outcome is reported, so `tracked()` bounds the memory they use.
+#[derive(Debug, Default)]
+pub(crate) struct Proposals {
+    /// Waiting for a leader to be known (or to become one): (id, command, deadline tick).
+    waiting: VecDeque<(ProposalId, Bytes, u64)>,
+    /// Forwarded to the leader and not answered yet, by forward key.
+    forwarded: BTreeMap<u64, Forwarded>,
+    /// Placed in the log at (index -> term, id), waiting for that index to apply.
+    placed: BTreeMap<LogIndex, (Term, ProposalId)>,
+    /// The next forward key; starts at a random value so a restarted node's keys do not
+    /// collide with its earlier ones in a leader's de-duplication window.
+    next_forward_key: u64,
+    /// Leader side: recently seen forward keys per follower, with the answer given.
+    seen_forwards: HashMap<NodeId, (VecDeque<u64>, HashMap<u64, ForwardOutcome>)>,
+    /// Outcomes to report.
+    pub(crate) failures: Vec<(ProposalId, ProposeError)>,
+}
+
+impl Proposals {
+    pub(crate) fn new(first_forward_key: u64) -> Proposals {
+        Proposals {
+            next_forward_key: first_forward_key,
+            ..Proposals::default()
+        }
+    }
+
+    pub(crate) fn tracked(&self) -> usize {
+        self.waiting.len() + self.forwarded.len() + self.placed.len()
+    }
+
+    pub(crate) fn fail(&mut self, id: ProposalId, error: ProposeError) {
+        self.failures.push((id, error));
+    }
+
+    pub(crate) fn wait_for_leader(&mut self, id: ProposalId, data: Bytes, deadline: u64) {
+        self.waiting.push_back((id, data, deadline));
+    }
+
+    /// True when waiting proposals can go somewhere: this node leads or knows the leader.
+    pub(crate) fn has_waiting_to_route(&self, role: super::Role, leader: Option<NodeId>) -> bool {
+        !self.waiting.is_empty() && (role == super::Role::Leader || leader.is_some())
+    }
+
+    pub(crate) fn take_waiting(&mut self) -> VecDeque<(ProposalId, Bytes, u64)> {
+        std::mem::take(&mut self.waiting)
+    }
+
+    /// Records a forward and returns its key.
+    pub(crate) fn forward(&mut self, proposal: ProposalId, data: Bytes, deadline: u64) -> u64 {
+        let key = self.next_forward_key;
+        self.next_forward_key = self.next_forward_key.wrapping_add(1);
+        self.forwarded.insert(
+            key,
+            Forwarded {
+                proposal,
+                data,
+                deadline,
+            },
+        );
+        key
+    }
+
+    /// The leader's answer to a forward. A refusal by a node that is no longer leader puts
+    /// the proposal back to wait for the next leader (it was never appended).
+    pub(crate) fn forward_answered(&mut self, outcome: &ForwardOutcome, applying: LogIndex) {
+        let Some(forwarded) = self.forwarded.remove(&outcome.id.0) else {
+            return; // a duplicate or late answer
+        };
+        match outcome.result {
+            Ok((term, index)) if index > applying => {
+                self.placed.insert(index, (term, forwarded.proposal));
+            }
+            // Already applied before the answer arrived: the result was not captured.
+            Ok(_) => self.fail(forwarded.proposal, ProposeError::OutcomeUnknown),
+            Err(crate::message::ForwardRefusal::NotLeader) => {
+                self.waiting
+                    .push_back((forwarded.proposal, forwarded.data, forwarded.deadline));
+            }
+            Err(crate::message::ForwardRefusal::UncommittedFull) => {
+                self.fail(forwarded.proposal, ProposeError::UncommittedFull)
+            }
+            Err(crate::message::ForwardRefusal::TooLarge { limit }) => self.fail(
+                forwarded.proposal,
+                ProposeError::TooLarge {
+                    bytes: forwarded.data.len(),
+                    limit: limit as usize,
+                },
+            ),
+        }
+    }
+
+    pub(crate) fn place(&mut self, index: LogIndex, term: Term, id: ProposalId) {
+        let previous = self.placed.insert(index, (term, id));
+        assert!(previous.is_none(), "two proposals placed at index {index}");
+    }
+
+    /// Entries at or after `from` were removed from the local log: their proposals' fate is
+    /// now unknown (another node may still hold and commit them).
+    pub(crate) fn truncated_from(&mut self, from: LogIndex) {
+        let lost = self.placed.split_off(&from);
+        for (_, (_, id)) in lost {
+            self.fail(id, ProposeError::OutcomeUnknown);
+        }
+    }
+
+    /// Matches entries about to be applied to the proposals placed at their indexes.
+    pub(crate) fn match_applied(&mut self, entry: &Entry) -> Option<ProposalId> {
+        let (term, id) = self.placed.remove(&entry.index)?;
+        if term == entry.term {
+            Some(id)
+        } else {
+            self.fail(id, ProposeError::Dropped);
+            None
+        }
+    }
+
+    /// Fails waiting and forwarded proposals whose deadline has passed.
+    pub(crate) fn expire(&mut self, now: u64) {
+        let mut kept = VecDeque::with_capacity(self.waiting.len());
+        for (id, data, deadline) in self.waiting.drain(..) {
+            if deadline <= now {
+                self.failures.push((id, ProposeError::NoLeader));
+            } else {
+                kept.push_back((id, data, deadline));
+            }
+        }
+        self.waiting = kept;
+        let expired: Vec<u64> = self
+            .forwarded
+            .iter()
+            .filter(|(_, f)| f.deadline <= now)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in expired {
+            let forwarded = self.forwarded.remove(&key).expect("key just listed");
+            self.fail(forwarded.proposal, ProposeError::OutcomeUnknown);
+        }
+    }
+
+    /// Leader side: the answer already given to a forward with this key, if it is a duplicate.
+    pub(crate) fn seen_forward(&self, from: NodeId, key: u64) -> Option<ForwardOutcome> {
+        self.seen_forwards
+            .get(&from)
+            .and_then(|(_, answers)| answers.get(&key).cloned())
+    }
+
+    /// Leader side: remembers the answer to a forward, within a bounded window.
+    pub(crate) fn remember_forward(&mut self, from: NodeId, outcome: ForwardOutcome) {
+        let (order, answers) = self.seen_forwards.entry(from).or_default();
+        if order.len() >= FORWARD_DEDUPE_WINDOW_MAX {
+            if let Some(oldest) = order.pop_front() {
+                answers.remove(&oldest);
+            }
+        }
+        order.push_back(outcome.id.0);
+        answers.insert(outcome.id.0, outcome);
+    }
+
+    /// A new term began: forward answers of the old one are no longer needed.
+    pub(crate) fn forget_forward_answers(&mut self) {
+        self.seen_forwards.clear();
+    }
+
+    /// Every tracked proposal fails with `OutcomeUnknown` (the node is shutting down).
+    pub(crate) fn fail_all(&mut self) {
+        let waiting: Vec<_> = self.waiting.drain(..).map(|(id, _, _)| id).collect();
+        for id in waiting {
+            self.fail(id, ProposeError::NoLeader);
+        }
+        let forwarded: Vec<_> = std::mem::take(&mut self.forwarded).into_values().collect();
+        for f in forwarded {
+            self.fail(f.proposal, ProposeError::OutcomeUnknown);
+        }
+        let placed: Vec<_> = std::mem::take(&mut self.placed).into_values().collect();
+        for (_, id) in placed {
+            self.fail(id, ProposeError::OutcomeUnknown);
+        }
+    }
+}

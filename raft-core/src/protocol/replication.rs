@@ -1,0 +1,438 @@
+//! Log replication (Raft §5.3): the leader's side (progress, pipelining, commit) and the
+//! follower's (the consistency check and its rejection hint), plus proposal routing.
+
+use super::progress::{Progress, ReplicationState};
+use super::{ProposeError, RawNode, Role};
+use crate::message::{
+    AppendResponse, ForwardOutcome, ForwardRefusal, ForwardedProposal, MessageBody,
+};
+use crate::types::{Entry, EntryPayload, LogIndex, NodeId, ProposalId, Term};
+use bytes::Bytes;
+
+/// Heartbeat answers without progress, while appends are outstanding, after which a leader
+/// assumes an append was lost and probes the follower again.
+const STALLED_HEARTBEATS_MAX: u32 = 2;
+
+impl RawNode {
+    // ----- leader -------------------------------------------------------------------------
+
+    pub(super) fn become_leader(&mut self) {
+        assert_eq!(self.vote, Some(self.id), "only a candidate that voted for itself leads");
+        self.role = Role::Leader;
+        self.leader = Some(self.id);
+        self.votes.clear();
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        self.uncommitted_bytes = 0;
+        let next = self.log.last_index().next();
+        let peers: Vec<NodeId> = self.peers().collect();
+        self.progress = peers.into_iter().map(|id| (id, Progress::new(next))).collect();
+        // A blank entry of the new term lets the leader commit, and so learn the commit index
+        // of, everything before it (Raft §5.4.2, §8).
+        self.log.append(Entry {
+            term: self.term,
+            index: next,
+            payload: EntryPayload::Blank,
+        });
+        self.needs_broadcast = true;
+        self.flush_waiting_proposals();
+    }
+
+    pub(super) fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.config.election_timeout_ticks_min {
+            self.election_elapsed = 0;
+            if self.config.check_quorum && !self.quorum_active() {
+                self.become_follower(self.term, None);
+                return;
+            }
+        }
+        if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks {
+            self.heartbeat_elapsed = 0;
+            self.broadcast_heartbeat();
+        }
+    }
+
+    /// CheckQuorum: true when a majority (this node included) was heard from since the last
+    /// check. Clears the marks for the next period.
+    fn quorum_active(&mut self) -> bool {
+        let mut active = 1;
+        for progress in self.progress.values_mut() {
+            if progress.recent_active {
+                active += 1;
+            }
+            progress.recent_active = false;
+        }
+        active >= self.quorum()
+    }
+
+    fn broadcast_heartbeat(&mut self) {
+        let committed = self.log.committed;
+        let heartbeats: Vec<(NodeId, LogIndex)> = self
+            .progress
+            .iter()
+            .map(|(id, p)| (*id, p.match_index.min(committed)))
+            .collect();
+        for (to, commit) in heartbeats {
+            self.send(to, MessageBody::Heartbeat { commit });
+        }
+    }
+
+    pub(super) fn broadcast_append(&mut self) {
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for to in peers {
+            self.send_appends(to, true);
+        }
+    }
+
+    /// Sends `to` what it lacks, as far as its state and the in-flight limits allow. With
+    /// `allow_empty`, sends an empty append when there is nothing new (to carry the commit
+    /// index or probe).
+    fn send_appends(&mut self, to: NodeId, allow_empty: bool) {
+        let messages_max = self.config.inflight_messages_max;
+        let bytes_max = self.config.inflight_bytes_max;
+        let mut first = true;
+        loop {
+            let last = self.log.last_index();
+            let Some(progress) = self.progress.get(&to) else {
+                return;
+            };
+            if progress.is_paused(messages_max, bytes_max) {
+                return;
+            }
+            let next = progress.next_index;
+            if next > last && !(allow_empty && first) {
+                return;
+            }
+            first = false;
+            let prev_log_index = next.prev();
+            let prev_log_term = self
+                .log
+                .term(prev_log_index)
+                .expect("the leader holds every entry after its compaction point");
+            let entries = if next <= last {
+                self.log.slice(next, self.config.message_bytes_max)
+            } else {
+                Vec::new()
+            };
+            let bytes: usize = entries.iter().map(Entry::size_bytes).sum();
+            let sent_last = entries.last().map(|e| e.index);
+            let progress = self.progress.get_mut(&to).expect("checked above");
+            let keep_going = match progress.state {
+                ReplicationState::Probe => {
+                    progress.probe_sent = true;
+                    false
+                }
+                ReplicationState::Replicate => match sent_last {
+                    Some(sent_last) => {
+                        progress.next_index = sent_last.next();
+                        progress.inflights.add(sent_last, bytes);
+                        true
+                    }
+                    None => false,
+                },
+            };
+            let leader_commit = self.log.committed;
+            self.send(
+                to,
+                MessageBody::Append {
+                    prev_log_index,
+                    prev_log_term,
+                    entries,
+                    leader_commit,
+                },
+            );
+            if !keep_going {
+                return;
+            }
+        }
+    }
+
+    pub(super) fn step_leader(&mut self, from: NodeId, body: MessageBody) {
+        match body {
+            MessageBody::AppendResponse(response) => self.handle_append_response(from, response),
+            MessageBody::HeartbeatResponse => self.handle_heartbeat_response(from),
+            MessageBody::Forward { proposals } => self.handle_forward(from, proposals),
+            MessageBody::ForwardResponse { outcomes } => self.forward_answered(outcomes),
+            // Vote answers from a finished election, or (impossible between correct nodes)
+            // an append from another leader of this term: nothing to do.
+            _ => {}
+        }
+    }
+
+    fn handle_heartbeat_response(&mut self, from: NodeId) {
+        let last = self.log.last_index();
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return;
+        };
+        progress.recent_active = true;
+        progress.probe_sent = false;
+        if progress.state == ReplicationState::Replicate && progress.inflights.len() > 0 {
+            progress.stalled_heartbeats += 1;
+            if progress.stalled_heartbeats >= STALLED_HEARTBEATS_MAX {
+                progress.become_probe();
+            }
+        }
+        if progress.match_index < last {
+            self.send_appends(from, false);
+        }
+    }
+
+    fn handle_append_response(&mut self, from: NodeId, response: AppendResponse) {
+        let last = self.log.last_index();
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return;
+        };
+        progress.recent_active = true;
+        match response {
+            AppendResponse::Accepted { match_index } => {
+                if match_index > last {
+                    return; // cannot match more than the leader holds: not from this term
+                }
+                let was_probe = progress.state == ReplicationState::Probe;
+                let advanced = progress.update_match(match_index);
+                if was_probe && (advanced || progress.match_index == match_index) {
+                    progress.become_replicate();
+                }
+                if advanced {
+                    self.maybe_commit();
+                }
+                self.send_appends(from, false);
+            }
+            AppendResponse::Rejected {
+                rejected_index,
+                hint_term,
+                hint_index,
+            } => {
+                let resume_after = if hint_term > Term(0) {
+                    self.log.find_conflict_by_term(hint_index, hint_term)
+                } else {
+                    hint_index
+                };
+                let progress = self.progress.get_mut(&from).expect("checked above");
+                if progress.back_off(rejected_index, resume_after) {
+                    self.send_appends(from, true);
+                }
+            }
+        }
+    }
+
+    /// Commits the highest index a majority holds durably, if it is of this term (entries of
+    /// earlier terms commit only with it: Raft §5.4.2, Figure 8).
+    pub(super) fn maybe_commit(&mut self) -> bool {
+        let mut matched: Vec<LogIndex> = self
+            .voters
+            .iter()
+            .map(|id| {
+                if *id == self.id {
+                    self.log.persisted
+                } else {
+                    self.progress[id].match_index
+                }
+            })
+            .collect();
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let candidate = matched[self.quorum() - 1];
+        if candidate <= self.log.committed || self.log.term(candidate) != Some(self.term) {
+            return false;
+        }
+        let newly_committed: usize = self
+            .log
+            .range(self.log.committed.next(), candidate)
+            .map(|e| e.payload.payload_bytes())
+            .sum();
+        self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(newly_committed);
+        self.log.commit_to(candidate);
+        self.needs_broadcast = true;
+        true
+    }
+
+    /// Appends a command as leader. Refused when the uncommitted log is full (but one entry
+    /// is always allowed when nothing is uncommitted, so a large command cannot wedge it).
+    fn append_proposal(&mut self, data: Bytes) -> Result<(Term, LogIndex), ForwardRefusal> {
+        assert_eq!(self.role, Role::Leader);
+        let bytes = data.len();
+        if self.uncommitted_bytes > 0
+            && self.uncommitted_bytes + bytes > self.config.uncommitted_bytes_max
+        {
+            return Err(ForwardRefusal::UncommittedFull);
+        }
+        let index = self.log.last_index().next();
+        self.log.append(Entry {
+            term: self.term,
+            index,
+            payload: EntryPayload::Command(data),
+        });
+        self.uncommitted_bytes += bytes;
+        self.needs_broadcast = true;
+        Ok((self.term, index))
+    }
+
+    fn handle_forward(&mut self, from: NodeId, proposals: Vec<ForwardedProposal>) {
+        let mut outcomes = Vec::with_capacity(proposals.len());
+        for proposal in proposals {
+            // Forwards are de-duplicated so a duplicated message cannot apply a command twice.
+            if let Some(answer) = self.proposals.seen_forward(from, proposal.id.0) {
+                outcomes.push(answer);
+                continue;
+            }
+            let result = if proposal.data.len() > self.config.proposal_bytes_max {
+                Err(ForwardRefusal::TooLarge {
+                    limit: self.config.proposal_bytes_max as u64,
+                })
+            } else {
+                self.append_proposal(proposal.data)
+            };
+            let outcome = ForwardOutcome {
+                id: proposal.id,
+                result,
+            };
+            self.proposals.remember_forward(from, outcome.clone());
+            outcomes.push(outcome);
+        }
+        self.send(from, MessageBody::ForwardResponse { outcomes });
+    }
+
+    // ----- proposals ----------------------------------------------------------------------
+
+    pub(super) fn route_proposal(&mut self, id: ProposalId, data: Bytes, deadline: u64) {
+        if self.role == Role::Leader {
+            self.propose_as_leader(id, data);
+        } else {
+            // Forwarded (or kept until a leader is known) when the ready is taken, so the
+            // proposals of one step travel in one message.
+            self.proposals.wait_for_leader(id, data, deadline);
+        }
+    }
+
+    fn propose_as_leader(&mut self, id: ProposalId, data: Bytes) {
+        match self.append_proposal(data) {
+            Ok((term, index)) => self.proposals.place(index, term, id),
+            Err(_) => self.proposals.fail(id, ProposeError::UncommittedFull),
+        }
+    }
+
+    /// Routes proposals that wait for a leader: appended here if this node leads, forwarded
+    /// if a leader is known, kept (until their deadline) otherwise.
+    pub(super) fn flush_waiting_proposals(&mut self) {
+        match (self.role, self.leader) {
+            (Role::Leader, _) => {
+                for (id, data, _) in self.proposals.take_waiting() {
+                    self.propose_as_leader(id, data);
+                }
+            }
+            (_, Some(leader)) => {
+                let waiting = self.proposals.take_waiting();
+                let mut batch = Vec::new();
+                let mut batch_bytes = 0;
+                for (id, data, deadline) in waiting {
+                    if !batch.is_empty() && batch_bytes + data.len() > self.config.message_bytes_max
+                    {
+                        let proposals = std::mem::take(&mut batch);
+                        self.send(leader, MessageBody::Forward { proposals });
+                        batch_bytes = 0;
+                    }
+                    batch_bytes += data.len();
+                    let key = self.proposals.forward(id, data.clone(), deadline);
+                    batch.push(ForwardedProposal {
+                        id: ProposalId(key),
+                        data,
+                    });
+                }
+                if !batch.is_empty() {
+                    self.send(leader, MessageBody::Forward { proposals: batch });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ----- follower -----------------------------------------------------------------------
+
+    pub(super) fn step_follower(&mut self, from: NodeId, body: MessageBody) {
+        match body {
+            MessageBody::Append {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+            } => {
+                self.heard_from_leader(from);
+                self.handle_append(from, prev_log_index, prev_log_term, entries, leader_commit);
+            }
+            MessageBody::Heartbeat { commit } => {
+                self.heard_from_leader(from);
+                self.log.commit_to(commit.min(self.log.last_index()));
+                self.send(from, MessageBody::HeartbeatResponse);
+            }
+            MessageBody::Forward { proposals } => self.refuse_forwards(from, proposals),
+            MessageBody::ForwardResponse { outcomes } => self.forward_answered(outcomes),
+            _ => {}
+        }
+    }
+
+    fn heard_from_leader(&mut self, leader: NodeId) {
+        self.election_elapsed = 0;
+        self.leader = Some(leader);
+    }
+
+    fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev_log_index: LogIndex,
+        prev_log_term: Term,
+        entries: Vec<Entry>,
+        leader_commit: LogIndex,
+    ) {
+        if !entries_follow(prev_log_index, &entries, self.term) {
+            tracing::warn!(%from, "ignoring an append whose entries are not contiguous");
+            return;
+        }
+        if prev_log_index < self.log.committed {
+            // Everything up to our commit index already matches the leader's log.
+            let match_index = self.log.committed;
+            self.send(
+                from,
+                MessageBody::AppendResponse(AppendResponse::Accepted { match_index }),
+            );
+            return;
+        }
+        match self.log.try_append(prev_log_index, prev_log_term, entries) {
+            Some((last_new, truncated_from)) => {
+                if let Some(from_index) = truncated_from {
+                    // Proposals placed at cut entries may still commit elsewhere, or not.
+                    self.proposals.truncated_from(from_index);
+                }
+                self.log.commit_to(leader_commit.min(last_new));
+                self.send(
+                    from,
+                    MessageBody::AppendResponse(AppendResponse::Accepted {
+                        match_index: last_new,
+                    }),
+                );
+            }
+            None => {
+                let probe_from = prev_log_index.min(self.log.last_index());
+                let hint_index = self.log.find_conflict_by_term(probe_from, prev_log_term);
+                let hint_term = self.log.term(hint_index).unwrap_or(Term(0));
+                self.send(
+                    from,
+                    MessageBody::AppendResponse(AppendResponse::Rejected {
+                        rejected_index: prev_log_index,
+                        hint_term,
+                        hint_index,
+                    }),
+                );
+            }
+        }
+    }
+}
+
+/// True when `entries` follow `prev` without gaps and carry terms no newer than the leader's.
+fn entries_follow(prev: LogIndex, entries: &[Entry], leader_term: Term) -> bool {
+    entries
+        .iter()
+        .enumerate()
+        .all(|(k, e)| e.index == LogIndex(prev.0 + 1 + k as u64) && e.term <= leader_term)
+}
