@@ -190,6 +190,7 @@ impl NetworkHarness for Harness {
     async fn intrude(
         &self,
         target: SocketAddr,
+        target_node: NodeId,
         credentials: NodeId,
         bytes: Vec<u8>,
         wait: Duration,
@@ -205,8 +206,7 @@ impl NetworkHarness for Harness {
             return closed_within(&mut tcp, wait).await;
         };
         let connector = tls_connector(&certificates.files(credentials));
-        // The intruder asks for whichever node listens there; node 1 is every suite's target.
-        let name = ServerName::try_from(wire::certificate_name(NodeId(1))).unwrap();
+        let name = ServerName::try_from(wire::certificate_name(target_node)).unwrap();
         let mut tls = match connector.connect(name, tcp).await {
             Ok(tls) => tls,
             Err(error) => return IntrusionOutcome::Refused(error.to_string()),
@@ -286,6 +286,7 @@ async fn tls_identity_is_checked() {
     let outcome = harness
         .intrude(
             target,
+            NodeId(1),
             NodeId(2),
             wire::encode_handshake(&impostor).to_vec(),
             Duration::from_secs(10),
@@ -300,6 +301,7 @@ async fn tls_identity_is_checked() {
     let outcome = harness
         .intrude(
             target,
+            NodeId(1),
             NodeId(2),
             wire::encode_handshake(&honest).to_vec(),
             Duration::from_millis(300),

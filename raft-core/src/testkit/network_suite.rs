@@ -62,7 +62,7 @@
 //!     fn remove_peer(&self, _: &MyTransport, _: NodeId) {}
 //!     fn send_on(&self, _: &MyTransport, _: Lane, _: Message) -> Result<(), SendError> { Ok(()) }
 //!     fn tasks_running(&self, _: &MyTransport) -> usize { 0 }
-//!     async fn intrude(&self, _: SocketAddr, _: NodeId, _: Vec<u8>, _: Duration) -> IntrusionOutcome {
+//!     async fn intrude(&self, _: SocketAddr, _: NodeId, _: NodeId, _: Vec<u8>, _: Duration) -> IntrusionOutcome {
 //!         IntrusionOutcome::Closed
 //!     }
 //! }
@@ -149,14 +149,15 @@ pub trait NetworkHarness: Send + Sync + 'static {
     /// Tasks the transport has started that have not finished.
     fn tasks_running(&self, transport: &Self::Transport) -> usize;
 
-    /// Plays an intruder: connects to the transport at `target` presenting the credentials of
-    /// `credentials` where the transport authenticates peers (a certificate signed by the
-    /// cluster's authority naming that node; plain TCP has none), writes `bytes` as the start of
-    /// a connection (QUIC: of a stream), keeps it open and waits up to `wait` for the transport
-    /// to close it.
+    /// Plays an intruder: connects to node `target_node`'s transport at `target` presenting
+    /// the credentials of `credentials` where the transport authenticates peers (a certificate
+    /// signed by the cluster's authority naming that node; plain TCP has none), writes `bytes`
+    /// as the start of a connection (QUIC: of a stream), keeps it open and waits up to `wait`
+    /// for the transport to close it.
     async fn intrude(
         &self,
         target: SocketAddr,
+        target_node: NodeId,
         credentials: NodeId,
         bytes: Vec<u8>,
         wait: Duration,
@@ -776,7 +777,7 @@ pub async fn intruders_are_refused_while_good_peers_carry_on<H: NetworkHarness>(
     let mut sent = 0u64;
     for (what, credentials, bytes) in cases {
         let outcome = harness
-            .intrude(target_address, credentials, bytes, PATIENCE)
+            .intrude(target_address, target, credentials, bytes, PATIENCE)
             .await;
         assert!(
             matches!(
@@ -800,6 +801,7 @@ pub async fn intruders_are_refused_while_good_peers_carry_on<H: NetworkHarness>(
     let control = harness
         .intrude(
             target_address,
+            target,
             good,
             frames(&hello, std::slice::from_ref(&welcome), max),
             Duration::from_millis(500),

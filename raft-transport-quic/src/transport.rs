@@ -1,0 +1,659 @@
+//! The transport: the endpoint, the peer table with one connection per peer, the per-lane
+//! stream writers, and the accepting side.
+
+use crate::config::QuicConfig;
+use crate::frames::{FrameReader, ReadError};
+use crate::pki::Identity;
+use crate::tasks::{Backoff, Shutdown, Tasks};
+use async_trait::async_trait;
+use bytes::Bytes;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, TransportConfig, VarInt};
+use raft_core::wire::{self, Frame, Handshake};
+use raft_core::{Inbound, Lane, Message, Network, NetworkError, NodeId, SendError};
+use rustls::pki_types::CertificateDer;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::AbortHandle;
+use tokio::time::{sleep, timeout};
+
+/// Application error codes this transport closes connections with.
+const CLOSE_SHUTDOWN: u32 = 0;
+const CLOSE_REFUSED: u32 = 1;
+const CLOSE_REPLACED: u32 = 2;
+
+/// Stream priorities: quinn sends higher first, so a heartbeat never waits behind queued
+/// snapshot data on the same connection.
+const ORDINARY_PRIORITY: i32 = 1;
+const SNAPSHOT_PRIORITY: i32 = 0;
+
+/// A Raft transport over QUIC, always with mutual TLS.
+///
+/// Each peer gets one outbound connection, dialled when the first message for it is queued and
+/// redialled with backoff after a failure. On it, one long-lived stream per [`Lane`] carries
+/// that lane's frames in order; the ordinary stream has priority, and QUIC's per-stream flow
+/// control keeps a slow snapshot from blocking it. Messages travel one way on a connection: each
+/// node dials its peers and reads the connections its peers dialled. See the crate docs for an
+/// example.
+pub struct QuicTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: QuicConfig,
+    local_addr: SocketAddr,
+    identity: Identity,
+    /// Until shutdown; taken then so the socket is released once every connection is gone.
+    endpoint: Mutex<Option<Endpoint>>,
+    /// Invariant: holds no entry for this node.
+    peers: Mutex<HashMap<NodeId, Peer>>,
+    tasks: Tasks,
+    stop: watch::Sender<bool>,
+    shutdown: Shutdown,
+    started: AtomicBool,
+    closed: AtomicBool,
+}
+
+struct Peer {
+    link: Arc<Link>,
+    ordinary: mpsc::Sender<Bytes>,
+    snapshot: mpsc::Sender<Bytes>,
+    /// The queues' receiving ends until the writers start.
+    waiting: Option<[(Lane, mpsc::Receiver<Bytes>); 2]>,
+    writers: Vec<AbortHandle>,
+}
+
+/// The one outbound connection to a peer, shared by its lanes' writers.
+struct Link {
+    node: NodeId,
+    address: SocketAddr,
+    connection: tokio::sync::Mutex<Option<Connection>>,
+}
+
+fn transport_config(config: &QuicConfig) -> Result<Arc<TransportConfig>, NetworkError> {
+    let mut transport = TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(config.idle_timeout)
+        .map_err(|error| NetworkError(format!("idle_timeout: {error}")))?;
+    transport
+        .max_idle_timeout(Some(idle))
+        .keep_alive_interval(Some(config.keep_alive_interval))
+        .max_concurrent_uni_streams(VarInt::from_u32(config.inbound_streams_max))
+        .max_concurrent_bidi_streams(VarInt::from_u32(0));
+    Ok(Arc::new(transport))
+}
+
+impl QuicTransport {
+    /// Validates `config`, loads the certificates, and binds the UDP endpoint. Nothing is sent
+    /// or accepted until [`Network::start`].
+    pub async fn bind(config: QuicConfig) -> Result<QuicTransport, NetworkError> {
+        config.validate()?;
+        let identity = Identity::load(&config.tls)?;
+        let transport = transport_config(&config)?;
+        let server_crypto = QuicServerConfig::try_from(identity.server.clone())
+            .map_err(|error| NetworkError(format!("QUIC server TLS: {error}")))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server.transport_config(Arc::clone(&transport));
+        let client_crypto = QuicClientConfig::try_from(identity.client.clone())
+            .map_err(|error| NetworkError(format!("QUIC client TLS: {error}")))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client.transport_config(transport);
+        let mut endpoint = Endpoint::server(server, config.listen)
+            .map_err(|error| NetworkError(format!("binding {}: {error}", config.listen)))?;
+        endpoint.set_default_client_config(client);
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|error| NetworkError(format!("reading the bound address: {error}")))?;
+        let (stop, shutdown) = Shutdown::channel();
+        let inner = Arc::new(Inner {
+            local_addr,
+            identity,
+            endpoint: Mutex::new(Some(endpoint)),
+            peers: Mutex::new(HashMap::new()),
+            tasks: Tasks::new(tokio::runtime::Handle::current()),
+            stop,
+            shutdown,
+            started: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            config,
+        });
+        let transport = QuicTransport { inner };
+        for (&node, &address) in &transport.inner.config.peers {
+            transport.add_peer(node, address);
+        }
+        Ok(transport)
+    }
+
+    /// The UDP address the endpoint is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// Adds a peer, or moves it to a new address (its queued messages are dropped and its old
+    /// connection closed).
+    pub fn add_peer(&self, node: NodeId, address: SocketAddr) {
+        if node == self.inner.config.node {
+            tracing::warn!(%node, "refusing to add this node as its own peer");
+            return;
+        }
+        let ordinary = mpsc::channel(self.inner.config.send_queue_messages_max);
+        let snapshot = mpsc::channel(self.inner.config.snapshot_queue_messages_max);
+        let mut peer = Peer {
+            link: Arc::new(Link {
+                node,
+                address,
+                connection: tokio::sync::Mutex::new(None),
+            }),
+            ordinary: ordinary.0,
+            snapshot: snapshot.0,
+            waiting: Some([(Lane::Ordinary, ordinary.1), (Lane::Snapshot, snapshot.1)]),
+            writers: Vec::new(),
+        };
+        if self.inner.started.load(Ordering::Acquire) {
+            self.inner.start_writers(&mut peer);
+        }
+        let replaced = self
+            .inner
+            .peers
+            .lock()
+            .expect("peers lock")
+            .insert(node, peer);
+        if let Some(old) = replaced {
+            old.retire(CLOSE_REPLACED);
+        }
+    }
+
+    /// Forgets a peer: its queued messages are dropped and its connection closed.
+    pub fn remove_peer(&self, node: NodeId) {
+        let removed = self.inner.peers.lock().expect("peers lock").remove(&node);
+        if let Some(peer) = removed {
+            peer.retire(CLOSE_REPLACED);
+        }
+    }
+
+    /// Queues `message` on `lane`. [`Network::send`] calls this with `message.lane()`; this
+    /// method lets a caller (or a test) choose the lane.
+    pub fn send_on(&self, lane: Lane, message: Message) -> Result<(), SendError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(SendError::Closed);
+        }
+        let to = message.to;
+        let queue = {
+            let peers = self.inner.peers.lock().expect("peers lock");
+            let peer = peers.get(&to).ok_or(SendError::UnknownPeer { to })?;
+            match lane {
+                Lane::Ordinary => peer.ordinary.clone(),
+                Lane::Snapshot => peer.snapshot.clone(),
+            }
+        };
+        let limit = self.inner.config.frame_bytes_max;
+        let frame = wire::encode_message(&message, limit).map_err(|error| match error {
+            wire::FrameError::TooLarge { bytes, limit } => SendError::TooLarge { bytes, limit },
+            other => unreachable!("encoding only fails on size: {other}"),
+        })?;
+        queue.try_send(frame).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => SendError::QueueFull { to },
+            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+        })
+    }
+
+    /// Tasks this transport started that have not finished: the acceptor, one per inbound
+    /// connection and stream, one per peer and lane. Zero after [`Network::shutdown`].
+    pub fn tasks_running(&self) -> usize {
+        self.inner.tasks.running()
+    }
+}
+
+impl Peer {
+    /// Stops the writers and closes the connection.
+    fn retire(self, code: u32) {
+        self.writers.iter().for_each(AbortHandle::abort);
+        if let Ok(mut connection) = self.link.connection.try_lock() {
+            if let Some(connection) = connection.take() {
+                connection.close(VarInt::from_u32(code), b"peer removed");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Network for QuicTransport {
+    async fn start(&self, inbound: Inbound) -> Result<(), NetworkError> {
+        if inbound.local_id() != self.inner.config.node {
+            return Err(NetworkError(format!(
+                "inbound delivers to {}, this transport is {}",
+                inbound.local_id(),
+                self.inner.config.node
+            )));
+        }
+        let endpoint = self.inner.endpoint.lock().expect("endpoint lock").clone();
+        let Some(endpoint) = endpoint else {
+            return Err(NetworkError("the transport is shut down".into()));
+        };
+        if self.inner.started.swap(true, Ordering::AcqRel) {
+            return Err(NetworkError("the transport was already started".into()));
+        }
+        let inner = Arc::clone(&self.inner);
+        self.inner
+            .tasks
+            .spawn(accept_loop(inner, endpoint, inbound));
+        let mut peers = self.inner.peers.lock().expect("peers lock");
+        for peer in peers.values_mut() {
+            self.inner.start_writers(peer);
+        }
+        Ok(())
+    }
+
+    fn send(&self, message: Message) -> Result<(), SendError> {
+        self.send_on(message.lane(), message)
+    }
+
+    async fn shutdown(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.stop.send_replace(true);
+        let endpoint = self.inner.endpoint.lock().expect("endpoint lock").take();
+        if let Some(endpoint) = &endpoint {
+            endpoint.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+        }
+        let peers: Vec<Peer> = {
+            let mut table = self.inner.peers.lock().expect("peers lock");
+            table.drain().map(|(_, peer)| peer).collect()
+        };
+        for peer in peers {
+            peer.retire(CLOSE_SHUTDOWN);
+        }
+        self.inner
+            .tasks
+            .close(self.inner.config.shutdown_grace)
+            .await;
+        if let Some(endpoint) = endpoint {
+            // Lets the close reach the peers, so they redial a restarted node at once rather
+            // than after their idle timeout.
+            let _ = timeout(self.inner.config.shutdown_grace, endpoint.wait_idle()).await;
+        }
+    }
+}
+
+impl Inner {
+    fn start_writers(self: &Arc<Inner>, peer: &mut Peer) {
+        let Some(queues) = peer.waiting.take() else {
+            return;
+        };
+        for (lane, queue) in queues {
+            let writer = run_writer(Arc::clone(self), Arc::clone(&peer.link), lane, queue);
+            peer.writers.extend(self.tasks.spawn(writer));
+        }
+    }
+
+    fn is_known(&self, node: NodeId) -> bool {
+        self.peers.lock().expect("peers lock").contains_key(&node)
+    }
+
+    fn endpoint(&self) -> Option<Endpoint> {
+        self.endpoint.lock().expect("endpoint lock").clone()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outbound: one connection per peer, one stream per lane.
+
+impl Link {
+    /// The live connection to the peer, dialling a new one if there is none.
+    async fn connection(&self, inner: &Inner) -> Result<Connection, String> {
+        let mut current = self.connection.lock().await;
+        if let Some(connection) = current.as_ref() {
+            if connection.close_reason().is_none() {
+                return Ok(connection.clone());
+            }
+        }
+        *current = None;
+        let endpoint = inner.endpoint().ok_or("the transport is shut down")?;
+        let name = wire::certificate_name(self.node);
+        let connecting = endpoint
+            .connect(self.address, &name)
+            .map_err(|error| format!("connect: {error}"))?;
+        let connection = timeout(inner.config.connect_timeout, connecting)
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|error| format!("connect: {error}"))?;
+        *current = Some(connection.clone());
+        Ok(connection)
+    }
+}
+
+enum Ended {
+    Stop,
+    Lost,
+}
+
+/// Writes the frames queued for the peer on `lane` to that lane's stream, reopening the stream
+/// (and the connection) as needed.
+async fn run_writer(
+    inner: Arc<Inner>,
+    link: Arc<Link>,
+    lane: Lane,
+    mut queue: mpsc::Receiver<Bytes>,
+) {
+    let config = &inner.config;
+    let mut shutdown = inner.shutdown.clone();
+    let mut backoff = Backoff::new(config.reconnect_delay_min, config.reconnect_delay_max);
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.wait() => return,
+            first = queue.recv() => match first {
+                Some(frame) => frame,
+                None => return,
+            },
+        };
+        let (connection, stream) = loop {
+            let attempt = open_stream(&inner, &link, lane);
+            let outcome = tokio::select! {
+                _ = shutdown.wait() => return,
+                outcome = attempt => outcome,
+            };
+            match outcome {
+                Ok(opened) => break opened,
+                Err(error) => {
+                    tracing::debug!(node = %link.node, address = %link.address, ?lane, %error, "opening a stream failed");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = sleep(backoff.next_delay()) => {}
+            }
+        };
+        backoff.reset();
+        match pump(
+            &inner,
+            &connection,
+            stream,
+            first,
+            &mut queue,
+            &mut shutdown,
+        )
+        .await
+        {
+            Ended::Stop => return,
+            Ended::Lost => tracing::debug!(node = %link.node, ?lane, "stream lost; reopening"),
+        }
+    }
+}
+
+async fn open_stream(
+    inner: &Inner,
+    link: &Link,
+    lane: Lane,
+) -> Result<(Connection, SendStream), String> {
+    let connection = link.connection(inner).await?;
+    let mut stream = connection
+        .open_uni()
+        .await
+        .map_err(|error| format!("opening a stream: {error}"))?;
+    let priority = match lane {
+        Lane::Ordinary => ORDINARY_PRIORITY,
+        Lane::Snapshot => SNAPSHOT_PRIORITY,
+    };
+    stream
+        .set_priority(priority)
+        .map_err(|error| format!("stream priority: {error}"))?;
+    let hello = Handshake {
+        cluster: inner.config.cluster,
+        from: inner.config.node,
+        to: link.node,
+        lane,
+    };
+    stream
+        .write_all(&wire::encode_handshake(&hello))
+        .await
+        .map_err(|error| format!("writing the handshake: {error}"))?;
+    Ok((connection, stream))
+}
+
+/// Writes queued frames until the stream or connection fails or the writer stops. Frames
+/// queued together are handed to quinn in one call, which packs them into as few packets as
+/// it can.
+async fn pump(
+    inner: &Inner,
+    connection: &Connection,
+    mut stream: SendStream,
+    first: Bytes,
+    queue: &mut mpsc::Receiver<Bytes>,
+    shutdown: &mut Shutdown,
+) -> Ended {
+    let mut batch = vec![first];
+    loop {
+        if !batch.is_empty() {
+            let mut batched: usize = batch.iter().map(Bytes::len).sum();
+            while batched < inner.config.write_batch_bytes_max {
+                let Ok(frame) = queue.try_recv() else { break };
+                batched += frame.len();
+                batch.push(frame);
+            }
+            let written = stream.write_all_chunks(&mut batch);
+            tokio::select! {
+                _ = shutdown.wait() => return Ended::Stop,
+                written = written => if let Err(error) = written {
+                    tracing::debug!(%error, "stream write failed");
+                    return Ended::Lost;
+                },
+            }
+            batch.clear();
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return Ended::Stop,
+            frame = queue.recv() => match frame {
+                Some(frame) => batch.push(frame),
+                None => return Ended::Stop,
+            },
+            _ = connection.closed() => return Ended::Lost,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inbound: connections, then the streams on each.
+
+async fn accept_loop(inner: Arc<Inner>, endpoint: Endpoint, inbound: Inbound) {
+    let mut shutdown = inner.shutdown.clone();
+    let permits = Arc::new(Semaphore::new(inner.config.inbound_connections_max));
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.wait() => return,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => return,
+            },
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            tracing::warn!(
+                remote = %incoming.remote_address(),
+                limit = inner.config.inbound_connections_max,
+                "refused a connection: inbound_connections_max reached"
+            );
+            incoming.refuse();
+            continue;
+        };
+        let connection_inner = Arc::clone(&inner);
+        let connection_inbound = inbound.clone();
+        inner.tasks.spawn(async move {
+            let _permit = permit;
+            serve_connection(connection_inner, incoming, connection_inbound).await;
+        });
+    }
+}
+
+/// An authenticated stream: its frames and the peer it belongs to.
+struct OpenedStream {
+    frames: FrameReader<RecvStream>,
+    peer: NodeId,
+}
+
+async fn serve_connection(inner: Arc<Inner>, incoming: Incoming, inbound: Inbound) {
+    let remote = incoming.remote_address();
+    let mut shutdown = inner.shutdown.clone();
+    // The TLS handshake and the first stream's handshake must both come within the timeout:
+    // a connection that authenticates and then says nothing holds no slot for long.
+    let first = timeout(inner.config.handshake_timeout, async {
+        let connection = incoming
+            .accept()
+            .map_err(|error| format!("accepting: {error}"))?
+            .await
+            .map_err(|error| format!("QUIC handshake: {error}"))?;
+        let stream = connection
+            .accept_uni()
+            .await
+            .map_err(|error| format!("awaiting the first stream: {error}"))?;
+        let opened = open_stream_inbound(&inner, &connection, stream).await;
+        Ok::<_, String>((connection, opened))
+    });
+    let first = tokio::select! {
+        _ = shutdown.wait() => return,
+        first = first => first,
+    };
+    let (connection, opened) = match first {
+        Ok(Ok((connection, Ok(opened)))) => (connection, opened),
+        Ok(Ok((connection, Err(error)))) => {
+            tracing::warn!(%remote, %error, "refused a connection");
+            connection.close(VarInt::from_u32(CLOSE_REFUSED), b"refused");
+            return;
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(%remote, %error, "refused a connection");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%remote, "refused a connection: no handshake in time");
+            // Dropping the connection future aborts it; an established one is closed by drop.
+            return;
+        }
+    };
+    let peer = opened.peer;
+    spawn_reader(&inner, &connection, opened, &inbound);
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.wait() => {
+                connection.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+                return;
+            }
+            stream = connection.accept_uni() => stream,
+        };
+        let Ok(stream) = stream else {
+            tracing::debug!(%remote, %peer, "connection closed");
+            return;
+        };
+        let stream_inner = Arc::clone(&inner);
+        let stream_connection = connection.clone();
+        let stream_inbound = inbound.clone();
+        inner.tasks.spawn(async move {
+            let handshake_timeout = stream_inner.config.handshake_timeout;
+            let opened = timeout(
+                handshake_timeout,
+                open_stream_inbound(&stream_inner, &stream_connection, stream),
+            )
+            .await
+            .unwrap_or_else(|_| Err("no handshake in time".into()));
+            match opened {
+                Ok(opened) => {
+                    let mut shutdown = stream_inner.shutdown.clone();
+                    read_messages(opened, &stream_connection, &stream_inbound, &mut shutdown).await
+                }
+                Err(error) => refuse(&stream_connection, &error),
+            }
+        });
+    }
+}
+
+fn spawn_reader(
+    inner: &Arc<Inner>,
+    connection: &Connection,
+    opened: OpenedStream,
+    inbound: &Inbound,
+) {
+    let connection = connection.clone();
+    let inbound = inbound.clone();
+    let mut shutdown = inner.shutdown.clone();
+    inner.tasks.spawn(async move {
+        read_messages(opened, &connection, &inbound, &mut shutdown).await;
+    });
+}
+
+/// Closes the whole connection: whatever one stream did wrong, the peer is misbehaving.
+fn refuse(connection: &Connection, why: &str) {
+    tracing::warn!(remote = %connection.remote_address(), why, "closed a connection");
+    connection.close(VarInt::from_u32(CLOSE_REFUSED), b"refused");
+}
+
+/// Reads and checks a stream's handshake against the connection's certificate.
+async fn open_stream_inbound(
+    inner: &Inner,
+    connection: &Connection,
+    stream: RecvStream,
+) -> Result<OpenedStream, String> {
+    let mut frames = FrameReader::new(stream, inner.config.frame_bytes_max);
+    let handshake = match frames.next().await.map_err(|error| error.to_string())? {
+        Some(Frame::Handshake(handshake)) => handshake,
+        Some(Frame::Message(_)) => return Err("a message before the handshake".into()),
+        None => return Err("a stream closed before its handshake".into()),
+    };
+    wire::check_handshake(
+        &handshake,
+        inner.config.cluster,
+        inner.config.node,
+        |node| inner.is_known(node),
+        None,
+    )
+    .map_err(|error| error.to_string())?;
+    let certificates = connection
+        .peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or("the connection has no peer certificate")?;
+    if !inner.identity.names(&certificates, handshake.from) {
+        return Err(format!(
+            "the peer's certificate does not name {}, whom its handshake claims",
+            handshake.from
+        ));
+    }
+    Ok(OpenedStream {
+        frames,
+        peer: handshake.from,
+    })
+}
+
+/// Delivers an authenticated stream's messages until it ends; a bad frame, a second
+/// handshake or a message from another sender closes the connection.
+async fn read_messages(
+    mut opened: OpenedStream,
+    connection: &Connection,
+    inbound: &Inbound,
+    shutdown: &mut Shutdown,
+) {
+    loop {
+        let frame = tokio::select! {
+            _ = shutdown.wait() => return,
+            frame = opened.frames.next() => frame,
+        };
+        let message = match frame {
+            Ok(Some(Frame::Message(message))) => message,
+            Ok(Some(Frame::Handshake(_))) => return refuse(connection, "a second handshake"),
+            Ok(None) => return,
+            Err(ReadError::Io(error)) => {
+                tracing::debug!(peer = %opened.peer, %error, "stream ended");
+                return;
+            }
+            Err(ReadError::Frame(error)) => {
+                return refuse(connection, &format!("bad frame: {error}"));
+            }
+        };
+        if let Err(error) = wire::check_sender(&message, opened.peer) {
+            return refuse(connection, &error.to_string());
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            delivered = inbound.deliver(message) => if let Err(error) = delivered {
+                return refuse(connection, &format!("delivery failed: {error}"));
+            },
+        }
+    }
+}
