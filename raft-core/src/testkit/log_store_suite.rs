@@ -188,11 +188,13 @@ pub async fn purge_then_append<H: StoreHarness>(harness: &mut H) {
     session.append(entries(13..=13, 2)).await;
 }
 
-/// Purging past the last entry empties the log with `first = up_to + 1`; the next append starts
-/// there, and no hole appears between the old entries and the new ones, even after a reopen.
+/// Purging past the last entry (of a new log, and of one with entries) empties the log with
+/// `first = up_to + 1`; the next append starts there, and no hole appears between the old
+/// entries and the new ones, even after a reopen.
 pub async fn purge_past_end_then_append<H: StoreHarness>(harness: &mut H) {
     let mut session = Session::start(harness, "purge_past_end_then_append").await;
-    session.append(entries(1..=5, 1)).await;
+    session.purge(LogIndex(2)).await;
+    session.append(entries(3..=5, 1)).await;
     session.purge(LogIndex(9)).await;
     session.append(entries(10..=12, 2)).await;
     session.purge(LogIndex(20)).await;
