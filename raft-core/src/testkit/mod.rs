@@ -3,4 +3,5 @@
 
 pub mod linearizability;
 pub mod log_store_suite;
+pub mod network_bench;
 pub mod network_suite;
