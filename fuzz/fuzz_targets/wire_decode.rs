@@ -1,7 +1,14 @@
 //! Feeds arbitrary bytes to the wire decoder as a reader would see them: a stream of frames
 //! under a limit chosen by the first input byte. The decoder must never panic, never hand back
 //! a frame over the limit, and whatever it accepts must encode back to a frame that decodes to
-//! the same value. Run with `-malloc_limit_mb` to catch an allocation a forged length asks for.
+//! the same value. Run with `-malloc_limit_mb` to catch an allocation a forged length asks for:
+//!
+//! ```text
+//! cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run wire_decode corpus/wire_decode seeds/wire_decode \
+//!     -- -max_total_time=900 -malloc_limit_mb=128
+//! ```
+//!
+//! (`RUSTC_BOOTSTRAP=1` lets a stable toolchain build with the sanitizer flags cargo-fuzz uses.)
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

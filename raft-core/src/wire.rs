@@ -26,10 +26,13 @@
 //!
 //! Every connection (TCP) or stream (QUIC) opens with one handshake frame from the side that
 //! dialled, naming the cluster, the sender, the intended recipient and the [`Lane`] the
-//! connection carries. The receiving side checks it with [`check_handshake`] and answers with a
-//! handshake of its own, which the dialler checks the same way; only message frames follow.
-//! Every message frame on the connection must then come from the peer the handshake named
-//! ([`check_sender`]). A refused handshake or a garbled frame closes that connection only.
+//! connection carries. The receiving side checks it with [`check_handshake`]. Over TCP it then
+//! answers with a handshake of its own, which the dialler checks the same way, so a dialler
+//! knows it reached the node it meant in its own cluster. QUIC streams are one-way and TLS has
+//! already proved both ends' identities (the dialler asked for the peer's
+//! [`certificate_name`]), so there is no answer. Only message frames follow, and every one
+//! must come from the peer the handshake named ([`check_sender`]). A refused handshake or a
+//! garbled frame closes that connection only.
 //!
 //! # Decoding is a pure function over bytes
 //!
