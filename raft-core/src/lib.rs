@@ -1,11 +1,102 @@
 //! raft-core: the Raft consensus protocol as a deterministic state machine, the traits that
 //! connect it to storage, applications and networks, and the async runtime that drives them.
+//!
+//! Use it to replicate an application across a few machines so that it keeps working, and
+//! never loses an acknowledged write, while a minority of them fail. You write the
+//! application as a [`StateMachine`]; you pick a [`LogStore`] (`raft-storage-mem`,
+//! `raft-storage-rocksdb`) and a [`Network`] (`raft-transport-tcp`, `raft-transport-quic`, or
+//! the in-process [`local_network`]); [`runtime::RaftNode`] runs the rest.
+//!
+//! # A three-node cluster in one process
+//!
+//! ```
+//! use async_trait::async_trait;
+//! use bytes::Bytes;
+//! use raft_core::local_network::LocalRouter;
+//! use raft_core::runtime::{RaftNode, RuntimeOptions};
+//! use raft_core::{Config, LogIndex, NodeId, StateMachine, StateMachineError};
+//! use raft_storage_mem::MemLogStore;
+//! use std::sync::Arc;
+//!
+//! /// The application: a counter. Each command adds a number and answers the new total.
+//! #[derive(Default)]
+//! struct Counter {
+//!     total: u64,
+//! }
+//!
+//! #[async_trait]
+//! impl StateMachine for Counter {
+//!     async fn apply(&mut self, _index: LogIndex, command: Bytes) -> Result<Bytes, StateMachineError> {
+//!         let text = std::str::from_utf8(&command).map_err(|e| StateMachineError(e.to_string()))?;
+//!         self.total += text.parse::<u64>().map_err(|e| StateMachineError(e.to_string()))?;
+//!         Ok(Bytes::from(self.total.to_string()))
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let voters = vec![NodeId(1), NodeId(2), NodeId(3)];
+//! let router = LocalRouter::new();
+//! let mut nodes = Vec::new();
+//! for id in &voters {
+//!     let node = RaftNode::start(
+//!         Config::new(*id, voters.clone()),
+//!         RuntimeOptions::default(),
+//!         Arc::new(MemLogStore::new()),
+//!         Box::new(Counter::default()),
+//!         router.network(*id),
+//!     )
+//!     .await?;
+//!     nodes.push(node);
+//! }
+//!
+//! // Any node takes writes: a follower forwards them to the leader.
+//! assert_eq!(nodes[0].propose(Bytes::from("5")).await?, Bytes::from("5"));
+//! assert_eq!(nodes[2].propose(Bytes::from("7")).await?, Bytes::from("12"));
+//!
+//! let leader = nodes[0].status().leader.expect("a leader was elected");
+//! println!("leader: {leader}");
+//! for node in &nodes {
+//!     node.shutdown().await;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The IO contract
+//!
+//! The protocol ([`protocol::RawNode`]) does no IO. Each call to [`protocol::RawNode::ready`]
+//! returns a [`protocol::Ready`], and whoever drives the protocol must, for every ready:
+//!
+//! 1. **Send** `ready.messages` at once. They are a leader's appends and heartbeats, which
+//!    promise nothing about local durability, so a leader replicates in parallel with its own
+//!    disk write.
+//! 2. **Persist** `ready.write` through [`LogStore::write`]: truncate the conflicting suffix,
+//!    append the entries, save the hard state. Writes are made durable in `ready.number`
+//!    order; they may be merged (group commit).
+//! 3. **Then send** `ready.messages_after_write`: votes and acknowledgements of entries. A
+//!    vote must never leave before the hard state that records it is durable, and a follower
+//!    must never acknowledge an entry it could lose in a crash.
+//! 4. **Acknowledge** with [`protocol::RawNode::persisted`]`(ready.number)`. Only now does a
+//!    leader count its own copy of the entries toward a majority.
+//! 5. **Apply** `ready.committed` to the [`StateMachine`] in order, answer the proposer of
+//!    each entry that carries a proposal ID, and report progress with
+//!    [`protocol::RawNode::applied`]. Committed entries are handed out only once they are
+//!    durable locally, so a restarted node never has applied state beyond its log.
+//! 6. **Fail** each proposal in `ready.failed_proposals` with its error;
+//!    [`protocol::ProposeError::is_definite`] says whether the command may still apply.
+//!
+//! Time reaches the protocol only through [`protocol::RawNode::tick`] and randomness only
+//! through the seed in [`Config`], so one seed replays a whole cluster bit for bit
+//! (`testkit::sim` does exactly that under faults).
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod local_network;
 pub mod message;
 pub mod network;
 pub mod protocol;
+pub mod runtime;
 pub mod state_machine;
 pub mod storage;
 pub mod types;

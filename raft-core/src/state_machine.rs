@@ -54,7 +54,7 @@ pub trait StateMachine: Send + 'static {
 
     /// The last index whose effect the machine holds durably. The runtime replays the log from
     /// the entry after it when a node starts. An in-memory machine keeps the default, 0.
-    async fn applied_index(&self) -> Result<LogIndex, StateMachineError> {
+    async fn applied_index(&mut self) -> Result<LogIndex, StateMachineError> {
         Ok(LogIndex(0))
     }
 }

@@ -350,7 +350,7 @@ impl RawNode {
             || !self.proposals.failures.is_empty()
             || self.log.has_unwritten()
             || self.log.has_applicable()
-            || self.hard_state() != self.hard_state_written
+            || (self.term, self.vote) != (self.hard_state_written.term, self.hard_state_written.vote)
     }
 
     /// Takes the work accumulated since the last call.

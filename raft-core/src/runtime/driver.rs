@@ -1,0 +1,315 @@
+//! The driver task: owns the protocol and feeds it time, messages and proposals.
+
+use super::applier::{self, ApplyJob};
+use super::writer::{self, WriteJob};
+use super::{NodeError, ProposalRequest, Responder, RuntimeOptions};
+use crate::message::Message;
+use crate::network::Network;
+use crate::protocol::{RawNode, Ready, Status};
+use crate::state_machine::StateMachine;
+use crate::storage::LogStore;
+use crate::types::{LogIndex, ProposalId};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::MissedTickBehavior;
+
+/// Progress the writer and applier report to the driver, without a queue: the latest value
+/// wins, and `notify` wakes the driver.
+#[derive(Default)]
+pub(super) struct Shared {
+    /// Highest ready number whose write is durable.
+    pub(super) persisted_number: AtomicU64,
+    /// Highest log index applied to the state machine.
+    pub(super) applied_index: AtomicU64,
+    /// Set when the writer or applier failed; the node stops (fail-stop).
+    pub(super) failure: Mutex<Option<String>>,
+    pub(super) notify: Notify,
+}
+
+impl Shared {
+    pub(super) fn fail(&self, why: String) {
+        tracing::error!(%why, "raft node failing stop");
+        let mut failure = self.failure.lock().expect("failure lock poisoned");
+        failure.get_or_insert(why);
+        drop(failure);
+        self.notify.notify_one();
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure.lock().expect("failure lock poisoned").clone()
+    }
+}
+
+pub(super) struct DriverParts {
+    pub(super) raw: RawNode,
+    pub(super) options: RuntimeOptions,
+    pub(super) store: Arc<dyn LogStore>,
+    pub(super) state_machine: Box<dyn StateMachine>,
+    pub(super) network: Arc<dyn Network>,
+    pub(super) inbox: mpsc::Receiver<Message>,
+    pub(super) proposals: mpsc::Receiver<ProposalRequest>,
+    pub(super) status: watch::Sender<Status>,
+    pub(super) stopped: watch::Sender<Option<String>>,
+    pub(super) shutdown: Arc<Notify>,
+    pub(super) applied: LogIndex,
+}
+
+pub(super) struct Driver {
+    raw: RawNode,
+    options: RuntimeOptions,
+    network: Arc<dyn Network>,
+    inbox: mpsc::Receiver<Message>,
+    proposals: mpsc::Receiver<ProposalRequest>,
+    status: watch::Sender<Status>,
+    stopped: watch::Sender<Option<String>>,
+    shutdown: Arc<Notify>,
+    shared: Arc<Shared>,
+    /// Proposers waiting for an outcome, by the ID given to the protocol.
+    responders: HashMap<ProposalId, Responder>,
+    next_proposal: u64,
+    writes: mpsc::Sender<WriteJob>,
+    applies: mpsc::Sender<ApplyJob>,
+    writer: tokio::task::JoinHandle<()>,
+    applier: tokio::task::JoinHandle<()>,
+    last_persisted_number: u64,
+    last_applied: LogIndex,
+}
+
+/// How the driver's loop ended.
+enum Exit {
+    Shutdown,
+    Failed(String),
+}
+
+impl Driver {
+    pub(super) fn new(parts: DriverParts) -> Driver {
+        let shared = Arc::new(Shared::default());
+        shared
+            .applied_index
+            .store(parts.applied.0, Ordering::Release);
+        let (writes, write_queue) = mpsc::channel(parts.options.write_queue_readies_max);
+        let (applies, apply_queue) = mpsc::channel(parts.options.apply_queue_batches_max);
+        let writer = tokio::spawn(writer::run(
+            parts.store,
+            parts.network.clone(),
+            write_queue,
+            shared.clone(),
+        ));
+        let applier = tokio::spawn(applier::run(
+            parts.state_machine,
+            apply_queue,
+            shared.clone(),
+        ));
+        Driver {
+            raw: parts.raw,
+            options: parts.options,
+            network: parts.network,
+            inbox: parts.inbox,
+            proposals: parts.proposals,
+            status: parts.status,
+            stopped: parts.stopped,
+            shutdown: parts.shutdown,
+            shared,
+            responders: HashMap::new(),
+            next_proposal: 1,
+            writes,
+            applies,
+            writer,
+            applier,
+            last_persisted_number: 0,
+            last_applied: parts.applied,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let exit = self.event_loop().await;
+        self.stop(exit).await;
+    }
+
+    async fn event_loop(&mut self) -> Exit {
+        let mut ticker = tokio::time::interval(self.options.tick_interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let mut ticked = false;
+            tokio::select! {
+                biased;
+                _ = self.shutdown.notified() => return Exit::Shutdown,
+                _ = self.shared.notify.notified() => {}
+                _ = ticker.tick() => {
+                    self.raw.tick();
+                    ticked = true;
+                }
+                message = self.inbox.recv() => match message {
+                    Some(message) => self.step_messages(message),
+                    None => return Exit::Shutdown,
+                },
+                proposal = self.proposals.recv() => match proposal {
+                    Some(proposal) => self.take_proposals(proposal),
+                    None => return Exit::Shutdown,
+                },
+            }
+            if let Some(why) = self.shared.failure() {
+                return Exit::Failed(why);
+            }
+            self.absorb_progress();
+            while self.raw.has_ready() {
+                let ready = self.raw.ready();
+                if let Err(why) = self.handle_ready(ready).await {
+                    return Exit::Failed(why);
+                }
+            }
+            self.publish_status(ticked);
+        }
+    }
+
+    fn step_messages(&mut self, first: Message) {
+        self.raw.step(first);
+        for _ in 1..self.options.step_batch_max {
+            match self.inbox.try_recv() {
+                Ok(message) => self.raw.step(message),
+                Err(_) => break,
+            }
+        }
+        // Proposals that arrived meanwhile join the same ready.
+        self.drain_proposals();
+    }
+
+    fn take_proposals(&mut self, first: ProposalRequest) {
+        self.propose(first);
+        self.drain_proposals();
+    }
+
+    fn drain_proposals(&mut self) {
+        for _ in 0..self.options.step_batch_max {
+            match self.proposals.try_recv() {
+                Ok(request) => self.propose(request),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn propose(&mut self, request: ProposalRequest) {
+        let id = ProposalId(self.next_proposal);
+        self.next_proposal += 1;
+        self.responders.insert(id, request.responder);
+        self.raw.propose(id, request.command);
+    }
+
+    /// Tells the protocol what the writer and applier finished since the last look.
+    fn absorb_progress(&mut self) {
+        let persisted = self.shared.persisted_number.load(Ordering::Acquire);
+        if persisted > self.last_persisted_number {
+            self.last_persisted_number = persisted;
+            self.raw.persisted(persisted);
+        }
+        let applied = LogIndex(self.shared.applied_index.load(Ordering::Acquire));
+        if applied > self.last_applied {
+            self.last_applied = applied;
+            self.raw.applied(applied);
+        }
+    }
+
+    /// Carries out one ready in the documented order: independent messages now; the write
+    /// (and the messages behind it) to the writer; committed entries to the applier.
+    async fn handle_ready(&mut self, ready: Ready) -> Result<(), String> {
+        for message in ready.messages {
+            send(&*self.network, message);
+        }
+        for (id, error) in ready.failed_proposals {
+            if let Some(responder) = self.responders.remove(&id) {
+                let _ = responder.send(Err(NodeError::Propose(error)));
+            }
+        }
+        if !ready.write.is_empty() || !ready.messages_after_write.is_empty() {
+            let job = WriteJob {
+                number: ready.number,
+                write: ready.write,
+                messages: ready.messages_after_write,
+            };
+            self.writes
+                .send(job)
+                .await
+                .map_err(|_| "the log writer stopped".to_string())?;
+        }
+        if !ready.committed.is_empty() {
+            let mut responders = Vec::new();
+            let mut entries = Vec::with_capacity(ready.committed.len());
+            for committed in ready.committed {
+                if let Some(id) = committed.proposal {
+                    if let Some(responder) = self.responders.remove(&id) {
+                        responders.push((committed.entry.index, responder));
+                    }
+                }
+                entries.push(committed.entry);
+            }
+            let job = ApplyJob {
+                entries,
+                responders,
+            };
+            self.applies
+                .send(job)
+                .await
+                .map_err(|_| "the state machine applier stopped".to_string())?;
+        }
+        Ok(())
+    }
+
+    fn publish_status(&mut self, ticked: bool) {
+        let changed = {
+            let current = self.status.borrow();
+            current.role != self.raw.role()
+                || current.term != self.raw.term()
+                || current.leader != self.raw.leader()
+                || current.commit_index != self.raw.commit_index()
+                || current.applied_index != self.last_applied
+        };
+        if changed || ticked {
+            self.status.send_replace(self.raw.status());
+        }
+    }
+
+    async fn stop(mut self, exit: Exit) {
+        let reason = match &exit {
+            Exit::Shutdown => "shut down".to_string(),
+            Exit::Failed(why) => why.clone(),
+        };
+        self.stopped.send_replace(Some(reason.clone()));
+        // Every proposal still tracked fails; queued writes and applies finish first.
+        self.raw.abandon_proposals();
+        let ready = self.raw.ready();
+        for (id, error) in ready.failed_proposals {
+            if let Some(responder) = self.responders.remove(&id) {
+                let _ = responder.send(Err(NodeError::Propose(error)));
+            }
+        }
+        for (_, responder) in self.responders.drain() {
+            let _ = responder.send(Err(NodeError::Stopped(reason.clone())));
+        }
+        let Driver {
+            writes,
+            applies,
+            writer,
+            applier,
+            network,
+            ..
+        } = self;
+        drop(writes);
+        drop(applies);
+        let _ = writer.await;
+        let _ = applier.await;
+        network.shutdown().await;
+        if let Exit::Failed(why) = exit {
+            tracing::error!(%why, "raft node stopped after a failure");
+        }
+    }
+}
+
+pub(super) fn send(network: &dyn Network, message: Message) {
+    let to = message.to;
+    if let Err(error) = network.send(message) {
+        // Raft retries on its own; a dropped message only costs time.
+        tracing::debug!(%to, %error, "message dropped");
+    }
+}

@@ -1,0 +1,292 @@
+//! The async node runtime: one [`RawNode`] driven by tokio against a [`LogStore`], a
+//! [`StateMachine`] and a [`Network`], following the numbered contract in the crate docs.
+//!
+//! Three tasks share the work so that disk, network and application overlap:
+//! - the *driver* owns the protocol: it ticks it, steps received messages and proposals in
+//!   batches, sends the messages that depend on nothing local, and hands each ready's write to
+//!   the writer and its committed entries to the applier;
+//! - the *writer* makes writes durable in order, merging all queued writes into one store call
+//!   (group commit), then sends the messages that waited for them and reports back;
+//! - the *applier* applies committed entries in order and answers each proposer.
+
+mod applier;
+mod driver;
+mod writer;
+
+use crate::config::Config;
+use crate::network::{Inbound, Network, NetworkError};
+use crate::protocol::{ProposeError, RawNode, Restore, Status};
+use crate::state_machine::{StateMachine, StateMachineError};
+use crate::storage::{LogStore, StorageError};
+use crate::types::LogIndex;
+use bytes::Bytes;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// Settings of the runtime around the protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeOptions {
+    /// Real time per protocol tick. With the protocol's default tick counts, 10 ms gives a
+    /// 150–300 ms election timeout and a 50 ms heartbeat.
+    pub tick_interval: Duration,
+    /// Received messages queued for the driver before transports must wait.
+    pub inbox_messages_max: usize,
+    /// Client proposals queued for the driver before `propose` callers must wait.
+    pub proposal_queue_max: usize,
+    /// Messages and proposals the driver steps before it takes a ready: larger batches mean
+    /// fewer, larger writes and messages.
+    pub step_batch_max: usize,
+    /// Readies queued for the writer before the driver waits (backpressure from the disk).
+    pub write_queue_readies_max: usize,
+    /// Batches of committed entries queued for the applier before the driver waits.
+    pub apply_queue_batches_max: usize,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            tick_interval: Duration::from_millis(10),
+            inbox_messages_max: 4096,
+            proposal_queue_max: 4096,
+            step_batch_max: 1024,
+            write_queue_readies_max: 256,
+            apply_queue_batches_max: 256,
+        }
+    }
+}
+
+impl RuntimeOptions {
+    fn validate(&self) -> Result<(), NodeError> {
+        let counts = [
+            ("inbox_messages_max", self.inbox_messages_max),
+            ("proposal_queue_max", self.proposal_queue_max),
+            ("step_batch_max", self.step_batch_max),
+            ("write_queue_readies_max", self.write_queue_readies_max),
+            ("apply_queue_batches_max", self.apply_queue_batches_max),
+        ];
+        for (name, value) in counts {
+            if value == 0 {
+                return Err(NodeError::Config(format!("{name} must be at least 1")));
+            }
+        }
+        if self.tick_interval.is_zero() {
+            return Err(NodeError::Config("tick_interval must be above zero".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Why a node call failed.
+#[derive(Debug)]
+pub enum NodeError {
+    /// The protocol refused or lost the proposal; see [`ProposeError::is_definite`].
+    Propose(ProposeError),
+    /// The node has stopped: shut down, or failed (fail-stop) on a storage or state machine
+    /// error, which is given.
+    Stopped(String),
+    /// Starting failed: the configuration or options are invalid.
+    Config(String),
+    /// Starting failed: the store could not be read.
+    Storage(StorageError),
+    /// Starting failed: the state machine could not report its applied index.
+    StateMachine(StateMachineError),
+    /// Starting failed: the transport could not start.
+    Network(NetworkError),
+}
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeError::Propose(error) => write!(f, "{error}"),
+            NodeError::Stopped(why) => write!(f, "the raft node has stopped: {why}"),
+            NodeError::Config(why) => write!(f, "invalid node settings: {why}"),
+            NodeError::Storage(error) => write!(f, "{error}"),
+            NodeError::StateMachine(error) => write!(f, "{error}"),
+            NodeError::Network(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+impl NodeError {
+    /// True when the command certainly did not and will not take effect.
+    pub fn is_definite(&self) -> bool {
+        match self {
+            NodeError::Propose(error) => error.is_definite(),
+            // A stopped node may have replicated the command before it stopped.
+            NodeError::Stopped(_) => false,
+            _ => true,
+        }
+    }
+}
+
+type Responder = oneshot::Sender<Result<Bytes, NodeError>>;
+
+/// A proposal on its way to the driver.
+struct ProposalRequest {
+    command: Bytes,
+    responder: Responder,
+}
+
+/// A handle to a running Raft node. Cheap to clone; every clone drives the same node.
+///
+/// ```
+/// # // The crate-level documentation shows a complete three-node cluster.
+/// ```
+#[derive(Clone)]
+pub struct RaftNode {
+    proposals: mpsc::Sender<ProposalRequest>,
+    status: watch::Receiver<Status>,
+    shutdown: Arc<tokio::sync::Notify>,
+    driver: Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>,
+    stopped: watch::Receiver<Option<String>>,
+}
+
+impl RaftNode {
+    /// Starts a node: restores the protocol from `store` and `state_machine`, starts the
+    /// transport with this node's inbox, and spawns the runtime's tasks on the current tokio
+    /// runtime.
+    pub async fn start(
+        config: Config,
+        options: RuntimeOptions,
+        store: Arc<dyn LogStore>,
+        state_machine: Box<dyn StateMachine>,
+        network: Arc<dyn Network>,
+    ) -> Result<RaftNode, NodeError> {
+        options.validate()?;
+        config
+            .validate()
+            .map_err(|error| NodeError::Config(error.0))?;
+        let mut state_machine = state_machine;
+        let restore = restore_from(&*store, &mut *state_machine).await?;
+        let applied = restore.applied;
+        let raw = RawNode::new(config.clone(), restore).map_err(|e| NodeError::Config(e.0))?;
+        let (inbound, inbox) = Inbound::channel(config.id, options.inbox_messages_max);
+        network.start(inbound).await.map_err(NodeError::Network)?;
+        let (proposal_sender, proposal_receiver) = mpsc::channel(options.proposal_queue_max);
+        let (status_sender, status) = watch::channel(raw.status());
+        let (stopped_sender, stopped) = watch::channel(None);
+        let shutdown = Arc::new(tokio::sync::Notify::new());
+        let driver = driver::Driver::new(driver::DriverParts {
+            raw,
+            options,
+            store,
+            state_machine,
+            network,
+            inbox,
+            proposals: proposal_receiver,
+            status: status_sender,
+            stopped: stopped_sender,
+            shutdown: shutdown.clone(),
+            applied,
+        });
+        let handle = tokio::spawn(driver.run());
+        Ok(RaftNode {
+            proposals: proposal_sender,
+            status,
+            shutdown,
+            driver: Arc::new(tokio::sync::Mutex::new(Some(handle))),
+            stopped,
+        })
+    }
+
+    /// Proposes a command and waits until it is committed and applied here, returning the
+    /// state machine's answer. On a follower the command is forwarded to the leader; the
+    /// answer is the same as if the leader had been asked.
+    pub async fn propose(&self, command: Bytes) -> Result<Bytes, NodeError> {
+        let (responder, answer) = oneshot::channel();
+        let request = ProposalRequest { command, responder };
+        if self.proposals.send(request).await.is_err() {
+            return Err(self.stopped_error());
+        }
+        answer.await.unwrap_or_else(|_| Err(self.stopped_error()))
+    }
+
+    /// The node's current status.
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change (role, term, leader, commit and applied
+    /// indexes), and at least one update per tick while the node runs.
+    pub fn watch_status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Why the node stopped, once it has.
+    pub fn stopped_reason(&self) -> Option<String> {
+        self.stopped.borrow().clone()
+    }
+
+    /// Waits until the node has applied at least `index` (or stopped).
+    pub async fn wait_applied(&self, index: LogIndex) -> Result<(), NodeError> {
+        let mut status = self.status.clone();
+        let result = status
+            .wait_for(|s| s.applied_index >= index)
+            .await
+            .map(|_| ());
+        result.map_err(|_| self.stopped_error())
+    }
+
+    /// Stops the node: pending proposals fail with an indeterminate error, queued writes
+    /// finish, the transport shuts down, and every task ends before this returns.
+    pub async fn shutdown(&self) {
+        self.shutdown.notify_one();
+        let handle = self.driver.lock().await.take();
+        if let Some(handle) = handle {
+            if let Err(error) = handle.await {
+                tracing::error!(%error, "raft driver task failed");
+            }
+        }
+    }
+
+    fn stopped_error(&self) -> NodeError {
+        NodeError::Stopped(
+            self.stopped_reason()
+                .unwrap_or_else(|| "shut down".to_string()),
+        )
+    }
+}
+
+/// Reads what the protocol needs to resume: the hard state, the whole log and the state
+/// machine's applied index, checked against each other.
+async fn restore_from(
+    store: &dyn LogStore,
+    state_machine: &mut dyn StateMachine,
+) -> Result<Restore, NodeError> {
+    let hard_state = store.load_hard_state().await.map_err(NodeError::Storage)?;
+    let bounds = store.bounds().await.map_err(NodeError::Storage)?;
+    if bounds.first != LogIndex(1) {
+        return Err(NodeError::Storage(StorageError::Corrupt(format!(
+            "the log starts at {} but no snapshot covers the entries before it",
+            bounds.first
+        ))));
+    }
+    let entries = if bounds.is_empty() {
+        Vec::new()
+    } else {
+        store
+            .entries(bounds.first..bounds.last.next())
+            .await
+            .map_err(NodeError::Storage)?
+    };
+    let applied = state_machine
+        .applied_index()
+        .await
+        .map_err(NodeError::StateMachine)?;
+    if applied > bounds.last {
+        return Err(NodeError::Storage(StorageError::Corrupt(format!(
+            "the state machine applied up to {applied} but the log ends at {}",
+            bounds.last
+        ))));
+    }
+    Ok(Restore {
+        hard_state,
+        entries,
+        applied,
+    })
+}
