@@ -144,13 +144,14 @@ async fn inbound_connections_are_bounded() {
     let target = QuicTransport::bind(config).await.unwrap();
     let (inbound, mut inbox) = Inbound::channel(NodeId(1), 16);
     target.start(inbound).await.unwrap();
-    target.add_peer(NodeId(2), "127.0.0.1:9".parse().unwrap());
 
     // One authenticated connection holds the only slot.
     let holder = intruder_endpoint(
         &harness.certificates.files(NodeId(2)),
         raft_transport_quic::ALPN,
     );
+    // Node 2 must be known to the target; nothing is ever sent to it.
+    target.add_peer(NodeId(2), holder.local_addr().unwrap());
     let held = holder
         .connect(target.local_addr(), &wire::certificate_name(NodeId(1)))
         .unwrap()
@@ -208,5 +209,56 @@ async fn inbound_connections_are_bounded() {
         .unwrap()
         .unwrap();
     assert_eq!(delivered, message);
+    target.shutdown().await;
+}
+
+/// Proves: a peer may open at most `inbound_streams_max` streams at once on a connection: the
+/// next `open_uni` waits for the target to grant more, which it does not while both are open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_streams_are_bounded() {
+    let harness = Harness::new();
+    let localhost: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut config = harness.config(suite::SUITE_CLUSTER, NodeId(1), localhost);
+    config.inbound_streams_max = 2;
+    let target = QuicTransport::bind(config).await.unwrap();
+    let (inbound, mut inbox) = Inbound::channel(NodeId(1), 16);
+    target.start(inbound).await.unwrap();
+    let peer = intruder_endpoint(
+        &harness.certificates.files(NodeId(2)),
+        raft_transport_quic::ALPN,
+    );
+    target.add_peer(NodeId(2), peer.local_addr().unwrap());
+    let connection = peer
+        .connect(target.local_addr(), &wire::certificate_name(NodeId(1)))
+        .unwrap()
+        .await
+        .unwrap();
+    let mut streams = Vec::new();
+    for (lane, sequence) in [(Lane::Ordinary, 1), (Lane::Snapshot, 2)] {
+        let hello = Handshake {
+            cluster: suite::SUITE_CLUSTER,
+            from: NodeId(2),
+            to: NodeId(1),
+            lane,
+        };
+        let mut stream = connection.open_uni().await.unwrap();
+        stream
+            .write_all(&wire::encode_handshake(&hello))
+            .await
+            .unwrap();
+        let message = suite::numbered(NodeId(2), NodeId(1), sequence);
+        let frame = wire::encode_message(&message, LIMITS.frame_bytes_max).unwrap();
+        stream.write_all(&frame).await.unwrap();
+        let delivered = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(delivered, message, "both permitted streams are served");
+        streams.push(stream);
+    }
+    let third = tokio::time::timeout(Duration::from_millis(500), connection.open_uni()).await;
+    assert!(third.is_err(), "a third concurrent stream was granted");
+    drop(streams);
+    connection.close(quinn::VarInt::from_u32(0), b"done");
     target.shutdown().await;
 }
