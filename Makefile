@@ -6,7 +6,7 @@ PROFILE := --release
 
 # rocksdb's bindgen needs libclang; install it when missing (CI runs as root on a fresh machine).
 deps:
-	@if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then \
+	@if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang-[0-9]*.so* >/dev/null 2>&1; then \
 		echo "libclang is missing: installing libclang-dev (needed by rocksdb's bindgen)"; \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libclang-dev clang; \
 		else echo "run: sudo apt-get install -y libclang-dev clang" >&2; exit 1; fi; \
