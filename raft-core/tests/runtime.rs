@@ -1,0 +1,313 @@
+//! The async runtime end to end: three `RaftNode`s over the in-process network with
+//! in-memory stores. Each test states what it proves.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use raft_core::local_network::LocalRouter;
+use raft_core::protocol::{ProposeError, Role};
+use raft_core::runtime::{NodeError, RaftNode, RuntimeOptions};
+use raft_core::{
+    Config, Entry, HardState, LogBounds, LogIndex, LogStore, NodeId, StateMachine,
+    StateMachineError, StorageError,
+};
+use raft_storage_mem::MemLogStore;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Records every command it applies, in order, and answers with its position.
+#[derive(Clone, Default)]
+struct Recorder {
+    applied: Arc<Mutex<Vec<(LogIndex, Bytes)>>>,
+}
+
+#[async_trait]
+impl StateMachine for Recorder {
+    async fn apply(&mut self, index: LogIndex, command: Bytes) -> Result<Bytes, StateMachineError> {
+        let mut applied = self.applied.lock().unwrap();
+        applied.push((index, command));
+        Ok(Bytes::from(applied.len().to_string()))
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn options() -> RuntimeOptions {
+    RuntimeOptions {
+        tick_interval: Duration::from_millis(2),
+        ..RuntimeOptions::default()
+    }
+}
+
+struct Cluster {
+    router: LocalRouter,
+    voters: Vec<NodeId>,
+    stores: Vec<MemLogStore>,
+    machines: Vec<Recorder>,
+    nodes: Vec<Option<RaftNode>>,
+}
+
+impl Cluster {
+    async fn start(size: u64) -> Cluster {
+        let voters: Vec<NodeId> = (1..=size).map(NodeId).collect();
+        let mut cluster = Cluster {
+            router: LocalRouter::new(),
+            stores: voters.iter().map(|_| MemLogStore::new()).collect(),
+            machines: voters.iter().map(|_| Recorder::default()).collect(),
+            nodes: voters.iter().map(|_| None).collect(),
+            voters,
+        };
+        for position in 0..cluster.voters.len() {
+            cluster.restart(position).await;
+        }
+        cluster
+    }
+
+    /// Starts node `position` on its existing store with a fresh, empty state machine.
+    async fn restart(&mut self, position: usize) {
+        let id = self.voters[position];
+        let mut config = Config::new(id, self.voters.clone());
+        config.seed = 42 + position as u64;
+        self.machines[position] = Recorder::default();
+        let node = RaftNode::start(
+            config,
+            options(),
+            Arc::new(self.stores[position].clone()),
+            Box::new(self.machines[position].clone()),
+            self.router.network(id),
+        )
+        .await
+        .expect("node starts");
+        self.nodes[position] = Some(node);
+    }
+
+    fn node(&self, position: usize) -> &RaftNode {
+        self.nodes[position].as_ref().expect("node is running")
+    }
+
+    async fn leader(&self) -> usize {
+        tokio::time::timeout(TIMEOUT, async {
+            loop {
+                for (position, node) in self.nodes.iter().enumerate() {
+                    if let Some(node) = node {
+                        if node.status().role == Role::Leader {
+                            return position;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .expect("a leader is elected in time")
+    }
+
+    fn applied(&self, position: usize) -> Vec<(LogIndex, Bytes)> {
+        self.machines[position].applied.lock().unwrap().clone()
+    }
+
+    async fn wait_applied_everywhere(&self, index: LogIndex) {
+        for node in self.nodes.iter().flatten() {
+            tokio::time::timeout(TIMEOUT, node.wait_applied(index))
+                .await
+                .expect("node catches up in time")
+                .expect("node is running");
+        }
+    }
+
+    async fn shutdown(self) {
+        for node in self.nodes.into_iter().flatten() {
+            node.shutdown().await;
+        }
+    }
+}
+
+async fn propose(node: &RaftNode, command: &str) -> Result<Bytes, NodeError> {
+    tokio::time::timeout(TIMEOUT, node.propose(Bytes::from(command.to_string())))
+        .await
+        .expect("proposal finishes in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_every_node_apply_in_one_order_everywhere() {
+    let cluster = Cluster::start(3).await;
+    cluster.leader().await;
+    for round in 0..10 {
+        for position in 0..3 {
+            let answer = propose(cluster.node(position), &format!("w{round}.{position}"))
+                .await
+                .expect("write commits");
+            assert_eq!(answer, Bytes::from((round * 3 + position + 1).to_string()));
+        }
+    }
+    let last = cluster.node(0).status().commit_index;
+    cluster.wait_applied_everywhere(last).await;
+    let reference = cluster.applied(0);
+    assert_eq!(reference.len(), 30);
+    for position in 1..3 {
+        assert_eq!(cluster.applied(position), reference, "node {position} diverged");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_is_replaced_and_catches_up_after_healing() {
+    let cluster = Cluster::start(3).await;
+    let old = cluster.leader().await;
+    propose(cluster.node(old), "before").await.expect("commits");
+    let old_term = cluster.node(old).status().term;
+    cluster.router.isolate(cluster.voters[old]);
+
+    let new = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let position = cluster.leader().await;
+            if position != old && cluster.node(position).status().term > old_term {
+                return position;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the majority elects a new leader");
+    propose(cluster.node(new), "after").await.expect("commits");
+
+    cluster.router.heal();
+    let commit = cluster.node(new).status().commit_index;
+    cluster.wait_applied_everywhere(commit).await;
+    assert_ne!(cluster.node(old).status().role, Role::Leader);
+    let commands: Vec<Bytes> = cluster.applied(old).into_iter().map(|(_, c)| c).collect();
+    assert_eq!(commands, vec![Bytes::from("before"), Bytes::from("after")]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_recovers_its_log_and_replays_it() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    propose(cluster.node(leader), "one").await.expect("commits");
+    cluster.nodes[follower].take().unwrap().shutdown().await;
+    propose(cluster.node(leader), "two").await.expect("commits with a majority");
+    cluster.restart(follower).await;
+    propose(cluster.node(leader), "three").await.expect("commits");
+    let commit = cluster.node(leader).status().commit_index;
+    cluster.wait_applied_everywhere(commit).await;
+    let commands: Vec<Bytes> = cluster
+        .applied(follower)
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    assert_eq!(commands, vec!["one", "two", "three"]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_without_any_leader_fails_with_no_leader() {
+    // One member of three running: it can never win an election.
+    let voters = vec![NodeId(1), NodeId(2), NodeId(3)];
+    let router = LocalRouter::new();
+    let node = RaftNode::start(
+        Config::new(NodeId(1), voters),
+        options(),
+        Arc::new(MemLogStore::new()),
+        Box::new(Recorder::default()),
+        router.network(NodeId(1)),
+    )
+    .await
+    .unwrap();
+    let error = propose(&node, "lonely").await.expect_err("cannot commit");
+    assert!(
+        matches!(error, NodeError::Propose(ProposeError::NoLeader)),
+        "got {error}"
+    );
+    assert!(error.is_definite());
+    node.shutdown().await;
+}
+
+/// A store that fails every write once `broken` is set.
+struct FailingStore {
+    inner: MemLogStore,
+    broken: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl LogStore for FailingStore {
+    async fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
+        self.check()?;
+        self.inner.append(entries).await
+    }
+    async fn truncate(&self, from: LogIndex) -> Result<(), StorageError> {
+        self.check()?;
+        self.inner.truncate(from).await
+    }
+    async fn purge(&self, up_to: LogIndex) -> Result<(), StorageError> {
+        self.inner.purge(up_to).await
+    }
+    async fn entries(&self, range: Range<LogIndex>) -> Result<Vec<Entry>, StorageError> {
+        self.inner.entries(range).await
+    }
+    async fn bounds(&self) -> Result<LogBounds, StorageError> {
+        self.inner.bounds().await
+    }
+    async fn save_hard_state(&self, hard_state: &HardState) -> Result<(), StorageError> {
+        self.check()?;
+        self.inner.save_hard_state(hard_state).await
+    }
+    async fn load_hard_state(&self) -> Result<HardState, StorageError> {
+        self.inner.load_hard_state().await
+    }
+}
+
+impl FailingStore {
+    fn check(&self) -> Result<(), StorageError> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(StorageError::Io(std::io::Error::other("disk on fire")));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_failure_stops_the_node_and_acknowledges_nothing() {
+    let broken = Arc::new(AtomicBool::new(false));
+    let node = RaftNode::start(
+        Config::new(NodeId(1), vec![NodeId(1)]),
+        options(),
+        Arc::new(FailingStore {
+            inner: MemLogStore::new(),
+            broken: broken.clone(),
+        }),
+        Box::new(Recorder::default()),
+        LocalRouter::new().network(NodeId(1)),
+    )
+    .await
+    .unwrap();
+    propose(&node, "fine").await.expect("a single node commits alone");
+    broken.store(true, Ordering::SeqCst);
+    let error = propose(&node, "lost").await.expect_err("cannot be made durable");
+    assert!(!error.is_definite(), "the write may have reached no disk, or some: {error}");
+    let reason = node.stopped_reason().expect("the node stopped");
+    assert!(reason.contains("disk on fire"), "reason: {reason}");
+    let error = propose(&node, "after").await.expect_err("a stopped node refuses");
+    assert!(matches!(error, NodeError::Stopped(_)), "got {error}");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_every_pending_proposal() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    cluster.router.isolate(cluster.voters[leader]);
+    let node = cluster.node(leader).clone();
+    let pending = tokio::spawn(async move { node.propose(Bytes::from("stuck")).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    cluster.node(leader).shutdown().await;
+    let outcome = tokio::time::timeout(TIMEOUT, pending)
+        .await
+        .expect("answered in time")
+        .unwrap();
+    let error = outcome.expect_err("it could not commit");
+    assert!(!error.is_definite(), "it may have reached a follower: {error}");
+    cluster.shutdown().await;
+}
