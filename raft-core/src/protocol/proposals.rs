@@ -142,9 +142,7 @@ impl Proposals {
             return; // a duplicate or late answer
         };
         match outcome.result {
-            Ok((term, index)) if index > applying => {
-                self.placed.insert(index, (term, forwarded.proposal));
-            }
+            Ok((term, index)) if index > applying => self.place(index, term, forwarded.proposal),
             // Already applied before the answer arrived: the result was not captured.
             Ok(_) => self.fail(forwarded.proposal, ProposeError::OutcomeUnknown),
             Err(crate::message::ForwardRefusal::NotLeader) => {
@@ -164,9 +162,15 @@ impl Proposals {
         }
     }
 
+    /// Records that proposal `id` is the entry at (`index`, `term`). A proposal placed earlier
+    /// at the same index is displaced: that happens when a leader's answer to a forward named an
+    /// index this node later fills itself as a new leader (or another answer names it again).
+    /// The displaced entry may still commit (a later leader may hold it) or not, so its outcome
+    /// is unknown.
     pub(crate) fn place(&mut self, index: LogIndex, term: Term, id: ProposalId) {
-        let previous = self.placed.insert(index, (term, id));
-        assert!(previous.is_none(), "two proposals placed at index {index}");
+        if let Some((_, displaced)) = self.placed.insert(index, (term, id)) {
+            self.fail(displaced, ProposeError::OutcomeUnknown);
+        }
     }
 
     /// Entries at or after `from` were removed from the local log: their proposals' fate is
@@ -250,5 +254,44 @@ impl Proposals {
         for (_, id) in placed {
             self.fail(id, ProposeError::OutcomeUnknown);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::ForwardOutcome;
+
+    /// Seed 49 of the simulation: a follower's forward was placed at i51/t1 by the old leader;
+    /// the follower then led t2 and placed its own proposal at i51/t2. Both used to meet at one
+    /// index: a panic on the leader path, a silently lost proposal on the forward path.
+    #[test]
+    fn a_proposal_displaced_at_its_index_ends_unknown() {
+        let mut proposals = Proposals::new(1 << 32);
+        let key = proposals.forward(ProposalId(1), Bytes::from_static(b"a"), 100);
+        let answer = ForwardOutcome {
+            id: ProposalId(key),
+            result: Ok((Term(1), LogIndex(51))),
+        };
+        proposals.forward_answered(&answer, LogIndex(49));
+        proposals.place(LogIndex(51), Term(2), ProposalId(2));
+        assert_eq!(
+            proposals.failures,
+            vec![(ProposalId(1), ProposeError::OutcomeUnknown)]
+        );
+        assert_eq!(proposals.tracked(), 1);
+
+        let key = proposals.forward(ProposalId(3), Bytes::from_static(b"b"), 100);
+        let answer = ForwardOutcome {
+            id: ProposalId(key),
+            result: Ok((Term(3), LogIndex(51))),
+        };
+        proposals.forward_answered(&answer, LogIndex(49));
+        assert_eq!(
+            proposals.failures.last(),
+            Some(&(ProposalId(2), ProposeError::OutcomeUnknown)),
+            "a forward answer displaces too, instead of losing the earlier proposal"
+        );
+        assert_eq!(proposals.tracked(), 1);
     }
 }
