@@ -17,6 +17,10 @@
 //! - **Fail-stop.** After a failed write (an IO error, a full disk) every later write returns
 //!   [`StorageError::Stopped`](raft_core::StorageError::Stopped); nothing unwritten is ever
 //!   acknowledged.
+//! - **Reads see what is on disk.** `bounds`, `load_hard_state` and `entries` report the
+//!   durable state: a call still queued is not visible yet. Reads run on the caller's thread
+//!   (RocksDB serves them from memory or a local disk); a read that finds an IO error or damaged
+//!   data also stops the store.
 //! - **Snapshot files** ([`SnapshotFiles`]) beside the database, written atomically (temporary
 //!   file, sync, rename, directory sync) and checksummed.
 //!
