@@ -45,6 +45,15 @@ pub struct Config {
     pub proposal_wait_ticks: u32,
     /// Committed entries handed to the state machine in one batch.
     pub apply_batch_entries_max: usize,
+    /// Serve reads on the leader from a lease instead of a heartbeat round. Needs
+    /// `check_quorum`, and assumes clocks drift apart by less than the gap between
+    /// `read_lease_ticks` and `election_timeout_ticks_min` (see `protocol` reads).
+    pub lease_reads: bool,
+    /// How long after a confirmed heartbeat round the leader's lease lasts, in ticks. Must be
+    /// below `election_timeout_ticks_min`.
+    pub read_lease_ticks: u32,
+    /// Reads this node tracks at once; past it a read is refused.
+    pub pending_reads_max: usize,
 }
 
 /// Ticks are 10 ms in the runtime by default, so these defaults give a 150–300 ms election
@@ -69,6 +78,9 @@ impl Config {
             pending_proposals_max: 1 << 16,
             proposal_wait_ticks: 60,
             apply_batch_entries_max: 4096,
+            lease_reads: false,
+            read_lease_ticks: 11,
+            pending_reads_max: 1 << 16,
         }
     }
 
@@ -116,11 +128,21 @@ impl Config {
             ("proposal_bytes_max", self.proposal_bytes_max),
             ("pending_proposals_max", self.pending_proposals_max),
             ("apply_batch_entries_max", self.apply_batch_entries_max),
+            ("pending_reads_max", self.pending_reads_max),
         ];
         for (name, value) in positive {
             if value == 0 {
                 return fail(format!("{name} must be at least 1"));
             }
+        }
+        if self.lease_reads && !self.check_quorum {
+            return fail("lease_reads needs check_quorum: without it a deposed leader could serve stale reads".into());
+        }
+        if self.read_lease_ticks >= self.election_timeout_ticks_min {
+            return fail(format!(
+                "read_lease_ticks ({}) must be below election_timeout_ticks_min ({})",
+                self.read_lease_ticks, self.election_timeout_ticks_min
+            ));
         }
         if self.proposal_wait_ticks == 0 {
             return fail("proposal_wait_ticks must be at least 1".into());

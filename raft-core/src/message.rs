@@ -51,12 +51,31 @@ pub enum MessageBody {
     /// The answer to an `Append`.
     AppendResponse(AppendResponse),
     /// The leader's periodic liveness signal; carries the commit index the follower may use.
+    /// Also sent at once to confirm leadership for pending reads (ReadIndex).
     Heartbeat {
         /// `min(leader commit, follower's known match index)`: never beyond what the follower holds.
         commit: LogIndex,
+        /// The leader's read round; echoed in the answer, so an answer confirms every read
+        /// registered up to it.
+        read_seq: u64,
     },
     /// The answer to a `Heartbeat`, which tells the leader the follower is alive.
-    HeartbeatResponse,
+    HeartbeatResponse {
+        /// The `read_seq` of the heartbeat answered.
+        read_seq: u64,
+    },
+    /// A follower asks the leader for a read index on behalf of its client (follower reads).
+    ReadIndexRequest {
+        /// The follower's ID for the read.
+        id: ProposalId,
+    },
+    /// The leader's answer: the index the follower must apply before serving the read.
+    ReadIndexResponse {
+        /// The follower's ID for the read.
+        id: ProposalId,
+        /// The read index, or `None` when the recipient could not serve it (not the leader).
+        index: Option<LogIndex>,
+    },
     /// A follower hands client proposals to the leader it knows.
     Forward {
         /// The proposals, each tagged with the follower's own ID for it.

@@ -56,7 +56,7 @@
 //!     from: NodeId(1),
 //!     to: NodeId(2),
 //!     term: Term(3),
-//!     body: MessageBody::Heartbeat { commit: LogIndex(7) },
+//!     body: MessageBody::Heartbeat { commit: LogIndex(7), read_seq: 0 },
 //! };
 //! let hello = Handshake { cluster: ClusterId(42), from: NodeId(1), to: NodeId(2), lane: Lane::Ordinary };
 //!

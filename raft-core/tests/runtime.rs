@@ -311,3 +311,44 @@ async fn shutdown_answers_every_pending_proposal() {
     assert!(!error.is_definite(), "it may have reached a follower: {error}");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_on_any_node_sees_every_write_completed_before_it() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    for position in 0..3 {
+        propose(cluster.node(leader), &format!("write {position}"))
+            .await
+            .expect("commits");
+        let written = cluster.node(leader).status().commit_index;
+        let index = tokio::time::timeout(TIMEOUT, cluster.node(position).read_index())
+            .await
+            .expect("read answered in time")
+            .expect("read confirmed");
+        assert!(index >= written, "read index {index} misses write at {written}");
+        let seen = cluster.applied(position);
+        assert_eq!(
+            seen.last().map(|(_, c)| c.clone()),
+            Some(Bytes::from(format!("write {position}"))),
+            "node {position} served a read before applying the write"
+        );
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_never_confirms_a_read() {
+    let cluster = Cluster::start(3).await;
+    let old = cluster.leader().await;
+    propose(cluster.node(old), "before").await.expect("commits");
+    cluster.router.isolate(cluster.voters[old]);
+    let error = tokio::time::timeout(TIMEOUT, cluster.node(old).read_index())
+        .await
+        .expect("answered in time")
+        .expect_err("a leader cut off from the majority cannot confirm a read");
+    assert!(
+        matches!(error, NodeError::Propose(ProposeError::ReadAborted)),
+        "got {error}"
+    );
+    cluster.shutdown().await;
+}

@@ -88,8 +88,16 @@ fn body() -> impl Strategy<Value = MessageBody> {
                 hint_index,
             })
         }),
-        index().prop_map(|commit| MessageBody::Heartbeat { commit }),
-        Just(MessageBody::HeartbeatResponse),
+        (index(), any::<u64>())
+            .prop_map(|(commit, read_seq)| MessageBody::Heartbeat { commit, read_seq }),
+        any::<u64>().prop_map(|read_seq| MessageBody::HeartbeatResponse { read_seq }),
+        any::<u64>().prop_map(|id| MessageBody::ReadIndexRequest { id: ProposalId(id) }),
+        (any::<u64>(), proptest::option::of(index())).prop_map(|(id, index)| {
+            MessageBody::ReadIndexResponse {
+                id: ProposalId(id),
+                index,
+            }
+        }),
         proptest::collection::vec(
             (any::<u64>(), data()).prop_map(|(id, data)| ForwardedProposal {
                 id: ProposalId(id),
@@ -288,7 +296,7 @@ fn each_refusal_has_its_error() {
         from: NodeId(1),
         to: NodeId(2),
         term: Term(1),
-        body: MessageBody::HeartbeatResponse,
+        body: MessageBody::HeartbeatResponse { read_seq: 0 },
     };
     let frame = wire::encode_message(&message, FRAME_BYTES_MAX)
         .unwrap()
@@ -411,7 +419,7 @@ fn handshake_checks() {
         from: NodeId(3),
         to: local,
         term: Term(1),
-        body: MessageBody::HeartbeatResponse,
+        body: MessageBody::HeartbeatResponse { read_seq: 0 },
     };
     assert!(wire::check_sender(&spoofed, NodeId(2)).is_err());
     assert_eq!(wire::check_sender(&spoofed, NodeId(3)), Ok(()));

@@ -45,7 +45,7 @@
 //!     from: NodeId(2),
 //!     to: NodeId(1),
 //!     term: Term(1),
-//!     body: MessageBody::Heartbeat { commit: LogIndex(0) },
+//!     body: MessageBody::Heartbeat { commit: LogIndex(0), read_seq: 0 },
 //! };
 //! two.send(heartbeat.clone())?;
 //! assert_eq!(inbox.recv().await, Some(heartbeat));

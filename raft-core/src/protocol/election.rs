@@ -12,9 +12,12 @@ impl RawNode {
             MessageBody::VoteRequest { pre_vote, .. } => {
                 // CheckQuorum: a node that heard from a live leader within the minimum election
                 // timeout ignores elections, so a partitioned node cannot depose that leader.
+                let min = self.config.election_timeout_ticks_min;
+                // With lease reads, a node that just (re)started may have promised a leader its
+                // lease before crashing: it waits out one minimum timeout too.
                 let in_lease = self.config.check_quorum
-                    && self.leader.is_some()
-                    && self.election_elapsed < self.config.election_timeout_ticks_min;
+                    && ((self.leader.is_some() && self.election_elapsed < min)
+                        || (self.config.lease_reads && self.now < u64::from(min)));
                 if in_lease {
                     return false;
                 }
@@ -48,7 +51,7 @@ impl RawNode {
             // answer carrying our term; without it, PreVote and CheckQuorum could leave it
             // ignored forever.
             MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
-                self.send(message.from, MessageBody::HeartbeatResponse)
+                self.send(message.from, MessageBody::HeartbeatResponse { read_seq: 0 })
             }
             MessageBody::VoteRequest { pre_vote: true, .. } => self.send(
                 message.from,

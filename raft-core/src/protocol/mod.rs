@@ -22,6 +22,7 @@ mod election;
 mod log;
 mod progress;
 mod proposals;
+mod reads;
 mod replication;
 mod rng;
 
@@ -36,6 +37,7 @@ use bytes::Bytes;
 use log::RaftLog;
 use progress::Progress;
 use proposals::Proposals;
+use reads::Reads;
 use rng::Rng;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -87,6 +89,10 @@ pub struct Ready {
     pub committed: Vec<CommittedEntry>,
     /// Proposals that failed, with the reason.
     pub failed_proposals: Vec<(ProposalId, ProposeError)>,
+    /// Reads whose read index is known: serve each once the state machine has applied it.
+    pub reads: Vec<(ProposalId, LogIndex)>,
+    /// Reads that failed, with the reason.
+    pub failed_reads: Vec<(ProposalId, ProposeError)>,
 }
 
 impl Ready {
@@ -97,6 +103,8 @@ impl Ready {
             && self.messages_after_write.is_empty()
             && self.committed.is_empty()
             && self.failed_proposals.is_empty()
+            && self.reads.is_empty()
+            && self.failed_reads.is_empty()
     }
 }
 
@@ -172,6 +180,7 @@ pub struct RawNode {
     /// Leader only: new entries or a new commit index must be sent to followers.
     needs_broadcast: bool,
     proposals: Proposals,
+    reads: Reads,
     messages: Vec<Message>,
     messages_after_write: Vec<Message>,
     /// The hard state last handed to storage.
@@ -231,6 +240,7 @@ impl RawNode {
             uncommitted_bytes: 0,
             needs_broadcast: false,
             proposals,
+            reads: Reads::default(),
             messages: Vec::new(),
             messages_after_write: Vec::new(),
             hard_state_written: hard_state,
@@ -248,6 +258,7 @@ impl RawNode {
     pub fn tick(&mut self) {
         self.now += 1;
         self.proposals.expire(self.now);
+        self.reads.expire(self.now);
         match self.role {
             Role::Leader => self.tick_leader(),
             _ => self.tick_election(),
@@ -270,6 +281,10 @@ impl RawNode {
             return;
         }
         match message.body {
+            MessageBody::ReadIndexRequest { id } => self.handle_read_index_request(message.from, id),
+            MessageBody::ReadIndexResponse { id, index } => {
+                self.handle_read_index_response(id, index)
+            }
             MessageBody::VoteRequest {
                 pre_vote,
                 last_log_index,
@@ -345,6 +360,8 @@ impl RawNode {
     pub fn has_ready(&self) -> bool {
         self.needs_broadcast
             || self.proposals.has_waiting_to_route(self.role, self.leader)
+            || self.reads.has_work()
+            || self.reads.has_waiting_to_route(self.role, self.leader)
             || !self.messages.is_empty()
             || !self.messages_after_write.is_empty()
             || !self.proposals.failures.is_empty()
@@ -360,6 +377,8 @@ impl RawNode {
         }
         self.needs_broadcast = false;
         self.flush_waiting_proposals();
+        self.flush_reads();
+        self.flush_follower_reads();
         let (truncate_from, entries) = self.log.take_unwritten();
         let hard_state = self.hard_state();
         let vote_changed = (hard_state.term, hard_state.vote)
@@ -387,6 +406,8 @@ impl RawNode {
             messages_after_write: std::mem::take(&mut self.messages_after_write),
             committed,
             failed_proposals: std::mem::take(&mut self.proposals.failures),
+            reads: std::mem::take(&mut self.reads.ready),
+            failed_reads: std::mem::take(&mut self.reads.failures),
         }
     }
 
@@ -533,6 +554,7 @@ impl RawNode {
             self.vote = None;
             self.proposals.forget_forward_answers();
         }
+        self.abort_reads();
         self.role = Role::Follower;
         self.leader = leader;
         self.progress.clear();

@@ -29,6 +29,9 @@ pub enum ProposeError {
     /// Leadership changed (or the leader did not answer a forward in time) after the command may
     /// have been appended: it may or may not take effect.
     OutcomeUnknown,
+    /// A read could not be confirmed (leadership changed, or the leader did not answer in
+    /// time). Reads change nothing, so it is safe to retry.
+    ReadAborted,
 }
 
 impl ProposeError {
@@ -51,6 +54,10 @@ impl fmt::Display for ProposeError {
             ),
             ProposeError::TooManyPending => write!(f, "too many proposals are pending on this node"),
             ProposeError::Dropped => write!(f, "the write was overwritten by a new leader"),
+            ProposeError::ReadAborted => write!(
+                f,
+                "the read could not be confirmed by a leader in time; retry it"
+            ),
             ProposeError::OutcomeUnknown => write!(
                 f,
                 "leadership changed while the write was in flight; it may or may not be applied"

@@ -36,6 +36,7 @@ impl RawNode {
         });
         self.needs_broadcast = true;
         self.flush_waiting_proposals();
+        self.adopt_waiting_reads();
     }
 
     pub(super) fn tick_leader(&mut self) {
@@ -67,7 +68,10 @@ impl RawNode {
         active >= self.quorum()
     }
 
-    fn broadcast_heartbeat(&mut self) {
+    /// Sends a heartbeat round: liveness, the commit index, and confirmation for the reads
+    /// registered so far.
+    pub(super) fn broadcast_heartbeat(&mut self) {
+        let read_seq = self.start_read_round();
         let committed = self.log.committed;
         let heartbeats: Vec<(NodeId, LogIndex)> = self
             .progress
@@ -75,7 +79,7 @@ impl RawNode {
             .map(|(id, p)| (*id, p.match_index.min(committed)))
             .collect();
         for (to, commit) in heartbeats {
-            self.send(to, MessageBody::Heartbeat { commit });
+            self.send(to, MessageBody::Heartbeat { commit, read_seq });
         }
     }
 
@@ -152,7 +156,10 @@ impl RawNode {
     pub(super) fn step_leader(&mut self, from: NodeId, body: MessageBody) {
         match body {
             MessageBody::AppendResponse(response) => self.handle_append_response(from, response),
-            MessageBody::HeartbeatResponse => self.handle_heartbeat_response(from),
+            MessageBody::HeartbeatResponse { read_seq } => {
+                self.handle_heartbeat_response(from);
+                self.read_round_answered(from, read_seq);
+            }
             MessageBody::Forward { proposals } => self.handle_forward(from, proposals),
             MessageBody::ForwardResponse { outcomes } => self.forward_answered(outcomes),
             // Vote answers from a finished election, or (impossible between correct nodes)
@@ -245,6 +252,7 @@ impl RawNode {
         self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(newly_committed);
         self.log.commit_to(candidate);
         self.needs_broadcast = true;
+        self.release_reads_awaiting_commit();
         true
     }
 
@@ -361,10 +369,10 @@ impl RawNode {
                 self.heard_from_leader(from);
                 self.handle_append(from, prev_log_index, prev_log_term, entries, leader_commit);
             }
-            MessageBody::Heartbeat { commit } => {
+            MessageBody::Heartbeat { commit, read_seq } => {
                 self.heard_from_leader(from);
                 self.log.commit_to(commit.min(self.log.last_index()));
-                self.send(from, MessageBody::HeartbeatResponse);
+                self.send(from, MessageBody::HeartbeatResponse { read_seq });
             }
             MessageBody::Forward { proposals } => self.refuse_forwards(from, proposals),
             MessageBody::ForwardResponse { outcomes } => self.forward_answered(outcomes),

@@ -2,14 +2,14 @@
 
 use super::applier::{self, ApplyJob};
 use super::writer::{self, WriteJob};
-use super::{NodeError, ProposalRequest, Responder, RuntimeOptions};
+use super::{NodeError, ProposalRequest, ReadResponder, Responder, RuntimeOptions};
 use crate::message::Message;
 use crate::network::Network;
 use crate::protocol::{RawNode, Ready, Status};
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
 use crate::types::{LogIndex, ProposalId};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch, Notify};
@@ -68,6 +68,10 @@ pub(super) struct Driver {
     shared: Arc<Shared>,
     /// Proposers waiting for an outcome, by the ID given to the protocol.
     responders: HashMap<ProposalId, Responder>,
+    /// Readers waiting for their read index.
+    read_responders: HashMap<ProposalId, ReadResponder>,
+    /// Readers whose read index is known, waiting for the state machine to reach it.
+    reads_awaiting_apply: BTreeMap<LogIndex, Vec<ReadResponder>>,
     next_proposal: u64,
     writes: mpsc::Sender<WriteJob>,
     applies: mpsc::Sender<ApplyJob>,
@@ -113,6 +117,8 @@ impl Driver {
             shutdown: parts.shutdown,
             shared,
             responders: HashMap::new(),
+            read_responders: HashMap::new(),
+            reads_awaiting_apply: BTreeMap::new(),
             next_proposal: 1,
             writes,
             applies,
@@ -193,8 +199,29 @@ impl Driver {
     fn propose(&mut self, request: ProposalRequest) {
         let id = ProposalId(self.next_proposal);
         self.next_proposal += 1;
-        self.responders.insert(id, request.responder);
-        self.raw.propose(id, request.command);
+        match request {
+            ProposalRequest::Propose { command, responder } => {
+                self.responders.insert(id, responder);
+                self.raw.propose(id, command);
+            }
+            ProposalRequest::Read { responder } => {
+                self.read_responders.insert(id, responder);
+                self.raw.read_index(id);
+            }
+        }
+    }
+
+    /// Answers the reads whose index the state machine has reached.
+    fn release_reads(&mut self) {
+        while let Some(entry) = self.reads_awaiting_apply.first_entry() {
+            if *entry.key() > self.last_applied {
+                break;
+            }
+            let index = *entry.key();
+            for responder in entry.remove() {
+                let _ = responder.send(Ok(index));
+            }
+        }
     }
 
     /// Tells the protocol what the writer and applier finished since the last look.
@@ -208,6 +235,7 @@ impl Driver {
         if applied > self.last_applied {
             self.last_applied = applied;
             self.raw.applied(applied);
+            self.release_reads();
         }
     }
 
@@ -222,6 +250,20 @@ impl Driver {
                 let _ = responder.send(Err(NodeError::Propose(error)));
             }
         }
+        for (id, error) in ready.failed_reads {
+            if let Some(responder) = self.read_responders.remove(&id) {
+                let _ = responder.send(Err(NodeError::Propose(error)));
+            }
+        }
+        for (id, index) in ready.reads {
+            if let Some(responder) = self.read_responders.remove(&id) {
+                self.reads_awaiting_apply
+                    .entry(index)
+                    .or_default()
+                    .push(responder);
+            }
+        }
+        self.release_reads();
         if !ready.write.is_empty() || !ready.messages_after_write.is_empty() {
             let job = WriteJob {
                 number: ready.number,
@@ -285,6 +327,14 @@ impl Driver {
             }
         }
         for (_, responder) in self.responders.drain() {
+            let _ = responder.send(Err(NodeError::Stopped(reason.clone())));
+        }
+        let readers = self
+            .read_responders
+            .drain()
+            .map(|(_, r)| r)
+            .chain(std::mem::take(&mut self.reads_awaiting_apply).into_values().flatten());
+        for responder in readers {
             let _ = responder.send(Err(NodeError::Stopped(reason.clone())));
         }
         let Driver {

@@ -125,11 +125,14 @@ impl NodeError {
 }
 
 type Responder = oneshot::Sender<Result<Bytes, NodeError>>;
+type ReadResponder = oneshot::Sender<Result<LogIndex, NodeError>>;
 
-/// A proposal on its way to the driver.
-struct ProposalRequest {
-    command: Bytes,
-    responder: Responder,
+/// A client request on its way to the driver.
+enum ProposalRequest {
+    /// A command to replicate.
+    Propose { command: Bytes, responder: Responder },
+    /// A linearizable read barrier.
+    Read { responder: ReadResponder },
 }
 
 /// A handle to a running Raft node. Cheap to clone; every clone drives the same node.
@@ -199,8 +202,27 @@ impl RaftNode {
     /// answer is the same as if the leader had been asked.
     pub async fn propose(&self, command: Bytes) -> Result<Bytes, NodeError> {
         let (responder, answer) = oneshot::channel();
-        let request = ProposalRequest { command, responder };
+        let request = ProposalRequest::Propose { command, responder };
         if self.proposals.send(request).await.is_err() {
+            return Err(self.stopped_error());
+        }
+        answer.await.unwrap_or_else(|_| Err(self.stopped_error()))
+    }
+
+    /// A linearizable read barrier: returns once this node's state machine has applied every
+    /// write that completed (anywhere in the cluster) before the call, so the caller may now
+    /// read its state machine directly. No log entry is written: the leader confirms it still
+    /// leads with one heartbeat round shared by all concurrent reads (ReadIndex), or answers
+    /// from its lease when `Config::lease_reads` is on; a follower asks the leader for the
+    /// index. Returns the read index.
+    pub async fn read_index(&self) -> Result<LogIndex, NodeError> {
+        let (responder, answer) = oneshot::channel();
+        if self
+            .proposals
+            .send(ProposalRequest::Read { responder })
+            .await
+            .is_err()
+        {
             return Err(self.stopped_error());
         }
         answer.await.unwrap_or_else(|_| Err(self.stopped_error()))

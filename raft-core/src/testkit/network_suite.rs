@@ -251,13 +251,14 @@ pub fn numbered(from: NodeId, to: NodeId, sequence: u64) -> Message {
         term: Term(1),
         body: MessageBody::Heartbeat {
             commit: LogIndex(sequence),
+            read_seq: sequence,
         },
     }
 }
 
 fn sequence_of(message: &Message) -> Option<u64> {
     match message.body {
-        MessageBody::Heartbeat { commit } => Some(commit.0),
+        MessageBody::Heartbeat { commit, .. } => Some(commit.0),
         _ => None,
     }
 }
@@ -667,7 +668,7 @@ fn smuggled(from: NodeId, to: NodeId) -> Message {
         from,
         to,
         term: Term(666),
-        body: MessageBody::HeartbeatResponse,
+        body: MessageBody::HeartbeatResponse { read_seq: 0 },
     }
 }
 

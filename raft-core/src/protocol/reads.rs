@@ -1,0 +1,274 @@
+//! Linearizable reads without writing to the log (Raft thesis §6.4): ReadIndex, lease reads,
+//! and follower reads.
+//!
+//! A read gets a *read index*: a commit index that is at least as new as every write that
+//! completed before the read began. The runtime serves the read from the state machine once
+//! it has applied that far. The leader finds it as follows:
+//! 1. it must have committed an entry of its own term (until then its commit index may be
+//!    stale, so reads wait);
+//! 2. it records its commit index and sends a heartbeat round tagged with a sequence number;
+//! 3. once a majority (itself included) answered that round or a later one, no other leader
+//!    can have existed when the round left, and the recorded index is the read index.
+//!
+//! Every read registered before a round leaves shares that round, so concurrent reads cost one
+//! round. With `lease_reads`, a leader whose last confirmed round left less than
+//! `read_lease_ticks` ago answers at once: followers refuse to vote for
+//! `election_timeout_ticks_min` after hearing from it, so no new leader can exist yet. This
+//! assumes clocks that drift apart by less than the gap between the two (the defaults leave a
+//! quarter of the election timeout).
+
+use super::{ProposeError, RawNode, Role};
+use crate::message::MessageBody;
+use crate::types::{LogIndex, NodeId, ProposalId};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+/// Heartbeat rounds a leader tracks at most; the oldest round without reads is dropped first.
+const READ_ROUNDS_MAX: usize = 1024;
+
+/// Who asked for a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reader {
+    /// A caller of `RawNode::read_index` on this node.
+    Local(ProposalId),
+    /// A follower, on behalf of its caller.
+    Remote(NodeId, ProposalId),
+}
+
+/// One heartbeat round and the reads it confirms.
+#[derive(Debug)]
+struct Round {
+    seq: u64,
+    /// The commit index when the round left: the read index of its readers.
+    index: LogIndex,
+    /// Tick at which the round left (start of the lease it earns).
+    sent_at: u64,
+    readers: Vec<Reader>,
+    acks: BTreeSet<NodeId>,
+}
+
+/// Read bookkeeping, for both the leader and follower sides.
+#[derive(Debug, Default)]
+pub(crate) struct Reads {
+    next_seq: u64,
+    /// Leader: rounds sent and not yet confirmed, oldest first.
+    rounds: VecDeque<Round>,
+    /// Leader: reads waiting for the first commit of this term.
+    awaiting_commit: Vec<Reader>,
+    /// Leader: reads registered since the last round left.
+    unsent: Vec<Reader>,
+    /// Leader: the send tick of the newest confirmed round.
+    lease_start: Option<u64>,
+    /// Follower: reads waiting for a leader to be known, with their deadline.
+    waiting: Vec<(ProposalId, u64)>,
+    /// Follower: reads asked of the leader, with their deadline.
+    asked: HashMap<ProposalId, u64>,
+    /// Reads whose index is known: (id, index).
+    pub(crate) ready: Vec<(ProposalId, LogIndex)>,
+    /// Reads that failed.
+    pub(crate) failures: Vec<(ProposalId, ProposeError)>,
+}
+
+impl Reads {
+    pub(crate) fn tracked(&self) -> usize {
+        self.rounds.iter().map(|r| r.readers.len()).sum::<usize>()
+            + self.awaiting_commit.len()
+            + self.unsent.len()
+            + self.waiting.len()
+            + self.asked.len()
+    }
+
+    pub(crate) fn has_waiting_to_route(&self, role: Role, leader: Option<NodeId>) -> bool {
+        !self.waiting.is_empty() && (role == Role::Leader || leader.is_some())
+    }
+
+    pub(crate) fn has_work(&self) -> bool {
+        !self.unsent.is_empty() || !self.ready.is_empty() || !self.failures.is_empty()
+    }
+
+    /// Fails every leader-side read (leadership was lost). Remote readers are told so.
+    fn abort_leader_reads(&mut self) -> Vec<Reader> {
+        let mut readers: Vec<Reader> = self.rounds.drain(..).flat_map(|r| r.readers).collect();
+        readers.append(&mut self.awaiting_commit);
+        readers.append(&mut self.unsent);
+        self.lease_start = None;
+        readers
+    }
+
+    /// Follower side: drops reads past their deadline.
+    pub(crate) fn expire(&mut self, now: u64) {
+        let failures = &mut self.failures;
+        self.waiting.retain(|(id, deadline)| {
+            let keep = *deadline > now;
+            if !keep {
+                failures.push((*id, ProposeError::NoLeader));
+            }
+            keep
+        });
+        self.asked.retain(|id, deadline| {
+            let keep = *deadline > now;
+            if !keep {
+                failures.push((*id, ProposeError::ReadAborted));
+            }
+            keep
+        });
+    }
+}
+
+impl RawNode {
+    /// Asks for a read index for the read `id`. The answer arrives in [`super::Ready::reads`]
+    /// (serve the read once the state machine has applied that index) or in
+    /// [`super::Ready::failed_reads`]. On a follower the leader is asked (follower reads).
+    pub fn read_index(&mut self, id: ProposalId) {
+        if self.reads.tracked() >= self.config.pending_reads_max {
+            self.reads.failures.push((id, ProposeError::TooManyPending));
+            return;
+        }
+        if self.role == Role::Leader {
+            self.register_read(Reader::Local(id));
+        } else {
+            let deadline = self.now + u64::from(self.config.proposal_wait_ticks);
+            self.reads.waiting.push((id, deadline));
+        }
+    }
+
+    fn register_read(&mut self, reader: Reader) {
+        debug_assert_eq!(self.role, Role::Leader);
+        if !self.committed_in_current_term() {
+            // Our commit index may be behind the last leader's: wait for our blank entry.
+            self.reads.awaiting_commit.push(reader);
+        } else if self.quorum() == 1 || self.lease_valid() {
+            let index = self.log.committed;
+            self.answer_read(reader, Some(index));
+        } else {
+            self.reads.unsent.push(reader);
+        }
+    }
+
+    pub(super) fn committed_in_current_term(&self) -> bool {
+        self.log.term(self.log.committed) == Some(self.term)
+    }
+
+    fn lease_valid(&self) -> bool {
+        self.config.lease_reads
+            && self
+                .reads
+                .lease_start
+                .is_some_and(|start| self.now < start + u64::from(self.config.read_lease_ticks))
+    }
+
+    fn answer_read(&mut self, reader: Reader, index: Option<LogIndex>) {
+        match (reader, index) {
+            (Reader::Local(id), Some(index)) => self.reads.ready.push((id, index)),
+            (Reader::Local(id), None) => self.reads.failures.push((id, ProposeError::ReadAborted)),
+            (Reader::Remote(from, id), index) => {
+                self.send(from, MessageBody::ReadIndexResponse { id, index })
+            }
+        }
+    }
+
+    /// Leader: the first entry of this term committed; reads waiting for it may proceed.
+    pub(super) fn release_reads_awaiting_commit(&mut self) {
+        if self.committed_in_current_term() && !self.reads.awaiting_commit.is_empty() {
+            for reader in std::mem::take(&mut self.reads.awaiting_commit) {
+                self.register_read(reader);
+            }
+        }
+    }
+
+    /// Leader: starts a heartbeat round. With `for_reads`, only when reads wait for one.
+    /// Returns the round's sequence number.
+    pub(super) fn start_read_round(&mut self) -> u64 {
+        self.reads.next_seq += 1;
+        let seq = self.reads.next_seq;
+        if self.reads.rounds.len() >= READ_ROUNDS_MAX {
+            if let Some(position) = self.reads.rounds.iter().position(|r| r.readers.is_empty()) {
+                self.reads.rounds.remove(position);
+            }
+        }
+        let readers = std::mem::take(&mut self.reads.unsent);
+        self.reads.rounds.push_back(Round {
+            seq,
+            index: self.log.committed,
+            sent_at: self.now,
+            readers,
+            acks: BTreeSet::new(),
+        });
+        seq
+    }
+
+    /// Leader: sends a round at once for reads registered since the last one.
+    pub(super) fn flush_reads(&mut self) {
+        if self.role == Role::Leader && !self.reads.unsent.is_empty() {
+            self.broadcast_heartbeat();
+        }
+    }
+
+    /// Leader: `from` answered the heartbeat of round `seq`, which confirms every round up to
+    /// it.
+    pub(super) fn read_round_answered(&mut self, from: NodeId, seq: u64) {
+        for round in self.reads.rounds.iter_mut() {
+            if round.seq > seq {
+                break;
+            }
+            round.acks.insert(from);
+        }
+        while let Some(front) = self.reads.rounds.front() {
+            if front.acks.len() + 1 < self.quorum() {
+                break;
+            }
+            let round = self.reads.rounds.pop_front().expect("front exists");
+            self.reads.lease_start = Some(self.reads.lease_start.unwrap_or(0).max(round.sent_at));
+            for reader in round.readers {
+                self.answer_read(reader, Some(round.index));
+            }
+        }
+    }
+
+    /// Leader: a follower's read.
+    pub(super) fn handle_read_index_request(&mut self, from: NodeId, id: ProposalId) {
+        if self.role == Role::Leader {
+            self.register_read(Reader::Remote(from, id));
+        } else {
+            self.send(from, MessageBody::ReadIndexResponse { id, index: None });
+        }
+    }
+
+    /// Follower: the leader's answer to one of our reads.
+    pub(super) fn handle_read_index_response(&mut self, id: ProposalId, index: Option<LogIndex>) {
+        if self.reads.asked.remove(&id).is_none() {
+            return; // late or duplicated
+        }
+        match index {
+            Some(index) => self.reads.ready.push((id, index)),
+            None => self.reads.failures.push((id, ProposeError::ReadAborted)),
+        }
+    }
+
+    /// Follower: asks the known leader for the reads waiting for one.
+    pub(super) fn flush_follower_reads(&mut self) {
+        if self.role == Role::Leader {
+            self.adopt_waiting_reads();
+            return;
+        }
+        let Some(leader) = self.leader else { return };
+        for (id, deadline) in std::mem::take(&mut self.reads.waiting) {
+            self.reads.asked.insert(id, deadline);
+            self.send(leader, MessageBody::ReadIndexRequest { id });
+        }
+    }
+
+    /// Leadership ended: every leader-side read fails (followers are told).
+    pub(super) fn abort_reads(&mut self) {
+        for reader in self.reads.abort_leader_reads() {
+            self.answer_read(reader, None);
+        }
+    }
+
+    /// A new leader: reads this node had waiting as a follower become its own.
+    pub(super) fn adopt_waiting_reads(&mut self) {
+        let waiting = std::mem::take(&mut self.reads.waiting);
+        for (id, _) in waiting {
+            self.register_read(Reader::Local(id));
+        }
+    }
+}
