@@ -110,7 +110,10 @@ async fn stream<H: NetworkHarness>(
     let mut sent = 0u64;
     let mut received = 0u64;
     while received < count {
-        assert!(Instant::now() < deadline, "the benchmark ran past its time limit");
+        assert!(
+            Instant::now() < deadline,
+            "the benchmark ran past its time limit"
+        );
         while sent < count {
             match harness.send_on(transport, lane, make(sent)) {
                 Ok(()) => sent += 1,
@@ -147,7 +150,15 @@ pub async fn measure<H: NetworkHarness>(harness: &H, plan: BenchPlan) -> BenchRe
     let small = |sequence| renumbered(&small_template, sequence);
     let small_frame_bytes = frame_bytes(&small(1));
     // Warm up: connections dialled, buffers grown.
-    stream(harness, &mut nodes, Lane::Ordinary, 1_000, small, plan.time_limit).await;
+    stream(
+        harness,
+        &mut nodes,
+        Lane::Ordinary,
+        1_000,
+        small,
+        plan.time_limit,
+    )
+    .await;
     let elapsed = stream(
         harness,
         &mut nodes,
@@ -178,7 +189,10 @@ pub async fn measure<H: NetworkHarness>(harness: &H, plan: BenchPlan) -> BenchRe
     let mut round_trips = Vec::with_capacity(plan.round_trips as usize);
     let deadline = Instant::now() + plan.time_limit;
     for sequence in 0..plan.round_trips {
-        assert!(Instant::now() < deadline, "the benchmark ran past its time limit");
+        assert!(
+            Instant::now() < deadline,
+            "the benchmark ran past its time limit"
+        );
         let started = Instant::now();
         nodes[0]
             .transport
