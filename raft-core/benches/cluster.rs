@@ -75,7 +75,9 @@ async fn measure(proposers: usize, payload_bytes: usize, seconds: f64) -> f64 {
         let payload = payload.clone();
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
-                node.propose(payload.clone()).await.expect("proposal commits");
+                node.propose(payload.clone())
+                    .await
+                    .expect("proposal commits");
                 done.fetch_add(1, Ordering::Relaxed);
             }
         }));

@@ -20,7 +20,11 @@ struct KeyValue {
 
 #[async_trait]
 impl StateMachine for KeyValue {
-    async fn apply(&mut self, _index: LogIndex, command: Bytes) -> Result<Bytes, StateMachineError> {
+    async fn apply(
+        &mut self,
+        _index: LogIndex,
+        command: Bytes,
+    ) -> Result<Bytes, StateMachineError> {
         let text = String::from_utf8_lossy(&command);
         let (key, value) = text.split_once('=').unwrap_or((&text, ""));
         let previous = self.map.insert(key.to_string(), value.to_string());
@@ -79,7 +83,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let node = nodes[writer % 3].clone().expect("running");
         tasks.push(tokio::spawn(async move {
             for i in 0..writes / 16 {
-                node.propose(Bytes::from(format!("key{writer}={i}"))).await?;
+                node.propose(Bytes::from(format!("key{writer}={i}")))
+                    .await?;
             }
             Ok::<_, raft_core::runtime::NodeError>(())
         }));

@@ -48,7 +48,11 @@ impl LocalRouter {
 
     /// Restores every cut link.
     pub fn heal(&self) {
-        self.state.write().expect("router lock poisoned").cut.clear();
+        self.state
+            .write()
+            .expect("router lock poisoned")
+            .cut
+            .clear();
     }
 
     fn deliver(&self, message: Message) -> Result<(), SendError> {
@@ -57,7 +61,10 @@ impl LocalRouter {
             return Ok(()); // a cut link loses messages silently, like a real partition
         }
         let to = message.to;
-        let inbound = state.inboxes.get(&to).ok_or(SendError::UnknownPeer { to })?;
+        let inbound = state
+            .inboxes
+            .get(&to)
+            .ok_or(SendError::UnknownPeer { to })?;
         inbound.try_deliver(message).map_err(|error| match error {
             DeliverError::InboxFull => SendError::QueueFull { to },
             DeliverError::Closed | DeliverError::WrongRecipient { .. } => SendError::Closed,

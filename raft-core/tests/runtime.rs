@@ -146,7 +146,11 @@ async fn writes_through_every_node_apply_in_one_order_everywhere() {
     let reference = cluster.applied(0);
     assert_eq!(reference.len(), 30);
     for position in 1..3 {
-        assert_eq!(cluster.applied(position), reference, "node {position} diverged");
+        assert_eq!(
+            cluster.applied(position),
+            reference,
+            "node {position} diverged"
+        );
     }
     cluster.shutdown().await;
 }
@@ -188,9 +192,13 @@ async fn a_restarted_node_recovers_its_log_and_replays_it() {
     let follower = (leader + 1) % 3;
     propose(cluster.node(leader), "one").await.expect("commits");
     cluster.nodes[follower].take().unwrap().shutdown().await;
-    propose(cluster.node(leader), "two").await.expect("commits with a majority");
+    propose(cluster.node(leader), "two")
+        .await
+        .expect("commits with a majority");
     cluster.restart(follower).await;
-    propose(cluster.node(leader), "three").await.expect("commits");
+    propose(cluster.node(leader), "three")
+        .await
+        .expect("commits");
     let commit = cluster.node(leader).status().commit_index;
     cluster.wait_applied_everywhere(commit).await;
     let commands: Vec<Bytes> = cluster
@@ -283,13 +291,22 @@ async fn a_storage_failure_stops_the_node_and_acknowledges_nothing() {
     )
     .await
     .unwrap();
-    propose(&node, "fine").await.expect("a single node commits alone");
+    propose(&node, "fine")
+        .await
+        .expect("a single node commits alone");
     broken.store(true, Ordering::SeqCst);
-    let error = propose(&node, "lost").await.expect_err("cannot be made durable");
-    assert!(!error.is_definite(), "the write may have reached no disk, or some: {error}");
+    let error = propose(&node, "lost")
+        .await
+        .expect_err("cannot be made durable");
+    assert!(
+        !error.is_definite(),
+        "the write may have reached no disk, or some: {error}"
+    );
     let reason = node.stopped_reason().expect("the node stopped");
     assert!(reason.contains("disk on fire"), "reason: {reason}");
-    let error = propose(&node, "after").await.expect_err("a stopped node refuses");
+    let error = propose(&node, "after")
+        .await
+        .expect_err("a stopped node refuses");
     assert!(matches!(error, NodeError::Stopped(_)), "got {error}");
     node.shutdown().await;
 }
@@ -308,7 +325,10 @@ async fn shutdown_answers_every_pending_proposal() {
         .expect("answered in time")
         .unwrap();
     let error = outcome.expect_err("it could not commit");
-    assert!(!error.is_definite(), "it may have reached a follower: {error}");
+    assert!(
+        !error.is_definite(),
+        "it may have reached a follower: {error}"
+    );
     cluster.shutdown().await;
 }
 
@@ -325,7 +345,10 @@ async fn a_read_on_any_node_sees_every_write_completed_before_it() {
             .await
             .expect("read answered in time")
             .expect("read confirmed");
-        assert!(index >= written, "read index {index} misses write at {written}");
+        assert!(
+            index >= written,
+            "read index {index} misses write at {written}"
+        );
         let seen = cluster.applied(position);
         assert_eq!(
             seen.last().map(|(_, c)| c.clone()),

@@ -86,7 +86,10 @@ impl RaftLog {
     /// Entries from `from` on, stopping before `bytes_max` would be exceeded (but always at
     /// least one entry when any is available).
     pub(crate) fn slice(&self, from: LogIndex, bytes_max: usize) -> Vec<Entry> {
-        assert!(from > self.offset, "slice from {from} reaches into the compacted log");
+        assert!(
+            from > self.offset,
+            "slice from {from} reaches into the compacted log"
+        );
         let start = (from.0 - self.offset.0 - 1) as usize;
         let mut bytes = 0;
         let mut out = Vec::new();
@@ -129,8 +132,15 @@ impl RaftLog {
 
     /// Appends a leader's new entry.
     pub(crate) fn append(&mut self, entry: Entry) {
-        assert_eq!(entry.index, self.last_index().next(), "log entries must be contiguous");
-        assert!(entry.term >= self.last_term(), "log terms must not decrease");
+        assert_eq!(
+            entry.index,
+            self.last_index().next(),
+            "log entries must be contiguous"
+        );
+        assert!(
+            entry.term >= self.last_term(),
+            "log terms must not decrease"
+        );
         self.entries.push_back(entry);
     }
 
@@ -196,8 +206,7 @@ impl RaftLog {
     /// Storage reports durable everything up to `index`, whose entry had `term` when it was
     /// handed out. Ignored when that entry has since been replaced.
     pub(crate) fn stable_to(&mut self, index: LogIndex, term: Term) {
-        if index > self.persisted && index < self.unwritten_from && self.term(index) == Some(term)
-        {
+        if index > self.persisted && index < self.unwritten_from && self.term(index) == Some(term) {
             self.persisted = index;
         }
     }
@@ -252,12 +261,19 @@ impl RaftLog {
         let last = self.last_index();
         assert!(self.applied <= self.applying, "applied beyond applying");
         assert!(self.applying <= self.committed, "applying beyond commit");
-        assert!(self.applying <= self.persisted.max(self.offset), "applying beyond durable");
+        assert!(
+            self.applying <= self.persisted.max(self.offset),
+            "applying beyond durable"
+        );
         assert!(self.committed <= last, "commit beyond the log");
         assert!(self.persisted <= last, "persisted beyond the log");
         assert!(self.unwritten_from > self.offset && self.unwritten_from <= last.next());
         if let (Some(first), Some(back)) = (self.entries.front(), self.entries.back()) {
-            assert_eq!(first.index, self.offset.next(), "log does not start after offset");
+            assert_eq!(
+                first.index,
+                self.offset.next(),
+                "log does not start after offset"
+            );
             assert_eq!(back.index, last, "log has a hole");
         }
     }
@@ -303,14 +319,21 @@ mod tests {
         let mut log = log_with(&[1, 1, 2]);
         let last = log.try_append(LogIndex(0), Term(0), vec![entry(1, 1), entry(2, 1)]);
         assert_eq!(last, Some((LogIndex(2), None)));
-        assert_eq!(log.last_index(), LogIndex(3), "a stale append must not cut the log");
+        assert_eq!(
+            log.last_index(),
+            LogIndex(3),
+            "a stale append must not cut the log"
+        );
         assert!(!log.has_unwritten());
     }
 
     #[test]
     fn mismatched_previous_entry_is_rejected() {
         let mut log = log_with(&[1, 2]);
-        assert_eq!(log.try_append(LogIndex(2), Term(1), vec![entry(3, 2)]), None);
+        assert_eq!(
+            log.try_append(LogIndex(2), Term(1), vec![entry(3, 2)]),
+            None
+        );
         assert_eq!(log.try_append(LogIndex(5), Term(2), vec![]), None);
         assert_eq!(log.last_index(), LogIndex(2));
     }
@@ -318,10 +341,22 @@ mod tests {
     #[test]
     fn conflict_hint_skips_a_term_at_a_time() {
         let log = log_with(&[1, 1, 1, 4, 4, 5, 5, 6, 6, 6]);
-        assert_eq!(log.find_conflict_by_term(LogIndex(10), Term(3)), LogIndex(3));
-        assert_eq!(log.find_conflict_by_term(LogIndex(10), Term(6)), LogIndex(10));
-        assert_eq!(log.find_conflict_by_term(LogIndex(10), Term(0)), LogIndex(0));
-        assert_eq!(log.find_conflict_by_term(LogIndex(20), Term(5)), LogIndex(7));
+        assert_eq!(
+            log.find_conflict_by_term(LogIndex(10), Term(3)),
+            LogIndex(3)
+        );
+        assert_eq!(
+            log.find_conflict_by_term(LogIndex(10), Term(6)),
+            LogIndex(10)
+        );
+        assert_eq!(
+            log.find_conflict_by_term(LogIndex(10), Term(0)),
+            LogIndex(0)
+        );
+        assert_eq!(
+            log.find_conflict_by_term(LogIndex(20), Term(5)),
+            LogIndex(7)
+        );
     }
 
     #[test]
@@ -349,6 +384,10 @@ mod tests {
         let outcome = log.try_append(LogIndex(1), Term(1), vec![entry(2, 2)]);
         assert_eq!(outcome, Some((LogIndex(2), Some(LogIndex(2)))));
         log.stable_to(LogIndex(2), Term(1));
-        assert_eq!(log.persisted, LogIndex(0), "entry 2 of term 1 is no longer in the log");
+        assert_eq!(
+            log.persisted,
+            LogIndex(0),
+            "entry 2 of term 1 is no longer in the log"
+        );
     }
 }

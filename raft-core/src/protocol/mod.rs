@@ -281,7 +281,9 @@ impl RawNode {
             return;
         }
         match message.body {
-            MessageBody::ReadIndexRequest { id } => self.handle_read_index_request(message.from, id),
+            MessageBody::ReadIndexRequest { id } => {
+                self.handle_read_index_request(message.from, id)
+            }
             MessageBody::ReadIndexResponse { id, index } => {
                 self.handle_read_index_response(id, index)
             }
@@ -367,7 +369,8 @@ impl RawNode {
             || !self.proposals.failures.is_empty()
             || self.log.has_unwritten()
             || self.log.has_applicable()
-            || (self.term, self.vote) != (self.hard_state_written.term, self.hard_state_written.vote)
+            || (self.term, self.vote)
+                != (self.hard_state_written.term, self.hard_state_written.vote)
     }
 
     /// Takes the work accumulated since the last call.
@@ -571,7 +574,10 @@ impl RawNode {
             assert_eq!(self.vote, Some(self.id), "a leader voted for itself");
         }
         if let Some(leader) = self.leader {
-            assert!(self.voters.contains(&leader), "leader {leader} is not a voter");
+            assert!(
+                self.voters.contains(&leader),
+                "leader {leader} is not a voter"
+            );
         }
     }
 }

@@ -172,8 +172,14 @@ mod tests {
         progress.become_replicate();
         progress.inflights.add(LogIndex(5), 100);
         progress.inflights.add(LogIndex(9), 100);
-        assert!(progress.is_paused(2, 1000), "two messages fill a window of two");
-        assert!(progress.is_paused(10, 200), "200 bytes fill a window of 200");
+        assert!(
+            progress.is_paused(2, 1000),
+            "two messages fill a window of two"
+        );
+        assert!(
+            progress.is_paused(10, 200),
+            "200 bytes fill a window of 200"
+        );
         progress.update_match(LogIndex(5));
         assert!(!progress.is_paused(2, 1000));
         assert_eq!(progress.inflights.len(), 1);
@@ -184,7 +190,10 @@ mod tests {
     fn stale_rejections_are_ignored() {
         let mut progress = Progress::new(LogIndex(11));
         progress.update_match(LogIndex(7));
-        assert!(!progress.back_off(LogIndex(6), LogIndex(3)), "below match: stale");
+        assert!(
+            !progress.back_off(LogIndex(6), LogIndex(3)),
+            "below match: stale"
+        );
         assert!(
             !progress.back_off(LogIndex(8), LogIndex(3)),
             "probe answer for an older probe"

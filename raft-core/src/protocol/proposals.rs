@@ -52,7 +52,9 @@ impl fmt::Display for ProposeError {
                 f,
                 "the leader's uncommitted log is full; retry when it has caught up"
             ),
-            ProposeError::TooManyPending => write!(f, "too many proposals are pending on this node"),
+            ProposeError::TooManyPending => {
+                write!(f, "too many proposals are pending on this node")
+            }
             ProposeError::Dropped => write!(f, "the write was overwritten by a new leader"),
             ProposeError::ReadAborted => write!(
                 f,

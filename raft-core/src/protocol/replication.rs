@@ -17,7 +17,11 @@ impl RawNode {
     // ----- leader -------------------------------------------------------------------------
 
     pub(super) fn become_leader(&mut self) {
-        assert_eq!(self.vote, Some(self.id), "only a candidate that voted for itself leads");
+        assert_eq!(
+            self.vote,
+            Some(self.id),
+            "only a candidate that voted for itself leads"
+        );
         self.role = Role::Leader;
         self.leader = Some(self.id);
         self.votes.clear();
@@ -26,7 +30,10 @@ impl RawNode {
         self.uncommitted_bytes = 0;
         let next = self.log.last_index().next();
         let peers: Vec<NodeId> = self.peers().collect();
-        self.progress = peers.into_iter().map(|id| (id, Progress::new(next))).collect();
+        self.progress = peers
+            .into_iter()
+            .map(|id| (id, Progress::new(next)))
+            .collect();
         // A blank entry of the new term lets the leader commit, and so learn the commit index
         // of, everything before it (Raft §5.4.2, §8).
         self.log.append(Entry {

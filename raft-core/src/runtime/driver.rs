@@ -329,11 +329,11 @@ impl Driver {
         for (_, responder) in self.responders.drain() {
             let _ = responder.send(Err(NodeError::Stopped(reason.clone())));
         }
-        let readers = self
-            .read_responders
-            .drain()
-            .map(|(_, r)| r)
-            .chain(std::mem::take(&mut self.reads_awaiting_apply).into_values().flatten());
+        let readers = self.read_responders.drain().map(|(_, r)| r).chain(
+            std::mem::take(&mut self.reads_awaiting_apply)
+                .into_values()
+                .flatten(),
+        );
         for responder in readers {
             let _ = responder.send(Err(NodeError::Stopped(reason.clone())));
         }

@@ -130,7 +130,10 @@ type ReadResponder = oneshot::Sender<Result<LogIndex, NodeError>>;
 /// A client request on its way to the driver.
 enum ProposalRequest {
     /// A command to replicate.
-    Propose { command: Bytes, responder: Responder },
+    Propose {
+        command: Bytes,
+        responder: Responder,
+    },
     /// A linearizable read barrier.
     Read { responder: ReadResponder },
 }
