@@ -5,3 +5,4 @@ pub mod linearizability;
 pub mod log_store_suite;
 pub mod network_bench;
 pub mod network_suite;
+pub mod sim;

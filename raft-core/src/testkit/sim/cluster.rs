@@ -1,0 +1,1339 @@
+//! The simulated cluster: N protocol instances, each with a simulated disk and state machine,
+//! joined by a simulated network, on one virtual clock.
+
+use super::invariants::Invariants;
+use super::kv::{self, KvStore};
+use super::rng::{mix, SimRng};
+use super::trace::{ShowEntries, ShowMessage, Trace, TRACE_BYTES_MAX_DEFAULT};
+use crate::config::Config;
+use crate::message::{AppendResponse, Message, MessageBody};
+use crate::protocol::{ProposeError, RawNode, Ready, Restore, Role};
+use crate::storage::LogWrite;
+use crate::testkit::linearizability::{KvInput, KvOutput};
+use crate::types::{Entry, HardState, LogIndex, NodeId, ProposalId, Term};
+use bytes::Bytes;
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+
+/// Most messages in flight at once; more means a runaway (a bug), and the run stops.
+pub const MESSAGES_IN_FLIGHT_MAX: usize = 1 << 20;
+/// Most writes one node may have in flight; more means a runaway, and the run stops.
+pub const WRITES_IN_FLIGHT_MAX: usize = 1 << 16;
+/// Most empty readies a node may hand out in a row while `has_ready` says there is work: past
+/// it the simulator calls it a spin (a `has_ready` that never turns false).
+pub const EMPTY_READIES_MAX: usize = 4;
+/// Most readies one input may produce in a row (one per apply batch while a restarted node
+/// replays its log, so this is large); past it the run stops as a runaway.
+pub const READY_ROUNDS_MAX: usize = 1 << 20;
+/// Most delivery rounds [`Cluster::stabilize`] runs before it calls the cluster unstable.
+pub const STABILIZE_ROUNDS_MAX: usize = 10_000;
+/// Most proposal outcomes kept before [`Cluster::take_outcomes`] collects them.
+pub const OUTCOMES_UNTAKEN_MAX: usize = 1 << 20;
+/// Most readies kept by [`ClusterBuilder::record_readies`]; older ones are dropped first.
+pub const READY_RECORDS_MAX: usize = 1 << 16;
+
+/// How time passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timing {
+    /// Nothing happens unless asked: no automatic ticks, messages wait for
+    /// [`Cluster::deliver_all`], writes complete as soon as a ready is handled. For scenario
+    /// tests.
+    Manual,
+    /// Every node ticks every `tick_ms` (plus up to `tick_jitter_ms`) of virtual time, from a
+    /// seeded phase; messages and writes complete after seeded delays. For randomized runs.
+    Simulated {
+        /// Virtual milliseconds between two ticks of a node.
+        tick_ms: u64,
+        /// Extra random milliseconds added to each tick interval (clock drift).
+        tick_jitter_ms: u64,
+    },
+}
+
+/// What the network does to messages. Each message is dropped with `drop_probability`, else
+/// delivered after a delay in `[delay_ms_min, delay_ms_max]` (independent delays reorder
+/// messages), or with `long_delay_probability` after up to `long_delay_ms_max`; with
+/// `duplicate_probability` a second copy travels with its own delay.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NetworkFaults {
+    /// Chance a message is lost.
+    pub drop_probability: f64,
+    /// Chance a message is delivered twice.
+    pub duplicate_probability: f64,
+    /// Shortest delay, in virtual milliseconds.
+    pub delay_ms_min: u64,
+    /// Longest ordinary delay, in virtual milliseconds.
+    pub delay_ms_max: u64,
+    /// Chance a message is held back much longer (so it arrives stale).
+    pub long_delay_probability: f64,
+    /// Longest such delay, in virtual milliseconds.
+    pub long_delay_ms_max: u64,
+}
+
+impl NetworkFaults {
+    /// A perfect network: no loss, no duplicates, no delay.
+    pub const NONE: NetworkFaults = NetworkFaults {
+        drop_probability: 0.0,
+        duplicate_probability: 0.0,
+        delay_ms_min: 0,
+        delay_ms_max: 0,
+        long_delay_probability: 0.0,
+        long_delay_ms_max: 0,
+    };
+}
+
+/// How long a disk takes to make a write durable: a delay in `[write_delay_ms_min,
+/// write_delay_ms_max]` virtual milliseconds, writes completing in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskTiming {
+    /// Fastest write.
+    pub write_delay_ms_min: u64,
+    /// Slowest write.
+    pub write_delay_ms_max: u64,
+}
+
+/// A set of cut links made by [`Cluster::partition`], [`Cluster::isolate`] or
+/// [`Cluster::cut_one_way`], healed with [`Cluster::heal`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CutId(pub u64);
+
+/// How a proposal ended, as its proposer saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProposalOutcome {
+    /// Its entry applied at the proposer, with the state machine's answer (`None` for bytes that
+    /// are not a key-value command).
+    Applied {
+        /// The proposer.
+        node: NodeId,
+        /// Where the entry is.
+        index: LogIndex,
+        /// Its term.
+        term: Term,
+        /// The state machine's answer.
+        output: Option<KvOutput>,
+        /// Virtual time of the answer.
+        at_ms: u64,
+    },
+    /// The protocol reported it failed.
+    Failed {
+        /// The proposer.
+        node: NodeId,
+        /// Why.
+        error: ProposeError,
+        /// Virtual time of the answer.
+        at_ms: u64,
+    },
+    /// The proposer crashed before answering: the outcome is unknown.
+    Lost {
+        /// The proposer.
+        node: NodeId,
+        /// Virtual time of the crash.
+        at_ms: u64,
+    },
+}
+
+/// What a node's simulated disk holds: exactly what completed writes made durable.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DurableState {
+    /// The last hard state written.
+    pub hard_state: HardState,
+    /// The log, starting at index 1.
+    pub entries: Vec<Entry>,
+}
+
+impl DurableState {
+    /// The last durable index.
+    pub fn last_index(&self) -> LogIndex {
+        LogIndex(self.entries.len() as u64)
+    }
+}
+
+/// A ready as a node handed it out, kept by [`ClusterBuilder::record_readies`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadyRecord {
+    /// The node.
+    pub node: NodeId,
+    /// The ready's number.
+    pub number: u64,
+    /// Its write.
+    pub write: LogWrite,
+    /// Messages it allowed at once.
+    pub messages: Vec<Message>,
+    /// Messages it held until the write was durable.
+    pub messages_after_write: Vec<Message>,
+    /// Indexes of the entries it handed to the state machine.
+    pub committed: Vec<LogIndex>,
+}
+
+/// Counters of what happened in a cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Events processed (deliveries, ticks, write completions, driver timers, commands).
+    pub steps: u64,
+    /// Messages nodes sent.
+    pub messages_sent: u64,
+    /// Messages a node received.
+    pub messages_delivered: u64,
+    /// Messages the network dropped at random.
+    pub messages_dropped: u64,
+    /// Extra copies the network made.
+    pub messages_duplicated: u64,
+    /// Messages lost to a cut link.
+    pub messages_cut: u64,
+    /// Messages lost because the sender or receiver crashed.
+    pub messages_lost_to_crashes: u64,
+    /// Writes that became durable.
+    pub writes_completed: u64,
+    /// Writes lost in crashes.
+    pub writes_lost: u64,
+    /// Node crashes.
+    pub crashes: u64,
+    /// Node restarts.
+    pub restarts: u64,
+    /// Times a node became leader.
+    pub leader_elections: u64,
+    /// Proposals made.
+    pub proposals: u64,
+}
+
+/// Builds a [`Cluster`]. Defaults: seed 0, [`Config::new`] settings, manual timing, a perfect
+/// network and disk, no trace.
+#[derive(Debug)]
+pub struct ClusterBuilder {
+    voters: usize,
+    seed: u64,
+    template: Config,
+    restores: BTreeMap<NodeId, Restore>,
+    timing: Timing,
+    network: NetworkFaults,
+    disk: DiskTiming,
+    trace: bool,
+    trace_bytes_max: usize,
+    replay_hint: String,
+    record_readies: bool,
+}
+
+impl ClusterBuilder {
+    /// The seed every random choice derives from.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Adjusts the protocol configuration every node starts from (`id`, `voters` and `seed` are
+    /// set per node).
+    pub fn config(mut self, adjust: impl FnOnce(&mut Config)) -> Self {
+        adjust(&mut self.template);
+        self
+    }
+
+    /// Starts `node` from this durable state instead of an empty one (its `applied` is
+    /// ignored: the simulated state machine is in memory and replays from index 1).
+    pub fn restore(mut self, node: impl Into<NodeId>, restore: Restore) -> Self {
+        self.restores.insert(node.into(), restore);
+        self
+    }
+
+    /// How time passes.
+    pub fn timing(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
+    }
+
+    /// What the network does to messages.
+    pub fn network(mut self, network: NetworkFaults) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// How long writes take (with [`Timing::Simulated`]).
+    pub fn disk(mut self, disk: DiskTiming) -> Self {
+        self.disk = disk;
+        self
+    }
+
+    /// Records a trace of every event, up to `bytes_max` bytes.
+    pub fn trace(mut self, enabled: bool, bytes_max: usize) -> Self {
+        self.trace = enabled;
+        self.trace_bytes_max = bytes_max;
+        self
+    }
+
+    /// The command printed with a violation, to replay the failing run.
+    pub fn replay_hint(mut self, hint: impl Into<String>) -> Self {
+        self.replay_hint = hint.into();
+        self
+    }
+
+    /// Keeps a [`ReadyRecord`] of every ready (see [`Cluster::ready_records`]).
+    pub fn record_readies(mut self, enabled: bool) -> Self {
+        self.record_readies = enabled;
+        self
+    }
+
+    /// Builds the cluster and starts every node.
+    pub fn build(self) -> Cluster {
+        Cluster::start(self)
+    }
+}
+
+/// A message on its way, with the lives of its two ends when it left.
+#[derive(Clone, Debug)]
+struct Envelope {
+    message: Message,
+    from_incarnation: u64,
+    to_incarnation: u64,
+}
+
+/// A write handed to the disk and not yet durable.
+#[derive(Debug)]
+struct PendingWrite {
+    number: u64,
+    write: LogWrite,
+    after_write: Vec<Message>,
+}
+
+/// Something scheduled on the virtual clock other than a message.
+#[derive(Clone, Copy, Debug)]
+enum Timer {
+    Tick { node: NodeId, incarnation: u64 },
+    WriteDone { node: NodeId, incarnation: u64 },
+    Driver(u64),
+}
+
+/// One simulated server.
+#[derive(Debug)]
+struct SimNode {
+    id: NodeId,
+    /// `None` while crashed.
+    raw: Option<RawNode>,
+    durable: DurableState,
+    /// Invariant: in ready-number order; they complete front first.
+    writes: VecDeque<PendingWrite>,
+    /// When the last queued write completes (writes complete in order).
+    last_write_done_ms: u64,
+    kv: KvStore,
+    /// Grows at every crash; messages and timers of an earlier life are discarded.
+    incarnation: u64,
+    restarts: u64,
+    /// Role and term last seen, for the trace.
+    seen: (Role, Term),
+}
+
+/// What [`Cluster::step`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stepped {
+    /// Delivered (or lost) a message, ticked a node or completed a write.
+    Internal,
+    /// A timer set with [`Cluster::schedule`] fired: the caller handles `tag`.
+    Timer(u64),
+}
+
+/// A simulated cluster. See the [module documentation](super) for an example.
+#[derive(Debug)]
+pub struct Cluster {
+    seed: u64,
+    now_ms: u64,
+    template: Config,
+    timing: Timing,
+    network: NetworkFaults,
+    disk: DiskTiming,
+    /// `nodes[k]` is node `k + 1`.
+    nodes: Vec<SimNode>,
+    cuts: BTreeMap<CutId, Vec<(NodeId, NodeId)>>,
+    next_cut: u64,
+    /// Messages by (delivery time, sequence number).
+    in_flight: BTreeMap<(u64, u64), Envelope>,
+    /// Timers by (time, sequence number); sequence numbers are shared with messages, so equal
+    /// times resolve in scheduling order.
+    timers: BTreeMap<(u64, u64), Timer>,
+    sequence: u64,
+    network_rng: SimRng,
+    disk_rng: SimRng,
+    tick_rng: SimRng,
+    invariants: Invariants,
+    trace: Trace,
+    stats: ClusterStats,
+    /// Proposals not answered yet, and their proposer.
+    pending: BTreeMap<ProposalId, NodeId>,
+    outcomes: BTreeMap<ProposalId, ProposalOutcome>,
+    next_proposal: u64,
+    ready_records: Option<VecDeque<ReadyRecord>>,
+}
+
+impl Cluster {
+    /// A builder for a cluster of `voters` nodes, `n1` to `n{voters}`.
+    pub fn builder(voters: usize) -> ClusterBuilder {
+        assert!(voters >= 1, "a cluster needs a node");
+        let ids: Vec<NodeId> = (1..=voters as u64).map(NodeId).collect();
+        ClusterBuilder {
+            voters,
+            seed: 0,
+            template: Config::new(NodeId(1), ids),
+            restores: BTreeMap::new(),
+            timing: Timing::Manual,
+            network: NetworkFaults::NONE,
+            disk: DiskTiming {
+                write_delay_ms_min: 0,
+                write_delay_ms_max: 0,
+            },
+            trace: false,
+            trace_bytes_max: TRACE_BYTES_MAX_DEFAULT,
+            replay_hint: "rerun the test that printed this".into(),
+            record_readies: false,
+        }
+    }
+
+    /// A cluster of `voters` nodes with every default (manual timing, perfect network).
+    pub fn new(voters: usize) -> Cluster {
+        Cluster::builder(voters).build()
+    }
+
+    fn start(builder: ClusterBuilder) -> Cluster {
+        let seed = builder.seed;
+        let mut cluster = Cluster {
+            seed,
+            now_ms: 0,
+            template: builder.template,
+            timing: builder.timing,
+            network: builder.network,
+            disk: builder.disk,
+            nodes: Vec::new(),
+            cuts: BTreeMap::new(),
+            next_cut: 1,
+            in_flight: BTreeMap::new(),
+            timers: BTreeMap::new(),
+            sequence: 0,
+            network_rng: SimRng::stream(seed, 1),
+            disk_rng: SimRng::stream(seed, 2),
+            tick_rng: SimRng::stream(seed, 3),
+            invariants: Invariants::new(seed, builder.replay_hint),
+            trace: Trace::new(builder.trace, builder.trace_bytes_max),
+            stats: ClusterStats::default(),
+            pending: BTreeMap::new(),
+            outcomes: BTreeMap::new(),
+            next_proposal: 1,
+            ready_records: builder.record_readies.then(VecDeque::new),
+        };
+        let mut restores = builder.restores;
+        for k in 0..builder.voters {
+            let id = NodeId(k as u64 + 1);
+            let restore = restores.remove(&id).unwrap_or_default();
+            cluster
+                .invariants
+                .on_preset(id, restore.hard_state, &restore.entries);
+            cluster.nodes.push(SimNode {
+                id,
+                raw: None,
+                durable: DurableState {
+                    hard_state: restore.hard_state,
+                    entries: restore.entries,
+                },
+                writes: VecDeque::new(),
+                last_write_done_ms: 0,
+                kv: KvStore::default(),
+                incarnation: 0,
+                restarts: 0,
+                seen: (Role::Follower, Term(0)),
+            });
+        }
+        assert!(
+            restores.is_empty(),
+            "restores for nodes outside the cluster"
+        );
+        for k in 0..cluster.nodes.len() {
+            cluster.start_node(k);
+        }
+        cluster.after_step();
+        cluster
+    }
+
+    fn fail(&self, what: fmt::Arguments<'_>) -> ! {
+        self.invariants.fail(what)
+    }
+
+    fn index_of(&self, node: NodeId) -> usize {
+        let k = node.0.wrapping_sub(1) as usize;
+        if k >= self.nodes.len() {
+            panic!(
+                "{node} is not in this cluster of {} nodes",
+                self.nodes.len()
+            );
+        }
+        k
+    }
+
+    fn start_node(&mut self, k: usize) {
+        let node = &self.nodes[k];
+        let id = node.id;
+        let mut config = self.template.clone();
+        config.id = id;
+        config.voters = (1..=self.nodes.len() as u64).map(NodeId).collect();
+        config.seed = mix(mix(self.seed, id.0), node.restarts);
+        let restore = Restore {
+            hard_state: node.durable.hard_state,
+            entries: node.durable.entries.clone(),
+            applied: LogIndex(0),
+        };
+        let raw = match RawNode::new(config, restore) {
+            Ok(raw) => raw,
+            Err(error) => self.fail(format_args!("{id} cannot start from its disk: {error}")),
+        };
+        self.invariants.on_start(id, &raw);
+        let node = &mut self.nodes[k];
+        node.seen = (raw.role(), raw.term());
+        node.raw = Some(raw);
+        node.kv = KvStore::default();
+        node.last_write_done_ms = self.now_ms;
+        let incarnation = node.incarnation;
+        if let Timing::Simulated { tick_ms, .. } = self.timing {
+            let phase = 1 + self.tick_rng.below(tick_ms.max(1));
+            self.add_timer(
+                self.now_ms + phase,
+                Timer::Tick {
+                    node: id,
+                    incarnation,
+                },
+            );
+        }
+        self.process_ready(id);
+    }
+
+    fn next_sequence(&mut self) -> u64 {
+        self.sequence += 1;
+        self.sequence
+    }
+
+    fn add_timer(&mut self, at_ms: u64, timer: Timer) {
+        let key = (at_ms.max(self.now_ms), self.next_sequence());
+        self.timers.insert(key, timer);
+    }
+
+    // ----- the ready loop -----------------------------------------------------------------
+
+    /// Handles readies of `node` until it has no more work.
+    fn process_ready(&mut self, node: NodeId) {
+        let k = self.index_of(node);
+        let mut empty_in_a_row = 0;
+        for _ in 0..READY_ROUNDS_MAX {
+            let Some(raw) = self.nodes[k].raw.as_mut() else {
+                return;
+            };
+            if !raw.has_ready() {
+                return;
+            }
+            let ready = raw.ready();
+            empty_in_a_row = if ready.is_empty() {
+                empty_in_a_row + 1
+            } else {
+                0
+            };
+            if empty_in_a_row > EMPTY_READIES_MAX {
+                self.fail(format_args!(
+                    "{node} handed out {empty_in_a_row} empty readies in a row: has_ready \
+                     says there is work when there is none"
+                ));
+            }
+            self.handle_ready(k, ready);
+        }
+        self.fail(format_args!(
+            "{node} handed out {READY_ROUNDS_MAX} readies in a row"
+        ))
+    }
+
+    /// Steps 1-5 of the protocol's documented order, with the write completing later.
+    fn handle_ready(&mut self, k: usize, ready: Ready) {
+        let id = self.nodes[k].id;
+        self.record_ready(id, &ready);
+        for message in &ready.messages {
+            if let MessageBody::VoteResponse {
+                pre_vote: false,
+                granted: true,
+            } = message.body
+            {
+                self.fail(format_args!(
+                    "{id} sent a granted vote before its write: {}",
+                    ShowMessage(message)
+                ));
+            }
+        }
+        if let Some(first) = ready.write.entries.first() {
+            let raw = self.nodes[k]
+                .raw
+                .as_ref()
+                .expect("a ready comes from a live node");
+            let previous = raw.entry(first.index.prev()).map_or(Term(0), |e| e.term);
+            self.invariants
+                .on_entries(id, previous, &ready.write.entries);
+        }
+        for message in ready.messages {
+            self.send(message);
+        }
+        self.queue_write(k, ready.number, ready.write, ready.messages_after_write);
+        self.apply(k, &ready.committed);
+        for (proposal, error) in ready.failed_proposals {
+            self.trace_line(format_args!(
+                "{id} proposal {:x} failed: {error:?}",
+                proposal.0
+            ));
+            let at_ms = self.now_ms;
+            self.finish(
+                proposal,
+                ProposalOutcome::Failed {
+                    node: id,
+                    error,
+                    at_ms,
+                },
+            );
+        }
+    }
+
+    fn record_ready(&mut self, node: NodeId, ready: &Ready) {
+        if self.trace.enabled() && !ready.write.is_empty() {
+            let write = &ready.write;
+            self.trace_line(format_args!(
+                "{node} write #{} truncate={:?} [{}] hard_state={:?}",
+                ready.number,
+                write.truncate_from.map(|i| i.0),
+                ShowEntries(&write.entries),
+                write
+                    .hard_state
+                    .map(|h| (h.term.0, h.vote.map(|v| v.0), h.commit.0)),
+            ));
+        }
+        let Some(records) = self.ready_records.as_mut() else {
+            return;
+        };
+        if records.len() >= READY_RECORDS_MAX {
+            records.pop_front();
+        }
+        records.push_back(ReadyRecord {
+            node,
+            number: ready.number,
+            write: ready.write.clone(),
+            messages: ready.messages.clone(),
+            messages_after_write: ready.messages_after_write.clone(),
+            committed: ready.committed.iter().map(|c| c.entry.index).collect(),
+        });
+    }
+
+    fn queue_write(&mut self, k: usize, number: u64, write: LogWrite, after_write: Vec<Message>) {
+        let delay = if write.is_empty() {
+            0
+        } else {
+            self.disk_rng
+                .between(self.disk.write_delay_ms_min, self.disk.write_delay_ms_max)
+        };
+        let node = &mut self.nodes[k];
+        if node.writes.len() >= WRITES_IN_FLIGHT_MAX {
+            let id = node.id;
+            self.fail(format_args!(
+                "{id} has {WRITES_IN_FLIGHT_MAX} writes in flight"
+            ));
+        }
+        node.writes.push_back(PendingWrite {
+            number,
+            write,
+            after_write,
+        });
+        match self.timing {
+            Timing::Manual => self.complete_write(k),
+            Timing::Simulated { .. } => {
+                let done_ms = node.last_write_done_ms.max(self.now_ms + delay);
+                node.last_write_done_ms = done_ms;
+                let timer = Timer::WriteDone {
+                    node: node.id,
+                    incarnation: node.incarnation,
+                };
+                self.add_timer(done_ms, timer);
+            }
+        }
+    }
+
+    /// The oldest write of node `k` is durable: update the disk, release the messages that
+    /// waited for it, tell the protocol.
+    fn complete_write(&mut self, k: usize) {
+        let node = &mut self.nodes[k];
+        let id = node.id;
+        let Some(pending) = node.writes.pop_front() else {
+            self.fail(format_args!("{id} completed a write it never queued"));
+        };
+        let durable = &mut node.durable;
+        if let Some(from) = pending.write.truncate_from {
+            let keep = (from.0 as usize)
+                .saturating_sub(1)
+                .min(durable.entries.len());
+            self.invariants.on_truncate(id, &durable.entries[keep..]);
+            durable.entries.truncate(keep);
+        }
+        for entry in &pending.write.entries {
+            if entry.index != durable.last_index().next() {
+                let last = durable.last_index();
+                self.fail(format_args!(
+                    "{id} wrote {} after {last}: a hole",
+                    entry.index
+                ));
+            }
+            durable.entries.push(entry.clone());
+        }
+        if let Some(hard_state) = pending.write.hard_state {
+            if hard_state.commit > durable.last_index() {
+                self.fail(format_args!(
+                    "{id} saved commit {} past its log",
+                    hard_state.commit
+                ));
+            }
+            self.invariants.on_durable_hard_state(id, hard_state);
+            durable.hard_state = hard_state;
+        }
+        self.stats.writes_completed += 1;
+        if !pending.write.is_empty() {
+            self.trace_line(format_args!("{id} write #{} durable", pending.number));
+        }
+        for message in pending.after_write {
+            self.check_promise(k, &message);
+            self.send(message);
+        }
+        if let Some(raw) = self.nodes[k].raw.as_mut() {
+            raw.persisted(pending.number);
+        }
+    }
+
+    /// A message that waited for a write may promise durable state: check it is durable.
+    fn check_promise(&self, k: usize, message: &Message) {
+        let node = &self.nodes[k];
+        match message.body {
+            MessageBody::VoteResponse {
+                pre_vote: false,
+                granted: true,
+            } => self.invariants.on_vote_sent(
+                node.id,
+                message.to,
+                message.term,
+                node.durable.hard_state,
+            ),
+            MessageBody::AppendResponse(AppendResponse::Accepted { match_index }) => {
+                self.invariants.on_append_acknowledged(
+                    node.id,
+                    match_index,
+                    node.durable.last_index(),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn apply(&mut self, k: usize, committed: &[crate::protocol::CommittedEntry]) {
+        let Some(last) = committed.last().map(|c| c.entry.index) else {
+            return;
+        };
+        let id = self.nodes[k].id;
+        for item in committed {
+            self.invariants.on_apply(id, &item.entry);
+            let output = self.nodes[k].kv.apply(&item.entry);
+            let Some(proposal) = item.proposal else {
+                continue;
+            };
+            let (index, term, at_ms) = (item.entry.index, item.entry.term, self.now_ms);
+            self.trace_line(format_args!(
+                "{id} proposal {:x} applied at {index}/{term}: {output:?}",
+                proposal.0
+            ));
+            self.invariants.on_acknowledged(index, term);
+            let outcome = ProposalOutcome::Applied {
+                node: id,
+                index,
+                term,
+                output,
+                at_ms,
+            };
+            self.finish(proposal, outcome);
+        }
+        self.nodes[k]
+            .raw
+            .as_mut()
+            .expect("a ready comes from a live node")
+            .applied(last);
+    }
+
+    fn finish(&mut self, proposal: ProposalId, outcome: ProposalOutcome) {
+        if self.pending.remove(&proposal).is_none() {
+            return; // not proposed through this cluster, or already lost in a crash
+        }
+        if self.outcomes.len() >= OUTCOMES_UNTAKEN_MAX {
+            self.fail(format_args!(
+                "{OUTCOMES_UNTAKEN_MAX} outcomes were never taken"
+            ));
+        }
+        self.outcomes.insert(proposal, outcome);
+    }
+
+    // ----- the network --------------------------------------------------------------------
+
+    fn send(&mut self, message: Message) {
+        self.stats.messages_sent += 1;
+        let network = self.network;
+        if self.network_rng.chance(network.drop_probability) {
+            self.stats.messages_dropped += 1;
+            self.trace_line(format_args!("drop {}", ShowMessage(&message)));
+            return;
+        }
+        let copies = if self.network_rng.chance(network.duplicate_probability) {
+            self.stats.messages_duplicated += 1;
+            2
+        } else {
+            1
+        };
+        let from_incarnation = self.nodes[self.index_of(message.from)].incarnation;
+        let to_incarnation = self.nodes[self.index_of(message.to)].incarnation;
+        for copy in 0..copies {
+            let delay = if self.network_rng.chance(network.long_delay_probability) {
+                self.network_rng.between(
+                    network.delay_ms_max,
+                    network.long_delay_ms_max.max(network.delay_ms_max),
+                )
+            } else {
+                self.network_rng
+                    .between(network.delay_ms_min, network.delay_ms_max)
+            };
+            let at_ms = self.now_ms + delay;
+            if self.trace.enabled() {
+                let dup = if copy > 0 { " (duplicate)" } else { "" };
+                self.trace_line(format_args!(
+                    "send {} arrives {at_ms}{dup}",
+                    ShowMessage(&message)
+                ));
+            }
+            if self.in_flight.len() >= MESSAGES_IN_FLIGHT_MAX {
+                self.fail(format_args!("{MESSAGES_IN_FLIGHT_MAX} messages in flight"));
+            }
+            let key = (at_ms, self.next_sequence());
+            let envelope = Envelope {
+                message: message.clone(),
+                from_incarnation,
+                to_incarnation,
+            };
+            self.in_flight.insert(key, envelope);
+        }
+    }
+
+    /// True when no cut blocks messages from `from` to `to`.
+    pub fn link_open(&self, from: NodeId, to: NodeId) -> bool {
+        !self.cuts.values().any(|links| links.contains(&(from, to)))
+    }
+
+    /// Delivers one message if its link is open and both ends are still in the life they had
+    /// when it left. Returns true when the receiver stepped it.
+    fn deliver(&mut self, envelope: Envelope) -> bool {
+        let Envelope {
+            message,
+            from_incarnation,
+            to_incarnation,
+        } = envelope;
+        if !self.link_open(message.from, message.to) {
+            self.stats.messages_cut += 1;
+            self.trace_line(format_args!("cut {}", ShowMessage(&message)));
+            return false;
+        }
+        let from_life = self.nodes[self.index_of(message.from)].incarnation;
+        let k = self.index_of(message.to);
+        let receiver = &self.nodes[k];
+        let alive = receiver.raw.is_some() && receiver.incarnation == to_incarnation;
+        if !alive || from_life != from_incarnation {
+            self.stats.messages_lost_to_crashes += 1;
+            self.trace_line(format_args!("lost {}", ShowMessage(&message)));
+            return false;
+        }
+        self.stats.messages_delivered += 1;
+        self.trace_line(format_args!("recv {}", ShowMessage(&message)));
+        let to = message.to;
+        self.nodes[k]
+            .raw
+            .as_mut()
+            .expect("checked alive above")
+            .step(message);
+        self.process_ready(to);
+        true
+    }
+
+    // ----- stepping -----------------------------------------------------------------------
+
+    /// Processes the next event in virtual time (a message, a tick, a write completing, a
+    /// timer). Returns `None` when nothing is scheduled.
+    pub fn step(&mut self) -> Option<Stepped> {
+        let next_message = self.in_flight.keys().next().copied();
+        let next_timer = self.timers.keys().next().copied();
+        let message_first = match (next_message, next_timer) {
+            (None, None) => return None,
+            (Some(m), Some(t)) => m < t,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+        };
+        let stepped = if message_first {
+            let ((at_ms, _), envelope) = self.in_flight.pop_first().expect("peeked above");
+            self.now_ms = self.now_ms.max(at_ms);
+            self.deliver(envelope);
+            Stepped::Internal
+        } else {
+            let ((at_ms, _), timer) = self.timers.pop_first().expect("peeked above");
+            self.now_ms = self.now_ms.max(at_ms);
+            match timer {
+                Timer::Driver(tag) => Stepped::Timer(tag),
+                Timer::Tick { node, incarnation } => {
+                    self.tick_timer(node, incarnation);
+                    Stepped::Internal
+                }
+                Timer::WriteDone { node, incarnation } => {
+                    let k = self.index_of(node);
+                    if self.nodes[k].incarnation == incarnation && self.nodes[k].raw.is_some() {
+                        self.complete_write(k);
+                        self.process_ready(node);
+                    }
+                    Stepped::Internal
+                }
+            }
+        };
+        self.after_step();
+        Some(stepped)
+    }
+
+    fn tick_timer(&mut self, node: NodeId, incarnation: u64) {
+        let k = self.index_of(node);
+        if self.nodes[k].incarnation != incarnation || self.nodes[k].raw.is_none() {
+            return;
+        }
+        if let Some(raw) = self.nodes[k].raw.as_mut() {
+            raw.tick();
+        }
+        self.process_ready(node);
+        if let Timing::Simulated {
+            tick_ms,
+            tick_jitter_ms,
+        } = self.timing
+        {
+            let next = self.now_ms + tick_ms + self.tick_rng.below(tick_jitter_ms + 1);
+            self.add_timer(next, Timer::Tick { node, incarnation });
+        }
+    }
+
+    /// Schedules a timer that [`Cluster::step`] returns as [`Stepped::Timer`]`(tag)` at
+    /// virtual time `at_ms` (or now, if that has passed).
+    pub fn schedule(&mut self, at_ms: u64, tag: u64) {
+        self.add_timer(at_ms, Timer::Driver(tag));
+    }
+
+    /// Virtual time, in milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    fn after_step(&mut self) {
+        self.stats.steps += 1;
+        let live = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.raw.as_ref().map(|raw| (n.id, raw)));
+        self.invariants.after_step(live);
+        for k in 0..self.nodes.len() {
+            let Some(raw) = self.nodes[k].raw.as_ref() else {
+                continue;
+            };
+            let seen = (raw.role(), raw.term());
+            if seen != self.nodes[k].seen {
+                self.nodes[k].seen = seen;
+                if seen.0 == Role::Leader {
+                    self.stats.leader_elections += 1;
+                }
+                let id = self.nodes[k].id;
+                self.trace_line(format_args!("{id} is {:?} in {}", seen.0, seen.1));
+            }
+        }
+    }
+
+    // ----- commands -----------------------------------------------------------------------
+
+    fn raw_mut(&mut self, node: NodeId) -> &mut RawNode {
+        let k = self.index_of(node);
+        match self.nodes[k].raw.as_mut() {
+            Some(raw) => raw,
+            None => panic!("{node} is down"),
+        }
+    }
+
+    /// Makes `node` start an election now.
+    pub fn campaign(&mut self, node: impl Into<NodeId>) {
+        let node = node.into();
+        self.trace_line(format_args!("{node} campaigns"));
+        self.raw_mut(node).campaign();
+        self.process_ready(node);
+        self.after_step();
+    }
+
+    /// Proposes `data` at `node` and returns the proposal's ID; its outcome appears in
+    /// [`Cluster::outcome`].
+    pub fn propose(&mut self, node: impl Into<NodeId>, data: impl Into<Bytes>) -> ProposalId {
+        let node = node.into();
+        let data = data.into();
+        let id = ProposalId(self.next_proposal);
+        self.next_proposal += 1;
+        self.stats.proposals += 1;
+        self.pending.insert(id, node);
+        self.trace_line(format_args!(
+            "{node} proposal {:x} of {}B",
+            id.0,
+            data.len()
+        ));
+        self.raw_mut(node).propose(id, data);
+        self.process_ready(node);
+        self.after_step();
+        id
+    }
+
+    /// Proposes a key-value command at `node`.
+    pub fn propose_kv(&mut self, node: impl Into<NodeId>, input: &KvInput) -> ProposalId {
+        self.propose(node, kv::encode(input))
+    }
+
+    /// Ticks `node` `count` times, handling its readies after each.
+    pub fn tick(&mut self, node: impl Into<NodeId>, count: u32) {
+        let node = node.into();
+        for _ in 0..count {
+            self.raw_mut(node).tick();
+            self.process_ready(node);
+            self.after_step();
+        }
+    }
+
+    /// Ticks every live node `count` times, in node order.
+    pub fn tick_all(&mut self, count: u32) {
+        for _ in 0..count {
+            for node in self.live_nodes() {
+                self.tick(node, 1);
+            }
+        }
+    }
+
+    /// Delivers every message in flight now (whatever its delivery time), in order, and
+    /// returns those that reached their receiver. Messages they cause stay in flight.
+    pub fn deliver_all(&mut self) -> Vec<Message> {
+        let keys: Vec<(u64, u64)> = self.in_flight.keys().copied().collect();
+        let mut delivered = Vec::new();
+        for key in keys {
+            let envelope = self.in_flight.remove(&key).expect("listed above");
+            let message = envelope.message.clone();
+            if self.deliver(envelope) {
+                delivered.push(message);
+            }
+            self.after_step();
+        }
+        delivered
+    }
+
+    /// Delivers messages until none is in flight; returns how many were delivered.
+    ///
+    /// # Panics
+    /// If messages still flow after [`STABILIZE_ROUNDS_MAX`] rounds.
+    pub fn stabilize(&mut self) -> usize {
+        let mut delivered = 0;
+        for _ in 0..STABILIZE_ROUNDS_MAX {
+            if self.in_flight.is_empty() {
+                return delivered;
+            }
+            delivered += self.deliver_all().len();
+        }
+        self.fail(format_args!(
+            "still not stable after {STABILIZE_ROUNDS_MAX} rounds"
+        ))
+    }
+
+    /// The messages in flight, in delivery order.
+    pub fn in_flight(&self) -> Vec<Message> {
+        self.in_flight.values().map(|e| e.message.clone()).collect()
+    }
+
+    /// Removes the messages in flight that `filter` picks; returns how many.
+    pub fn drop_in_flight(&mut self, mut filter: impl FnMut(&Message) -> bool) -> usize {
+        let before = self.in_flight.len();
+        let mut dropped = Vec::new();
+        self.in_flight.retain(|_, envelope| {
+            let drop = filter(&envelope.message);
+            if drop {
+                dropped.push(envelope.message.clone());
+            }
+            !drop
+        });
+        for message in &dropped {
+            self.trace_line(format_args!("removed {}", ShowMessage(message)));
+        }
+        before - self.in_flight.len()
+    }
+
+    /// Cuts every link between `side` and the other nodes, both ways.
+    pub fn partition(&mut self, side: &[NodeId]) -> CutId {
+        let mut links = Vec::new();
+        for a in side {
+            for b in self.ids() {
+                if !side.contains(&b) {
+                    links.push((*a, b));
+                    links.push((b, *a));
+                }
+            }
+        }
+        self.add_cut(links)
+    }
+
+    /// Cuts `node` off from every other node, both ways.
+    pub fn isolate(&mut self, node: impl Into<NodeId>) -> CutId {
+        self.partition(&[node.into()])
+    }
+
+    /// Cuts the link from `from` to `to` only: `to` still reaches `from`.
+    pub fn cut_one_way(&mut self, from: impl Into<NodeId>, to: impl Into<NodeId>) -> CutId {
+        self.add_cut(vec![(from.into(), to.into())])
+    }
+
+    fn add_cut(&mut self, links: Vec<(NodeId, NodeId)>) -> CutId {
+        let id = CutId(self.next_cut);
+        self.next_cut += 1;
+        if self.trace.enabled() {
+            let shown: Vec<String> = links.iter().map(|(a, b)| format!("{a}->{b}")).collect();
+            self.trace_line(format_args!("cut #{} {}", id.0, shown.join(" ")));
+        }
+        self.cuts.insert(id, links);
+        id
+    }
+
+    /// Restores the links `cut` removed (those no other cut removes).
+    pub fn heal(&mut self, cut: CutId) {
+        if self.cuts.remove(&cut).is_some() {
+            self.trace_line(format_args!("heal #{}", cut.0));
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal_all(&mut self) {
+        if !self.cuts.is_empty() {
+            self.cuts.clear();
+            self.trace_line(format_args!("heal all"));
+        }
+    }
+
+    /// How many cuts are in force.
+    pub fn cuts_active(&self) -> usize {
+        self.cuts.len()
+    }
+
+    /// Crashes `node`: its protocol state, unfinished writes, state machine and the messages
+    /// to and from it are lost; its disk keeps what completed writes made durable. Its
+    /// unanswered proposals end as [`ProposalOutcome::Lost`].
+    pub fn crash(&mut self, node: impl Into<NodeId>) {
+        let node = node.into();
+        let k = self.index_of(node);
+        if self.nodes[k].raw.is_none() {
+            return;
+        }
+        self.trace_line(format_args!("{node} crashes"));
+        let sim = &mut self.nodes[k];
+        sim.raw = None;
+        sim.incarnation += 1;
+        self.stats.writes_lost += sim.writes.len() as u64;
+        sim.writes.clear();
+        sim.kv = KvStore::default();
+        self.stats.crashes += 1;
+        let before = self.in_flight.len();
+        self.in_flight
+            .retain(|_, e| e.message.from != node && e.message.to != node);
+        self.stats.messages_lost_to_crashes += (before - self.in_flight.len()) as u64;
+        let lost: Vec<ProposalId> = self
+            .pending
+            .iter()
+            .filter(|(_, proposer)| **proposer == node)
+            .map(|(id, _)| *id)
+            .collect();
+        let at_ms = self.now_ms;
+        for proposal in lost {
+            self.finish(proposal, ProposalOutcome::Lost { node, at_ms });
+        }
+        self.after_step();
+    }
+
+    /// Restarts a crashed `node` from its disk, with a fresh seed.
+    pub fn restart(&mut self, node: impl Into<NodeId>) {
+        let node = node.into();
+        let k = self.index_of(node);
+        if self.nodes[k].raw.is_some() {
+            return;
+        }
+        self.nodes[k].restarts += 1;
+        self.stats.restarts += 1;
+        self.trace_line(format_args!("{node} restarts"));
+        self.start_node(k);
+        self.after_step();
+    }
+
+    /// Replaces the network's behaviour from now on (messages in flight keep their delays).
+    pub fn set_network(&mut self, network: NetworkFaults) {
+        self.network = network;
+    }
+
+    /// Adds a line to the trace.
+    pub fn trace_line(&mut self, args: fmt::Arguments<'_>) {
+        self.trace.line(self.now_ms, args);
+    }
+
+    // ----- inspection ---------------------------------------------------------------------
+
+    /// Every node's ID, in order.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// The nodes that are up.
+    pub fn live_nodes(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|n| n.raw.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// True when `node` is up.
+    pub fn is_up(&self, node: impl Into<NodeId>) -> bool {
+        self.nodes[self.index_of(node.into())].raw.is_some()
+    }
+
+    /// The protocol instance of a live `node`.
+    ///
+    /// # Panics
+    /// If the node is down.
+    pub fn node(&self, node: impl Into<NodeId>) -> &RawNode {
+        let node = node.into();
+        match self.nodes[self.index_of(node)].raw.as_ref() {
+            Some(raw) => raw,
+            None => panic!("{node} is down"),
+        }
+    }
+
+    /// The live nodes that are leaders, with their terms.
+    pub fn leaders(&self) -> Vec<(NodeId, Term)> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.raw.as_ref())
+            .filter(|raw| raw.role() == Role::Leader)
+            .map(|raw| (raw.id(), raw.term()))
+            .collect()
+    }
+
+    /// The leader of the highest term among live nodes, if that term has one that is up.
+    pub fn leader(&self) -> Option<NodeId> {
+        let top = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.raw.as_ref())
+            .map(|raw| raw.term())
+            .max()?;
+        self.leaders()
+            .into_iter()
+            .find(|(_, term)| *term == top)
+            .map(|(id, _)| id)
+    }
+
+    /// The in-memory log of a live `node` (every entry, from index 1).
+    pub fn log(&self, node: impl Into<NodeId>) -> Vec<Entry> {
+        let raw = self.node(node);
+        (1..=raw.last_index().0)
+            .map(|i| raw.entry(LogIndex(i)).expect("no compaction yet").clone())
+            .collect()
+    }
+
+    /// The terms of a live `node`'s log, from index 1: a compact view for assertions.
+    pub fn log_terms(&self, node: impl Into<NodeId>) -> Vec<u64> {
+        self.log(node).iter().map(|e| e.term.0).collect()
+    }
+
+    /// What `node`'s disk holds.
+    pub fn durable(&self, node: impl Into<NodeId>) -> &DurableState {
+        &self.nodes[self.index_of(node.into())].durable
+    }
+
+    /// `node`'s state machine (empty while it is down).
+    pub fn kv(&self, node: impl Into<NodeId>) -> &KvStore {
+        &self.nodes[self.index_of(node.into())].kv
+    }
+
+    /// How `proposal` ended, if it has.
+    pub fn outcome(&self, proposal: ProposalId) -> Option<&ProposalOutcome> {
+        self.outcomes.get(&proposal)
+    }
+
+    /// Takes every outcome recorded so far, in proposal order.
+    pub fn take_outcomes(&mut self) -> Vec<(ProposalId, ProposalOutcome)> {
+        std::mem::take(&mut self.outcomes).into_iter().collect()
+    }
+
+    /// Proposals with no outcome yet.
+    pub fn pending_proposals(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The readies recorded with [`ClusterBuilder::record_readies`], oldest first.
+    pub fn ready_records(&self) -> Vec<ReadyRecord> {
+        self.ready_records
+            .as_ref()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Forgets the recorded readies.
+    pub fn clear_ready_records(&mut self) {
+        if let Some(records) = self.ready_records.as_mut() {
+            records.clear();
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &ClusterStats {
+        &self.stats
+    }
+
+    /// Terms that had a leader so far.
+    pub fn leader_terms(&self) -> usize {
+        self.invariants.leader_terms()
+    }
+
+    /// How many entries the cluster is known to have committed.
+    pub fn committed_len(&self) -> usize {
+        self.invariants.committed_len()
+    }
+
+    /// The trace.
+    pub fn trace(&self) -> &Trace {
+        &self.trace
+    }
+
+    /// Takes the trace text recorded so far.
+    pub fn take_trace(&mut self) -> String {
+        self.trace.take()
+    }
+
+    /// End-of-run checks: every disk holds every entry a client was told applied, and live
+    /// nodes that applied the same index hold the same key-value state.
+    pub fn check_end_of_run(&self) {
+        self.invariants.check_acknowledged_held(
+            self.nodes
+                .iter()
+                .map(|n| (n.id, n.durable.entries.as_slice())),
+        );
+        let live: Vec<&SimNode> = self.nodes.iter().filter(|n| n.raw.is_some()).collect();
+        for pair in live.windows(2) {
+            let (a, b) = (&pair[0].kv, &pair[1].kv);
+            if a.applied_index() == b.applied_index() && a != b {
+                self.fail(format_args!(
+                    "{} and {} applied up to {} yet hold different data",
+                    pair[0].id,
+                    pair[1].id,
+                    a.applied_index()
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,844 @@
+//! A randomized run: a seeded fault schedule and closed-loop clients drive a [`Cluster`], then
+//! a liveness phase heals everything, and the client history is checked for linearizability.
+
+use super::cluster::{Cluster, CutId, DiskTiming, NetworkFaults, ProposalOutcome, Stepped, Timing};
+use super::rng::SimRng;
+use crate::config::Config;
+use crate::testkit::linearizability::{check, CheckLimits, History, KvInput, KvModel, KvOutput};
+use crate::types::{LogIndex, NodeId, ProposalId};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::PathBuf;
+
+/// Most driver timers (client requests, timeouts, faults, heals, restarts) pending at once.
+pub const DRIVER_TIMERS_MAX: usize = 1 << 16;
+/// Most client operations one run records (the checker's cost grows with them).
+pub const OPERATIONS_MAX: usize = 100_000;
+
+/// How often each kind of fault happens, and how hard the network and disks are.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FaultRates {
+    /// The network during the fault phase (the liveness phase keeps only the ordinary delays).
+    pub network: NetworkFaults,
+    /// How long writes take.
+    pub disk: DiskTiming,
+    /// Shortest virtual time between two fault decisions.
+    pub fault_interval_ms_min: u64,
+    /// Longest virtual time between two fault decisions.
+    pub fault_interval_ms_max: u64,
+    /// Weight of crashing a random live node (it restarts after up to `down_ms_max`).
+    pub crash_weight: u32,
+    /// Weight of splitting the nodes in two groups (healed after up to `cut_ms_max`).
+    pub partition_weight: u32,
+    /// Weight of cutting one direction of one link.
+    pub one_way_weight: u32,
+    /// Weight of isolating the current leader.
+    pub isolate_leader_weight: u32,
+    /// Weight of healing every cut at once.
+    pub heal_weight: u32,
+    /// Weight of doing nothing this time.
+    pub quiet_weight: u32,
+    /// Longest time a crashed node stays down.
+    pub down_ms_max: u64,
+    /// Longest time a cut lasts.
+    pub cut_ms_max: u64,
+    /// Most nodes down at once.
+    pub crashed_nodes_max: usize,
+}
+
+/// Everything one randomized run depends on. [`SimOptions::from_seed`] derives all of it from a
+/// seed, so a seed alone names a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimOptions {
+    /// The seed every choice derives from.
+    pub seed: u64,
+    /// Cluster size.
+    pub nodes: usize,
+    /// Name of the fault mix, for reports.
+    pub profile: &'static str,
+    /// Closed-loop clients, each with one operation in flight.
+    pub clients: usize,
+    /// Keys the clients use (fewer keys, more contention).
+    pub keys: usize,
+    /// Virtual time with faults and clients running.
+    pub fault_phase_ms: u64,
+    /// Virtual time the liveness phase may take before the run fails.
+    pub liveness_ms_max: u64,
+    /// A client gives up on an operation after this long (outcome unknown).
+    pub client_timeout_ms: u64,
+    /// Longest pause of a client between two operations.
+    pub client_think_ms_max: u64,
+    /// Virtual time between ticks.
+    pub tick_ms: u64,
+    /// Random extra time per tick interval.
+    pub tick_jitter_ms: u64,
+    /// The fault mix.
+    pub faults: FaultRates,
+    /// The protocol settings every node starts from (`id`, `voters` and `seed` are set per
+    /// node).
+    pub config: Config,
+    /// Record the trace in the report.
+    pub trace: bool,
+    /// Also write the trace to this file (pass or fail).
+    pub trace_path: Option<PathBuf>,
+    /// The command printed with a failure, to replay this run.
+    pub replay_hint: String,
+}
+
+impl SimOptions {
+    /// The run that `seed` names: 3 or 5 nodes and one of five fault mixes (calm, lossy,
+    /// partitions, crashes, chaos), with rates varied by the seed.
+    pub fn from_seed(seed: u64) -> SimOptions {
+        let mut rng = SimRng::stream(seed, 100);
+        let nodes = if rng.chance(0.5) { 3 } else { 5 };
+        let profile = ["calm", "lossy", "partitions", "crashes", "chaos"][rng.below(5) as usize];
+        let mut faults = FaultRates {
+            network: NetworkFaults {
+                drop_probability: 0.0,
+                duplicate_probability: 0.0,
+                delay_ms_min: 1,
+                delay_ms_max: rng.between(2, 8),
+                long_delay_probability: 0.0,
+                long_delay_ms_max: 0,
+            },
+            disk: DiskTiming {
+                write_delay_ms_min: 0,
+                write_delay_ms_max: rng.between(1, 5),
+            },
+            fault_interval_ms_min: 100,
+            fault_interval_ms_max: 600,
+            crash_weight: 0,
+            partition_weight: 0,
+            one_way_weight: 0,
+            isolate_leader_weight: 0,
+            heal_weight: 2,
+            quiet_weight: 4,
+            down_ms_max: 1500,
+            cut_ms_max: 1500,
+            crashed_nodes_max: (nodes - 1) / 2,
+        };
+        let lossy = |faults: &mut FaultRates, rng: &mut SimRng| {
+            faults.network.drop_probability = rng.between(1, 20) as f64 / 100.0;
+            faults.network.duplicate_probability = rng.between(1, 15) as f64 / 100.0;
+            faults.network.delay_ms_max = rng.between(5, 30);
+            faults.network.long_delay_probability = rng.between(0, 3) as f64 / 100.0;
+            faults.network.long_delay_ms_max = rng.between(100, 800);
+        };
+        match profile {
+            "calm" => {
+                faults.crash_weight = 1;
+                faults.partition_weight = 1;
+                faults.quiet_weight = 10;
+            }
+            "lossy" => {
+                lossy(&mut faults, &mut rng);
+                faults.isolate_leader_weight = 1;
+            }
+            "partitions" => {
+                faults.partition_weight = 3;
+                faults.one_way_weight = 3;
+                faults.isolate_leader_weight = 2;
+            }
+            "crashes" => {
+                faults.crash_weight = 4;
+                faults.disk.write_delay_ms_max = rng.between(5, 25);
+                if rng.chance(0.3) {
+                    faults.crashed_nodes_max = nodes; // the whole cluster may go down
+                }
+            }
+            _ => {
+                lossy(&mut faults, &mut rng);
+                faults.crash_weight = 2;
+                faults.partition_weight = 2;
+                faults.one_way_weight = 2;
+                faults.isolate_leader_weight = 2;
+                faults.disk.write_delay_ms_max = rng.between(2, 15);
+            }
+        }
+        let config = protocol_settings(&mut rng, nodes);
+        SimOptions {
+            seed,
+            nodes,
+            profile,
+            config,
+            clients: rng.between(3, 6) as usize,
+            keys: rng.between(2, 5) as usize,
+            fault_phase_ms: 10_000,
+            liveness_ms_max: 20_000,
+            client_timeout_ms: 1_500,
+            client_think_ms_max: 40,
+            tick_ms: 10,
+            tick_jitter_ms: 1,
+            faults,
+            trace: false,
+            trace_path: None,
+            replay_hint: format!(
+                "SIM_SEED={seed} cargo test --release -p raft-core --test simulation -- --nocapture"
+            ),
+        }
+    }
+}
+
+/// Protocol settings varied by the seed: PreVote and CheckQuorum sometimes off, and sometimes
+/// limits small enough to be hit all the time (one entry per message, one append in flight,
+/// a few hundred uncommitted bytes, one entry per apply batch).
+fn protocol_settings(rng: &mut SimRng, nodes: usize) -> Config {
+    let voters = (1..=nodes as u64).map(NodeId).collect();
+    let mut config = Config::new(NodeId(1), voters);
+    config.pre_vote = rng.chance(0.8);
+    config.check_quorum = rng.chance(0.8);
+    if rng.chance(0.4) {
+        config.message_bytes_max = rng.between(1, 400) as usize;
+    }
+    if rng.chance(0.4) {
+        config.inflight_messages_max = rng.between(1, 4) as usize;
+        config.inflight_bytes_max = rng.between(100, 2_000) as usize;
+    }
+    if rng.chance(0.3) {
+        config.uncommitted_bytes_max = rng.between(20, 400) as usize;
+    }
+    if rng.chance(0.3) {
+        config.apply_batch_entries_max = rng.between(1, 3) as usize;
+    }
+    if rng.chance(0.2) {
+        config.proposal_wait_ticks = rng.between(5, 30) as u32;
+    }
+    config
+}
+
+/// What a run did, for the caller to aggregate and assert on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// The seed.
+    pub seed: u64,
+    /// Cluster size.
+    pub nodes: usize,
+    /// The fault mix.
+    pub profile: &'static str,
+    /// Operations in the checked history (those that did not definitely fail).
+    pub operations: usize,
+    /// Operations whose client got an answer.
+    pub returned: usize,
+    /// Operations whose outcome stayed unknown (timeouts, crashes, lost leadership).
+    pub unknown: usize,
+    /// Operations that definitely did not happen (left out of the history).
+    pub did_not_happen: usize,
+    /// Operations that overlapped in time with another client's operation on the same key.
+    pub concurrent: usize,
+    /// Reads that returned a value written by a client.
+    pub reads_found: usize,
+    /// Compare-and-swaps that swapped, and that did not.
+    pub cas_swapped: usize,
+    /// Compare-and-swaps that found another value.
+    pub cas_refused: usize,
+    /// Node crashes.
+    pub crashes: u64,
+    /// Two-sided partitions made (isolations included).
+    pub partitions: u64,
+    /// One-way cuts made.
+    pub one_way_cuts: u64,
+    /// Messages dropped at random.
+    pub messages_dropped: u64,
+    /// Messages duplicated.
+    pub messages_duplicated: u64,
+    /// Messages lost to cuts.
+    pub messages_cut: u64,
+    /// Terms that had a leader.
+    pub leader_terms: usize,
+    /// Events processed.
+    pub steps: u64,
+    /// Entries the cluster committed.
+    pub committed: usize,
+    /// Virtual time at the end.
+    pub end_ms: u64,
+    /// Virtual time the liveness phase took.
+    pub liveness_ms: u64,
+    /// The trace, when asked for.
+    pub trace: Option<String>,
+}
+
+/// Runs the simulation `options` describe and checks it: invariants after every step,
+/// liveness after the faults, linearizability of the history at the end.
+///
+/// # Panics
+/// On any violation or protocol panic, with the seed and the replay command; the trace is
+/// written to `options.trace_path` first when set.
+pub fn run(options: &SimOptions) -> RunReport {
+    let mut driver: Option<Driver<'_>> = None;
+    let result = panic::catch_unwind(AssertUnwindSafe(|| {
+        let state = driver.insert(Driver::new(options));
+        state.run()
+    }));
+    let trace = driver.as_mut().map(|d| d.cluster.take_trace());
+    if let (Some(path), Some(text)) = (&options.trace_path, &trace) {
+        if let Err(error) = std::fs::write(path, text) {
+            eprintln!("could not write the trace to {}: {error}", path.display());
+        }
+    }
+    match result {
+        Ok(mut report) => {
+            if options.trace {
+                report.trace = trace;
+            }
+            report
+        }
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic without a message".into());
+            let mut notes = String::new();
+            if !message.contains("\nreplay: ") {
+                notes = format!("\nreplay: {}", options.replay_hint);
+            }
+            if let Some(path) = &options.trace_path {
+                notes.push_str(&format!("\ntrace: {}", path.display()));
+            }
+            panic!(
+                "simulation seed {} ({} nodes, {}) failed: {message}{notes}",
+                options.seed, options.nodes, options.profile
+            )
+        }
+    }
+}
+
+/// What a driver timer means.
+#[derive(Clone, Copy, Debug)]
+enum Event {
+    Issue { client: usize },
+    Timeout { op: usize },
+    Fault,
+    Heal(CutId),
+    Restart(NodeId),
+    EndFaults,
+}
+
+/// How an operation ended, as its client knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum OpOutcome {
+    Pending,
+    Returned { output: KvOutput, at_ms: u64 },
+    Unknown,
+    DidNotHappen,
+}
+
+#[derive(Clone, Debug)]
+struct OpRecord {
+    client: usize,
+    input: KvInput,
+    call_ms: u64,
+    outcome: OpOutcome,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Client {
+    /// The operation in flight.
+    busy: Option<usize>,
+    /// The last value this client saw for each key (what its compare-and-swaps expect).
+    seen: BTreeMap<String, Option<Bytes>>,
+    written: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Faults,
+    Liveness { since_ms: u64 },
+}
+
+/// Virtual time between two attempts at the liveness phase's fresh write.
+const FRESH_RETRY_MS: u64 = 50;
+
+/// The client reserved for the liveness phase's fresh write.
+const FRESH_CLIENT: usize = usize::MAX;
+
+struct Driver<'a> {
+    options: &'a SimOptions,
+    cluster: Cluster,
+    fault_rng: SimRng,
+    client_rng: SimRng,
+    clients: Vec<Client>,
+    ops: Vec<OpRecord>,
+    /// Proposals whose client still waits, by proposal.
+    waiting: BTreeMap<ProposalId, usize>,
+    timers: BTreeMap<u64, Event>,
+    next_tag: u64,
+    phase: Phase,
+    /// The fresh write of the liveness phase: its op, and its index once applied.
+    fresh: Option<(usize, Option<LogIndex>)>,
+    /// No fresh write is proposed before this time (a failed one is retried, not at every
+    /// step).
+    fresh_retry_ms: u64,
+    /// The highest index whose proposer was told it applied.
+    acknowledged_max: LogIndex,
+    partitions: u64,
+    one_way_cuts: u64,
+}
+
+impl<'a> Driver<'a> {
+    fn new(options: &'a SimOptions) -> Driver<'a> {
+        let cluster = Cluster::builder(options.nodes)
+            .seed(options.seed)
+            .timing(Timing::Simulated {
+                tick_ms: options.tick_ms,
+                tick_jitter_ms: options.tick_jitter_ms,
+            })
+            .network(options.faults.network)
+            .disk(options.faults.disk)
+            .config(|config| *config = options.config.clone())
+            .trace(
+                options.trace || options.trace_path.is_some(),
+                super::trace::TRACE_BYTES_MAX_DEFAULT,
+            )
+            .replay_hint(options.replay_hint.clone())
+            .build();
+        Driver {
+            options,
+            cluster,
+            fault_rng: SimRng::stream(options.seed, 4),
+            client_rng: SimRng::stream(options.seed, 5),
+            clients: vec![Client::default(); options.clients],
+            ops: Vec::new(),
+            waiting: BTreeMap::new(),
+            timers: BTreeMap::new(),
+            next_tag: 0,
+            phase: Phase::Faults,
+            fresh: None,
+            fresh_retry_ms: 0,
+            acknowledged_max: LogIndex(0),
+            partitions: 0,
+            one_way_cuts: 0,
+        }
+    }
+
+    fn schedule(&mut self, at_ms: u64, event: Event) {
+        assert!(
+            self.timers.len() < DRIVER_TIMERS_MAX,
+            "{DRIVER_TIMERS_MAX} driver timers"
+        );
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.timers.insert(tag, event);
+        self.cluster.schedule(at_ms, tag);
+    }
+
+    fn run(&mut self) -> RunReport {
+        for client in 0..self.clients.len() {
+            let at = self.client_rng.between(0, self.options.client_think_ms_max);
+            self.schedule(at, Event::Issue { client });
+        }
+        self.schedule(self.options.faults.fault_interval_ms_min, Event::Fault);
+        self.schedule(self.options.fault_phase_ms, Event::EndFaults);
+        loop {
+            match self.cluster.step() {
+                None => panic!("nothing left to simulate at {} ms", self.cluster.now_ms()),
+                Some(Stepped::Timer(tag)) => {
+                    let event = self
+                        .timers
+                        .remove(&tag)
+                        .expect("every tag is scheduled once");
+                    self.handle(event);
+                }
+                Some(Stepped::Internal) => {}
+            }
+            self.collect_outcomes();
+            if let Phase::Liveness { since_ms } = self.phase {
+                if self.liveness_reached() {
+                    return self.finish(since_ms);
+                }
+                if self.cluster.now_ms() > since_ms + self.options.liveness_ms_max {
+                    self.liveness_failed(since_ms);
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        let faults = self.phase == Phase::Faults;
+        match event {
+            Event::Issue { client } if faults => self.issue(client),
+            Event::Issue { .. } => {}
+            Event::Timeout { op } if faults => self.timeout(op),
+            Event::Timeout { .. } => {}
+            Event::Fault if faults => self.fault(),
+            Event::Fault => {}
+            Event::Heal(cut) => self.cluster.heal(cut),
+            Event::Restart(node) => self.cluster.restart(node),
+            Event::EndFaults => self.end_faults(),
+        }
+    }
+
+    // ----- clients ------------------------------------------------------------------------
+
+    fn issue(&mut self, client: usize) {
+        let live = self.cluster.live_nodes();
+        if live.is_empty() || self.ops.len() >= OPERATIONS_MAX / 2 {
+            let retry = self.cluster.now_ms() + self.options.client_think_ms_max.max(10);
+            self.schedule(retry, Event::Issue { client });
+            return;
+        }
+        let node = live[self.client_rng.below(live.len() as u64) as usize];
+        let input = self.next_input(client);
+        let op = self.propose(client, node, input);
+        let timeout = self.cluster.now_ms() + self.options.client_timeout_ms;
+        self.schedule(timeout, Event::Timeout { op });
+    }
+
+    fn next_input(&mut self, client: usize) -> KvInput {
+        let key = format!("k{}", self.client_rng.below(self.options.keys as u64));
+        let state = &mut self.clients[client];
+        state.written += 1;
+        let value = Bytes::from(format!("c{client}.{}", state.written));
+        match self.client_rng.weighted(&[4, 4, 3]) {
+            0 => KvInput::Put { key, value },
+            1 => KvInput::Get { key },
+            _ => {
+                let expected = state.seen.get(&key).cloned().flatten();
+                KvInput::Cas {
+                    key,
+                    expected,
+                    new: value,
+                }
+            }
+        }
+    }
+
+    fn propose(&mut self, client: usize, node: NodeId, input: KvInput) -> usize {
+        let op = self.ops.len();
+        assert!(
+            op < OPERATIONS_MAX,
+            "{OPERATIONS_MAX} operations in one run"
+        );
+        self.ops.push(OpRecord {
+            client,
+            input: input.clone(),
+            call_ms: self.cluster.now_ms(),
+            outcome: OpOutcome::Pending,
+        });
+        if client != FRESH_CLIENT {
+            self.clients[client].busy = Some(op);
+        }
+        let proposal = self.cluster.propose_kv(node, &input);
+        self.cluster.trace_line(format_args!(
+            "client {client} op {op} at {node} as {:x}: {input:?}",
+            proposal.0
+        ));
+        self.waiting.insert(proposal, op);
+        op
+    }
+
+    fn timeout(&mut self, op: usize) {
+        if self.ops[op].outcome != OpOutcome::Pending {
+            return;
+        }
+        self.waiting.retain(|_, waiting_op| *waiting_op != op);
+        self.cluster.trace_line(format_args!("op {op} timed out"));
+        self.end_op(op, OpOutcome::Unknown);
+    }
+
+    fn collect_outcomes(&mut self) {
+        for (proposal, outcome) in self.cluster.take_outcomes() {
+            let Some(op) = self.waiting.remove(&proposal) else {
+                continue; // the client gave up on it
+            };
+            let outcome = match outcome {
+                ProposalOutcome::Applied {
+                    output: Some(output),
+                    at_ms,
+                    index,
+                    ..
+                } => {
+                    self.acknowledged_max = self.acknowledged_max.max(index);
+                    if let Some((fresh_op, fresh_index)) = self.fresh.as_mut() {
+                        if *fresh_op == op {
+                            *fresh_index = Some(index);
+                        }
+                    }
+                    OpOutcome::Returned { output, at_ms }
+                }
+                ProposalOutcome::Applied { output: None, .. } => {
+                    panic!("op {op}'s entry applied without an answer")
+                }
+                ProposalOutcome::Failed { error, .. } if error.is_definite() => {
+                    OpOutcome::DidNotHappen
+                }
+                ProposalOutcome::Failed { .. } | ProposalOutcome::Lost { .. } => OpOutcome::Unknown,
+            };
+            self.end_op(op, outcome);
+        }
+    }
+
+    fn end_op(&mut self, op: usize, outcome: OpOutcome) {
+        let record = &mut self.ops[op];
+        record.outcome = outcome;
+        let client = record.client;
+        if client == FRESH_CLIENT {
+            return;
+        }
+        if let OpOutcome::Returned { output, .. } = &record.outcome {
+            let seen = &mut self.clients[client].seen;
+            match (&record.input, output) {
+                (KvInput::Put { key, value }, _) => {
+                    seen.insert(key.clone(), Some(value.clone()));
+                }
+                (KvInput::Get { key }, KvOutput::Value(value)) => {
+                    seen.insert(key.clone(), value.clone());
+                }
+                (KvInput::Cas { key, new, .. }, KvOutput::Swapped(true)) => {
+                    seen.insert(key.clone(), Some(new.clone()));
+                }
+                _ => {}
+            }
+        }
+        self.clients[client].busy = None;
+        let think = self.client_rng.between(0, self.options.client_think_ms_max);
+        let at = self.cluster.now_ms() + think;
+        self.schedule(at, Event::Issue { client });
+    }
+
+    // ----- faults -------------------------------------------------------------------------
+
+    fn fault(&mut self) {
+        let rates = self.options.faults;
+        let weights = [
+            rates.crash_weight,
+            rates.partition_weight,
+            rates.one_way_weight,
+            rates.isolate_leader_weight,
+            rates.heal_weight,
+            rates.quiet_weight,
+        ];
+        let now = self.cluster.now_ms();
+        match self.fault_rng.weighted(&weights) {
+            0 => self.crash_one(),
+            1 => {
+                let ids = self.cluster.ids();
+                let mut side: Vec<NodeId> = ids
+                    .iter()
+                    .copied()
+                    .filter(|_| self.fault_rng.chance(0.5))
+                    .collect();
+                if side.is_empty() || side.len() == ids.len() {
+                    side = vec![ids[self.fault_rng.below(ids.len() as u64) as usize]];
+                }
+                let cut = self.cluster.partition(&side);
+                self.partitions += 1;
+                self.schedule_heal(cut);
+            }
+            2 => {
+                let n = self.options.nodes as u64;
+                let from = self.fault_rng.below(n);
+                let to = (from + 1 + self.fault_rng.below(n - 1)) % n;
+                let cut = self.cluster.cut_one_way(from + 1, to + 1);
+                self.one_way_cuts += 1;
+                self.schedule_heal(cut);
+            }
+            3 => {
+                if let Some(leader) = self.cluster.leader() {
+                    let cut = self.cluster.isolate(leader);
+                    self.partitions += 1;
+                    self.schedule_heal(cut);
+                }
+            }
+            4 => self.cluster.heal_all(),
+            _ => {}
+        }
+        let next = now
+            + self
+                .fault_rng
+                .between(rates.fault_interval_ms_min, rates.fault_interval_ms_max);
+        self.schedule(next, Event::Fault);
+    }
+
+    fn crash_one(&mut self) {
+        let live = self.cluster.live_nodes();
+        let down = self.options.nodes - live.len();
+        if live.is_empty() || down >= self.options.faults.crashed_nodes_max {
+            return;
+        }
+        let node = live[self.fault_rng.below(live.len() as u64) as usize];
+        self.cluster.crash(node);
+        let back =
+            self.cluster.now_ms() + self.fault_rng.between(20, self.options.faults.down_ms_max);
+        self.schedule(back, Event::Restart(node));
+    }
+
+    fn schedule_heal(&mut self, cut: CutId) {
+        let at = self.cluster.now_ms() + self.fault_rng.between(20, self.options.faults.cut_ms_max);
+        self.schedule(at, Event::Heal(cut));
+    }
+
+    // ----- liveness -----------------------------------------------------------------------
+
+    fn end_faults(&mut self) {
+        let now = self.cluster.now_ms();
+        self.cluster
+            .trace_line(format_args!("faults end: heal, restart, no more loss"));
+        self.phase = Phase::Liveness { since_ms: now };
+        self.cluster.heal_all();
+        for node in self.cluster.ids() {
+            self.cluster.restart(node);
+        }
+        let mut calm = self.options.faults.network;
+        calm.drop_probability = 0.0;
+        calm.duplicate_probability = 0.0;
+        calm.long_delay_probability = 0.0;
+        self.cluster.set_network(calm);
+    }
+
+    /// After the faults: a leader, no operation in flight, and a fresh write (and everything
+    /// acknowledged before) applied on every node. Proposes the fresh write once a leader is
+    /// known (again, if one fails).
+    fn liveness_reached(&mut self) -> bool {
+        let Some(leader) = self.cluster.leader() else {
+            return false;
+        };
+        let fresh_outcome = self
+            .fresh
+            .map(|(op, index)| (self.ops[op].outcome.clone(), index));
+        match fresh_outcome {
+            None | Some((OpOutcome::Unknown | OpOutcome::DidNotHappen, _)) => {
+                let now = self.cluster.now_ms();
+                if now < self.fresh_retry_ms {
+                    return false;
+                }
+                self.fresh_retry_ms = now + FRESH_RETRY_MS;
+                let value = Bytes::from(format!("fresh.{}", self.ops.len()));
+                let op = self.propose(FRESH_CLIENT, leader, KvInput::put("fresh", value));
+                self.fresh = Some((op, None));
+                false
+            }
+            Some((OpOutcome::Pending, _)) | Some((OpOutcome::Returned { .. }, None)) => false,
+            Some((OpOutcome::Returned { .. }, Some(index))) => {
+                let index = index.max(self.acknowledged_max);
+                self.waiting.is_empty()
+                    && self
+                        .cluster
+                        .ids()
+                        .into_iter()
+                        .all(|n| self.cluster.kv(n).applied_index() >= index)
+            }
+        }
+    }
+
+    fn liveness_failed(&self, since_ms: u64) -> ! {
+        let mut state = String::new();
+        for node in self.cluster.ids() {
+            let raw = self.cluster.node(node);
+            let _ = write!(
+                state,
+                "\n  {node}: {:?} {} leader={:?} commit={} applied={} last={}",
+                raw.role(),
+                raw.term(),
+                raw.leader(),
+                raw.commit_index(),
+                self.cluster.kv(node).applied_index(),
+                raw.last_index()
+            );
+        }
+        let pending: Vec<String> = self
+            .waiting
+            .iter()
+            .map(|(proposal, op)| format!("op {op} ({:x}) {:?}", proposal.0, self.ops[*op].input))
+            .collect();
+        panic!(
+            "liveness: {} ms after the faults ended (at {since_ms} ms) the cluster has not \
+             settled (a leader, every operation answered, a fresh write applied everywhere).\
+             {state}\n  unanswered: {pending:?}\n  fresh write: {:?}",
+            self.options.liveness_ms_max, self.fresh
+        )
+    }
+
+    // ----- the end ------------------------------------------------------------------------
+
+    fn finish(&mut self, liveness_since_ms: u64) -> RunReport {
+        self.cluster.check_end_of_run();
+        let history = self.history();
+        let result = check(&KvModel, &history, CheckLimits::default());
+        if !result.is_linearizable() {
+            panic!("the client history is not linearizable: {result}");
+        }
+        let stats = self.cluster.stats().clone();
+        let mut report = RunReport {
+            seed: self.options.seed,
+            nodes: self.options.nodes,
+            profile: self.options.profile,
+            operations: history.len(),
+            crashes: stats.crashes,
+            partitions: self.partitions,
+            one_way_cuts: self.one_way_cuts,
+            messages_dropped: stats.messages_dropped,
+            messages_duplicated: stats.messages_duplicated,
+            messages_cut: stats.messages_cut,
+            leader_terms: self.cluster.leader_terms(),
+            steps: stats.steps,
+            committed: self.cluster.committed_len(),
+            end_ms: self.cluster.now_ms(),
+            liveness_ms: self.cluster.now_ms() - liveness_since_ms,
+            concurrent: concurrent_operations(&self.ops),
+            ..RunReport::default()
+        };
+        for op in &self.ops {
+            match (&op.outcome, &op.input) {
+                (OpOutcome::DidNotHappen, _) => report.did_not_happen += 1,
+                (OpOutcome::Unknown | OpOutcome::Pending, _) => report.unknown += 1,
+                (OpOutcome::Returned { output, .. }, input) => {
+                    report.returned += 1;
+                    match (input, output) {
+                        (KvInput::Get { .. }, KvOutput::Value(Some(_))) => report.reads_found += 1,
+                        (KvInput::Cas { .. }, KvOutput::Swapped(true)) => report.cas_swapped += 1,
+                        (KvInput::Cas { .. }, KvOutput::Swapped(false)) => report.cas_refused += 1,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    /// The history for the checker: every operation except those that definitely did not
+    /// happen; those without an answer stay unknown.
+    fn history(&self) -> History<KvInput, KvOutput> {
+        let mut history = History::new();
+        for op in &self.ops {
+            if op.outcome == OpOutcome::DidNotHappen {
+                continue;
+            }
+            let id = history.call(op.client as u64, op.input.clone(), op.call_ms);
+            if let OpOutcome::Returned { output, at_ms } = &op.outcome {
+                history.ret(id, output.clone(), *at_ms);
+            }
+        }
+        history
+    }
+}
+
+/// Operations that overlap in time with an operation of another client on the same key (an
+/// unanswered operation overlaps everything after its call).
+fn concurrent_operations(ops: &[OpRecord]) -> usize {
+    let interval = |op: &OpRecord| match op.outcome {
+        OpOutcome::Returned { at_ms, .. } => (op.call_ms, at_ms),
+        _ => (op.call_ms, u64::MAX),
+    };
+    let mut by_key: BTreeMap<&str, Vec<&OpRecord>> = BTreeMap::new();
+    for op in ops
+        .iter()
+        .filter(|op| op.outcome != OpOutcome::DidNotHappen)
+    {
+        by_key.entry(op.input.key()).or_default().push(op);
+    }
+    let mut concurrent = 0;
+    for group in by_key.values() {
+        for a in group {
+            let (a_start, a_end) = interval(a);
+            let overlaps = group.iter().any(|b| {
+                let (b_start, b_end) = interval(b);
+                b.client != a.client && a_start <= b_end && b_start <= a_end
+            });
+            concurrent += usize::from(overlaps);
+        }
+    }
+    concurrent
+}

@@ -1,0 +1,238 @@
+//! Randomized simulation of whole clusters: each seed picks 3 or 5 nodes and a fault mix,
+//! runs closed-loop clients through crashes, partitions and a lossy network, checks the Raft
+//! invariants after every step, requires the cluster to settle once the faults stop, and checks
+//! the client history for linearizability (see `raft_core::testkit::sim`).
+//!
+//! - `SIM_SEEDS=N` runs N seeds (default 500), `SIM_SEED_START=S` starts them at S (default 1).
+//! - `SIM_SEED=S` replays seed S alone and writes its trace to `SIM_TRACE` (default: a file in
+//!   the temporary directory, whose path is printed).
+//!
+//! A failing seed prints the command that replays it.
+
+use raft_core::testkit::sim::{run, RunReport, SimOptions};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+const SEEDS_DEFAULT: u64 = 500;
+
+fn env_u64(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
+    )
+}
+
+/// The reports of every seed of this run, computed once (on every core) and shared by the tests
+/// that assert on them. Empty when replaying a single seed.
+fn reports() -> &'static [RunReport] {
+    static REPORTS: OnceLock<Vec<RunReport>> = OnceLock::new();
+    REPORTS.get_or_init(|| {
+        if env_u64("SIM_SEED").is_some() {
+            return Vec::new();
+        }
+        let start = env_u64("SIM_SEED_START").unwrap_or(1);
+        let count = env_u64("SIM_SEEDS").unwrap_or(SEEDS_DEFAULT);
+        run_seeds(start..start + count)
+    })
+}
+
+/// Runs seeds on every core; stops at the first failure and panics with its message (which
+/// holds the replay command).
+fn run_seeds(seeds: std::ops::Range<u64>) -> Vec<RunReport> {
+    let next = AtomicU64::new(seeds.start);
+    let failed = AtomicBool::new(false);
+    let reports = Mutex::new(Vec::new());
+    let failures = Mutex::new(Vec::new());
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= seeds.end || failed.load(Ordering::Relaxed) {
+                    return;
+                }
+                let options = SimOptions::from_seed(seed);
+                match panic::catch_unwind(AssertUnwindSafe(|| run(&options))) {
+                    Ok(report) => reports.lock().unwrap().push(report),
+                    Err(payload) => {
+                        failed.store(true, Ordering::Relaxed);
+                        let message = payload
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .unwrap_or_else(|| format!("seed {seed} panicked"));
+                        failures.lock().unwrap().push(message);
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    if !failures.is_empty() {
+        panic!("{}", failures.join("\n\n"));
+    }
+    let mut reports = reports.into_inner().unwrap();
+    reports.sort_by_key(|r| r.seed);
+    reports
+}
+
+#[test]
+fn every_seed_keeps_the_invariants_settles_and_is_linearizable() {
+    let reports = reports();
+    if reports.is_empty() {
+        return; // replaying one seed: see replay_one_seed
+    }
+    let three = reports.iter().filter(|r| r.nodes == 3).count();
+    let five = reports.iter().filter(|r| r.nodes == 5).count();
+    let steps: u64 = reports.iter().map(|r| r.steps).sum();
+    let operations: usize = reports.iter().map(|r| r.operations).sum();
+    let virtual_ms: u64 = reports.iter().map(|r| r.end_ms).sum();
+    let liveness_max = reports.iter().map(|r| r.liveness_ms).max().unwrap_or(0);
+    println!(
+        "{} seeds ({three} of 3 nodes, {five} of 5): {steps} steps, {operations} operations \
+         checked, {} virtual seconds; slowest liveness phase {liveness_max} ms",
+        reports.len(),
+        virtual_ms / 1000
+    );
+    let expected = env_u64("SIM_SEEDS").unwrap_or(SEEDS_DEFAULT) as usize;
+    assert_eq!(reports.len(), expected);
+    if expected >= 100 {
+        assert!(
+            three > expected / 4 && five > expected / 4,
+            "3: {three}, 5: {five}"
+        );
+    }
+}
+
+#[test]
+fn histories_have_concurrency_unknown_outcomes_and_real_answers() {
+    let reports = reports();
+    if reports.len() < 100 {
+        return; // too few seeds to expect every kind of history
+    }
+    let sum = |f: fn(&RunReport) -> usize| reports.iter().map(f).sum::<usize>();
+    let operations = sum(|r| r.operations);
+    let concurrent = sum(|r| r.concurrent);
+    let unknown = sum(|r| r.unknown);
+    let did_not_happen = sum(|r| r.did_not_happen);
+    let reads_found = sum(|r| r.reads_found);
+    let (swapped, refused) = (sum(|r| r.cas_swapped), sum(|r| r.cas_refused));
+    println!(
+        "operations {operations}: concurrent {concurrent}, unknown {unknown}, \
+         did not happen {did_not_happen}, reads that found a value {reads_found}, \
+         cas swapped {swapped} / refused {refused}"
+    );
+    assert!(
+        operations > 100 * reports.len(),
+        "too few operations: {operations}"
+    );
+    assert!(
+        concurrent > operations / 4,
+        "too little concurrency: {concurrent}"
+    );
+    assert!(
+        unknown > reports.len() / 4,
+        "too few unknown outcomes: {unknown}"
+    );
+    assert!(did_not_happen > 0, "no definite failures");
+    assert!(
+        reads_found > operations / 10,
+        "reads rarely saw a value: {reads_found}"
+    );
+    assert!(
+        swapped > 0 && refused > 0,
+        "cas swapped {swapped}, refused {refused}"
+    );
+    let with_unknown = reports.iter().filter(|r| r.unknown > 0).count();
+    assert!(
+        with_unknown > reports.len() / 10,
+        "{with_unknown} histories with unknowns"
+    );
+}
+
+#[test]
+fn faults_actually_happened() {
+    let reports = reports();
+    if reports.len() < 100 {
+        return;
+    }
+    let sum = |f: fn(&RunReport) -> u64| reports.iter().map(f).sum::<u64>();
+    let crashes = sum(|r| r.crashes);
+    let partitions = sum(|r| r.partitions);
+    let one_way = sum(|r| r.one_way_cuts);
+    let dropped = sum(|r| r.messages_dropped);
+    let duplicated = sum(|r| r.messages_duplicated);
+    let cut = sum(|r| r.messages_cut);
+    let leader_changes = reports
+        .iter()
+        .map(|r| r.leader_terms.saturating_sub(1) as u64)
+        .sum::<u64>();
+    println!(
+        "crashes {crashes}, partitions {partitions}, one-way cuts {one_way}, dropped \
+         {dropped}, duplicated {duplicated}, lost to cuts {cut}, leader changes {leader_changes}"
+    );
+    for (what, count) in [
+        ("crashes", crashes),
+        ("partitions", partitions),
+        ("one-way cuts", one_way),
+        ("dropped messages", dropped),
+        ("duplicated messages", duplicated),
+        ("messages lost to cuts", cut),
+        ("leader changes", leader_changes),
+    ] {
+        assert!(
+            count >= reports.len() as u64 / 10,
+            "too few {what}: {count}"
+        );
+    }
+    for profile in ["calm", "lossy", "partitions", "crashes", "chaos"] {
+        assert!(
+            reports.iter().any(|r| r.profile == profile),
+            "no seed ran the {profile} mix"
+        );
+    }
+}
+
+/// Replays `SIM_SEED` alone, with its trace written to a file.
+#[test]
+fn replay_one_seed() {
+    let Some(seed) = env_u64("SIM_SEED") else {
+        return;
+    };
+    let mut options = SimOptions::from_seed(seed);
+    let path = std::env::var_os("SIM_TRACE")
+        .map(Into::into)
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("raft-sim-seed-{seed}.trace")));
+    eprintln!(
+        "replaying seed {seed}: {} nodes, {} faults; trace in {}",
+        options.nodes,
+        options.profile,
+        path.display()
+    );
+    options.trace_path = Some(path);
+    let report = run(&options);
+    eprintln!("{report:#?}");
+}
+
+#[test]
+fn same_seed_same_trace_and_different_seeds_differ() {
+    let traced = |seed: u64| {
+        let mut options = SimOptions::from_seed(seed);
+        options.fault_phase_ms = 1_500;
+        options.trace = true;
+        run(&options).trace.expect("asked for a trace")
+    };
+    let first = traced(42);
+    let again = traced(42);
+    assert!(
+        first.len() > 10_000,
+        "a trace of {} bytes is too short",
+        first.len()
+    );
+    assert!(first == again, "seed 42 gave two different traces");
+    let other = traced(43);
+    assert_ne!(first, other, "seeds 42 and 43 gave the same trace");
+}
