@@ -193,6 +193,10 @@ impl RawNode {
         }
     }
 
+    /// Answers forwards this node cannot take, not being the leader. A forward it already
+    /// answered while it led this term (a duplicate arriving after it stepped down) gets that
+    /// answer again: the command is in the log and may commit, and "not leader" would send the
+    /// proposer to forward it again, applying it twice.
     pub(super) fn refuse_forwards(
         &mut self,
         from: NodeId,
@@ -200,9 +204,13 @@ impl RawNode {
     ) {
         let outcomes = proposals
             .into_iter()
-            .map(|p| ForwardOutcome {
-                id: p.id,
-                result: Err(ForwardRefusal::NotLeader),
+            .map(|p| {
+                self.proposals
+                    .seen_forward(from, p.id.0)
+                    .unwrap_or(ForwardOutcome {
+                        id: p.id,
+                        result: Err(ForwardRefusal::NotLeader),
+                    })
             })
             .collect();
         self.send(from, MessageBody::ForwardResponse { outcomes });

@@ -1028,6 +1028,45 @@ impl Cluster {
         delivered
     }
 
+    /// Delivers the messages in flight that `filter` picks (in order), leaving the others in
+    /// flight; returns those that reached their receiver.
+    pub fn deliver_matching(&mut self, mut filter: impl FnMut(&Message) -> bool) -> Vec<Message> {
+        let keys: Vec<(u64, u64)> = self
+            .in_flight
+            .iter()
+            .filter(|(_, envelope)| filter(&envelope.message))
+            .map(|(key, _)| *key)
+            .collect();
+        let mut delivered = Vec::new();
+        for key in keys {
+            let envelope = self.in_flight.remove(&key).expect("listed above");
+            let message = envelope.message.clone();
+            if self.deliver(envelope) {
+                delivered.push(message);
+            }
+            self.after_step();
+        }
+        delivered
+    }
+
+    /// Adds a second copy of each message in flight that `filter` picks, delivered after
+    /// everything now in flight; returns how many were copied.
+    pub fn duplicate_in_flight(&mut self, mut filter: impl FnMut(&Message) -> bool) -> usize {
+        let copies: Vec<(u64, Envelope)> = self
+            .in_flight
+            .iter()
+            .filter(|(_, envelope)| filter(&envelope.message))
+            .map(|((at_ms, _), envelope)| (*at_ms, envelope.clone()))
+            .collect();
+        for (at_ms, envelope) in &copies {
+            self.trace_line(format_args!("duplicate {}", ShowMessage(&envelope.message)));
+            let key = (*at_ms, self.next_sequence());
+            self.in_flight.insert(key, envelope.clone());
+        }
+        self.stats.messages_duplicated += copies.len() as u64;
+        copies.len()
+    }
+
     /// Delivers messages until none is in flight; returns how many were delivered.
     ///
     /// # Panics
