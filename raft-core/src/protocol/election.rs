@@ -129,7 +129,8 @@ impl RawNode {
         self.vote = Some(self.id);
         self.role = Role::Candidate;
         self.leader = None;
-        self.proposals.forget_forward_answers();
+        let wait = u64::from(self.config.proposal_wait_ticks);
+        self.proposals.new_term(self.term, wait);
         self.votes.clear();
         self.votes.insert(self.id, true);
         self.reset_election_timeout();

@@ -555,7 +555,8 @@ impl RawNode {
         if term > self.term {
             self.term = term;
             self.vote = None;
-            self.proposals.forget_forward_answers();
+            let wait = u64::from(self.config.proposal_wait_ticks);
+            self.proposals.new_term(term, wait);
         }
         self.abort_reads();
         self.role = Role::Follower;

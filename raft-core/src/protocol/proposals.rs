@@ -98,6 +98,18 @@ pub(crate) struct Proposals {
     seen_forwards: HashMap<NodeId, (VecDeque<u64>, HashMap<u64, ForwardOutcome>)>,
     /// Outcomes to report.
     pub(crate) failures: Vec<(ProposalId, ProposeError)>,
+    /// The current term.
+    term: Term,
+    /// Proposals placed at an entry of an ended term, with the tick at which they end
+    /// `OutcomeUnknown`. Such an entry may be neither committed nor written over for as long
+    /// as the cluster is idle (the new leader's log may end before its index), and its
+    /// proposer must still get an answer. Invariant: every key is also in `placed` unless that
+    /// proposal ended otherwise (then the deadline is ignored).
+    ended_term: BTreeMap<LogIndex, (ProposalId, u64)>,
+    /// How long a placement of an ended term waits, in ticks (`proposal_wait_ticks`).
+    ended_term_wait_ticks: u64,
+    /// Some placement of an ended term may lack a deadline: the next `expire` gives it one.
+    ended_term_unscheduled: bool,
 }
 
 impl Proposals {
@@ -180,6 +192,9 @@ impl Proposals {
         if let Some((_, displaced)) = self.placed.insert(index, (term, id)) {
             self.fail(displaced, ProposeError::OutcomeUnknown);
         }
+        if term < self.term {
+            self.ended_term_unscheduled = true; // a late answer to a forward
+        }
     }
 
     /// Entries at or after `from` were removed from the local log: their proposals' fate is
@@ -223,6 +238,33 @@ impl Proposals {
             let forwarded = self.forwarded.remove(&key).expect("key just listed");
             self.fail(forwarded.proposal, ProposeError::OutcomeUnknown);
         }
+        self.expire_ended_term(now);
+    }
+
+    /// Gives placements of ended terms a deadline, and fails those past it.
+    fn expire_ended_term(&mut self, now: u64) {
+        if std::mem::take(&mut self.ended_term_unscheduled) {
+            let deadline = now + self.ended_term_wait_ticks;
+            for (index, (term, id)) in &self.placed {
+                let scheduled = self.ended_term.get(index).map(|(p, _)| p) == Some(id);
+                if *term < self.term && !scheduled {
+                    self.ended_term.insert(*index, (*id, deadline));
+                }
+            }
+        }
+        let due: Vec<LogIndex> = self
+            .ended_term
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(index, _)| *index)
+            .collect();
+        for index in due {
+            let (id, _) = self.ended_term.remove(&index).expect("index just listed");
+            if self.placed.get(&index).map(|(_, p)| *p) == Some(id) {
+                self.placed.remove(&index);
+                self.fail(id, ProposeError::OutcomeUnknown);
+            }
+        }
     }
 
     /// Leader side: the answer already given to a forward with this key, if it is a duplicate.
@@ -244,9 +286,13 @@ impl Proposals {
         answers.insert(outcome.id.0, outcome);
     }
 
-    /// A new term began: forward answers of the old one are no longer needed.
-    pub(crate) fn forget_forward_answers(&mut self) {
+    /// Term `term` began: forward answers of the old one are no longer needed, and proposals
+    /// placed in ended terms get `wait_ticks` more to resolve (see `ended_term`).
+    pub(crate) fn new_term(&mut self, term: Term, wait_ticks: u64) {
         self.seen_forwards.clear();
+        self.term = term;
+        self.ended_term_wait_ticks = wait_ticks;
+        self.ended_term_unscheduled = !self.placed.is_empty();
     }
 
     /// Every tracked proposal fails with `OutcomeUnknown` (the node is shutting down).
@@ -302,5 +348,44 @@ mod tests {
             "a forward answer displaces too, instead of losing the earlier proposal"
         );
         assert_eq!(proposals.tracked(), 1);
+    }
+
+    /// Seed 2532 of the simulation: a follower's forward was placed at i260/t7 by a leader
+    /// that was then cut off; the next leader's log ended at i259 and the cluster went idle, so
+    /// index 260 was never applied nor truncated and the proposer never heard back.
+    #[test]
+    fn a_placement_of_an_ended_term_ends_unknown_after_the_wait() {
+        let mut proposals = Proposals::new(1 << 32);
+        proposals.new_term(Term(7), 10);
+        proposals.place(LogIndex(260), Term(7), ProposalId(1));
+        proposals.place(LogIndex(261), Term(7), ProposalId(2));
+        proposals.expire(100);
+        assert!(
+            proposals.failures.is_empty(),
+            "the current term's placements wait"
+        );
+
+        proposals.new_term(Term(8), 10);
+        proposals.place(LogIndex(262), Term(7), ProposalId(3)); // a late forward answer
+        proposals.place(LogIndex(263), Term(8), ProposalId(4));
+        proposals.expire(101); // deadlines at 111
+        let applied = Entry {
+            term: Term(7),
+            index: LogIndex(261),
+            payload: crate::types::EntryPayload::Blank,
+        };
+        assert_eq!(proposals.match_applied(&applied), Some(ProposalId(2)));
+        proposals.expire(110);
+        assert!(proposals.failures.is_empty(), "{:?}", proposals.failures);
+        proposals.expire(111);
+        assert_eq!(
+            proposals.failures,
+            vec![
+                (ProposalId(1), ProposeError::OutcomeUnknown),
+                (ProposalId(3), ProposeError::OutcomeUnknown)
+            ]
+        );
+        assert_eq!(proposals.tracked(), 1, "the term-8 placement still waits");
+        assert!(proposals.ended_term.is_empty());
     }
 }
