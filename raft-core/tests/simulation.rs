@@ -165,6 +165,7 @@ fn faults_actually_happened() {
     let one_way = sum(|r| r.one_way_cuts);
     let dropped = sum(|r| r.messages_dropped);
     let duplicated = sum(|r| r.messages_duplicated);
+    let reordered = sum(|r| r.messages_reordered);
     let cut = sum(|r| r.messages_cut);
     let leader_changes = reports
         .iter()
@@ -172,7 +173,8 @@ fn faults_actually_happened() {
         .sum::<u64>();
     println!(
         "crashes {crashes}, partitions {partitions}, one-way cuts {one_way}, dropped \
-         {dropped}, duplicated {duplicated}, lost to cuts {cut}, leader changes {leader_changes}"
+         {dropped}, duplicated {duplicated}, reordered {reordered}, lost to cuts {cut}, \
+         leader changes {leader_changes}"
     );
     for (what, count) in [
         ("crashes", crashes),
@@ -180,6 +182,7 @@ fn faults_actually_happened() {
         ("one-way cuts", one_way),
         ("dropped messages", dropped),
         ("duplicated messages", duplicated),
+        ("reordered messages", reordered),
         ("messages lost to cuts", cut),
         ("leader changes", leader_changes),
     ] {

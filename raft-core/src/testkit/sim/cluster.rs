@@ -50,15 +50,19 @@ pub enum Timing {
 }
 
 /// What the network does to messages. Each message is dropped with `drop_probability`, else
-/// delivered after a delay in `[delay_ms_min, delay_ms_max]` (independent delays reorder
-/// messages), or with `long_delay_probability` after up to `long_delay_ms_max`; with
-/// `duplicate_probability` a second copy travels with its own delay.
+/// delivered after a delay in `[delay_ms_min, delay_ms_max]`, or with `long_delay_probability`
+/// after up to `long_delay_ms_max`; with `duplicate_probability` a second copy travels with its
+/// own delay. A link keeps its messages in order (as transports must within a lane), except
+/// that a message overtakes or falls behind the others with `reorder_probability`, and a long
+/// delay always lets later messages pass.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct NetworkFaults {
     /// Chance a message is lost.
     pub drop_probability: f64,
     /// Chance a message is delivered twice.
     pub duplicate_probability: f64,
+    /// Chance a message ignores the order of its link (reordering).
+    pub reorder_probability: f64,
     /// Shortest delay, in virtual milliseconds.
     pub delay_ms_min: u64,
     /// Longest ordinary delay, in virtual milliseconds.
@@ -74,6 +78,7 @@ impl NetworkFaults {
     pub const NONE: NetworkFaults = NetworkFaults {
         drop_probability: 0.0,
         duplicate_probability: 0.0,
+        reorder_probability: 0.0,
         delay_ms_min: 0,
         delay_ms_max: 0,
         long_delay_probability: 0.0,
@@ -177,6 +182,8 @@ pub struct ClusterStats {
     pub messages_dropped: u64,
     /// Extra copies the network made.
     pub messages_duplicated: u64,
+    /// Messages that left their link's order (reordered or held back long).
+    pub messages_reordered: u64,
     /// Messages lost to a cut link.
     pub messages_cut: u64,
     /// Messages lost because the sender or receiver crashed.
@@ -343,6 +350,9 @@ pub struct Cluster {
     next_cut: u64,
     /// Messages by (delivery time, sequence number).
     in_flight: BTreeMap<(u64, u64), Envelope>,
+    /// The latest delivery time of an in-order message on each link (from, to): the next
+    /// in-order message on that link arrives no earlier.
+    link_tail_ms: BTreeMap<(NodeId, NodeId), u64>,
     /// Timers by (time, sequence number); sequence numbers are shared with messages, so equal
     /// times resolve in scheduling order.
     timers: BTreeMap<(u64, u64), Timer>,
@@ -401,6 +411,7 @@ impl Cluster {
             cuts: BTreeMap::new(),
             next_cut: 1,
             in_flight: BTreeMap::new(),
+            link_tail_ms: BTreeMap::new(),
             timers: BTreeMap::new(),
             sequence: 0,
             network_rng: SimRng::stream(seed, 1),
@@ -786,16 +797,7 @@ impl Cluster {
         let from_incarnation = self.nodes[self.index_of(message.from)].incarnation;
         let to_incarnation = self.nodes[self.index_of(message.to)].incarnation;
         for copy in 0..copies {
-            let delay = if self.network_rng.chance(network.long_delay_probability) {
-                self.network_rng.between(
-                    network.delay_ms_max,
-                    network.long_delay_ms_max.max(network.delay_ms_max),
-                )
-            } else {
-                self.network_rng
-                    .between(network.delay_ms_min, network.delay_ms_max)
-            };
-            let at_ms = self.now_ms + delay;
+            let at_ms = self.delivery_time(message.from, message.to);
             if self.trace.enabled() {
                 let dup = if copy > 0 { " (duplicate)" } else { "" };
                 self.trace_line(format_args!(
@@ -814,6 +816,25 @@ impl Cluster {
             };
             self.in_flight.insert(key, envelope);
         }
+    }
+
+    /// When a message sent now on the link `from` -> `to` arrives.
+    fn delivery_time(&mut self, from: NodeId, to: NodeId) -> u64 {
+        let network = self.network;
+        let rng = &mut self.network_rng;
+        if rng.chance(network.long_delay_probability) {
+            let longest = network.long_delay_ms_max.max(network.delay_ms_max);
+            self.stats.messages_reordered += 1;
+            return self.now_ms + rng.between(network.delay_ms_max, longest);
+        }
+        let at_ms = self.now_ms + rng.between(network.delay_ms_min, network.delay_ms_max);
+        if rng.chance(network.reorder_probability) {
+            self.stats.messages_reordered += 1;
+            return at_ms;
+        }
+        let tail = self.link_tail_ms.entry((from, to)).or_insert(0);
+        *tail = (*tail).max(at_ms);
+        *tail
     }
 
     /// True when no cut blocks messages from `from` to `to`.

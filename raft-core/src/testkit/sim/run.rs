@@ -98,6 +98,7 @@ impl SimOptions {
             network: NetworkFaults {
                 drop_probability: 0.0,
                 duplicate_probability: 0.0,
+                reorder_probability: 0.0,
                 delay_ms_min: 1,
                 delay_ms_max: rng.between(2, 8),
                 long_delay_probability: 0.0,
@@ -122,6 +123,7 @@ impl SimOptions {
         let lossy = |faults: &mut FaultRates, rng: &mut SimRng| {
             faults.network.drop_probability = rng.between(1, 20) as f64 / 100.0;
             faults.network.duplicate_probability = rng.between(1, 15) as f64 / 100.0;
+            faults.network.reorder_probability = rng.between(0, 10) as f64 / 100.0;
             faults.network.delay_ms_max = rng.between(5, 30);
             faults.network.long_delay_probability = rng.between(0, 3) as f64 / 100.0;
             faults.network.long_delay_ms_max = rng.between(100, 800);
@@ -165,8 +167,8 @@ impl SimOptions {
             config,
             clients: rng.between(3, 6) as usize,
             keys: rng.between(2, 5) as usize,
-            fault_phase_ms: 10_000,
-            liveness_ms_max: 20_000,
+            fault_phase_ms: 20_000,
+            liveness_ms_max: 10_000,
             client_timeout_ms: 1_500,
             client_think_ms_max: 40,
             tick_ms: 10,
@@ -243,6 +245,8 @@ pub struct RunReport {
     pub messages_dropped: u64,
     /// Messages duplicated.
     pub messages_duplicated: u64,
+    /// Messages that left their link's order.
+    pub messages_reordered: u64,
     /// Messages lost to cuts.
     pub messages_cut: u64,
     /// Terms that had a leader.
@@ -685,6 +689,7 @@ impl<'a> Driver<'a> {
         calm.drop_probability = 0.0;
         calm.duplicate_probability = 0.0;
         calm.long_delay_probability = 0.0;
+        calm.reorder_probability = 0.0;
         self.cluster.set_network(calm);
     }
 
@@ -771,6 +776,7 @@ impl<'a> Driver<'a> {
             one_way_cuts: self.one_way_cuts,
             messages_dropped: stats.messages_dropped,
             messages_duplicated: stats.messages_duplicated,
+            messages_reordered: stats.messages_reordered,
             messages_cut: stats.messages_cut,
             leader_terms: self.cluster.leader_terms(),
             steps: stats.steps,
