@@ -538,3 +538,44 @@ fn a_vote_leaves_only_with_the_hard_state_that_records_it() {
     }
     assert_eq!(votes_seen, 2, "n2 and n3 each voted once");
 }
+
+/// Found by the simulation (seed 49): a follower's forward is placed by the leader at an index
+/// the follower's log does not reach; the follower then leads the next term and puts its own
+/// proposal at that index. The first proposal's entry may still commit elsewhere or not, so it
+/// ends `OutcomeUnknown` (it used to panic the node); the second one applies.
+#[test]
+fn a_proposal_displaced_at_its_index_by_a_new_leader_ends_unknown() {
+    let mut cluster = Cluster::builder(3)
+        .config(|c| c.check_quorum = false) // no lease: n1 may campaign at once
+        .build();
+    cluster.campaign(2);
+    cluster.stabilize();
+    cluster.propose(3, "from n3"); // the leader puts it at i2
+    cluster.deliver_matching(is_forward);
+    let displaced = cluster.propose(1, "from n1"); // ... and this one at i3
+    cluster.deliver_matching(is_forward);
+    cluster.drop_in_flight(|m| matches!(m.body, MessageBody::Append { .. }));
+    cluster.stabilize(); // n1 learns its proposal is at i3/t1; nobody else holds i2 or i3
+    assert_eq!(cluster.node(1).last_index(), LogIndex(1));
+
+    cluster.crash(2);
+    cluster.campaign(1);
+    cluster.stabilize();
+    assert_eq!(cluster.node(1).role(), Role::Leader); // i2 is its blank entry
+    let own = cluster.propose(1, "n1 as leader"); // at i3 again, in term 2
+    cluster.stabilize();
+    assert!(matches!(
+        cluster.outcome(displaced),
+        Some(ProposalOutcome::Failed {
+            error: ProposeError::OutcomeUnknown,
+            ..
+        })
+    ));
+    assert!(matches!(
+        cluster.outcome(own),
+        Some(ProposalOutcome::Applied {
+            index: LogIndex(3),
+            ..
+        })
+    ));
+}
