@@ -318,6 +318,12 @@ impl Driver {
             Exit::Failed(why) => why.clone(),
         };
         self.stopped.send_replace(Some(reason.clone()));
+        // A stopped node leads nothing and knows no leader.
+        self.status.send_modify(|status| {
+            status.role = crate::protocol::Role::Follower;
+            status.leader = None;
+            status.progress.clear();
+        });
         // Every proposal still tracked fails; queued writes and applies finish first.
         self.raw.abandon_proposals();
         let ready = self.raw.ready();

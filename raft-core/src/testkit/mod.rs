@@ -1,6 +1,7 @@
 //! The test kit (feature `testkit`): a deterministic cluster simulator, a linearizability
 //! checker, and conformance suites that any `LogStore` or `Network` implementation can run.
 
+pub mod cluster;
 pub mod linearizability;
 pub mod log_store_suite;
 pub mod network_bench;
