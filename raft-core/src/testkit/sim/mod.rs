@@ -95,4 +95,7 @@ pub use cluster::{
     OUTCOMES_UNTAKEN_MAX, READY_RECORDS_MAX, READY_ROUNDS_MAX, STABILIZE_ROUNDS_MAX,
     WRITES_IN_FLIGHT_MAX,
 };
-pub use run::{run, FaultRates, RunReport, SimOptions, DRIVER_TIMERS_MAX, OPERATIONS_MAX};
+pub use run::{
+    run, FaultRates, RunReport, SimOptions, CHECK_STEPS_RETRY_MAX, DRIVER_TIMERS_MAX,
+    OPERATIONS_MAX,
+};

@@ -4,7 +4,9 @@
 use super::cluster::{Cluster, CutId, DiskTiming, NetworkFaults, ProposalOutcome, Stepped, Timing};
 use super::rng::SimRng;
 use crate::config::Config;
-use crate::testkit::linearizability::{check, CheckLimits, History, KvInput, KvModel, KvOutput};
+use crate::testkit::linearizability::{
+    check, CheckLimits, CheckResult, History, KvInput, KvModel, KvOutput,
+};
 use crate::types::{LogIndex, NodeId, ProposalId};
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -14,6 +16,8 @@ use std::path::PathBuf;
 
 /// Most driver timers (client requests, timeouts, faults, heals, restarts) pending at once.
 pub const DRIVER_TIMERS_MAX: usize = 1 << 16;
+/// The checker's search budget per key when the default budget did not decide a history.
+pub const CHECK_STEPS_RETRY_MAX: u64 = 50_000_000;
 /// Most client operations one run records (the checker's cost grows with them).
 pub const OPERATIONS_MAX: usize = 100_000;
 
@@ -761,7 +765,15 @@ impl<'a> Driver<'a> {
     fn finish(&mut self, liveness_since_ms: u64) -> RunReport {
         self.cluster.check_end_of_run();
         let history = self.history();
-        let result = check(&KvModel, &history, CheckLimits::default());
+        let mut result = check(&KvModel, &history, CheckLimits::default());
+        if let CheckResult::GaveUp { .. } = result {
+            // Rare long histories with many unknown outcomes on one key: decide them with a
+            // larger budget rather than give up (giving up is never a pass).
+            let limits = CheckLimits {
+                search_steps_max: CHECK_STEPS_RETRY_MAX,
+            };
+            result = check(&KvModel, &history, limits);
+        }
         if !result.is_linearizable() {
             panic!("the client history is not linearizable: {result}");
         }
