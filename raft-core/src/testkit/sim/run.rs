@@ -98,71 +98,7 @@ impl SimOptions {
         let mut rng = SimRng::stream(seed, 100);
         let nodes = if rng.chance(0.5) { 3 } else { 5 };
         let profile = ["calm", "lossy", "partitions", "crashes", "chaos"][rng.below(5) as usize];
-        let mut faults = FaultRates {
-            network: NetworkFaults {
-                drop_probability: 0.0,
-                duplicate_probability: 0.0,
-                reorder_probability: 0.0,
-                delay_ms_min: 1,
-                delay_ms_max: rng.between(2, 8),
-                long_delay_probability: 0.0,
-                long_delay_ms_max: 0,
-            },
-            disk: DiskTiming {
-                write_delay_ms_min: 0,
-                write_delay_ms_max: rng.between(1, 5),
-            },
-            fault_interval_ms_min: 100,
-            fault_interval_ms_max: 600,
-            crash_weight: 0,
-            partition_weight: 0,
-            one_way_weight: 0,
-            isolate_leader_weight: 0,
-            heal_weight: 2,
-            quiet_weight: 4,
-            down_ms_max: 1500,
-            cut_ms_max: 1500,
-            crashed_nodes_max: (nodes - 1) / 2,
-        };
-        let lossy = |faults: &mut FaultRates, rng: &mut SimRng| {
-            faults.network.drop_probability = rng.between(1, 20) as f64 / 100.0;
-            faults.network.duplicate_probability = rng.between(1, 15) as f64 / 100.0;
-            faults.network.reorder_probability = rng.between(0, 10) as f64 / 100.0;
-            faults.network.delay_ms_max = rng.between(5, 30);
-            faults.network.long_delay_probability = rng.between(0, 3) as f64 / 100.0;
-            faults.network.long_delay_ms_max = rng.between(100, 800);
-        };
-        match profile {
-            "calm" => {
-                faults.crash_weight = 1;
-                faults.partition_weight = 1;
-                faults.quiet_weight = 10;
-            }
-            "lossy" => {
-                lossy(&mut faults, &mut rng);
-                faults.isolate_leader_weight = 1;
-            }
-            "partitions" => {
-                faults.partition_weight = 3;
-                faults.one_way_weight = 3;
-                faults.isolate_leader_weight = 2;
-            }
-            "crashes" => {
-                faults.crash_weight = 4;
-                faults.disk.write_delay_ms_max = rng.between(5, 25);
-                if rng.chance(0.3) {
-                    faults.crashed_nodes_max = nodes; // the whole cluster may go down
-                }
-            }
-            _ => {
-                lossy(&mut faults, &mut rng);
-                faults.crash_weight = 2;
-                faults.partition_weight = 2;
-                faults.one_way_weight = 2;
-                faults.isolate_leader_weight = 2;
-                faults.disk.write_delay_ms_max = rng.between(2, 15);
-            }
-        }
+        let faults = fault_rates(&mut rng, profile, nodes);
         let config = protocol_settings(&mut rng, nodes);
         SimOptions {
             seed,
@@ -185,6 +121,76 @@ impl SimOptions {
             ),
         }
     }
+}
+
+/// The fault mix `profile` names, with rates varied by `rng`.
+fn fault_rates(rng: &mut SimRng, profile: &str, nodes: usize) -> FaultRates {
+    let mut faults = FaultRates {
+        network: NetworkFaults {
+            drop_probability: 0.0,
+            duplicate_probability: 0.0,
+            reorder_probability: 0.0,
+            delay_ms_min: 1,
+            delay_ms_max: rng.between(2, 8),
+            long_delay_probability: 0.0,
+            long_delay_ms_max: 0,
+        },
+        disk: DiskTiming {
+            write_delay_ms_min: 0,
+            write_delay_ms_max: rng.between(1, 5),
+        },
+        fault_interval_ms_min: 100,
+        fault_interval_ms_max: 600,
+        crash_weight: 0,
+        partition_weight: 0,
+        one_way_weight: 0,
+        isolate_leader_weight: 0,
+        heal_weight: 2,
+        quiet_weight: 4,
+        down_ms_max: 1500,
+        cut_ms_max: 1500,
+        crashed_nodes_max: (nodes - 1) / 2,
+    };
+    let lossy = |faults: &mut FaultRates, rng: &mut SimRng| {
+        faults.network.drop_probability = rng.between(1, 20) as f64 / 100.0;
+        faults.network.duplicate_probability = rng.between(1, 15) as f64 / 100.0;
+        faults.network.reorder_probability = rng.between(0, 10) as f64 / 100.0;
+        faults.network.delay_ms_max = rng.between(5, 30);
+        faults.network.long_delay_probability = rng.between(0, 3) as f64 / 100.0;
+        faults.network.long_delay_ms_max = rng.between(100, 800);
+    };
+    match profile {
+        "calm" => {
+            faults.crash_weight = 1;
+            faults.partition_weight = 1;
+            faults.quiet_weight = 10;
+        }
+        "lossy" => {
+            lossy(&mut faults, rng);
+            faults.isolate_leader_weight = 1;
+        }
+        "partitions" => {
+            faults.partition_weight = 3;
+            faults.one_way_weight = 3;
+            faults.isolate_leader_weight = 2;
+        }
+        "crashes" => {
+            faults.crash_weight = 4;
+            faults.disk.write_delay_ms_max = rng.between(5, 25);
+            if rng.chance(0.3) {
+                faults.crashed_nodes_max = nodes; // the whole cluster may go down
+            }
+        }
+        _ => {
+            lossy(&mut faults, rng);
+            faults.crash_weight = 2;
+            faults.partition_weight = 2;
+            faults.one_way_weight = 2;
+            faults.isolate_leader_weight = 2;
+            faults.disk.write_delay_ms_max = rng.between(2, 15);
+        }
+    }
+    faults
 }
 
 /// Protocol settings varied by the seed: PreVote and CheckQuorum sometimes off, and sometimes
