@@ -29,6 +29,9 @@ pub enum MessageBody {
         last_log_index: LogIndex,
         /// Term of the candidate's last entry.
         last_log_term: Term,
+        /// The leader asked this candidate to campaign (leadership transfer): voters answer
+        /// even if they heard from that leader recently.
+        transfer: bool,
     },
     /// The answer to a `VoteRequest`.
     VoteResponse {
@@ -64,6 +67,9 @@ pub enum MessageBody {
         /// The `read_seq` of the heartbeat answered.
         read_seq: u64,
     },
+    /// The leader hands over: the recipient, now as up to date as the leader, campaigns at
+    /// once (leadership transfer, Raft thesis §3.10).
+    TimeoutNow,
     /// A follower asks the leader for a read index on behalf of its client (follower reads).
     ReadIndexRequest {
         /// The follower's ID for the read.

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use raft_core::local_network::LocalRouter;
-use raft_core::protocol::{ProposeError, Role};
+use raft_core::protocol::{ProposeError, Role, TransferError};
 use raft_core::runtime::{NodeError, RaftNode, RuntimeOptions};
 use raft_core::{
     Config, Entry, HardState, LogBounds, LogIndex, LogStore, NodeId, StateMachine,
@@ -372,6 +372,99 @@ async fn a_deposed_leader_never_confirms_a_read() {
     assert!(
         matches!(error, NodeError::Propose(ProposeError::ReadAborted)),
         "got {error}"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_to_the_named_voter_and_writes_continue() {
+    let cluster = Cluster::start(3).await;
+    let old = cluster.leader().await;
+    propose(cluster.node(old), "before").await.expect("commits");
+    let target = (old + 1) % 3;
+    tokio::time::timeout(
+        TIMEOUT,
+        cluster
+            .node(old)
+            .transfer_leadership(cluster.voters[target]),
+    )
+    .await
+    .expect("answered in time")
+    .expect("the transfer succeeds");
+    let status = cluster.node(target).status();
+    assert_eq!(status.role, Role::Leader, "the target leads");
+    assert_eq!(
+        cluster.node(old).status().leader,
+        Some(cluster.voters[target])
+    );
+    propose(cluster.node(old), "after")
+        .await
+        .expect("the old leader forwards");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_to_an_unreachable_voter_times_out_and_the_leader_resumes() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let target = (leader + 1) % 3;
+    let term = cluster.node(leader).status().term;
+    cluster.router.isolate(cluster.voters[target]);
+    let error = tokio::time::timeout(
+        TIMEOUT,
+        cluster
+            .node(leader)
+            .transfer_leadership(cluster.voters[target]),
+    )
+    .await
+    .expect("answered in time")
+    .expect_err("the target cannot take over");
+    assert!(
+        matches!(error, NodeError::Transfer(TransferError::TimedOut(id)) if id == cluster.voters[target]),
+        "got {error}"
+    );
+    assert_eq!(cluster.node(leader).status().role, Role::Leader);
+    assert_eq!(
+        cluster.node(leader).status().term,
+        term,
+        "no election happened"
+    );
+    propose(cluster.node(leader), "resumed")
+        .await
+        .expect("the leader takes writes again");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_requests_that_cannot_work_are_refused_at_once() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let error = cluster
+        .node(follower)
+        .transfer_leadership(cluster.voters[leader])
+        .await
+        .expect_err("only the leader can transfer");
+    assert!(
+        matches!(error, NodeError::Transfer(TransferError::NotLeader { .. })),
+        "got {error}"
+    );
+    let error = cluster
+        .node(leader)
+        .transfer_leadership(NodeId(99))
+        .await
+        .expect_err("not a member");
+    assert!(
+        matches!(
+            error,
+            NodeError::Transfer(TransferError::NotAVoter(NodeId(99)))
+        ),
+        "got {error}"
+    );
+    assert_eq!(
+        cluster.node(leader).status().role,
+        Role::Leader,
+        "nothing changed"
     );
     cluster.shutdown().await;
 }

@@ -55,13 +55,15 @@ fn forward_outcome() -> impl Strategy<Value = ForwardOutcome> {
 
 fn body() -> impl Strategy<Value = MessageBody> {
     prop_oneof![
-        (any::<bool>(), index(), term()).prop_map(|(pre_vote, last_log_index, last_log_term)| {
-            MessageBody::VoteRequest {
+        (any::<bool>(), index(), term(), any::<bool>()).prop_map(
+            |(pre_vote, last_log_index, last_log_term, transfer)| MessageBody::VoteRequest {
                 pre_vote,
                 last_log_index,
                 last_log_term,
+                transfer,
             }
-        }),
+        ),
+        Just(MessageBody::TimeoutNow),
         (any::<bool>(), any::<bool>())
             .prop_map(|(pre_vote, granted)| MessageBody::VoteResponse { pre_vote, granted }),
         (

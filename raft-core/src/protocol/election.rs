@@ -9,13 +9,17 @@ impl RawNode {
     /// A message carries a higher term. Returns false when the message is to be ignored.
     pub(super) fn adopt_higher_term(&mut self, message: &Message) -> bool {
         match message.body {
-            MessageBody::VoteRequest { pre_vote, .. } => {
+            MessageBody::VoteRequest {
+                pre_vote, transfer, ..
+            } => {
                 // CheckQuorum: a node that heard from a live leader within the minimum election
                 // timeout ignores elections, so a partitioned node cannot depose that leader.
                 let min = self.config.election_timeout_ticks_min;
                 // With lease reads, a node that just (re)started may have promised a leader its
                 // lease before crashing: it waits out one minimum timeout too.
+                // A transfer was asked for by the leader itself: its lease does not stand.
                 let in_lease = self.config.check_quorum
+                    && !transfer
                     && ((self.leader.is_some() && self.election_elapsed < min)
                         || (self.config.lease_reads && self.now < u64::from(min)));
                 if in_lease {
@@ -121,10 +125,20 @@ impl RawNode {
             self.become_candidate();
             return;
         }
-        self.request_votes(true);
+        self.request_votes(true, false);
+    }
+
+    /// The leader handed over (TimeoutNow): campaign at once, without a pre-vote, asking
+    /// voters to set aside their lease.
+    pub(super) fn campaign_for_transfer(&mut self) {
+        self.become_candidate_for(true);
     }
 
     fn become_candidate(&mut self) {
+        self.become_candidate_for(false);
+    }
+
+    fn become_candidate_for(&mut self, transfer: bool) {
         self.term = self.term.next();
         self.vote = Some(self.id);
         self.role = Role::Candidate;
@@ -138,10 +152,10 @@ impl RawNode {
             self.become_leader();
             return;
         }
-        self.request_votes(false);
+        self.request_votes(false, transfer);
     }
 
-    fn request_votes(&mut self, pre_vote: bool) {
+    fn request_votes(&mut self, pre_vote: bool, transfer: bool) {
         let term = if pre_vote {
             self.term.next()
         } else {
@@ -159,6 +173,7 @@ impl RawNode {
                     pre_vote,
                     last_log_index,
                     last_log_term,
+                    transfer,
                 },
             });
         }
@@ -189,7 +204,7 @@ impl RawNode {
                 }
             }
             MessageBody::Forward { proposals } => self.refuse_forwards(from, proposals),
-            MessageBody::ForwardResponse { outcomes } => self.forward_answered(outcomes),
+            MessageBody::ForwardResponse { outcomes } => self.forward_answered(from, outcomes),
             _ => {}
         }
     }
@@ -217,7 +232,15 @@ impl RawNode {
         self.send(from, MessageBody::ForwardResponse { outcomes });
     }
 
-    pub(super) fn forward_answered(&mut self, outcomes: Vec<ForwardOutcome>) {
+    pub(super) fn forward_answered(&mut self, from: NodeId, outcomes: Vec<ForwardOutcome>) {
+        let refused = outcomes
+            .iter()
+            .any(|o| o.result == Err(ForwardRefusal::NotLeader));
+        if refused && self.leader == Some(from) && self.role != Role::Leader {
+            // It says it does not lead (it stepped down, or is handing over): forget it, so
+            // the refused proposals wait for the next leader instead of bouncing back to it.
+            self.leader = None;
+        }
         for outcome in &outcomes {
             self.proposals.forward_answered(outcome, self.log.applying);
         }

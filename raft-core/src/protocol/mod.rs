@@ -25,9 +25,11 @@ mod proposals;
 mod reads;
 mod replication;
 mod rng;
+mod transfer;
 
 pub use progress::ReplicationState;
 pub use proposals::ProposeError;
+pub use transfer::TransferError;
 
 use crate::config::{Config, ConfigError};
 use crate::message::{Message, MessageBody};
@@ -93,6 +95,8 @@ pub struct Ready {
     pub reads: Vec<(ProposalId, LogIndex)>,
     /// Reads that failed, with the reason.
     pub failed_reads: Vec<(ProposalId, ProposeError)>,
+    /// A leadership transfer that was abandoned (the leader resumed).
+    pub transfer_failed: Option<TransferError>,
 }
 
 impl Ready {
@@ -105,6 +109,7 @@ impl Ready {
             && self.failed_proposals.is_empty()
             && self.reads.is_empty()
             && self.failed_reads.is_empty()
+            && self.transfer_failed.is_none()
     }
 }
 
@@ -181,6 +186,9 @@ pub struct RawNode {
     needs_broadcast: bool,
     proposals: Proposals,
     reads: Reads,
+    /// Leader only: a leadership transfer in progress.
+    transfer: Option<transfer::Transfer>,
+    transfer_failed: Option<TransferError>,
     messages: Vec<Message>,
     messages_after_write: Vec<Message>,
     /// The hard state last handed to storage.
@@ -241,6 +249,8 @@ impl RawNode {
             needs_broadcast: false,
             proposals,
             reads: Reads::default(),
+            transfer: None,
+            transfer_failed: None,
             messages: Vec::new(),
             messages_after_write: Vec::new(),
             hard_state_written: hard_state,
@@ -291,6 +301,7 @@ impl RawNode {
                 pre_vote,
                 last_log_index,
                 last_log_term,
+                ..
             } => self.handle_vote_request(
                 message.from,
                 message.term,
@@ -315,6 +326,11 @@ impl RawNode {
             let bytes = data.len();
             self.proposals
                 .fail(id, ProposeError::TooLarge { bytes, limit });
+            return;
+        }
+        if let Some(transfer) = self.transfer {
+            self.proposals
+                .fail(id, ProposeError::TransferInProgress(transfer.target));
             return;
         }
         if self.proposals.tracked() >= self.config.pending_proposals_max {
@@ -363,6 +379,7 @@ impl RawNode {
         self.needs_broadcast
             || self.proposals.has_waiting_to_route(self.role, self.leader)
             || self.reads.has_work()
+            || self.transfer_failed.is_some()
             || self.reads.has_waiting_to_route(self.role, self.leader)
             || !self.messages.is_empty()
             || !self.messages_after_write.is_empty()
@@ -411,6 +428,7 @@ impl RawNode {
             failed_proposals: std::mem::take(&mut self.proposals.failures),
             reads: std::mem::take(&mut self.reads.ready),
             failed_reads: std::mem::take(&mut self.reads.failures),
+            transfer_failed: self.transfer_failed.take(),
         }
     }
 
@@ -559,6 +577,7 @@ impl RawNode {
             self.proposals.new_term(term, wait);
         }
         self.abort_reads();
+        self.transfer = None;
         self.role = Role::Follower;
         self.leader = leader;
         self.progress.clear();

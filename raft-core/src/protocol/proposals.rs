@@ -32,6 +32,9 @@ pub enum ProposeError {
     /// A read could not be confirmed (leadership changed, or the leader did not answer in
     /// time). Reads change nothing, so it is safe to retry.
     ReadAborted,
+    /// The leader is handing leadership to this node and takes no proposals meanwhile; it
+    /// was never appended. Retry on the new leader.
+    TransferInProgress(NodeId),
 }
 
 impl ProposeError {
@@ -56,6 +59,10 @@ impl fmt::Display for ProposeError {
                 write!(f, "too many proposals are pending on this node")
             }
             ProposeError::Dropped => write!(f, "the write was overwritten by a new leader"),
+            ProposeError::TransferInProgress(target) => write!(
+                f,
+                "leadership is being handed to {target}; the write was not applied, retry"
+            ),
             ProposeError::ReadAborted => write!(
                 f,
                 "the read could not be confirmed by a leader in time; retry it"

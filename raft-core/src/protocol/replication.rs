@@ -47,6 +47,7 @@ impl RawNode {
     }
 
     pub(super) fn tick_leader(&mut self) {
+        self.tick_transfer();
         self.heartbeat_elapsed += 1;
         self.election_elapsed += 1;
         if self.election_elapsed >= self.config.election_timeout_ticks_min {
@@ -95,6 +96,11 @@ impl RawNode {
         for to in peers {
             self.send_appends(to, true);
         }
+    }
+
+    /// Sends `to` what it lacks (used by a leadership transfer).
+    pub(super) fn send_appends_to(&mut self, to: NodeId) {
+        self.send_appends(to, false);
     }
 
     /// Sends `to` what it lacks, as far as its state and the in-flight limits allow. With
@@ -168,7 +174,7 @@ impl RawNode {
                 self.read_round_answered(from, read_seq);
             }
             MessageBody::Forward { proposals } => self.handle_forward(from, proposals),
-            MessageBody::ForwardResponse { outcomes } => self.forward_answered(outcomes),
+            MessageBody::ForwardResponse { outcomes } => self.forward_answered(from, outcomes),
             // Vote answers from a finished election, or (impossible between correct nodes)
             // an append from another leader of this term: nothing to do.
             _ => {}
@@ -213,6 +219,7 @@ impl RawNode {
                     self.maybe_commit();
                 }
                 self.send_appends(from, false);
+                self.advance_transfer(from);
             }
             AppendResponse::Rejected {
                 rejected_index,
@@ -292,7 +299,10 @@ impl RawNode {
                 outcomes.push(answer);
                 continue;
             }
-            let result = if proposal.data.len() > self.config.proposal_bytes_max {
+            let result = if self.transfer.is_some() {
+                // The proposer keeps it and forwards it to the next leader.
+                Err(ForwardRefusal::NotLeader)
+            } else if proposal.data.len() > self.config.proposal_bytes_max {
                 Err(ForwardRefusal::TooLarge {
                     limit: self.config.proposal_bytes_max as u64,
                 })
@@ -382,7 +392,8 @@ impl RawNode {
                 self.send(from, MessageBody::HeartbeatResponse { read_seq });
             }
             MessageBody::Forward { proposals } => self.refuse_forwards(from, proposals),
-            MessageBody::ForwardResponse { outcomes } => self.forward_answered(outcomes),
+            MessageBody::ForwardResponse { outcomes } => self.forward_answered(from, outcomes),
+            MessageBody::TimeoutNow if self.leader == Some(from) => self.campaign_for_transfer(),
             _ => {}
         }
     }

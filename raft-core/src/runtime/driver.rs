@@ -5,13 +5,15 @@ use super::writer::{self, WriteJob};
 use super::{NodeError, ProposalRequest, ReadResponder, Responder, RuntimeOptions};
 use crate::message::Message;
 use crate::network::Network;
-use crate::protocol::{RawNode, Ready, Status};
+use crate::protocol::{RawNode, Ready, Role, Status, TransferError};
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
+use crate::types::NodeId;
 use crate::types::{LogIndex, ProposalId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::MissedTickBehavior;
 
@@ -73,6 +75,8 @@ pub(super) struct Driver {
     /// Readers whose read index is known, waiting for the state machine to reach it.
     reads_awaiting_apply: BTreeMap<LogIndex, Vec<ReadResponder>>,
     next_proposal: u64,
+    /// A leadership transfer awaiting its outcome: (target, caller, ticks waited).
+    transfer: Option<(NodeId, oneshot::Sender<Result<(), NodeError>>, u32)>,
     writes: mpsc::Sender<WriteJob>,
     applies: mpsc::Sender<ApplyJob>,
     writer: tokio::task::JoinHandle<()>,
@@ -120,6 +124,7 @@ impl Driver {
             read_responders: HashMap::new(),
             reads_awaiting_apply: BTreeMap::new(),
             next_proposal: 1,
+            transfer: None,
             writes,
             applies,
             writer,
@@ -161,11 +166,16 @@ impl Driver {
             }
             self.absorb_progress();
             while self.raw.has_ready() {
-                let ready = self.raw.ready();
+                let mut ready = self.raw.ready();
+                let transfer_failed = ready.transfer_failed.take();
+                if transfer_failed.is_some() {
+                    self.settle_transfer(false, transfer_failed);
+                }
                 if let Err(why) = self.handle_ready(ready).await {
                     return Exit::Failed(why);
                 }
             }
+            self.settle_transfer(ticked, None);
             self.publish_status(ticked);
         }
     }
@@ -208,6 +218,52 @@ impl Driver {
                 self.read_responders.insert(id, responder);
                 self.raw.read_index(id);
             }
+            ProposalRequest::Transfer { target, responder } => {
+                if self.transfer.is_some() {
+                    let error = TransferError::InProgress(target);
+                    let _ = responder.send(Err(NodeError::Transfer(error)));
+                    return;
+                }
+                match self.raw.transfer_leadership(target) {
+                    Err(error) => {
+                        let _ = responder.send(Err(NodeError::Transfer(error)));
+                    }
+                    Ok(()) if target == self.raw.id() => {
+                        let _ = responder.send(Ok(()));
+                    }
+                    Ok(()) => self.transfer = Some((target, responder, 0)),
+                }
+            }
+        }
+    }
+
+    /// Settles a pending transfer once this node stepped down and a leader is known, or
+    /// after two maximum election timeouts without one.
+    fn settle_transfer(&mut self, ticked: bool, failed: Option<TransferError>) {
+        let Some((target, responder, mut waited)) = self.transfer.take() else {
+            return;
+        };
+        if let Some(error) = failed {
+            let _ = responder.send(Err(NodeError::Transfer(error)));
+            return;
+        }
+        if ticked {
+            waited += 1;
+        }
+        let outcome = match (self.raw.role(), self.raw.leader()) {
+            (Role::Leader, _) if self.raw.transferring_to().is_some() => None,
+            (_, Some(leader)) if leader == target => Some(Ok(())),
+            (_, Some(leader)) => Some(Err(TransferError::OtherLeader { target, leader })),
+            _ if waited > 2 * self.raw.config().election_timeout_ticks_max => {
+                Some(Err(TransferError::TimedOut(target)))
+            }
+            _ => None,
+        };
+        match outcome {
+            Some(result) => {
+                let _ = responder.send(result.map_err(NodeError::Transfer));
+            }
+            None => self.transfer = Some((target, responder, waited)),
         }
     }
 
@@ -341,6 +397,9 @@ impl Driver {
                 .flatten(),
         );
         for responder in readers {
+            let _ = responder.send(Err(NodeError::Stopped(reason.clone())));
+        }
+        if let Some((_, responder, _)) = self.transfer.take() {
             let _ = responder.send(Err(NodeError::Stopped(reason.clone())));
         }
         let Driver {

@@ -15,10 +15,11 @@ mod writer;
 
 use crate::config::Config;
 use crate::network::{Inbound, Network, NetworkError};
-use crate::protocol::{ProposeError, RawNode, Restore, Status};
+use crate::protocol::{ProposeError, RawNode, Restore, Status, TransferError};
 use crate::state_machine::{StateMachine, StateMachineError};
 use crate::storage::{LogStore, StorageError};
 use crate::types::LogIndex;
+use crate::types::NodeId;
 use bytes::Bytes;
 use std::fmt;
 use std::sync::Arc;
@@ -84,6 +85,8 @@ impl RuntimeOptions {
 pub enum NodeError {
     /// The protocol refused or lost the proposal; see [`ProposeError::is_definite`].
     Propose(ProposeError),
+    /// A leadership transfer failed.
+    Transfer(TransferError),
     /// The node has stopped: shut down, or failed (fail-stop) on a storage or state machine
     /// error, which is given.
     Stopped(String),
@@ -101,6 +104,7 @@ impl fmt::Display for NodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NodeError::Propose(error) => write!(f, "{error}"),
+            NodeError::Transfer(error) => write!(f, "{error}"),
             NodeError::Stopped(why) => write!(f, "the raft node has stopped: {why}"),
             NodeError::Config(why) => write!(f, "invalid node settings: {why}"),
             NodeError::Storage(error) => write!(f, "{error}"),
@@ -136,6 +140,11 @@ enum ProposalRequest {
     },
     /// A linearizable read barrier.
     Read { responder: ReadResponder },
+    /// A leadership transfer.
+    Transfer {
+        target: NodeId,
+        responder: oneshot::Sender<Result<(), NodeError>>,
+    },
 }
 
 /// A handle to a running Raft node. Cheap to clone; every clone drives the same node.
@@ -226,6 +235,19 @@ impl RaftNode {
             .await
             .is_err()
         {
+            return Err(self.stopped_error());
+        }
+        answer.await.unwrap_or_else(|_| Err(self.stopped_error()))
+    }
+
+    /// Hands leadership to the voter `target` (this node must lead): the leader stops taking
+    /// proposals, brings the target up to date and has it campaign at once. Returns once the
+    /// target leads, or an error if it has not taken over within an election timeout (the
+    /// leader then resumes).
+    pub async fn transfer_leadership(&self, target: NodeId) -> Result<(), NodeError> {
+        let (responder, answer) = oneshot::channel();
+        let request = ProposalRequest::Transfer { target, responder };
+        if self.proposals.send(request).await.is_err() {
             return Err(self.stopped_error());
         }
         answer.await.unwrap_or_else(|_| Err(self.stopped_error()))

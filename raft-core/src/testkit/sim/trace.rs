@@ -77,10 +77,13 @@ impl fmt::Display for ShowMessage<'_> {
                 pre_vote,
                 last_log_index,
                 last_log_term,
+                transfer,
             } => {
                 let kind = if *pre_vote { "prevote" } else { "vote" };
-                write!(f, "{kind} last={last_log_index}/{last_log_term}")
+                let why = if *transfer { " transfer" } else { "" };
+                write!(f, "{kind} last={last_log_index}/{last_log_term}{why}")
             }
+            MessageBody::TimeoutNow => write!(f, "timeout-now"),
             MessageBody::VoteResponse { pre_vote, granted } => {
                 let kind = if *pre_vote { "prevote" } else { "vote" };
                 let answer = if *granted { "granted" } else { "refused" };
