@@ -142,12 +142,20 @@ impl Driver {
     async fn event_loop(&mut self) -> Exit {
         let mut ticker = tokio::time::interval(self.options.tick_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Both wake-ups are registered once, not on every turn of the loop: the driver turns
+        // the loop for every batch, and re-registering showed in profiles.
+        let shutdown = self.shutdown.clone();
+        let shutdown_signal = shutdown.notified();
+        tokio::pin!(shutdown_signal);
+        let shared = self.shared.clone();
+        let progress_signal = shared.notify.notified();
+        tokio::pin!(progress_signal);
         loop {
             let mut ticked = false;
             tokio::select! {
                 biased;
-                _ = self.shutdown.notified() => return Exit::Shutdown,
-                _ = self.shared.notify.notified() => {}
+                _ = &mut shutdown_signal => return Exit::Shutdown,
+                _ = &mut progress_signal => progress_signal.set(shared.notify.notified()),
                 _ = ticker.tick() => {
                     self.raw.tick();
                     ticked = true;
@@ -167,6 +175,9 @@ impl Driver {
             self.absorb_progress();
             while self.raw.has_ready() {
                 let mut ready = self.raw.ready();
+                // Published before any answer for these entries can reach a caller, so a
+                // caller that got an answer sees a commit index that covers it.
+                self.publish_status(false);
                 let transfer_failed = ready.transfer_failed.take();
                 if transfer_failed.is_some() {
                     self.settle_transfer(false, transfer_failed);
