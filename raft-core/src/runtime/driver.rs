@@ -76,7 +76,7 @@ pub(super) struct Driver {
     reads_awaiting_apply: BTreeMap<LogIndex, Vec<ReadResponder>>,
     next_proposal: u64,
     /// A leadership transfer awaiting its outcome: (target, caller, ticks waited).
-    transfer: Option<(NodeId, oneshot::Sender<Result<(), NodeError>>, u32)>,
+    transfer: Option<(NodeId, TransferResponder, u32)>,
     writes: mpsc::Sender<WriteJob>,
     applies: mpsc::Sender<ApplyJob>,
     writer: tokio::task::JoinHandle<()>,
@@ -84,6 +84,8 @@ pub(super) struct Driver {
     last_persisted_number: u64,
     last_applied: LogIndex,
 }
+
+type TransferResponder = oneshot::Sender<Result<(), NodeError>>;
 
 /// How the driver's loop ended.
 enum Exit {
