@@ -10,6 +10,8 @@ use async_trait::async_trait;
 use std::fmt;
 use std::ops::Range;
 
+pub mod validate;
+
 /// The first and last index a store holds.
 ///
 /// Invariant: `first <= last + 1`; an empty log has `last = first - 1`. Entries

@@ -51,6 +51,7 @@
 //! ```
 #![deny(missing_docs)]
 
+use raft_core::storage::validate::{check_append, check_hard_state, check_range, check_truncate};
 use raft_core::{Entry, HardState, LogBounds, LogIndex, LogStore, LogWrite, StorageError};
 use std::collections::VecDeque;
 use std::future::{ready, Future};
@@ -182,98 +183,6 @@ impl MemState {
             .all(|(entry, index)| entry.index.0 == index));
         Ok(entries)
     }
-}
-
-/// Checks that `entries` are consecutive and start right after `bounds.last`.
-fn check_append(bounds: LogBounds, entries: &[Entry]) -> Result<(), StorageError> {
-    let Some(first_entry) = entries.first() else {
-        return Ok(());
-    };
-    let expected = bounds.last.next();
-    if first_entry.index != expected {
-        return Err(StorageError::InvalidArgument(format!(
-            "an append must start at {expected} (the log holds {}..={}), not at {}",
-            bounds.first, bounds.last, first_entry.index
-        )));
-    }
-    for pair in entries.windows(2) {
-        if pair[1].index != pair[0].index.next() {
-            return Err(StorageError::InvalidArgument(format!(
-                "appended entries are not consecutive: {} follows {}",
-                pair[1].index, pair[0].index
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Checks that truncating at `from` keeps the purge point and every committed entry.
-fn check_truncate(bounds: LogBounds, commit: LogIndex, from: LogIndex) -> Result<(), StorageError> {
-    if from < bounds.first {
-        return Err(StorageError::InvalidArgument(format!(
-            "cannot truncate from {from}: the log is purged up to {} (first held is {})",
-            bounds.first.prev(),
-            bounds.first
-        )));
-    }
-    // `commit <= bounds.last` always holds, so this only ever refuses to remove held entries.
-    if from <= commit {
-        return Err(StorageError::InvalidArgument(format!(
-            "cannot truncate from {from}: entries up to the commit index {commit} are committed"
-        )));
-    }
-    Ok(())
-}
-
-/// Checks that `new` does not take the hard state backwards and commits only held entries.
-fn check_hard_state(
-    saved: &HardState,
-    new: &HardState,
-    last: LogIndex,
-) -> Result<(), StorageError> {
-    let reject = |why: String| Err(StorageError::InvalidArgument(format!("hard state {why}")));
-    if new.term < saved.term {
-        return reject(format!(
-            "term {} is behind the saved term {}",
-            new.term, saved.term
-        ));
-    }
-    if new.term == saved.term && saved.vote.is_some() && new.vote != saved.vote {
-        return reject(format!(
-            "changes the vote within {} from {:?} to {:?}",
-            new.term, saved.vote, new.vote
-        ));
-    }
-    if new.commit < saved.commit {
-        return reject(format!(
-            "commit {} is behind the saved commit {}",
-            new.commit, saved.commit
-        ));
-    }
-    if new.commit > last {
-        return reject(format!(
-            "commit {} is past the last entry {last} (purge past the end first to commit a snapshot)",
-            new.commit
-        ));
-    }
-    Ok(())
-}
-
-/// Checks that `range` is well formed and held.
-fn check_range(bounds: LogBounds, range: &Range<LogIndex>) -> Result<(), StorageError> {
-    if range.start > range.end {
-        return Err(StorageError::InvalidArgument(format!(
-            "read range {}..{} ends before it starts",
-            range.start, range.end
-        )));
-    }
-    if range.start < bounds.first || range.end > bounds.last.next() {
-        return Err(StorageError::OutOfRange {
-            requested: range.clone(),
-            bounds,
-        });
-    }
-    Ok(())
 }
 
 // The methods are written out (not `async fn`) so that each call takes effect when it is made:

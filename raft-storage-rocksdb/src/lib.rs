@@ -90,7 +90,6 @@ mod codec;
 mod options;
 mod snapshot;
 mod store;
-mod validate;
 
 pub use options::{RocksLogStoreOptions, SnapshotOptions};
 pub use snapshot::{SnapshotFiles, SnapshotId, SnapshotMeta, SnapshotReader, SnapshotWriter};

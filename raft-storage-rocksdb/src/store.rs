@@ -3,7 +3,7 @@
 use crate::codec::{self, BOUNDS_KEY, FORMAT_KEY, FORMAT_VERSION, HARD_STATE_KEY, LOG_CF, META_CF};
 use crate::options::RocksLogStoreOptions;
 use crate::snapshot::{sync_directory, SnapshotFiles, SnapshotMeta};
-use crate::validate::{check_append, check_hard_state, check_range, check_truncate};
+use raft_core::storage::validate::{check_append, check_hard_state, check_range, check_truncate};
 use raft_core::{Entry, HardState, LogBounds, LogIndex, LogStore, LogWrite, StorageError};
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, Direction,

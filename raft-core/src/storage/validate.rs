@@ -1,12 +1,17 @@
-//! The checks every call passes before it is queued. They run against the *pending* state (the
-//! state after every call already queued), so a pipelined call is judged as if the calls before
-//! it had completed. A call that fails a check changes nothing.
+//! The argument and hard-state checks every [`LogStore`](super::LogStore) makes before it
+//! changes anything, shared so each store enforces the same contract with the same messages.
+//!
+//! A store runs them against the state its call will apply to (for a store that pipelines
+//! calls, the *pending* state: the state after every call already queued). A call that fails a
+//! check must change nothing. Each failure is a [`StorageError::InvalidArgument`], except a read
+//! of entries that are not held, which is [`StorageError::OutOfRange`].
 
-use raft_core::{Entry, HardState, LogBounds, LogIndex, StorageError};
+use super::{LogBounds, StorageError};
+use crate::types::{Entry, HardState, LogIndex};
 use std::ops::Range;
 
 /// Checks that `entries` are consecutive and start right after `bounds.last`.
-pub(crate) fn check_append(bounds: LogBounds, entries: &[Entry]) -> Result<(), StorageError> {
+pub fn check_append(bounds: LogBounds, entries: &[Entry]) -> Result<(), StorageError> {
     let Some(first_entry) = entries.first() else {
         return Ok(());
     };
@@ -29,7 +34,7 @@ pub(crate) fn check_append(bounds: LogBounds, entries: &[Entry]) -> Result<(), S
 }
 
 /// Checks that truncating at `from` keeps the purge point and every committed entry.
-pub(crate) fn check_truncate(
+pub fn check_truncate(
     bounds: LogBounds,
     commit: LogIndex,
     from: LogIndex,
@@ -51,7 +56,7 @@ pub(crate) fn check_truncate(
 }
 
 /// Checks that `new` does not take the hard state backwards and commits only held entries.
-pub(crate) fn check_hard_state(
+pub fn check_hard_state(
     saved: &HardState,
     new: &HardState,
     last: LogIndex,
@@ -85,7 +90,7 @@ pub(crate) fn check_hard_state(
 }
 
 /// Checks that `range` is well formed and held.
-pub(crate) fn check_range(bounds: LogBounds, range: &Range<LogIndex>) -> Result<(), StorageError> {
+pub fn check_range(bounds: LogBounds, range: &Range<LogIndex>) -> Result<(), StorageError> {
     if range.start > range.end {
         return Err(StorageError::InvalidArgument(format!(
             "read range {}..{} ends before it starts",
