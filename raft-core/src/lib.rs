@@ -102,6 +102,9 @@ pub mod storage;
 pub mod types;
 pub mod wire;
 
+#[cfg(feature = "transport-kit")]
+pub mod transport_kit;
+
 pub use config::{Config, ConfigError};
 pub use message::{Lane, Message, MessageBody};
 pub use network::{DeliverError, Inbound, Network, NetworkError, SendError};

@@ -2,7 +2,8 @@
 //! stream and connection.
 
 use crate::pki::TlsFiles;
-use raft_core::wire::{self, ClusterId};
+use raft_core::transport_kit::SharedLimits;
+use raft_core::wire::ClusterId;
 use raft_core::{NetworkError, NodeId};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -79,55 +80,34 @@ impl QuicConfig {
 
     /// Checks every setting.
     pub fn validate(&self) -> Result<(), NetworkError> {
-        let fail = |why: String| Err(NetworkError(why));
-        if self.node == NodeId(0) {
-            return fail("node id 0 is reserved".into());
-        }
-        if self.peers.contains_key(&self.node) {
-            return fail(format!("{} lists itself as a peer", self.node));
-        }
-        if !wire::FRAME_BYTES_MAX_RANGE.contains(&self.frame_bytes_max) {
-            return fail(format!(
-                "frame_bytes_max {} is outside {:?}",
-                self.frame_bytes_max,
-                wire::FRAME_BYTES_MAX_RANGE
+        let shared = SharedLimits {
+            node: self.node,
+            peers: &self.peers,
+            frame_bytes_max: self.frame_bytes_max,
+            send_queue_messages_max: self.send_queue_messages_max,
+            snapshot_queue_messages_max: self.snapshot_queue_messages_max,
+            write_batch_bytes_max: self.write_batch_bytes_max,
+            inbound_connections_max: self.inbound_connections_max,
+            more_counts: &[("inbound_streams_max", self.inbound_streams_max as usize)],
+            handshake_timeout: self.handshake_timeout,
+            connect_timeout: self.connect_timeout,
+            reconnect_delay_min: self.reconnect_delay_min,
+            reconnect_delay_max: self.reconnect_delay_max,
+        };
+        shared.check_sizes()?;
+        if self.inbound_streams_max < 2 {
+            return Err(NetworkError(
+                "inbound_streams_max must be at least 2: one stream per lane".into(),
             ));
         }
-        let counts = [
-            ("send_queue_messages_max", self.send_queue_messages_max),
-            (
-                "snapshot_queue_messages_max",
-                self.snapshot_queue_messages_max,
-            ),
-            ("write_batch_bytes_max", self.write_batch_bytes_max),
-            ("inbound_connections_max", self.inbound_connections_max),
-            ("inbound_streams_max", self.inbound_streams_max as usize),
-        ];
-        for (name, value) in counts {
-            if value == 0 {
-                return fail(format!("{name} must be at least 1"));
-            }
-        }
-        if self.inbound_streams_max < 2 {
-            return fail("inbound_streams_max must be at least 2: one stream per lane".into());
-        }
-        if self.handshake_timeout.is_zero() || self.connect_timeout.is_zero() {
-            return fail("handshake_timeout and connect_timeout must be above zero".into());
-        }
+        shared.check_timeouts()?;
         if self.keep_alive_interval.is_zero() || self.keep_alive_interval >= self.idle_timeout {
-            return fail(format!(
+            return Err(NetworkError(format!(
                 "need 0 < keep_alive_interval ({:?}) < idle_timeout ({:?})",
                 self.keep_alive_interval, self.idle_timeout
-            ));
+            )));
         }
-        if self.reconnect_delay_min.is_zero() || self.reconnect_delay_min > self.reconnect_delay_max
-        {
-            return fail(format!(
-                "need 0 < reconnect_delay_min ({:?}) <= reconnect_delay_max ({:?})",
-                self.reconnect_delay_min, self.reconnect_delay_max
-            ));
-        }
-        Ok(())
+        shared.check_reconnect()
     }
 }
 

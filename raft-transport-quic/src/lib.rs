@@ -60,9 +60,7 @@
 #![deny(missing_docs)]
 
 mod config;
-mod frames;
 mod pki;
-mod tasks;
 mod transport;
 
 pub use config::QuicConfig;

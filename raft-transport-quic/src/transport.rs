@@ -2,23 +2,22 @@
 //! stream writers, and the accepting side.
 
 use crate::config::QuicConfig;
-use crate::frames::{FrameReader, ReadError};
 use crate::pki::Identity;
-use crate::tasks::{Backoff, Shutdown, Tasks};
 use async_trait::async_trait;
 use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, TransportConfig, VarInt};
+use raft_core::transport_kit::{
+    connect_with_backoff, next_frame, Backoff, Ended, FrameReader, ReadError, Shutdown,
+    TransportCore,
+};
 use raft_core::wire::{self, Frame, Handshake};
 use raft_core::{Inbound, Lane, Message, Network, NetworkError, NodeId, SendError};
 use rustls::pki_types::CertificateDer;
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, watch, Semaphore};
-use tokio::task::AbortHandle;
-use tokio::time::{sleep, timeout};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::timeout;
 
 /// Application error codes this transport closes connections with.
 const CLOSE_SHUTDOWN: u32 = 0;
@@ -48,23 +47,13 @@ struct Inner {
     identity: Identity,
     /// Until shutdown; taken then so the socket is released once every connection is gone.
     endpoint: Mutex<Option<Endpoint>>,
-    /// Invariant: holds no entry for this node.
-    peers: Mutex<HashMap<NodeId, Peer>>,
-    tasks: Tasks,
-    stop: watch::Sender<bool>,
-    shutdown: Shutdown,
-    started: AtomicBool,
-    closed: AtomicBool,
+    /// The peers and their queues, the tasks, and the lifecycle.
+    core: TransportCore<Arc<Link>>,
 }
 
-struct Peer {
-    link: Arc<Link>,
-    ordinary: mpsc::Sender<Bytes>,
-    snapshot: mpsc::Sender<Bytes>,
-    /// The queues' receiving ends until the writers start.
-    waiting: Option<[(Lane, mpsc::Receiver<Bytes>); 2]>,
-    writers: Vec<AbortHandle>,
-}
+/// One peer: its link and a bounded queue of encoded frames per lane, whose writers start at
+/// `start` (or at once afterwards).
+type Peer = raft_core::transport_kit::Peer<Arc<Link>>;
 
 /// The one outbound connection to a peer, shared by its lanes' writers.
 struct Link {
@@ -106,17 +95,16 @@ impl QuicTransport {
         let local_addr = endpoint
             .local_addr()
             .map_err(|error| NetworkError(format!("reading the bound address: {error}")))?;
-        let (stop, shutdown) = Shutdown::channel();
         let inner = Arc::new(Inner {
             local_addr,
             identity,
             endpoint: Mutex::new(Some(endpoint)),
-            peers: Mutex::new(HashMap::new()),
-            tasks: Tasks::new(tokio::runtime::Handle::current()),
-            stop,
-            shutdown,
-            started: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
+            core: TransportCore::new(
+                config.node,
+                config.frame_bytes_max,
+                config.send_queue_messages_max,
+                config.snapshot_queue_messages_max,
+            ),
             config,
         });
         let transport = QuicTransport { inner };
@@ -134,86 +122,43 @@ impl QuicTransport {
     /// Adds a peer, or moves it to a new address (its queued messages are dropped and its old
     /// connection closed).
     pub fn add_peer(&self, node: NodeId, address: SocketAddr) {
-        if node == self.inner.config.node {
-            tracing::warn!(%node, "refusing to add this node as its own peer");
-            return;
-        }
-        let ordinary = mpsc::channel(self.inner.config.send_queue_messages_max);
-        let snapshot = mpsc::channel(self.inner.config.snapshot_queue_messages_max);
-        let mut peer = Peer {
-            link: Arc::new(Link {
-                node,
-                address,
-                connection: tokio::sync::Mutex::new(None),
-            }),
-            ordinary: ordinary.0,
-            snapshot: snapshot.0,
-            waiting: Some([(Lane::Ordinary, ordinary.1), (Lane::Snapshot, snapshot.1)]),
-            writers: Vec::new(),
-        };
-        if self.inner.started.load(Ordering::Acquire) {
-            self.inner.start_writers(&mut peer);
-        }
-        let replaced = self
-            .inner
-            .peers
-            .lock()
-            .expect("peers lock")
-            .insert(node, peer);
-        if let Some(old) = replaced {
-            old.retire(CLOSE_REPLACED);
+        let link = Arc::new(Link {
+            node,
+            address,
+            connection: tokio::sync::Mutex::new(None),
+        });
+        let start = |peer: &mut Peer| self.inner.start_writers(peer);
+        if let Some(old) = self.inner.core.add_peer(node, link, start) {
+            retire(old, CLOSE_REPLACED);
         }
     }
 
     /// Forgets a peer: its queued messages are dropped and its connection closed.
     pub fn remove_peer(&self, node: NodeId) {
-        let removed = self.inner.peers.lock().expect("peers lock").remove(&node);
-        if let Some(peer) = removed {
-            peer.retire(CLOSE_REPLACED);
+        if let Some(peer) = self.inner.core.remove_peer(node) {
+            retire(peer, CLOSE_REPLACED);
         }
     }
 
     /// Queues `message` on `lane`. [`Network::send`] calls this with `message.lane()`; this
     /// method lets a caller (or a test) choose the lane.
     pub fn send_on(&self, lane: Lane, message: Message) -> Result<(), SendError> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(SendError::Closed);
-        }
-        let to = message.to;
-        let queue = {
-            let peers = self.inner.peers.lock().expect("peers lock");
-            let peer = peers.get(&to).ok_or(SendError::UnknownPeer { to })?;
-            match lane {
-                Lane::Ordinary => peer.ordinary.clone(),
-                Lane::Snapshot => peer.snapshot.clone(),
-            }
-        };
-        let limit = self.inner.config.frame_bytes_max;
-        let frame = wire::encode_message(&message, limit).map_err(|error| match error {
-            wire::FrameError::TooLarge { bytes, limit } => SendError::TooLarge { bytes, limit },
-            other => unreachable!("encoding only fails on size: {other}"),
-        })?;
-        queue.try_send(frame).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => SendError::QueueFull { to },
-            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-        })
+        self.inner.core.send_on(lane, &message)
     }
 
     /// Tasks this transport started that have not finished: the acceptor, one per inbound
     /// connection and stream, one per peer and lane. Zero after [`Network::shutdown`].
     pub fn tasks_running(&self) -> usize {
-        self.inner.tasks.running()
+        self.inner.core.tasks.running()
     }
 }
 
-impl Peer {
-    /// Stops the writers and closes the connection.
-    fn retire(self, code: u32) {
-        self.writers.iter().for_each(AbortHandle::abort);
-        if let Ok(mut connection) = self.link.connection.try_lock() {
-            if let Some(connection) = connection.take() {
-                connection.close(VarInt::from_u32(code), b"peer removed");
-            }
+/// Stops the peer's writers and closes its connection.
+fn retire(peer: Peer, code: u32) {
+    peer.abort_writers();
+    if let Ok(mut connection) = peer.link.connection.try_lock() {
+        if let Some(connection) = connection.take() {
+            connection.close(VarInt::from_u32(code), b"peer removed");
         }
     }
 }
@@ -221,28 +166,22 @@ impl Peer {
 #[async_trait]
 impl Network for QuicTransport {
     async fn start(&self, inbound: Inbound) -> Result<(), NetworkError> {
-        if inbound.local_id() != self.inner.config.node {
-            return Err(NetworkError(format!(
-                "inbound delivers to {}, this transport is {}",
-                inbound.local_id(),
-                self.inner.config.node
-            )));
-        }
+        self.inner.core.check_inbound(&inbound)?;
         let endpoint = self.inner.endpoint.lock().expect("endpoint lock").clone();
         let Some(endpoint) = endpoint else {
             return Err(NetworkError("the transport is shut down".into()));
         };
-        if self.inner.started.swap(true, Ordering::AcqRel) {
+        if self.inner.core.mark_started() {
             return Err(NetworkError("the transport was already started".into()));
         }
         let inner = Arc::clone(&self.inner);
         self.inner
+            .core
             .tasks
             .spawn(accept_loop(inner, endpoint, inbound));
-        let mut peers = self.inner.peers.lock().expect("peers lock");
-        for peer in peers.values_mut() {
-            self.inner.start_writers(peer);
-        }
+        self.inner
+            .core
+            .start_writers(|_, peer| self.inner.start_writers(peer));
         Ok(())
     }
 
@@ -251,22 +190,17 @@ impl Network for QuicTransport {
     }
 
     async fn shutdown(&self) {
-        self.inner.closed.store(true, Ordering::Release);
-        self.inner.stop.send_replace(true);
+        self.inner.core.begin_shutdown();
         let endpoint = self.inner.endpoint.lock().expect("endpoint lock").take();
         if let Some(endpoint) = &endpoint {
             endpoint.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
         }
-        let peers: Vec<Peer> = {
-            let mut table = self.inner.peers.lock().expect("peers lock");
-            table.drain().map(|(_, peer)| peer).collect()
-        };
-        for peer in peers {
-            peer.retire(CLOSE_SHUTDOWN);
+        for peer in self.inner.core.drain_peers() {
+            retire(peer, CLOSE_SHUTDOWN);
         }
         self.inner
-            .tasks
-            .close(self.inner.config.shutdown_grace)
+            .core
+            .close_tasks(self.inner.config.shutdown_grace)
             .await;
         if let Some(endpoint) = endpoint {
             // Lets the close reach the peers, so they redial a restarted node at once rather
@@ -278,17 +212,14 @@ impl Network for QuicTransport {
 
 impl Inner {
     fn start_writers(self: &Arc<Inner>, peer: &mut Peer) {
-        let Some(queues) = peer.waiting.take() else {
-            return;
-        };
-        for (lane, queue) in queues {
-            let writer = run_writer(Arc::clone(self), Arc::clone(&peer.link), lane, queue);
-            peer.writers.extend(self.tasks.spawn(writer));
-        }
+        peer.start_writers(|link, lane, queue| {
+            let writer = run_writer(Arc::clone(self), Arc::clone(link), lane, queue);
+            self.core.tasks.spawn(writer)
+        });
     }
 
     fn is_known(&self, node: NodeId) -> bool {
-        self.peers.lock().expect("peers lock").contains_key(&node)
+        self.core.is_peer(node)
     }
 
     fn endpoint(&self) -> Option<Endpoint> {
@@ -323,11 +254,6 @@ impl Link {
     }
 }
 
-enum Ended {
-    Stop,
-    Lost,
-}
-
 /// Writes the frames queued for the peer on `lane` to that lane's stream, reopening the stream
 /// (and the connection) as needed.
 async fn run_writer(
@@ -337,34 +263,22 @@ async fn run_writer(
     mut queue: mpsc::Receiver<Bytes>,
 ) {
     let config = &inner.config;
-    let mut shutdown = inner.shutdown.clone();
+    let mut shutdown = inner.core.shutdown.clone();
     let mut backoff = Backoff::new(config.reconnect_delay_min, config.reconnect_delay_max);
     loop {
-        let first = tokio::select! {
-            _ = shutdown.wait() => return,
-            first = queue.recv() => match first {
-                Some(frame) => frame,
-                None => return,
-            },
+        let Some(first) = next_frame(&mut shutdown, &mut queue).await else {
+            return;
         };
-        let (connection, stream) = loop {
-            let attempt = open_stream(&inner, &link, lane);
-            let outcome = tokio::select! {
-                _ = shutdown.wait() => return,
-                outcome = attempt => outcome,
-            };
-            match outcome {
-                Ok(opened) => break opened,
-                Err(error) => {
-                    tracing::debug!(node = %link.node, address = %link.address, ?lane, %error, "opening a stream failed");
-                }
-            }
-            tokio::select! {
-                _ = shutdown.wait() => return,
-                _ = sleep(backoff.next_delay()) => {}
-            }
+        let attempt = || async {
+            open_stream(&inner, &link, lane).await.map_err(|error| {
+                tracing::debug!(node = %link.node, address = %link.address, ?lane, %error, "opening a stream failed");
+            })
         };
-        backoff.reset();
+        let Some((connection, stream)) =
+            connect_with_backoff(&mut shutdown, &mut backoff, attempt).await
+        else {
+            return;
+        };
         match pump(
             &inner,
             &connection,
@@ -456,7 +370,7 @@ async fn pump(
 // Inbound: connections, then the streams on each.
 
 async fn accept_loop(inner: Arc<Inner>, endpoint: Endpoint, inbound: Inbound) {
-    let mut shutdown = inner.shutdown.clone();
+    let mut shutdown = inner.core.shutdown.clone();
     let permits = Arc::new(Semaphore::new(inner.config.inbound_connections_max));
     loop {
         let incoming = tokio::select! {
@@ -477,7 +391,7 @@ async fn accept_loop(inner: Arc<Inner>, endpoint: Endpoint, inbound: Inbound) {
         };
         let connection_inner = Arc::clone(&inner);
         let connection_inbound = inbound.clone();
-        inner.tasks.spawn(async move {
+        inner.core.tasks.spawn(async move {
             let _permit = permit;
             serve_connection(connection_inner, incoming, connection_inbound).await;
         });
@@ -492,7 +406,7 @@ struct OpenedStream {
 
 async fn serve_connection(inner: Arc<Inner>, incoming: Incoming, inbound: Inbound) {
     let remote = incoming.remote_address();
-    let mut shutdown = inner.shutdown.clone();
+    let mut shutdown = inner.core.shutdown.clone();
     // The TLS handshake and the first stream's handshake must both come within the timeout:
     // a connection that authenticates and then says nothing holds no slot for long.
     let first = timeout(inner.config.handshake_timeout, async {
@@ -546,7 +460,7 @@ async fn serve_connection(inner: Arc<Inner>, incoming: Incoming, inbound: Inboun
         let stream_inner = Arc::clone(&inner);
         let stream_connection = connection.clone();
         let stream_inbound = inbound.clone();
-        inner.tasks.spawn(async move {
+        inner.core.tasks.spawn(async move {
             let handshake_timeout = stream_inner.config.handshake_timeout;
             let opened = timeout(
                 handshake_timeout,
@@ -556,7 +470,7 @@ async fn serve_connection(inner: Arc<Inner>, incoming: Incoming, inbound: Inboun
             .unwrap_or_else(|_| Err("no handshake in time".into()));
             match opened {
                 Ok(opened) => {
-                    let mut shutdown = stream_inner.shutdown.clone();
+                    let mut shutdown = stream_inner.core.shutdown.clone();
                     read_messages(opened, &stream_connection, &stream_inbound, &mut shutdown).await
                 }
                 Err(error) => refuse(&stream_connection, &error),
@@ -573,8 +487,8 @@ fn spawn_reader(
 ) {
     let connection = connection.clone();
     let inbound = inbound.clone();
-    let mut shutdown = inner.shutdown.clone();
-    inner.tasks.spawn(async move {
+    let mut shutdown = inner.core.shutdown.clone();
+    inner.core.tasks.spawn(async move {
         read_messages(opened, &connection, &inbound, &mut shutdown).await;
     });
 }

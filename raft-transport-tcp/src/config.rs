@@ -1,6 +1,7 @@
 //! The transport's settings: addresses, and a named limit for every queue, frame and connection.
 
-use raft_core::wire::{self, ClusterId};
+use raft_core::transport_kit::SharedLimits;
+use raft_core::wire::ClusterId;
 use raft_core::{NetworkError, NodeId};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -45,7 +46,7 @@ pub struct TcpConfig {
 }
 
 /// The PEM files of a node's TLS identity: the cluster's certificate authority, this node's
-/// certificate (naming it as [`wire::certificate_name`] says) and its private key.
+/// certificate (naming it as [`raft_core::wire::certificate_name`] says) and its private key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {
     /// The cluster CA's certificate: peers must present a certificate it signed.
@@ -80,45 +81,21 @@ impl TcpConfig {
 
     /// Checks every setting.
     pub fn validate(&self) -> Result<(), NetworkError> {
-        let fail = |why: String| Err(NetworkError(why));
-        if self.node == NodeId(0) {
-            return fail("node id 0 is reserved".into());
+        SharedLimits {
+            node: self.node,
+            peers: &self.peers,
+            frame_bytes_max: self.frame_bytes_max,
+            send_queue_messages_max: self.send_queue_messages_max,
+            snapshot_queue_messages_max: self.snapshot_queue_messages_max,
+            write_batch_bytes_max: self.write_batch_bytes_max,
+            inbound_connections_max: self.inbound_connections_max,
+            more_counts: &[],
+            handshake_timeout: self.handshake_timeout,
+            connect_timeout: self.connect_timeout,
+            reconnect_delay_min: self.reconnect_delay_min,
+            reconnect_delay_max: self.reconnect_delay_max,
         }
-        if self.peers.contains_key(&self.node) {
-            return fail(format!("{} lists itself as a peer", self.node));
-        }
-        if !wire::FRAME_BYTES_MAX_RANGE.contains(&self.frame_bytes_max) {
-            return fail(format!(
-                "frame_bytes_max {} is outside {:?}",
-                self.frame_bytes_max,
-                wire::FRAME_BYTES_MAX_RANGE
-            ));
-        }
-        let counts = [
-            ("send_queue_messages_max", self.send_queue_messages_max),
-            (
-                "snapshot_queue_messages_max",
-                self.snapshot_queue_messages_max,
-            ),
-            ("write_batch_bytes_max", self.write_batch_bytes_max),
-            ("inbound_connections_max", self.inbound_connections_max),
-        ];
-        for (name, value) in counts {
-            if value == 0 {
-                return fail(format!("{name} must be at least 1"));
-            }
-        }
-        if self.handshake_timeout.is_zero() || self.connect_timeout.is_zero() {
-            return fail("handshake_timeout and connect_timeout must be above zero".into());
-        }
-        if self.reconnect_delay_min.is_zero() || self.reconnect_delay_min > self.reconnect_delay_max
-        {
-            return fail(format!(
-                "need 0 < reconnect_delay_min ({:?}) <= reconnect_delay_max ({:?})",
-                self.reconnect_delay_min, self.reconnect_delay_max
-            ));
-        }
-        Ok(())
+        .validate()
     }
 }
 

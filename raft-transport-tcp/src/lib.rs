@@ -58,8 +58,6 @@
 #![deny(missing_docs)]
 
 mod config;
-mod frames;
-mod tasks;
 mod tls;
 mod transport;
 

@@ -1,23 +1,22 @@
 //! The transport: the peer table, the per-peer writers, and the listener with its readers.
 
 use crate::config::TcpConfig;
-use crate::frames::{FrameReader, ReadError};
-use crate::tasks::{Backoff, Shutdown, Tasks};
 use crate::tls::TlsContext;
 use async_trait::async_trait;
 use bytes::Bytes;
+use raft_core::transport_kit::{
+    connect_with_backoff, next_frame, Backoff, Ended, FrameReader, ReadError, Shutdown,
+    TransportCore,
+};
 use raft_core::wire::{self, Frame, Handshake};
 use raft_core::{Inbound, Lane, Message, Network, NetworkError, NodeId, SendError};
 use rustls::pki_types::CertificateDer;
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
-use tokio::task::AbortHandle;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{sleep, timeout};
 
 /// A byte stream: plain TCP or TLS over TCP.
@@ -41,24 +40,13 @@ struct Inner {
     tls: Option<TlsContext>,
     /// The listener between `bind` and `start`.
     listener: Mutex<Option<TcpListener>>,
-    /// Invariant: holds no entry for this node.
-    peers: Mutex<HashMap<NodeId, Peer>>,
-    tasks: Tasks,
-    stop: watch::Sender<bool>,
-    shutdown: Shutdown,
-    started: AtomicBool,
-    closed: AtomicBool,
+    /// The peers and their queues, the tasks, and the lifecycle.
+    core: TransportCore<SocketAddr>,
 }
 
-/// One peer: its address and a bounded queue of encoded frames per lane.
-struct Peer {
-    address: SocketAddr,
-    ordinary: mpsc::Sender<Bytes>,
-    snapshot: mpsc::Sender<Bytes>,
-    /// The queues' receiving ends until the writers start (at `start`, or at once afterwards).
-    waiting: Option<[(Lane, mpsc::Receiver<Bytes>); 2]>,
-    writers: Vec<AbortHandle>,
-}
+/// One peer: its address and a bounded queue of encoded frames per lane, whose writers start
+/// at `start` (or at once afterwards).
+type Peer = raft_core::transport_kit::Peer<SocketAddr>;
 
 impl TcpTransport {
     /// Validates `config`, loads the TLS files if any, and binds the listener. Nothing is sent
@@ -72,17 +60,16 @@ impl TcpTransport {
         let local_addr = listener
             .local_addr()
             .map_err(|error| NetworkError(format!("reading the bound address: {error}")))?;
-        let (stop, shutdown) = Shutdown::channel();
         let inner = Arc::new(Inner {
             local_addr,
             tls,
             listener: Mutex::new(Some(listener)),
-            peers: Mutex::new(HashMap::new()),
-            tasks: Tasks::new(tokio::runtime::Handle::current()),
-            stop,
-            shutdown,
-            started: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
+            core: TransportCore::new(
+                config.node,
+                config.frame_bytes_max,
+                config.send_queue_messages_max,
+                config.snapshot_queue_messages_max,
+            ),
             config,
         });
         let transport = TcpTransport { inner };
@@ -99,84 +86,36 @@ impl TcpTransport {
 
     /// Adds a peer, or moves it to a new address (its queued messages are dropped).
     pub fn add_peer(&self, node: NodeId, address: SocketAddr) {
-        if node == self.inner.config.node {
-            tracing::warn!(%node, "refusing to add this node as its own peer");
-            return;
-        }
-        let ordinary = mpsc::channel(self.inner.config.send_queue_messages_max);
-        let snapshot = mpsc::channel(self.inner.config.snapshot_queue_messages_max);
-        let mut peer = Peer {
-            address,
-            ordinary: ordinary.0,
-            snapshot: snapshot.0,
-            waiting: Some([(Lane::Ordinary, ordinary.1), (Lane::Snapshot, snapshot.1)]),
-            writers: Vec::new(),
-        };
-        if self.inner.started.load(Ordering::Acquire) {
-            self.inner.start_writers(node, &mut peer);
-        }
-        let replaced = self
-            .inner
-            .peers
-            .lock()
-            .expect("peers lock")
-            .insert(node, peer);
-        if let Some(old) = replaced {
-            old.writers.iter().for_each(AbortHandle::abort);
+        let start = |peer: &mut Peer| self.inner.start_writers(node, peer);
+        if let Some(old) = self.inner.core.add_peer(node, address, start) {
+            old.abort_writers();
         }
     }
 
     /// Forgets a peer: its queued messages are dropped and its connections closed.
     pub fn remove_peer(&self, node: NodeId) {
-        let removed = self.inner.peers.lock().expect("peers lock").remove(&node);
-        if let Some(peer) = removed {
-            peer.writers.iter().for_each(AbortHandle::abort);
+        if let Some(peer) = self.inner.core.remove_peer(node) {
+            peer.abort_writers();
         }
     }
 
     /// Queues `message` on `lane`. [`Network::send`] calls this with `message.lane()`; this
     /// method lets a caller (or a test) choose the lane.
     pub fn send_on(&self, lane: Lane, message: Message) -> Result<(), SendError> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(SendError::Closed);
-        }
-        let to = message.to;
-        let queue = {
-            let peers = self.inner.peers.lock().expect("peers lock");
-            let peer = peers.get(&to).ok_or(SendError::UnknownPeer { to })?;
-            match lane {
-                Lane::Ordinary => peer.ordinary.clone(),
-                Lane::Snapshot => peer.snapshot.clone(),
-            }
-        };
-        let limit = self.inner.config.frame_bytes_max;
-        let frame = wire::encode_message(&message, limit).map_err(|error| match error {
-            wire::FrameError::TooLarge { bytes, limit } => SendError::TooLarge { bytes, limit },
-            other => unreachable!("encoding only fails on size: {other}"),
-        })?;
-        queue.try_send(frame).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => SendError::QueueFull { to },
-            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-        })
+        self.inner.core.send_on(lane, &message)
     }
 
     /// Tasks this transport started that have not finished: the listener, one per inbound
     /// connection, one per peer and lane. Zero after [`Network::shutdown`].
     pub fn tasks_running(&self) -> usize {
-        self.inner.tasks.running()
+        self.inner.core.tasks.running()
     }
 }
 
 #[async_trait]
 impl Network for TcpTransport {
     async fn start(&self, inbound: Inbound) -> Result<(), NetworkError> {
-        if inbound.local_id() != self.inner.config.node {
-            return Err(NetworkError(format!(
-                "inbound delivers to {}, this transport is {}",
-                inbound.local_id(),
-                self.inner.config.node
-            )));
-        }
+        self.inner.core.check_inbound(&inbound)?;
         let listener = self
             .inner
             .listener
@@ -184,15 +123,15 @@ impl Network for TcpTransport {
             .expect("listener lock")
             .take()
             .ok_or_else(|| NetworkError("the transport was already started or shut down".into()))?;
-        self.inner.started.store(true, Ordering::Release);
+        self.inner.core.mark_started();
         let inner = Arc::clone(&self.inner);
         self.inner
+            .core
             .tasks
             .spawn(accept_loop(inner, listener, inbound));
-        let mut peers = self.inner.peers.lock().expect("peers lock");
-        for (&node, peer) in peers.iter_mut() {
-            self.inner.start_writers(node, peer);
-        }
+        self.inner
+            .core
+            .start_writers(|node, peer| self.inner.start_writers(node, peer));
         Ok(())
     }
 
@@ -201,43 +140,31 @@ impl Network for TcpTransport {
     }
 
     async fn shutdown(&self) {
-        self.inner.closed.store(true, Ordering::Release);
-        self.inner.stop.send_replace(true);
+        self.inner.core.begin_shutdown();
         self.inner.listener.lock().expect("listener lock").take();
-        self.inner.peers.lock().expect("peers lock").clear();
+        drop(self.inner.core.drain_peers());
         self.inner
-            .tasks
-            .close(self.inner.config.shutdown_grace)
+            .core
+            .close_tasks(self.inner.config.shutdown_grace)
             .await;
     }
 }
 
 impl Inner {
     fn start_writers(self: &Arc<Inner>, node: NodeId, peer: &mut Peer) {
-        let Some(queues) = peer.waiting.take() else {
-            return;
-        };
-        for (lane, queue) in queues {
-            let writer = run_writer(Arc::clone(self), node, peer.address, lane, queue);
-            peer.writers.extend(self.tasks.spawn(writer));
-        }
+        peer.start_writers(|&address, lane, queue| {
+            let writer = run_writer(Arc::clone(self), node, address, lane, queue);
+            self.core.tasks.spawn(writer)
+        });
     }
 
     fn is_known(&self, node: NodeId) -> bool {
-        self.peers.lock().expect("peers lock").contains_key(&node)
+        self.core.is_peer(node)
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Outbound: one writer per peer and lane.
-
-/// Why a connection ended.
-enum Ended {
-    /// Shutdown, or the peer was removed: the writer exits.
-    Stop,
-    /// The connection failed or the peer closed it: dial again when there is something to send.
-    Lost,
-}
 
 /// Writes the frames queued for `node` on `lane`, (re)connecting as needed.
 async fn run_writer(
@@ -248,34 +175,29 @@ async fn run_writer(
     mut queue: mpsc::Receiver<Bytes>,
 ) {
     let config = &inner.config;
-    let mut shutdown = inner.shutdown.clone();
+    let mut shutdown = inner.core.shutdown.clone();
     let mut backoff = Backoff::new(config.reconnect_delay_min, config.reconnect_delay_max);
     loop {
         // Dial only when there is something to send.
-        let first = tokio::select! {
-            _ = shutdown.wait() => return,
-            first = queue.recv() => match first {
-                Some(frame) => frame,
-                None => return,
-            },
+        let Some(first) = next_frame(&mut shutdown, &mut queue).await else {
+            return;
         };
-        let stream = loop {
-            let attempt = timeout(config.connect_timeout, dial(&inner, node, address, lane));
-            let outcome = tokio::select! {
-                _ = shutdown.wait() => return,
-                outcome = attempt => outcome,
-            };
-            match outcome {
-                Ok(Ok(stream)) => break stream,
-                Ok(Err(error)) => tracing::debug!(%node, %address, ?lane, %error, "dial failed"),
-                Err(_) => tracing::debug!(%node, %address, ?lane, "dial timed out"),
-            }
-            tokio::select! {
-                _ = shutdown.wait() => return,
-                _ = sleep(backoff.next_delay()) => {}
+        let attempt = || async {
+            match timeout(config.connect_timeout, dial(&inner, node, address, lane)).await {
+                Ok(Ok(stream)) => Ok(stream),
+                Ok(Err(error)) => {
+                    tracing::debug!(%node, %address, ?lane, %error, "dial failed");
+                    Err(())
+                }
+                Err(_) => {
+                    tracing::debug!(%node, %address, ?lane, "dial timed out");
+                    Err(())
+                }
             }
         };
-        backoff.reset();
+        let Some(stream) = connect_with_backoff(&mut shutdown, &mut backoff, attempt).await else {
+            return;
+        };
         tracing::debug!(%node, %address, ?lane, "connected");
         match pump(&inner, stream, first, &mut queue, &mut shutdown).await {
             Ended::Stop => return,
@@ -422,7 +344,7 @@ async fn write_batch<W: AsyncWrite + Unpin>(
 // Inbound: the listener and one reader per connection.
 
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, inbound: Inbound) {
-    let mut shutdown = inner.shutdown.clone();
+    let mut shutdown = inner.core.shutdown.clone();
     let permits = Arc::new(Semaphore::new(inner.config.inbound_connections_max));
     loop {
         // Wait for a free slot before accepting: extra peers wait in the kernel's backlog.
@@ -447,7 +369,7 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, inbound: Inbound)
         };
         let connection_inner = Arc::clone(&inner);
         let connection_inbound = inbound.clone();
-        inner.tasks.spawn(async move {
+        inner.core.tasks.spawn(async move {
             let _permit = permit;
             serve_inbound(connection_inner, tcp, remote, connection_inbound).await;
         });
@@ -455,7 +377,7 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, inbound: Inbound)
 }
 
 async fn serve_inbound(inner: Arc<Inner>, tcp: TcpStream, remote: SocketAddr, inbound: Inbound) {
-    let mut shutdown = inner.shutdown.clone();
+    let mut shutdown = inner.core.shutdown.clone();
     let opened = timeout(inner.config.handshake_timeout, open_inbound(&inner, tcp));
     let opened = tokio::select! {
         _ = shutdown.wait() => return,

@@ -1,7 +1,7 @@
 //! Reading frames from a byte stream with the pure decoder of `raft_core::wire`.
 
+use crate::wire::{self, Frame, FrameError};
 use bytes::{Buf, BytesMut};
-use raft_core::wire::{self, Frame, FrameError};
 use std::fmt;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -10,8 +10,10 @@ const READ_CHUNK_BYTES: usize = 16 << 10;
 
 /// Why a connection's byte stream ended badly.
 #[derive(Debug)]
-pub(crate) enum ReadError {
+pub enum ReadError {
+    /// The byte stream itself failed.
     Io(std::io::Error),
+    /// The bytes are not a valid frame (or the stream ended inside one).
     Frame(FrameError),
 }
 
@@ -28,14 +30,15 @@ impl fmt::Display for ReadError {
 ///
 /// Invariant: the buffer never holds more than one frame's length (at most `frame_bytes_max`,
 /// checked from its first four bytes before any of it is buffered) plus one read chunk.
-pub(crate) struct FrameReader<R> {
+pub struct FrameReader<R> {
     reader: R,
     buffer: BytesMut,
     frame_bytes_max: usize,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    pub(crate) fn new(reader: R, frame_bytes_max: usize) -> FrameReader<R> {
+    /// Reads frames of at most `frame_bytes_max` bytes from `reader`.
+    pub fn new(reader: R, frame_bytes_max: usize) -> FrameReader<R> {
         FrameReader {
             reader,
             buffer: BytesMut::with_capacity(READ_CHUNK_BYTES),
@@ -44,7 +47,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// The next frame; `Ok(None)` when the stream ended cleanly between frames.
-    pub(crate) async fn next(&mut self) -> Result<Option<Frame>, ReadError> {
+    pub async fn next(&mut self) -> Result<Option<Frame>, ReadError> {
         loop {
             let complete =
                 wire::check(&self.buffer, self.frame_bytes_max).map_err(ReadError::Frame)?;

@@ -13,13 +13,14 @@ use tokio::task::{AbortHandle, JoinSet};
 /// live tasks only (plus those finished since the last spawn).
 ///
 /// Invariant: once `close` has begun, the set is `None` and nothing more is spawned.
-pub(crate) struct Tasks {
+pub struct Tasks {
     set: Mutex<Option<JoinSet<()>>>,
     runtime: Handle,
 }
 
 impl Tasks {
-    pub(crate) fn new(runtime: Handle) -> Tasks {
+    /// An empty set whose tasks run on `runtime` (usually `Handle::current()` at bind time).
+    pub fn new(runtime: Handle) -> Tasks {
         Tasks {
             set: Mutex::new(Some(JoinSet::new())),
             runtime,
@@ -27,7 +28,7 @@ impl Tasks {
     }
 
     /// Spawns `task`, or drops it if the transport is closing.
-    pub(crate) fn spawn<F>(&self, task: F) -> Option<AbortHandle>
+    pub fn spawn<F>(&self, task: F) -> Option<AbortHandle>
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -38,7 +39,7 @@ impl Tasks {
     }
 
     /// Tasks started and not finished.
-    pub(crate) fn running(&self) -> usize {
+    pub fn running(&self) -> usize {
         let mut guard = self.set.lock().expect("task set lock");
         match guard.as_mut() {
             None => 0,
@@ -51,7 +52,7 @@ impl Tasks {
 
     /// Waits up to `grace` for every task to finish on its own (they watch the shutdown
     /// signal), then aborts the rest and waits for them too.
-    pub(crate) async fn close(&self, grace: Duration) {
+    pub async fn close(&self, grace: Duration) {
         let Some(mut set) = self.set.lock().expect("task set lock").take() else {
             return;
         };
@@ -79,16 +80,18 @@ impl Tasks {
 
 /// The shutdown signal as each task sees it.
 #[derive(Clone)]
-pub(crate) struct Shutdown(watch::Receiver<bool>);
+pub struct Shutdown(watch::Receiver<bool>);
 
 impl Shutdown {
-    pub(crate) fn channel() -> (watch::Sender<bool>, Shutdown) {
+    /// The sending side (send `true` to begin shutdown) and the first receiver; clone the
+    /// receiver for each task.
+    pub fn channel() -> (watch::Sender<bool>, Shutdown) {
         let (sender, receiver) = watch::channel(false);
         (sender, Shutdown(receiver))
     }
 
     /// Resolves once shutdown has begun (or the transport is gone).
-    pub(crate) async fn wait(&mut self) {
+    pub async fn wait(&mut self) {
         let _ = self.0.wait_for(|&stopping| stopping).await;
     }
 }
@@ -96,7 +99,7 @@ impl Shutdown {
 /// Exponential backoff with jitter between reconnection attempts: the n-th consecutive failure
 /// waits a random time in `[d/2, d]` where `d = min(delay_max, delay_min * 2^n)`, so peers that
 /// failed together do not retry together.
-pub(crate) struct Backoff {
+pub struct Backoff {
     delay_min: Duration,
     delay_max: Duration,
     failures: u32,
@@ -104,7 +107,9 @@ pub(crate) struct Backoff {
 }
 
 impl Backoff {
-    pub(crate) fn new(delay_min: Duration, delay_max: Duration) -> Backoff {
+    /// A backoff that has seen no failure yet. Panics unless `0 < delay_min <= delay_max`
+    /// (transport settings are validated before this is built).
+    pub fn new(delay_min: Duration, delay_max: Duration) -> Backoff {
         assert!(!delay_min.is_zero() && delay_min <= delay_max);
         // Jitter needs no quality, only different seeds per peer: the std hasher's random keys.
         let random = RandomState::new().hash_one(0u8) | 1;
@@ -117,7 +122,7 @@ impl Backoff {
     }
 
     /// The wait before the next attempt, counting one more failure.
-    pub(crate) fn next_delay(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let exponent = self.failures.min(20);
         self.failures = self.failures.saturating_add(1);
         let delay = self
@@ -135,7 +140,7 @@ impl Backoff {
     }
 
     /// A connection succeeded: the next failure starts from `delay_min` again.
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.failures = 0;
     }
 }

@@ -1,0 +1,155 @@
+//! The state every transport keeps apart from its sockets: its peers and their queues, its
+//! tasks, the shutdown signal, and whether it has started or been shut down.
+
+use super::lanes::Peer;
+use super::tasks::{Shutdown, Tasks};
+use crate::network::{Inbound, NetworkError, SendError};
+use crate::{Lane, Message, NodeId};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A transport's peers, tasks and lifecycle, whatever carries its bytes. `L` is what the
+/// transport's writers need to reach a peer (an address, a shared connection).
+///
+/// The lifecycle: built at bind time, [`mark_started`](Self::mark_started) at `start`, after
+/// which peers added get their writers at once; [`begin_shutdown`](Self::begin_shutdown) makes
+/// `send` answer `Closed` and signals every task, and [`close_tasks`](Self::close_tasks) waits
+/// for them.
+pub struct TransportCore<L> {
+    node: NodeId,
+    frame_bytes_max: usize,
+    send_queue_messages_max: usize,
+    snapshot_queue_messages_max: usize,
+    /// Invariant: holds no entry for `node`.
+    peers: Mutex<HashMap<NodeId, Peer<L>>>,
+    /// Every task the transport started.
+    pub tasks: Tasks,
+    /// The shutdown signal; each task watches a clone.
+    pub shutdown: Shutdown,
+    stop: watch::Sender<bool>,
+    started: AtomicBool,
+    closed: AtomicBool,
+}
+
+impl<L> TransportCore<L> {
+    /// The state of node `node`'s transport, with no peers yet, whose tasks run on the current
+    /// tokio runtime. Messages over `frame_bytes_max` are refused; each peer gets queues of
+    /// `send_queue_messages_max` ordinary and `snapshot_queue_messages_max` snapshot frames.
+    pub fn new(
+        node: NodeId,
+        frame_bytes_max: usize,
+        send_queue_messages_max: usize,
+        snapshot_queue_messages_max: usize,
+    ) -> TransportCore<L> {
+        let (stop, shutdown) = Shutdown::channel();
+        TransportCore {
+            node,
+            frame_bytes_max,
+            send_queue_messages_max,
+            snapshot_queue_messages_max,
+            peers: Mutex::new(HashMap::new()),
+            tasks: Tasks::new(tokio::runtime::Handle::current()),
+            shutdown,
+            stop,
+            started: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn peers(&self) -> MutexGuard<'_, HashMap<NodeId, Peer<L>>> {
+        self.peers.lock().expect("peers lock")
+    }
+
+    /// Checks that `inbound` delivers to this node, as `Network::start` requires.
+    pub fn check_inbound(&self, inbound: &Inbound) -> Result<(), NetworkError> {
+        if inbound.local_id() != self.node {
+            return Err(NetworkError(format!(
+                "inbound delivers to {}, this transport is {}",
+                inbound.local_id(),
+                self.node
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records that the transport started; answers whether it had started already.
+    pub fn mark_started(&self) -> bool {
+        self.started.swap(true, Ordering::AcqRel)
+    }
+
+    /// Starts the writers of every peer that has none yet, with `start` (see
+    /// [`Peer::start_writers`]).
+    pub fn start_writers(&self, mut start: impl FnMut(NodeId, &mut Peer<L>)) {
+        for (&node, peer) in self.peers().iter_mut() {
+            start(node, peer);
+        }
+    }
+
+    /// Adds `node`, reached through `link`, answering the peer it replaces (whose writers the
+    /// caller stops). If the transport has started, `start` starts the new peer's writers first.
+    /// This node itself is refused with a warning.
+    pub fn add_peer(
+        &self,
+        node: NodeId,
+        link: L,
+        start: impl FnOnce(&mut Peer<L>),
+    ) -> Option<Peer<L>> {
+        if node == self.node {
+            tracing::warn!(%node, "refusing to add this node as its own peer");
+            return None;
+        }
+        let mut peer = Peer::new(
+            link,
+            self.send_queue_messages_max,
+            self.snapshot_queue_messages_max,
+        );
+        if self.started.load(Ordering::Acquire) {
+            start(&mut peer);
+        }
+        self.peers().insert(node, peer)
+    }
+
+    /// Removes `node`, answering its peer.
+    pub fn remove_peer(&self, node: NodeId) -> Option<Peer<L>> {
+        self.peers().remove(&node)
+    }
+
+    /// Removes every peer, answering them.
+    pub fn drain_peers(&self) -> Vec<Peer<L>> {
+        self.peers().drain().map(|(_, peer)| peer).collect()
+    }
+
+    /// Whether `node` is a peer.
+    pub fn is_peer(&self, node: NodeId) -> bool {
+        self.peers().contains_key(&node)
+    }
+
+    /// Encodes `message` and queues it on `lane` for its recipient without waiting (see
+    /// [`enqueue`](super::enqueue)); the table is locked only to find the queue.
+    pub fn send_on(&self, lane: Lane, message: &Message) -> Result<(), SendError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SendError::Closed);
+        }
+        let to = message.to;
+        let queue = {
+            let peers = self.peers();
+            let peer = peers.get(&to).ok_or(SendError::UnknownPeer { to })?;
+            peer.queues.sender(lane)
+        };
+        super::enqueue(&queue, message, self.frame_bytes_max)
+    }
+
+    /// Makes `send` answer `Closed` from now on and signals every task to stop.
+    pub fn begin_shutdown(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.stop.send_replace(true);
+    }
+
+    /// Waits up to `grace` for the tasks to stop, then aborts the rest (see [`Tasks::close`]).
+    pub async fn close_tasks(&self, grace: Duration) {
+        self.tasks.close(grace).await;
+    }
+}
