@@ -4,14 +4,10 @@
 #[path = "../tests/harness/mod.rs"]
 mod harness;
 
-use raft_core::testkit::network_bench::{measure, BenchPlan, BenchReport};
+use raft_core::testkit::network_bench::{print_table, BenchPlan};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let plan = BenchPlan::default();
-    println!("{plan:?}");
-    println!("{}", BenchReport::header());
-    let report = measure(&harness::Harness::new(), plan).await;
-    println!("{}", report.row("quic"));
-    println!("small frame: {} bytes", report.small_frame_bytes);
+    let quic = harness::Harness::new();
+    print_table(BenchPlan::default(), &[("quic", &quic)]).await;
 }

@@ -2,7 +2,9 @@
 //! leader, commit writes proposed through every node, and keep committing after the leader
 //! stops.
 
-use raft_core::testkit::cluster::{commit_through_every_node, wait_for_leader, RecordingMachine};
+use raft_core::testkit::cluster::{
+    commit_after_the_leader_stops, commit_through_every_node, RecordingMachine,
+};
 use raft_core::wire::ClusterId;
 use raft_core::{LogStore, Network, NodeId};
 use raft_storage_mem::MemLogStore;
@@ -37,22 +39,7 @@ async fn three_nodes_over_quic_elect_a_leader_and_commit() {
     let machines: Vec<RecordingMachine> = ids.iter().map(|_| RecordingMachine::default()).collect();
     let nodes = commit_through_every_node(&ids, networks, stores, &machines, 10).await;
 
-    let leader = wait_for_leader(&nodes).await;
-    nodes[leader].shutdown().await;
-    let rest: Vec<_> = nodes
-        .iter()
-        .enumerate()
-        .filter(|(position, _)| *position != leader)
-        .map(|(_, node)| node.clone())
-        .collect();
-    wait_for_leader(&rest).await;
-    rest[0]
-        .propose("after the leader stopped".into())
-        .await
-        .expect("the remaining majority commits");
-    for node in rest {
-        node.shutdown().await;
-    }
+    commit_after_the_leader_stops(&nodes).await;
     assert!(
         transports.iter().all(|t| t.tasks_running() == 0),
         "a transport task outlived shutdown"

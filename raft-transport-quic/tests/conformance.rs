@@ -5,52 +5,14 @@
 mod harness;
 
 use harness::*;
-use raft_core::testkit::network_suite::{self as suite, IntrusionOutcome, NetworkHarness};
+use raft_core::testkit::network_suite::{self as suite, IntrusionOutcome};
 use raft_core::wire::{self, Handshake};
 use raft_core::{Inbound, Lane, Network, NodeId};
 use raft_transport_quic::QuicTransport;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delivery_and_per_peer_order() {
-    suite::delivery_and_per_peer_order(&Harness::new()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_messages_up_to_the_limit() {
-    suite::large_messages_up_to_the_limit(&Harness::new()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_and_removed_peers_are_refused() {
-    suite::unknown_and_removed_peers_are_refused(&Harness::new()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_queue_refuses_without_blocking() {
-    suite::full_queue_refuses_without_blocking(&Harness::new()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restarted_peer_is_reached_again() {
-    suite::restarted_peer_is_reached_again(&Harness::new()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snapshot_lane_does_not_delay_ordinary_messages() {
-    suite::snapshot_lane_does_not_delay_ordinary_messages(&Harness::new()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn intruders_are_refused_while_good_peers_carry_on() {
-    suite::intruders_are_refused_while_good_peers_carry_on(&Harness::new()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_leaves_no_task_running() {
-    suite::shutdown_leaves_no_task_running(&Harness::new()).await;
-}
+raft_core::network_suite_tests!(Harness::new());
 
 /// Proves: node 2's certificate cannot claim to be node 3; a certificate from another CA and a
 /// client speaking another ALPN protocol fail the TLS handshake; raw UDP garbage is ignored.
@@ -60,37 +22,7 @@ async fn tls_identity_and_garbage_datagrams() {
     let harness = Harness::new();
     let mut nodes = suite::start_cluster(&harness, 2).await;
     let target = nodes[0].address;
-    let impostor = Handshake {
-        cluster: suite::SUITE_CLUSTER,
-        from: NodeId(3),
-        to: NodeId(1),
-        lane: Lane::Ordinary,
-    };
-    let posing = harness
-        .intrude(
-            target,
-            NodeId(1),
-            NodeId(2),
-            wire::encode_handshake(&impostor).to_vec(),
-            Duration::from_secs(10),
-        )
-        .await;
-    assert_eq!(posing, IntrusionOutcome::Closed, "node 2 posing as node 3");
-
-    let honest = Handshake {
-        from: NodeId(2),
-        ..impostor
-    };
-    let control = harness
-        .intrude(
-            target,
-            NodeId(1),
-            NodeId(2),
-            wire::encode_handshake(&honest).to_vec(),
-            Duration::from_millis(300),
-        )
-        .await;
-    assert_eq!(control, IntrusionOutcome::StillOpen, "node 2 as itself");
+    suite::credentials_must_name_the_sender(&harness, target).await;
 
     let foreign = Certificates::generate("foreign");
     let stranger = intruder_endpoint(&foreign.files(NodeId(2)), raft_transport_quic::ALPN);

@@ -4,9 +4,9 @@
 mod harness;
 
 use harness::*;
-use raft_core::testkit::network_suite::{self as suite, IntrusionOutcome, NetworkHarness};
-use raft_core::wire::{self, ClusterId, Handshake};
-use raft_core::{Inbound, Lane, Network, NodeId};
+use raft_core::testkit::network_suite as suite;
+use raft_core::wire::{self, ClusterId};
+use raft_core::{Inbound, Network, NodeId};
 use raft_transport_tcp::{TcpConfig, TcpTransport, TlsFiles};
 use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
@@ -14,56 +14,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
-macro_rules! conformance {
-    ($module:ident, $harness:expr) => {
-        mod $module {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn delivery_and_per_peer_order() {
-                suite::delivery_and_per_peer_order(&$harness).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn large_messages_up_to_the_limit() {
-                suite::large_messages_up_to_the_limit(&$harness).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn unknown_and_removed_peers_are_refused() {
-                suite::unknown_and_removed_peers_are_refused(&$harness).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn full_queue_refuses_without_blocking() {
-                suite::full_queue_refuses_without_blocking(&$harness).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn restarted_peer_is_reached_again() {
-                suite::restarted_peer_is_reached_again(&$harness).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn snapshot_lane_does_not_delay_ordinary_messages() {
-                suite::snapshot_lane_does_not_delay_ordinary_messages(&$harness).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn intruders_are_refused_while_good_peers_carry_on() {
-                suite::intruders_are_refused_while_good_peers_carry_on(&$harness).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn shutdown_leaves_no_task_running() {
-                suite::shutdown_leaves_no_task_running(&$harness).await;
-            }
-        }
-    };
+mod plain {
+    use super::*;
+    raft_core::network_suite_tests!(Harness::plain());
 }
 
-conformance!(plain, Harness::plain());
-conformance!(tls, Harness::tls());
+mod tls {
+    use super::*;
+    raft_core::network_suite_tests!(Harness::tls());
+}
 
 /// Proves: with TLS, a node whose certificate names node 2 cannot claim to be node 3, and a
 /// certificate from another CA is refused by the TLS handshake itself.
@@ -72,37 +31,7 @@ async fn tls_identity_is_checked() {
     let harness = Harness::tls();
     let nodes = suite::start_cluster(&harness, 3).await;
     let target = nodes[0].address;
-    let impostor = Handshake {
-        cluster: suite::SUITE_CLUSTER,
-        from: NodeId(3),
-        to: NodeId(1),
-        lane: Lane::Ordinary,
-    };
-    let outcome = harness
-        .intrude(
-            target,
-            NodeId(1),
-            NodeId(2),
-            wire::encode_handshake(&impostor).to_vec(),
-            Duration::from_secs(10),
-        )
-        .await;
-    assert_eq!(outcome, IntrusionOutcome::Closed, "node 2 posing as node 3");
-
-    let honest = Handshake {
-        from: NodeId(2),
-        ..impostor
-    };
-    let outcome = harness
-        .intrude(
-            target,
-            NodeId(1),
-            NodeId(2),
-            wire::encode_handshake(&honest).to_vec(),
-            Duration::from_millis(300),
-        )
-        .await;
-    assert_eq!(outcome, IntrusionOutcome::StillOpen, "node 2 as itself");
+    suite::credentials_must_name_the_sender(&harness, target).await;
 
     let foreign = Certificates::generate("foreign");
     let connector = tls_connector(&foreign.files(NodeId(2)));

@@ -158,3 +158,25 @@ pub async fn commit_through_every_node(
     }
     nodes
 }
+
+/// Stops the leader of `nodes`, waits for the others to elect a new one, commits a write
+/// proposed through the first of them, then shuts them down: a majority keeps committing
+/// after its leader stops.
+pub async fn commit_after_the_leader_stops(nodes: &[RaftNode]) {
+    let leader = wait_for_leader(nodes).await;
+    nodes[leader].shutdown().await;
+    let rest: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(position, _)| *position != leader)
+        .map(|(_, node)| node.clone())
+        .collect();
+    wait_for_leader(&rest).await;
+    rest[0]
+        .propose("after the leader stopped".into())
+        .await
+        .expect("the remaining majority commits");
+    for node in rest {
+        node.shutdown().await;
+    }
+}

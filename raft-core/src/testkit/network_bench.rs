@@ -222,3 +222,20 @@ pub async fn measure<H: NetworkHarness>(harness: &H, plan: BenchPlan) -> BenchRe
         round_trip_p99: percentile(0.99),
     }
 }
+
+/// Measures each `(name, harness)` in turn with `plan` and prints the plan, the table's header,
+/// a row per harness, and the small frame's size (from the first): what a transport's
+/// `cargo bench` target prints.
+pub async fn print_table<H: NetworkHarness>(plan: BenchPlan, runs: &[(&str, &H)]) {
+    println!("{plan:?}");
+    println!("{}", BenchReport::header());
+    let mut small_frame_bytes = None;
+    for (name, harness) in runs {
+        let report = measure(*harness, plan).await;
+        println!("{}", report.row(name));
+        small_frame_bytes.get_or_insert(report.small_frame_bytes);
+    }
+    if let Some(bytes) = small_frame_bytes {
+        println!("small frame: {bytes} bytes");
+    }
+}

@@ -895,3 +895,115 @@ pub async fn shutdown_leaves_no_task_running<H: NetworkHarness>(harness: &H) {
         sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// For a transport that authenticates its peers: a connection to node 1 at `target` made
+/// with node 2's credentials is closed when its handshake claims to come from node 3, and kept
+/// open when it claims node 2 (the control). Node 1 must be started and know nodes 2 and 3 (as
+/// [`start_cluster`] leaves it).
+pub async fn credentials_must_name_the_sender<H: NetworkHarness>(harness: &H, target: SocketAddr) {
+    let impostor = Handshake {
+        cluster: SUITE_CLUSTER,
+        from: NodeId(3),
+        to: NodeId(1),
+        lane: Lane::Ordinary,
+    };
+    let posing = harness
+        .intrude(
+            target,
+            NodeId(1),
+            NodeId(2),
+            wire::encode_handshake(&impostor).to_vec(),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(posing, IntrusionOutcome::Closed, "node 2 posing as node 3");
+
+    let honest = Handshake {
+        from: NodeId(2),
+        ..impostor
+    };
+    let control = harness
+        .intrude(
+            target,
+            NodeId(1),
+            NodeId(2),
+            wire::encode_handshake(&honest).to_vec(),
+            Duration::from_millis(300),
+        )
+        .await;
+    assert_eq!(control, IntrusionOutcome::StillOpen, "node 2 as itself");
+}
+
+/// Expands to one `#[tokio::test]` per case of the suite (multi-threaded runtime, two worker
+/// threads), named after the case, each running it against a fresh harness from `$harness`.
+/// Invoke it inside a module to run the suite under several harnesses from one test target.
+/// The calling crate needs `tokio` with the `macros` and `rt-multi-thread` features.
+///
+/// ```ignore
+/// mod plain {
+///     use super::*;
+///     raft_core::network_suite_tests!(Harness::plain());
+/// }
+/// ```
+#[macro_export]
+macro_rules! network_suite_tests {
+    ($harness:expr) => {
+        $crate::network_suite_tests!(@cases $harness;
+            delivery_and_per_peer_order,
+            large_messages_up_to_the_limit,
+            unknown_and_removed_peers_are_refused,
+            full_queue_refuses_without_blocking,
+            restarted_peer_is_reached_again,
+            snapshot_lane_does_not_delay_ordinary_messages,
+            intruders_are_refused_while_good_peers_carry_on,
+            shutdown_leaves_no_task_running,
+        );
+    };
+    (@cases $harness:expr; $($case:ident,)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::testkit::network_suite::$case(&$harness).await;
+            }
+        )*
+    };
+}
+
+/// Expands, inside an `impl NetworkHarness for …` block whose `Transport` is `$transport`, to
+/// the run-time control methods ([`NetworkHarness::local_addr`], `add_peer`, `remove_peer`,
+/// `send_on`, `tasks_running`), each calling the transport's inherent method of the same name
+/// and signature.
+#[macro_export]
+macro_rules! network_harness_controls {
+    ($transport:ty) => {
+        fn local_addr(&self, transport: &$transport) -> ::std::net::SocketAddr {
+            transport.local_addr()
+        }
+
+        fn add_peer(
+            &self,
+            transport: &$transport,
+            peer: $crate::NodeId,
+            address: ::std::net::SocketAddr,
+        ) {
+            transport.add_peer(peer, address);
+        }
+
+        fn remove_peer(&self, transport: &$transport, peer: $crate::NodeId) {
+            transport.remove_peer(peer);
+        }
+
+        fn send_on(
+            &self,
+            transport: &$transport,
+            lane: $crate::Lane,
+            message: $crate::Message,
+        ) -> ::std::result::Result<(), $crate::SendError> {
+            transport.send_on(lane, message)
+        }
+
+        fn tasks_running(&self, transport: &$transport) -> usize {
+            transport.tasks_running()
+        }
+    };
+}

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use quinn::crypto::rustls::QuicClientConfig;
 use raft_core::testkit::network_suite::{IntrusionOutcome, NetworkHarness, SuiteLimits};
 use raft_core::wire::{self, ClusterId};
-use raft_core::{Lane, Message, NetworkError, NodeId, SendError};
+use raft_core::{NetworkError, NodeId};
 use raft_transport_quic::{generate_cluster_certificates, QuicConfig, QuicTransport, TlsFiles};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -149,30 +149,7 @@ impl NetworkHarness for Harness {
         QuicTransport::bind(self.config(cluster, node, listen)).await
     }
 
-    fn local_addr(&self, transport: &QuicTransport) -> SocketAddr {
-        transport.local_addr()
-    }
-
-    fn add_peer(&self, transport: &QuicTransport, peer: NodeId, address: SocketAddr) {
-        transport.add_peer(peer, address);
-    }
-
-    fn remove_peer(&self, transport: &QuicTransport, peer: NodeId) {
-        transport.remove_peer(peer);
-    }
-
-    fn send_on(
-        &self,
-        transport: &QuicTransport,
-        lane: Lane,
-        message: Message,
-    ) -> Result<(), SendError> {
-        transport.send_on(lane, message)
-    }
-
-    fn tasks_running(&self, transport: &QuicTransport) -> usize {
-        transport.tasks_running()
-    }
+    raft_core::network_harness_controls!(QuicTransport);
 
     async fn intrude(
         &self,

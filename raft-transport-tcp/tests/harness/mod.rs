@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use raft_core::testkit::network_suite::{IntrusionOutcome, NetworkHarness, SuiteLimits};
 use raft_core::wire::{self, ClusterId};
-use raft_core::{Lane, Message, NetworkError, NodeId, SendError};
+use raft_core::{NetworkError, NodeId};
 use raft_transport_tcp::{TcpConfig, TcpTransport, TlsFiles};
 use rcgen::{
     BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -162,30 +162,7 @@ impl NetworkHarness for Harness {
         TcpTransport::bind(self.config(cluster, node, listen)).await
     }
 
-    fn local_addr(&self, transport: &TcpTransport) -> SocketAddr {
-        transport.local_addr()
-    }
-
-    fn add_peer(&self, transport: &TcpTransport, peer: NodeId, address: SocketAddr) {
-        transport.add_peer(peer, address);
-    }
-
-    fn remove_peer(&self, transport: &TcpTransport, peer: NodeId) {
-        transport.remove_peer(peer);
-    }
-
-    fn send_on(
-        &self,
-        transport: &TcpTransport,
-        lane: Lane,
-        message: Message,
-    ) -> Result<(), SendError> {
-        transport.send_on(lane, message)
-    }
-
-    fn tasks_running(&self, transport: &TcpTransport) -> usize {
-        transport.tasks_running()
-    }
+    raft_core::network_harness_controls!(TcpTransport);
 
     async fn intrude(
         &self,
