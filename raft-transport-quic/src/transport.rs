@@ -8,8 +8,8 @@ use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, TransportConfig, VarInt};
 use raft_core::transport_kit::{
-    connect_with_backoff, next_frame, Backoff, Ended, FrameReader, ReadError, Shutdown,
-    TransportCore,
+    connect_with_backoff, next_frame, read_inbound_handshake, Backoff, Ended, FrameReader,
+    ReadError, Shutdown, TransportCore,
 };
 use raft_core::wire::{self, Frame, Handshake};
 use raft_core::{Inbound, Lane, Message, Network, NetworkError, NodeId, SendError};
@@ -506,19 +506,10 @@ async fn open_stream_inbound(
     stream: RecvStream,
 ) -> Result<OpenedStream, String> {
     let mut frames = FrameReader::new(stream, inner.config.frame_bytes_max);
-    let handshake = match frames.next().await.map_err(|error| error.to_string())? {
-        Some(Frame::Handshake(handshake)) => handshake,
-        Some(Frame::Message(_)) => return Err("a message before the handshake".into()),
-        None => return Err("a stream closed before its handshake".into()),
-    };
-    wire::check_handshake(
-        &handshake,
-        inner.config.cluster,
-        inner.config.node,
-        |node| inner.is_known(node),
-        None,
-    )
-    .map_err(|error| error.to_string())?;
+    let (cluster, node) = (inner.config.cluster, inner.config.node);
+    let handshake = read_inbound_handshake(&mut frames, cluster, node, |peer| inner.is_known(peer))
+        .await?
+        .ok_or("a stream closed before its handshake")?;
     let certificates = connection
         .peer_identity()
         .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())

@@ -5,8 +5,8 @@ use crate::tls::TlsContext;
 use async_trait::async_trait;
 use bytes::Bytes;
 use raft_core::transport_kit::{
-    connect_with_backoff, next_frame, Backoff, Ended, FrameReader, ReadError, Shutdown,
-    TransportCore,
+    connect_with_backoff, next_frame, read_inbound_handshake, Backoff, Ended, FrameReader,
+    ReadError, Shutdown, TransportCore,
 };
 use raft_core::wire::{self, Frame, Handshake};
 use raft_core::{Inbound, Lane, Message, Network, NetworkError, NodeId, SendError};
@@ -429,19 +429,10 @@ async fn open_inbound(inner: &Inner, tcp: TcpStream) -> Result<Accepted, String>
     };
     let (reader, mut writer) = tokio::io::split(stream);
     let mut frames = FrameReader::new(reader, inner.config.frame_bytes_max);
-    let handshake = match frames.next().await.map_err(|error| error.to_string())? {
-        Some(Frame::Handshake(handshake)) => handshake,
-        Some(Frame::Message(_)) => return Err("a message before the handshake".into()),
-        None => return Err("closed before the handshake".into()),
-    };
-    wire::check_handshake(
-        &handshake,
-        inner.config.cluster,
-        inner.config.node,
-        |node| inner.is_known(node),
-        None,
-    )
-    .map_err(|error| error.to_string())?;
+    let (cluster, node) = (inner.config.cluster, inner.config.node);
+    let handshake = read_inbound_handshake(&mut frames, cluster, node, |peer| inner.is_known(peer))
+        .await?
+        .ok_or("closed before the handshake")?;
     if let (Some(tls), Some(certificates)) = (&inner.tls, &certificates) {
         if !tls.names(certificates, handshake.from) {
             return Err(format!(

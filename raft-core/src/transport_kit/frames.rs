@@ -1,6 +1,7 @@
 //! Reading frames from a byte stream with the pure decoder of `raft_core::wire`.
 
-use crate::wire::{self, Frame, FrameError};
+use crate::wire::{self, ClusterId, Frame, FrameError, Handshake};
+use crate::NodeId;
 use bytes::{Buf, BytesMut};
 use std::fmt;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -87,4 +88,23 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
         }
     }
+}
+
+/// Reads the first frame of an inbound connection (or stream), which must be a handshake, and
+/// checks it with [`wire::check_handshake`] (no sender authenticated yet): `Ok(None)` when the
+/// stream ended before any frame. Refusals are described for the log.
+pub async fn read_inbound_handshake<R: AsyncRead + Unpin>(
+    frames: &mut FrameReader<R>,
+    cluster: ClusterId,
+    node: NodeId,
+    is_known: impl Fn(NodeId) -> bool,
+) -> Result<Option<Handshake>, String> {
+    let handshake = match frames.next().await.map_err(|error| error.to_string())? {
+        Some(Frame::Handshake(handshake)) => handshake,
+        Some(Frame::Message(_)) => return Err("a message before the handshake".into()),
+        None => return Ok(None),
+    };
+    wire::check_handshake(&handshake, cluster, node, is_known, None)
+        .map_err(|error| error.to_string())?;
+    Ok(Some(handshake))
 }

@@ -8,7 +8,8 @@
 //!   [`next_frame`] are the front of a writer's loop (connect only when there is something to
 //!   send, retry until connected or shut down).
 //! - [`FrameReader`]: splits any `AsyncRead` into frames with the pure decoder of
-//!   [`wire`](crate::wire), buffering at most one frame.
+//!   [`wire`](crate::wire), buffering at most one frame; [`read_inbound_handshake`] reads and
+//!   checks the handshake an inbound connection opens with.
 //! - [`LaneQueues`], [`Peer`]: per-peer bounded queues of encoded frames, one per
 //!   [`Lane`](crate::Lane); [`enqueue`] encodes a message and queues it without waiting.
 //! - [`TransportCore`]: the peer table that `send` looks the queues up in, with the tasks, the
@@ -21,7 +22,7 @@ mod limits;
 mod state;
 mod tasks;
 
-pub use frames::{FrameReader, ReadError};
+pub use frames::{read_inbound_handshake, FrameReader, ReadError};
 pub use lanes::{connect_with_backoff, enqueue, next_frame, Ended, LaneQueues, Peer};
 pub use limits::SharedLimits;
 pub use state::TransportCore;
