@@ -9,7 +9,7 @@
 //!
 //! A failing seed prints the command that replays it.
 
-use raft_core::testkit::sim::{run, RunReport, SimOptions};
+use raft_core::testkit::sim::{run, RunReport, SimOptions, TransferEnd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -196,6 +196,60 @@ fn faults_actually_happened() {
             reports.iter().any(|r| r.profile == profile),
             "no seed ran the {profile} mix"
         );
+    }
+}
+
+#[test]
+fn reads_without_the_log_and_transfers_happened() {
+    let reports = reports();
+    if reports.len() < 100 {
+        return;
+    }
+    let sum = |f: fn(&RunReport) -> u64| reports.iter().map(f).sum::<u64>();
+    let returned = sum(|r| r.returned as u64);
+    let without_log = sum(|r| r.reads_without_log as u64);
+    let lease = sum(|r| r.lease_reads);
+    let dropped = sum(|r| r.reads_dropped as u64);
+    let refused = sum(|r| r.refused_for_transfer as u64);
+    let transfers = sum(|r| r.transfers);
+    let to_target = sum(|r| r.transfers_to_target);
+    let timed_out = sum(|r| r.transfers_timed_out);
+    let superseded = sum(|r| r.transfers_superseded);
+    let liveness = |end: TransferEnd| {
+        reports
+            .iter()
+            .filter(|r| r.liveness_transfer == Some(end))
+            .count() as u64
+    };
+    let (live_to_target, live_timed_out, live_superseded) = (
+        liveness(TransferEnd::TargetLeads),
+        liveness(TransferEnd::TimedOut),
+        liveness(TransferEnd::Superseded),
+    );
+    println!(
+        "answered {returned}: {without_log} reads without the log ({lease} from a lease), \
+         {dropped} such reads dropped; transfers {transfers}: {to_target} to the target, \
+         {timed_out} timed out, {superseded} superseded, {refused} proposals refused meanwhile; \
+         liveness-phase transfers: {live_to_target} to the target, {live_timed_out} timed out, \
+         {live_superseded} superseded"
+    );
+    let seeds = reports.len() as u64;
+    for (what, count, least) in [
+        ("reads without the log", without_log, returned / 10),
+        ("lease reads", lease, seeds),
+        ("dropped reads", dropped, seeds / 10),
+        ("transfers", transfers, seeds),
+        ("transfers to the target", to_target, seeds / 2),
+        ("transfers that timed out", timed_out, seeds / 20),
+        ("proposals refused during a transfer", refused, seeds / 10),
+        (
+            "liveness transfers to the target",
+            live_to_target,
+            seeds / 2,
+        ),
+        ("liveness transfers that timed out", live_timed_out, 1),
+    ] {
+        assert!(count >= least, "too few {what}: {count} (want {least})");
     }
 }
 

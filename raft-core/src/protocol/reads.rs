@@ -16,6 +16,12 @@
 //! `election_timeout_ticks_min` after hearing from it, so no new leader can exist yet. This
 //! assumes clocks that drift apart by less than the gap between the two (the defaults leave a
 //! quarter of the election timeout).
+//!
+//! A leader that begins a leadership transfer gives up its lease for the rest of its term and
+//! confirms every later read with a round: the target campaigns with voters setting their
+//! lease promise aside (possibly much later, if `TimeoutNow` is delayed), and followers whose
+//! forwards it refuses forget it as leader; in both cases a new leader can be elected and
+//! commit without this one hearing of it within its lease.
 
 use super::{ProposeError, RawNode, Role};
 use crate::message::MessageBody;
@@ -58,6 +64,9 @@ pub(crate) struct Reads {
     unsent: Vec<Reader>,
     /// Leader: the send tick of the newest confirmed round.
     lease_start: Option<u64>,
+    /// Leader: a transfer began this term, so no lease holds until the term ends (see the
+    /// module documentation).
+    lease_revoked: bool,
     /// Follower: reads waiting for a leader to be known, with their deadline.
     waiting: Vec<(ProposalId, u64)>,
     /// Follower: reads asked of the leader, with their deadline.
@@ -91,6 +100,7 @@ impl Reads {
         readers.append(&mut self.awaiting_commit);
         readers.append(&mut self.unsent);
         self.lease_start = None;
+        self.lease_revoked = false; // leadership ended; a later term earns its own lease
         readers
     }
 
@@ -150,6 +160,7 @@ impl RawNode {
 
     fn lease_valid(&self) -> bool {
         self.config.lease_reads
+            && !self.reads.lease_revoked
             && self
                 .reads
                 .lease_start
@@ -173,6 +184,12 @@ impl RawNode {
                 self.register_read(reader);
             }
         }
+    }
+
+    /// Leader: a leadership transfer begins; no lease read is served again in this term.
+    pub(super) fn revoke_lease(&mut self) {
+        self.reads.lease_revoked = true;
+        self.reads.lease_start = None;
     }
 
     /// Leader: starts a heartbeat round. With `for_reads`, only when reads wait for one.

@@ -71,7 +71,8 @@ impl std::error::Error for TransferError {}
 impl RawNode {
     /// Starts handing leadership to `target`. Proposals are refused until the transfer ends;
     /// a failure after this call arrives in [`super::Ready::transfer_failed`]. Transferring
-    /// to the current leader succeeds at once.
+    /// to the current leader succeeds at once. With `lease_reads`, this leader serves no more
+    /// reads from its lease in this term: a round confirms each (see the reads module).
     pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), TransferError> {
         if self.role != Role::Leader {
             return Err(TransferError::NotLeader {
@@ -87,6 +88,8 @@ impl RawNode {
         if target == self.id {
             return Ok(());
         }
+        // The target may win without this node hearing of it while a lease would still run.
+        self.revoke_lease();
         self.transfer = Some(Transfer {
             target,
             elapsed: 0,

@@ -7,7 +7,7 @@ use super::rng::{mix, SimRng};
 use super::trace::{ShowEntries, ShowMessage, Trace, TRACE_BYTES_MAX_DEFAULT};
 use crate::config::Config;
 use crate::message::{AppendResponse, Message, MessageBody};
-use crate::protocol::{ProposeError, RawNode, Ready, Restore, Role};
+use crate::protocol::{ProposeError, RawNode, Ready, Restore, Role, TransferError};
 use crate::storage::LogWrite;
 use crate::testkit::linearizability::{KvInput, KvOutput};
 use crate::types::{Entry, HardState, LogIndex, NodeId, ProposalId, Term};
@@ -39,14 +39,41 @@ pub enum Timing {
     /// [`Cluster::deliver_all`], writes complete as soon as a ready is handled. For scenario
     /// tests.
     Manual,
-    /// Every node ticks every `tick_ms` (plus up to `tick_jitter_ms`) of virtual time, from a
-    /// seeded phase; messages and writes complete after seeded delays. For randomized runs.
+    /// Every node ticks every `tick_ms` plus its own fixed skew (up to `tick_skew_ms_max`) plus
+    /// up to `tick_jitter_ms` of virtual time, from a seeded phase; messages and writes complete
+    /// after seeded delays. For randomized runs.
+    ///
+    /// A node's tick interval thus stays within `[tick_ms, tick_ms + tick_skew_ms_max +
+    /// tick_jitter_ms]`: clocks run at different rates, within that bound. Lease reads assume
+    /// such a bound (see [`crate::config::Config::lease_reads`]); [`Timing::tick_rate_ratio_max`]
+    /// gives it.
     Simulated {
         /// Virtual milliseconds between two ticks of a node.
         tick_ms: u64,
-        /// Extra random milliseconds added to each tick interval (clock drift).
+        /// Extra random milliseconds added to each tick interval (jitter).
         tick_jitter_ms: u64,
+        /// Largest fixed extra interval of one node's ticks, drawn per node from the seed: a
+        /// clock that runs slow for good (drift).
+        tick_skew_ms_max: u64,
     },
+}
+
+impl Timing {
+    /// With simulated timing, the most one node's tick interval can exceed another's, as a
+    /// ratio (slowest over fastest); `None` for manual timing.
+    pub fn tick_rate_ratio_max(&self) -> Option<f64> {
+        match *self {
+            Timing::Manual => None,
+            Timing::Simulated {
+                tick_ms,
+                tick_jitter_ms,
+                tick_skew_ms_max,
+            } => {
+                let slowest = tick_ms + tick_skew_ms_max + tick_jitter_ms;
+                Some(slowest as f64 / tick_ms.max(1) as f64)
+            }
+        }
+    }
 }
 
 /// What the network does to messages. Each message is dropped with `drop_probability`, else
@@ -127,6 +154,18 @@ pub enum ProposalOutcome {
         /// Virtual time of the answer.
         at_ms: u64,
     },
+    /// A read without the log ([`Cluster::read_kv`]) was served: the node learnt a read index
+    /// and answered from its state machine once it had applied that far.
+    Read {
+        /// The node that served it.
+        node: NodeId,
+        /// The read index the protocol gave.
+        index: LogIndex,
+        /// The state machine's answer (the key's value).
+        output: KvOutput,
+        /// Virtual time of the answer.
+        at_ms: u64,
+    },
     /// The proposer crashed before answering: the outcome is unknown.
     Lost {
         /// The proposer.
@@ -200,6 +239,38 @@ pub struct ClusterStats {
     pub leader_elections: u64,
     /// Proposals made.
     pub proposals: u64,
+    /// Reads without the log asked for ([`Cluster::read_kv`]).
+    pub reads: u64,
+    /// Of those, reads a leader of several voters answered at once: served from its lease.
+    pub lease_reads: u64,
+    /// Leadership transfers a leader accepted ([`Cluster::transfer_leadership`]).
+    pub transfers: u64,
+}
+
+/// A leadership transfer the protocol abandoned ([`Ready::transfer_failed`]), with the state of
+/// the node that reported it at that moment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransferFailure {
+    /// The node that was handing over.
+    pub node: NodeId,
+    /// Why it gave up.
+    pub error: TransferError,
+    /// Its role when it reported it.
+    pub role: Role,
+    /// Its term when it reported it.
+    pub term: Term,
+    /// Virtual time of the report.
+    pub at_ms: u64,
+}
+
+/// A read without the log that has no answer yet.
+#[derive(Clone, Debug)]
+struct PendingRead {
+    node: NodeId,
+    key: String,
+    /// How many entries the cluster was known to have committed when the read was asked:
+    /// its read index may not be lower (every one of them may have been acknowledged).
+    committed_at_call: usize,
 }
 
 /// Builds a [`Cluster`]. Defaults: seed 0, [`Config::new`] settings, manual timing, a perfect
@@ -319,6 +390,10 @@ struct SimNode {
     /// When the last queued write completes (writes complete in order).
     last_write_done_ms: u64,
     kv: KvStore,
+    /// Reads whose read index is known, waiting for `kv` to apply it: (index, read) -> key.
+    reads_awaiting_apply: BTreeMap<(LogIndex, ProposalId), String>,
+    /// This node's fixed extra tick interval (a clock that runs slow), in virtual milliseconds.
+    tick_skew_ms: u64,
     /// Grows at every crash; messages and timers of an earlier life are discarded.
     incarnation: u64,
     restarts: u64,
@@ -368,6 +443,12 @@ pub struct Cluster {
     outcomes: BTreeMap<ProposalId, ProposalOutcome>,
     next_proposal: u64,
     ready_records: Option<VecDeque<ReadyRecord>>,
+    /// Reads without the log not answered yet.
+    pending_reads: BTreeMap<ProposalId, PendingRead>,
+    /// The read [`Cluster::read_kv`] is asking for, and whether its index came at once.
+    read_in_call: Option<(ProposalId, bool)>,
+    /// Transfers abandoned and not yet taken by [`Cluster::take_transfer_failures`].
+    transfer_failures: Vec<TransferFailure>,
 }
 
 impl Cluster {
@@ -424,6 +505,16 @@ impl Cluster {
             outcomes: BTreeMap::new(),
             next_proposal: 1,
             ready_records: builder.record_readies.then(VecDeque::new),
+            pending_reads: BTreeMap::new(),
+            read_in_call: None,
+            transfer_failures: Vec::new(),
+        };
+        let mut skew_rng = SimRng::stream(seed, 6);
+        let skew_max = match builder.timing {
+            Timing::Simulated {
+                tick_skew_ms_max, ..
+            } => tick_skew_ms_max,
+            Timing::Manual => 0,
         };
         let mut restores = builder.restores;
         for k in 0..builder.voters {
@@ -442,6 +533,8 @@ impl Cluster {
                 writes: VecDeque::new(),
                 last_write_done_ms: 0,
                 kv: KvStore::default(),
+                reads_awaiting_apply: BTreeMap::new(),
+                tick_skew_ms: skew_rng.between(0, skew_max),
                 incarnation: 0,
                 restarts: 0,
                 seen: (Role::Follower, Term(0)),
@@ -581,6 +674,11 @@ impl Cluster {
         }
         self.queue_write(k, ready.number, ready.write, ready.messages_after_write);
         self.apply(k, &ready.committed);
+        self.reads_indexed(k, ready.reads, ready.failed_reads);
+        self.serve_reads(k);
+        if let Some(error) = ready.transfer_failed {
+            self.transfer_failed(k, error);
+        }
         for (proposal, error) in ready.failed_proposals {
             self.trace_line(format_args!(
                 "{id} proposal {:x} failed: {error:?}",
@@ -766,6 +864,121 @@ impl Cluster {
             .applied(last);
     }
 
+    /// Read indexes (and read failures) the protocol handed out: each read waits for the state
+    /// machine to apply its index. A read index below what the cluster had committed when the
+    /// read was asked is a stale read: the run fails.
+    fn reads_indexed(
+        &mut self,
+        k: usize,
+        reads: Vec<(ProposalId, LogIndex)>,
+        failed: Vec<(ProposalId, ProposeError)>,
+    ) {
+        let id = self.nodes[k].id;
+        let at_ms = self.now_ms;
+        for (read, error) in failed {
+            self.trace_line(format_args!("{id} read {:x} failed: {error:?}", read.0));
+            if self.pending_reads.get(&read).is_some_and(|p| p.node == id) {
+                let outcome = ProposalOutcome::Failed {
+                    node: id,
+                    error,
+                    at_ms,
+                };
+                self.finish_read(read, outcome);
+            }
+        }
+        for (read, index) in reads {
+            let Some(pending) = self.pending_reads.get(&read) else {
+                continue; // lost in a crash of this node's earlier life, or already answered
+            };
+            if pending.node != id {
+                self.fail(format_args!(
+                    "{id} answered read {:x}, which {} asked",
+                    read.0, pending.node
+                ));
+            }
+            if index.0 < pending.committed_at_call as u64 {
+                self.fail(format_args!(
+                    "stale read: {id} gave read {:x} the read index {index}, yet entries up to \
+                     i{} were known committed when it was asked",
+                    read.0, pending.committed_at_call
+                ));
+            }
+            let key = pending.key.clone();
+            self.trace_line(format_args!(
+                "{id} read {:x} may be served at {index}",
+                read.0
+            ));
+            if let Some((asked, at_once)) = self.read_in_call.as_mut() {
+                *at_once |= *asked == read;
+            }
+            self.nodes[k]
+                .reads_awaiting_apply
+                .insert((index, read), key);
+        }
+    }
+
+    /// Answers the reads of node `k` whose read index its state machine has applied.
+    fn serve_reads(&mut self, k: usize) {
+        let id = self.nodes[k].id;
+        let applied = self.nodes[k].kv.applied_index();
+        while let Some(entry) = self.nodes[k].reads_awaiting_apply.first_entry() {
+            if entry.key().0 > applied {
+                break;
+            }
+            let ((index, read), key) = entry.remove_entry();
+            let output = KvOutput::Value(self.nodes[k].kv.get(&key).cloned());
+            self.trace_line(format_args!(
+                "{id} read {:x} served at {applied}: {output:?}",
+                read.0
+            ));
+            let at_ms = self.now_ms;
+            let outcome = ProposalOutcome::Read {
+                node: id,
+                index,
+                output,
+                at_ms,
+            };
+            self.finish_read(read, outcome);
+        }
+    }
+
+    fn finish_read(&mut self, read: ProposalId, outcome: ProposalOutcome) {
+        if self.pending_reads.remove(&read).is_none() {
+            return;
+        }
+        if self.outcomes.len() >= OUTCOMES_UNTAKEN_MAX {
+            self.fail(format_args!(
+                "{OUTCOMES_UNTAKEN_MAX} outcomes were never taken"
+            ));
+        }
+        self.outcomes.insert(read, outcome);
+    }
+
+    fn transfer_failed(&mut self, k: usize, error: TransferError) {
+        let id = self.nodes[k].id;
+        let raw = self.nodes[k]
+            .raw
+            .as_ref()
+            .expect("a ready comes from a live node");
+        let failure = TransferFailure {
+            node: id,
+            error,
+            role: raw.role(),
+            term: raw.term(),
+            at_ms: self.now_ms,
+        };
+        self.trace_line(format_args!(
+            "{id} transfer failed: {:?} ({:?} in {})",
+            failure.error, failure.role, failure.term
+        ));
+        if self.transfer_failures.len() >= OUTCOMES_UNTAKEN_MAX {
+            self.fail(format_args!(
+                "{OUTCOMES_UNTAKEN_MAX} transfer failures were never taken"
+            ));
+        }
+        self.transfer_failures.push(failure);
+    }
+
     fn finish(&mut self, proposal: ProposalId, outcome: ProposalOutcome) {
         if self.pending.remove(&proposal).is_none() {
             return; // not proposed through this cluster, or already lost in a crash
@@ -929,9 +1142,11 @@ impl Cluster {
         if let Timing::Simulated {
             tick_ms,
             tick_jitter_ms,
+            ..
         } = self.timing
         {
-            let next = self.now_ms + tick_ms + self.tick_rng.below(tick_jitter_ms + 1);
+            let interval = tick_ms + self.nodes[k].tick_skew_ms;
+            let next = self.now_ms + interval + self.tick_rng.below(tick_jitter_ms + 1);
             self.add_timer(next, Timer::Tick { node, incarnation });
         }
     }
@@ -1012,6 +1227,79 @@ impl Cluster {
     /// Proposes a key-value command at `node`.
     pub fn propose_kv(&mut self, node: impl Into<NodeId>, input: &KvInput) -> ProposalId {
         self.propose(node, kv::encode(input))
+    }
+
+    /// Reads `key` at `node` without the log: the node asks the protocol for a read index
+    /// ([`RawNode::read_index`]; a leader confirms it with a heartbeat round or its lease, a
+    /// follower asks the leader) and answers from its state machine once it has applied that
+    /// index. Returns the read's ID; its outcome appears in [`Cluster::outcome`] as
+    /// [`ProposalOutcome::Read`] or `Failed`.
+    ///
+    /// The simulator fails the run if the read index is below an entry known committed when
+    /// the read was asked (a stale read).
+    pub fn read_kv(&mut self, node: impl Into<NodeId>, key: &str) -> ProposalId {
+        let id = ProposalId(self.next_proposal);
+        self.next_proposal += 1;
+        self.ask_read(node.into(), id, key);
+        id
+    }
+
+    /// Asks for read `read` of `key` at `node` again, under the same ID, as a client that
+    /// retries would: an answer to the earlier request may still be on its way and must not
+    /// answer this one. Forgets the earlier outcome.
+    ///
+    /// # Panics
+    /// If `read` is still waiting for an answer.
+    pub fn retry_read(&mut self, node: impl Into<NodeId>, read: ProposalId, key: &str) {
+        assert!(
+            !self.pending_reads.contains_key(&read),
+            "read {:x} has no outcome yet",
+            read.0
+        );
+        self.outcomes.remove(&read);
+        self.ask_read(node.into(), read, key);
+    }
+
+    fn ask_read(&mut self, node: NodeId, id: ProposalId, key: &str) {
+        self.stats.reads += 1;
+        let pending = PendingRead {
+            node,
+            key: key.to_string(),
+            committed_at_call: self.invariants.committed_len(),
+        };
+        self.pending_reads.insert(id, pending);
+        self.trace_line(format_args!("{node} read {:x} of {key:?}", id.0));
+        let raw = self.raw_mut(node);
+        let leads_others = raw.role() == Role::Leader && raw.config().voters.len() > 1;
+        raw.read_index(id);
+        self.read_in_call = Some((id, false));
+        self.process_ready(node);
+        if let Some((_, true)) = self.read_in_call.take() {
+            if leads_others {
+                self.stats.lease_reads += 1;
+            }
+        }
+        self.after_step();
+    }
+
+    /// Asks leader `node` to hand leadership to `target` ([`RawNode::transfer_leadership`]).
+    /// An abandoned transfer shows up in [`Cluster::take_transfer_failures`].
+    pub fn transfer_leadership(
+        &mut self,
+        node: impl Into<NodeId>,
+        target: impl Into<NodeId>,
+    ) -> Result<(), TransferError> {
+        let (node, target) = (node.into(), target.into());
+        self.trace_line(format_args!("{node} transfers leadership to {target}"));
+        let result = self.raw_mut(node).transfer_leadership(target);
+        match &result {
+            Ok(()) if node != target => self.stats.transfers += 1,
+            Ok(()) => {}
+            Err(error) => self.trace_line(format_args!("{node} refused the transfer: {error:?}")),
+        }
+        self.process_ready(node);
+        self.after_step();
+        result
     }
 
     /// Ticks `node` `count` times, handling its readies after each.
@@ -1213,6 +1501,16 @@ impl Cluster {
         for proposal in lost {
             self.finish(proposal, ProposalOutcome::Lost { node, at_ms });
         }
+        self.nodes[k].reads_awaiting_apply.clear();
+        let lost_reads: Vec<ProposalId> = self
+            .pending_reads
+            .iter()
+            .filter(|(_, read)| read.node == node)
+            .map(|(id, _)| *id)
+            .collect();
+        for read in lost_reads {
+            self.finish_read(read, ProposalOutcome::Lost { node, at_ms });
+        }
         self.after_step();
     }
 
@@ -1333,6 +1631,21 @@ impl Cluster {
     /// Proposals with no outcome yet.
     pub fn pending_proposals(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Reads without the log with no outcome yet.
+    pub fn pending_reads(&self) -> usize {
+        self.pending_reads.len()
+    }
+
+    /// Takes the leadership transfers abandoned so far, oldest first.
+    pub fn take_transfer_failures(&mut self) -> Vec<TransferFailure> {
+        std::mem::take(&mut self.transfer_failures)
+    }
+
+    /// The command of every entry known committed, in index order (blank entries left out).
+    pub fn committed_commands(&self) -> Vec<Bytes> {
+        self.invariants.committed_commands()
     }
 
     /// The readies recorded with [`ClusterBuilder::record_readies`], oldest first.

@@ -94,6 +94,17 @@ impl Invariants {
         self.committed.len()
     }
 
+    /// The commands of the committed log, in index order.
+    pub(crate) fn committed_commands(&self) -> Vec<bytes::Bytes> {
+        self.committed
+            .iter()
+            .filter_map(|c| match &c.payload {
+                EntryPayload::Command(data) => Some(data.clone()),
+                EntryPayload::Blank => None,
+            })
+            .collect()
+    }
+
     /// Terms that had a leader.
     pub(crate) fn leader_terms(&self) -> usize {
         self.leaders.len()

@@ -91,11 +91,11 @@ pub mod trace;
 
 pub use cluster::{
     Cluster, ClusterBuilder, ClusterStats, CutId, DiskTiming, DurableState, NetworkFaults,
-    ProposalOutcome, ReadyRecord, Stepped, Timing, EMPTY_READIES_MAX, MESSAGES_IN_FLIGHT_MAX,
-    OUTCOMES_UNTAKEN_MAX, READY_RECORDS_MAX, READY_ROUNDS_MAX, STABILIZE_ROUNDS_MAX,
-    WRITES_IN_FLIGHT_MAX,
+    ProposalOutcome, ReadyRecord, Stepped, Timing, TransferFailure, EMPTY_READIES_MAX,
+    MESSAGES_IN_FLIGHT_MAX, OUTCOMES_UNTAKEN_MAX, READY_RECORDS_MAX, READY_ROUNDS_MAX,
+    STABILIZE_ROUNDS_MAX, WRITES_IN_FLIGHT_MAX,
 };
 pub use run::{
-    run, FaultRates, RunReport, SimOptions, CHECK_STEPS_RETRY_MAX, DRIVER_TIMERS_MAX,
-    OPERATIONS_MAX,
+    lease_clock_margin_holds, run, FaultRates, RunReport, SimOptions, TransferEnd,
+    CHECK_STEPS_RETRY_MAX, DRIVER_TIMERS_MAX, OPERATIONS_MAX,
 };

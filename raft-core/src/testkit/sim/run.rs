@@ -4,12 +4,13 @@
 use super::cluster::{Cluster, CutId, DiskTiming, NetworkFaults, ProposalOutcome, Stepped, Timing};
 use super::rng::SimRng;
 use crate::config::Config;
+use crate::protocol::{ProposeError, Role, TransferError};
 use crate::testkit::linearizability::{
     check, CheckLimits, CheckResult, History, KvInput, KvModel, KvOutput,
 };
-use crate::types::{LogIndex, NodeId, ProposalId};
+use crate::types::{LogIndex, NodeId, ProposalId, Term};
 use bytes::Bytes;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -42,6 +43,8 @@ pub struct FaultRates {
     pub isolate_leader_weight: u32,
     /// Weight of healing every cut at once.
     pub heal_weight: u32,
+    /// Weight of asking the current leader to hand leadership to a random other voter.
+    pub transfer_weight: u32,
     /// Weight of doing nothing this time.
     pub quiet_weight: u32,
     /// Longest time a crashed node stays down.
@@ -78,6 +81,14 @@ pub struct SimOptions {
     pub tick_ms: u64,
     /// Random extra time per tick interval.
     pub tick_jitter_ms: u64,
+    /// Largest fixed extra time per tick interval of one node (its clock runs slow). With lease
+    /// reads, `tick_ms`, this and `tick_jitter_ms` must keep clocks within the lease's drift
+    /// assumption (see [`lease_clock_margin_holds`]); [`run`] refuses options that do not.
+    pub tick_skew_ms_max: u64,
+    /// Chance that a client's get is a read without the log ([`Cluster::read_kv`]: ReadIndex on
+    /// a leader, or from its lease with `config.lease_reads`; a follower read on a follower)
+    /// instead of a command through the log.
+    pub read_index_probability: f64,
     /// The fault mix.
     pub faults: FaultRates,
     /// The protocol settings every node starts from (`id`, `voters` and `seed` are set per
@@ -93,13 +104,21 @@ pub struct SimOptions {
 
 impl SimOptions {
     /// The run that `seed` names: 3 or 5 nodes and one of five fault mixes (calm, lossy,
-    /// partitions, crashes, chaos), with rates varied by the seed.
+    /// partitions, crashes, chaos), with rates varied by the seed; then, from a stream of their
+    /// own (so the draws above stay the same): lease reads on half the seeds that have
+    /// CheckQuorum, the share of gets read without the log (none, half, most or all), and how
+    /// often leadership is transferred (never on a quarter of the seeds).
     pub fn from_seed(seed: u64) -> SimOptions {
         let mut rng = SimRng::stream(seed, 100);
         let nodes = if rng.chance(0.5) { 3 } else { 5 };
         let profile = ["calm", "lossy", "partitions", "crashes", "chaos"][rng.below(5) as usize];
-        let faults = fault_rates(&mut rng, profile, nodes);
-        let config = protocol_settings(&mut rng, nodes);
+        let mut faults = fault_rates(&mut rng, profile, nodes);
+        let mut config = protocol_settings(&mut rng, nodes);
+        let mut reads_and_transfers = SimRng::stream(seed, 101);
+        config.lease_reads = config.check_quorum && reads_and_transfers.chance(0.5);
+        let read_index_probability =
+            [0.0, 0.5, 0.8, 1.0][reads_and_transfers.weighted(&[1, 2, 2, 2])];
+        faults.transfer_weight = reads_and_transfers.between(0, 3) as u32;
         SimOptions {
             seed,
             nodes,
@@ -113,6 +132,11 @@ impl SimOptions {
             client_think_ms_max: 40,
             tick_ms: 10,
             tick_jitter_ms: 1,
+            // 10 to 12 ms per tick: rates within 20% of each other, inside the lease's margin
+            // (11 ticks of the slowest clock end before 14 of the fastest; see
+            // lease_clock_margin_holds).
+            tick_skew_ms_max: 1,
+            read_index_probability,
             faults,
             trace: false,
             trace_path: None,
@@ -146,6 +170,7 @@ fn fault_rates(rng: &mut SimRng, profile: &str, nodes: usize) -> FaultRates {
         one_way_weight: 0,
         isolate_leader_weight: 0,
         heal_weight: 2,
+        transfer_weight: 0,
         quiet_weight: 4,
         down_ms_max: 1500,
         cut_ms_max: 1500,
@@ -220,6 +245,40 @@ fn protocol_settings(rng: &mut SimRng, nodes: usize) -> Config {
     config
 }
 
+/// True when the clocks `options` simulate keep lease reads safe, or lease reads are off.
+///
+/// A lease assumes bounded clock drift (see `protocol::reads`): the leader serves from its
+/// lease until `read_lease_ticks` of its own ticks have passed since a heartbeat round left,
+/// that is for less than `read_lease_ticks` of its tick intervals; a follower that answered the
+/// round refuses to vote until `election_timeout_ticks_min` of its own ticks have passed since,
+/// that is for at least `election_timeout_ticks_min - 1` whole intervals (the first tick may
+/// come at once). So the lease is safe when `read_lease_ticks` intervals of the slowest clock
+/// end before `election_timeout_ticks_min - 1` intervals of the fastest. With the defaults (11
+/// and 15 ticks) the slowest clock may tick up to 27% slower than the fastest; the runs
+/// [`SimOptions::from_seed`] makes tick every 10 to 12 ms (20%).
+pub fn lease_clock_margin_holds(options: &SimOptions) -> bool {
+    if !options.config.lease_reads {
+        return true;
+    }
+    let fastest_ms = options.tick_ms;
+    let slowest_ms = options.tick_ms + options.tick_skew_ms_max + options.tick_jitter_ms;
+    let lease_ms_max = slowest_ms * u64::from(options.config.read_lease_ticks);
+    let promise_ms_min =
+        fastest_ms * u64::from(options.config.election_timeout_ticks_min.saturating_sub(1));
+    lease_ms_max < promise_ms_min
+}
+
+/// How a leadership transfer the driver asked for ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferEnd {
+    /// The target led a later term.
+    TargetLeads,
+    /// The leader gave up after an election timeout and went on leading its term.
+    TimedOut,
+    /// Another node led a later term, or the leader crashed.
+    Superseded,
+}
+
 /// What a run did, for the caller to aggregate and assert on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunReport {
@@ -245,6 +304,24 @@ pub struct RunReport {
     pub cas_swapped: usize,
     /// Compare-and-swaps that found another value.
     pub cas_refused: usize,
+    /// Gets answered without the log (ReadIndex, lease or follower reads).
+    pub reads_without_log: usize,
+    /// Of the reads without the log asked for, those served by a leader from its lease.
+    pub lease_reads: u64,
+    /// Reads without the log that failed, timed out or were lost (left out of the history).
+    pub reads_dropped: usize,
+    /// Proposals refused because their leader was handing over (did not happen).
+    pub refused_for_transfer: usize,
+    /// Leadership transfers a leader accepted during the fault phase.
+    pub transfers: u64,
+    /// Transfers after which the target led.
+    pub transfers_to_target: u64,
+    /// Transfers that timed out, the leader resuming in its term.
+    pub transfers_timed_out: u64,
+    /// Transfers overtaken by another election or a crash.
+    pub transfers_superseded: u64,
+    /// How the transfer asked for at the start of the liveness phase ended.
+    pub liveness_transfer: Option<TransferEnd>,
     /// Node crashes.
     pub crashes: u64,
     /// Two-sided partitions made (isolations included).
@@ -343,6 +420,8 @@ enum OpOutcome {
 struct OpRecord {
     client: usize,
     input: KvInput,
+    /// A get read without the log (it has no effect: a failure drops it from the history).
+    without_log: bool,
     call_ms: u64,
     outcome: OpOutcome,
 }
@@ -364,6 +443,28 @@ enum Phase {
 
 /// Virtual time between two attempts at the liveness phase's fresh write.
 const FRESH_RETRY_MS: u64 = 50;
+
+/// How long the driver follows a transfer whose leader stepped down while nobody leads a later
+/// term (faults may keep it so); it then counts it superseded.
+const TRANSFER_WATCH_MS_MAX: u64 = 5_000;
+
+/// Chance that the driver cuts a transferring leader off once its target campaigns.
+const TRANSFER_CUT_OFF_PROBABILITY: f64 = 0.3;
+
+/// A leadership transfer the driver asked for, until it ends.
+#[derive(Clone, Copy, Debug)]
+struct TransferWatch {
+    source: NodeId,
+    target: NodeId,
+    /// The leader's term when it accepted.
+    term: Term,
+    since_ms: u64,
+    /// Asked for in the liveness phase.
+    liveness: bool,
+    /// Cut the leader off from everyone once the target campaigns: the old leader hears
+    /// nothing of the new term, the hardest case for its reads.
+    cut_off_source: bool,
+}
 
 /// The client reserved for the liveness phase's fresh write.
 const FRESH_CLIENT: usize = usize::MAX;
@@ -389,15 +490,31 @@ struct Driver<'a> {
     acknowledged_max: LogIndex,
     partitions: u64,
     one_way_cuts: u64,
+    /// Transfers not ended yet.
+    transfers: Vec<TransferWatch>,
+    transfer_ends: BTreeMap<&'static str, u64>,
+    liveness_transfer: Option<Option<TransferEnd>>,
+    refused_for_transfer: usize,
 }
 
 impl<'a> Driver<'a> {
     fn new(options: &'a SimOptions) -> Driver<'a> {
+        assert!(
+            lease_clock_margin_holds(options),
+            "lease reads with clocks that drift apart more than the lease allows (ticks of {} \
+             to {} ms, read_lease_ticks {}, election_timeout_ticks_min {}): see \
+             lease_clock_margin_holds",
+            options.tick_ms,
+            options.tick_ms + options.tick_skew_ms_max + options.tick_jitter_ms,
+            options.config.read_lease_ticks,
+            options.config.election_timeout_ticks_min
+        );
         let cluster = Cluster::builder(options.nodes)
             .seed(options.seed)
             .timing(Timing::Simulated {
                 tick_ms: options.tick_ms,
                 tick_jitter_ms: options.tick_jitter_ms,
+                tick_skew_ms_max: options.tick_skew_ms_max,
             })
             .network(options.faults.network)
             .disk(options.faults.disk)
@@ -424,6 +541,10 @@ impl<'a> Driver<'a> {
             acknowledged_max: LogIndex(0),
             partitions: 0,
             one_way_cuts: 0,
+            transfers: Vec::new(),
+            transfer_ends: BTreeMap::new(),
+            liveness_transfer: None,
+            refused_for_transfer: 0,
         }
     }
 
@@ -458,6 +579,7 @@ impl<'a> Driver<'a> {
                 Some(Stepped::Internal) => {}
             }
             self.collect_outcomes();
+            self.watch_transfers();
             if let Phase::Liveness { since_ms } = self.phase {
                 if self.liveness_reached() {
                     return self.finish(since_ms);
@@ -495,7 +617,13 @@ impl<'a> Driver<'a> {
         }
         let node = live[self.client_rng.below(live.len() as u64) as usize];
         let input = self.next_input(client);
-        let op = self.propose(client, node, input);
+        let without_log = matches!(input, KvInput::Get { .. })
+            && self.client_rng.chance(self.options.read_index_probability);
+        let op = if without_log {
+            self.read(client, node, input)
+        } else {
+            self.propose(client, node, input)
+        };
         let timeout = self.cluster.now_ms() + self.options.client_timeout_ms;
         self.schedule(timeout, Event::Timeout { op });
     }
@@ -519,7 +647,7 @@ impl<'a> Driver<'a> {
         }
     }
 
-    fn propose(&mut self, client: usize, node: NodeId, input: KvInput) -> usize {
+    fn start_op(&mut self, client: usize, input: &KvInput, without_log: bool) -> usize {
         let op = self.ops.len();
         assert!(
             op < OPERATIONS_MAX,
@@ -528,12 +656,29 @@ impl<'a> Driver<'a> {
         self.ops.push(OpRecord {
             client,
             input: input.clone(),
+            without_log,
             call_ms: self.cluster.now_ms(),
             outcome: OpOutcome::Pending,
         });
         if client != FRESH_CLIENT {
             self.clients[client].busy = Some(op);
         }
+        op
+    }
+
+    fn read(&mut self, client: usize, node: NodeId, input: KvInput) -> usize {
+        let op = self.start_op(client, &input, true);
+        let read = self.cluster.read_kv(node, input.key());
+        self.cluster.trace_line(format_args!(
+            "client {client} op {op} at {node} as read {:x}: {input:?}",
+            read.0
+        ));
+        self.waiting.insert(read, op);
+        op
+    }
+
+    fn propose(&mut self, client: usize, node: NodeId, input: KvInput) -> usize {
+        let op = self.start_op(client, &input, false);
         let proposal = self.cluster.propose_kv(node, &input);
         self.cluster.trace_line(format_args!(
             "client {client} op {op} at {node} as {:x}: {input:?}",
@@ -549,7 +694,12 @@ impl<'a> Driver<'a> {
         }
         self.waiting.retain(|_, waiting_op| *waiting_op != op);
         self.cluster.trace_line(format_args!("op {op} timed out"));
-        self.end_op(op, OpOutcome::Unknown);
+        let outcome = if self.ops[op].without_log {
+            OpOutcome::DidNotHappen // a read changes nothing: one without an answer is dropped
+        } else {
+            OpOutcome::Unknown
+        };
+        self.end_op(op, outcome);
     }
 
     fn collect_outcomes(&mut self) {
@@ -557,7 +707,24 @@ impl<'a> Driver<'a> {
             let Some(op) = self.waiting.remove(&proposal) else {
                 continue; // the client gave up on it
             };
+            if let ProposalOutcome::Failed {
+                error: ProposeError::TransferInProgress(_),
+                ..
+            } = outcome
+            {
+                self.refused_for_transfer += 1;
+            }
+            let without_log = self.ops[op].without_log;
             let outcome = match outcome {
+                ProposalOutcome::Read { output, at_ms, .. } => {
+                    OpOutcome::Returned { output, at_ms }
+                }
+                ProposalOutcome::Applied { .. } if without_log => {
+                    panic!("op {op}, a read without the log, applied an entry")
+                }
+                ProposalOutcome::Failed { .. } | ProposalOutcome::Lost { .. } if without_log => {
+                    OpOutcome::DidNotHappen // reads change nothing: a failed one is dropped
+                }
                 ProposalOutcome::Applied {
                     output: Some(output),
                     at_ms,
@@ -623,6 +790,7 @@ impl<'a> Driver<'a> {
             rates.isolate_leader_weight,
             rates.heal_weight,
             rates.quiet_weight,
+            rates.transfer_weight,
         ];
         let now = self.cluster.now_ms();
         match self.fault_rng.weighted(&weights) {
@@ -657,7 +825,8 @@ impl<'a> Driver<'a> {
                 }
             }
             4 => self.cluster.heal_all(),
-            _ => {}
+            5 => {}
+            _ => self.transfer(false),
         }
         let next = now
             + self
@@ -677,6 +846,150 @@ impl<'a> Driver<'a> {
         let back =
             self.cluster.now_ms() + self.fault_rng.between(20, self.options.faults.down_ms_max);
         self.schedule(back, Event::Restart(node));
+    }
+
+    // ----- leadership transfers -----------------------------------------------------------
+
+    /// Asks the current leader to hand over to a random other voter, and follows the transfer.
+    fn transfer(&mut self, liveness: bool) {
+        let Some(source) = self.cluster.leader() else {
+            return;
+        };
+        let others: Vec<NodeId> = self
+            .cluster
+            .ids()
+            .into_iter()
+            .filter(|n| *n != source)
+            .collect();
+        if others.is_empty() {
+            return;
+        }
+        let target = others[self.fault_rng.below(others.len() as u64) as usize];
+        let cut_off_source = !liveness && self.fault_rng.chance(TRANSFER_CUT_OFF_PROBABILITY);
+        let term = self.cluster.node(source).term();
+        match self.cluster.transfer_leadership(source, target) {
+            Ok(()) => self.transfers.push(TransferWatch {
+                source,
+                target,
+                term,
+                since_ms: self.cluster.now_ms(),
+                liveness,
+                cut_off_source,
+            }),
+            Err(TransferError::InProgress(_)) if !liveness => {}
+            Err(error) => panic!("leader {source} refused a transfer to {target}: {error}"),
+        }
+    }
+
+    /// After every step: checks how transfers end. An abandoned transfer must be a timeout
+    /// reported by a leader still in the term it began in (it resumes; or it stepped down for
+    /// CheckQuorum in the same tick); a leader may not stay in a transfer for longer than an
+    /// election timeout (proposals would be refused for ever).
+    fn watch_transfers(&mut self) {
+        for failure in self.cluster.take_transfer_failures() {
+            let position = self
+                .transfers
+                .iter()
+                .position(|w| w.source == failure.node && w.term == failure.term);
+            let Some(position) = position else {
+                panic!("a transfer nobody asked for failed: {failure:?}");
+            };
+            let watch = self.transfers.remove(position);
+            let resumed = failure.role == Role::Leader
+                || (failure.role == Role::Follower && self.options.config.check_quorum);
+            if failure.error != TransferError::TimedOut(watch.target) || !resumed {
+                panic!(
+                    "transfer {watch:?} ended with {failure:?}: expected a timeout with the \
+                     leader resuming in its term"
+                );
+            }
+            self.transfer_ended(watch, TransferEnd::TimedOut);
+        }
+        let now = self.cluster.now_ms();
+        let slowest_tick_ms =
+            self.options.tick_ms + self.options.tick_skew_ms_max + self.options.tick_jitter_ms;
+        let transfer_ms_max =
+            u64::from(self.options.config.election_timeout_ticks_min + 2) * slowest_tick_ms;
+        for mut watch in std::mem::take(&mut self.transfers) {
+            if watch.cut_off_source && self.target_campaigns(&watch) {
+                watch.cut_off_source = false;
+                let cut = self.cluster.isolate(watch.source);
+                self.partitions += 1;
+                self.schedule_heal(cut);
+            }
+            match self.transfer_state(&watch) {
+                Ok(Some(end)) => self.transfer_ended(watch, end),
+                Ok(None) if now > watch.since_ms + TRANSFER_WATCH_MS_MAX => {
+                    self.transfer_ended(watch, TransferEnd::Superseded)
+                }
+                Ok(None) => self.transfers.push(watch),
+                Err(()) if now > watch.since_ms + transfer_ms_max => panic!(
+                    "{} still hands over to {} {} ms after it began: a transfer must end \
+                     within an election timeout",
+                    watch.source,
+                    watch.target,
+                    now - watch.since_ms
+                ),
+                Err(()) => self.transfers.push(watch),
+            }
+        }
+    }
+
+    /// True when the target of `watch` is up and runs for (or leads) a later term.
+    fn target_campaigns(&self, watch: &TransferWatch) -> bool {
+        self.cluster.is_up(watch.target) && {
+            let target = self.cluster.node(watch.target);
+            target.term() > watch.term && target.role() != Role::Follower
+        }
+    }
+
+    /// How `watch` ended, if it has: `Err` while the leader still hands over; once it does not,
+    /// the target or another node leads a later term, or the leader crashed. (A leader cut
+    /// off goes on handing over after a later leader was elected, until it times out.)
+    fn transfer_state(&self, watch: &TransferWatch) -> Result<Option<TransferEnd>, ()> {
+        if !self.cluster.is_up(watch.source) {
+            return Ok(Some(TransferEnd::Superseded));
+        }
+        let source = self.cluster.node(watch.source);
+        if source.role() == Role::Leader && source.term() == watch.term {
+            if source.transferring_to().is_some() {
+                return Err(());
+            }
+            panic!(
+                "{} leads {} and no longer hands over to {}, yet reported no failure",
+                watch.source, watch.term, watch.target
+            );
+        }
+        let later = self
+            .cluster
+            .leaders()
+            .into_iter()
+            .filter(|(_, term)| *term > watch.term)
+            .min_by_key(|(_, term)| *term);
+        Ok(later.map(|(leader, _)| {
+            if leader == watch.target {
+                TransferEnd::TargetLeads
+            } else {
+                TransferEnd::Superseded
+            }
+        }))
+    }
+
+    fn transfer_ended(&mut self, watch: TransferWatch, end: TransferEnd) {
+        self.cluster.trace_line(format_args!(
+            "transfer {} -> {} of {} ended: {end:?}",
+            watch.source, watch.target, watch.term
+        ));
+        if watch.liveness {
+            self.liveness_transfer = Some(Some(end));
+            return;
+        }
+        let name = match end {
+            TransferEnd::TargetLeads => "target leads",
+            TransferEnd::TimedOut => "timed out",
+            TransferEnd::Superseded => "superseded",
+        };
+        *self.transfer_ends.entry(name).or_default() += 1;
     }
 
     fn schedule_heal(&mut self, cut: CutId) {
@@ -703,13 +1016,29 @@ impl<'a> Driver<'a> {
         self.cluster.set_network(calm);
     }
 
-    /// After the faults: a leader, no operation in flight, and a fresh write (and everything
-    /// acknowledged before) applied on every node. Proposes the fresh write once a leader is
-    /// known (again, if one fails).
+    /// After the faults: a leader, a leadership transfer ended, no operation in flight, and a
+    /// fresh write (and everything acknowledged before) applied on every node. Proposes the
+    /// fresh write once the transfer ended (again, if one fails).
     fn liveness_reached(&mut self) -> bool {
         let Some(leader) = self.cluster.leader() else {
             return false;
         };
+        // First a transfer from the first leader to a random voter; whether the target takes
+        // over or the transfer times out (a target still catching up), the cluster must settle.
+        match self.liveness_transfer {
+            // A transfer from the fault phase still runs: it ends within an election timeout.
+            None if self.cluster.node(leader).transferring_to().is_some() => return false,
+            None => {
+                self.liveness_transfer = Some(None);
+                self.transfer(true);
+                if self.transfers.iter().all(|w| !w.liveness) {
+                    self.liveness_transfer = Some(Some(TransferEnd::Superseded));
+                }
+                return false;
+            }
+            Some(None) => return false,
+            Some(Some(_)) => {}
+        }
         let fresh_outcome = self
             .fresh
             .map(|(op, index)| (self.ops[op].outcome.clone(), index));
@@ -770,6 +1099,7 @@ impl<'a> Driver<'a> {
 
     fn finish(&mut self, liveness_since_ms: u64) -> RunReport {
         self.cluster.check_end_of_run();
+        self.check_definite_failures();
         let history = self.history();
         let mut result = check(&KvModel, &history, CheckLimits::default());
         if let CheckResult::GaveUp { .. } = result {
@@ -802,10 +1132,29 @@ impl<'a> Driver<'a> {
             end_ms: self.cluster.now_ms(),
             liveness_ms: self.cluster.now_ms() - liveness_since_ms,
             concurrent: concurrent_operations(&self.ops),
+            lease_reads: stats.lease_reads,
+            refused_for_transfer: self.refused_for_transfer,
+            transfers: stats.transfers - u64::from(self.liveness_transfer.is_some()),
+            transfers_to_target: self.transfer_ends.get("target leads").copied().unwrap_or(0),
+            transfers_timed_out: self.transfer_ends.get("timed out").copied().unwrap_or(0),
+            transfers_superseded: self.transfer_ends.get("superseded").copied().unwrap_or(0),
+            liveness_transfer: self.liveness_transfer.flatten(),
             ..RunReport::default()
         };
         for op in &self.ops {
             match (&op.outcome, &op.input) {
+                (OpOutcome::DidNotHappen, _) if op.without_log => report.reads_dropped += 1,
+                (OpOutcome::Returned { .. }, _) if op.without_log => {
+                    report.reads_without_log += 1;
+                    report.returned += 1;
+                    if let OpOutcome::Returned {
+                        output: KvOutput::Value(Some(_)),
+                        ..
+                    } = op.outcome
+                    {
+                        report.reads_found += 1;
+                    }
+                }
                 (OpOutcome::DidNotHappen, _) => report.did_not_happen += 1,
                 (OpOutcome::Unknown | OpOutcome::Pending, _) => report.unknown += 1,
                 (OpOutcome::Returned { output, .. }, input) => {
@@ -820,6 +1169,23 @@ impl<'a> Driver<'a> {
             }
         }
         report
+    }
+
+    /// A write that definitely did not happen (its proposer said so, or a leader refused it
+    /// during a transfer) must not be in the committed log. Every write carries a unique value,
+    /// so its bytes name it; gets are left out (they are not unique, and change nothing).
+    fn check_definite_failures(&self) {
+        let committed: HashSet<Bytes> = self.cluster.committed_commands().into_iter().collect();
+        for (op, record) in self.ops.iter().enumerate() {
+            let write = !matches!(record.input, KvInput::Get { .. });
+            let command = super::kv::encode(&record.input);
+            if write && record.outcome == OpOutcome::DidNotHappen && committed.contains(&command) {
+                panic!(
+                    "op {op} ({:?}) was reported as never applied, yet it is committed",
+                    record.input
+                );
+            }
+        }
     }
 
     /// The history for the checker: every operation except those that definitely did not
