@@ -72,12 +72,13 @@ pub enum MessageBody {
     TimeoutNow,
     /// A follower asks the leader for a read index on behalf of its client (follower reads).
     ReadIndexRequest {
-        /// The follower's ID for the read.
+        /// The follower's key for this request: new for every request, never the caller's
+        /// read ID, so an answer matches only the request it answers.
         id: ProposalId,
     },
     /// The leader's answer: the index the follower must apply before serving the read.
     ReadIndexResponse {
-        /// The follower's ID for the read.
+        /// The key of the request answered.
         id: ProposalId,
         /// The read index, or `None` when the recipient could not serve it (not the leader).
         index: Option<LogIndex>,

@@ -223,7 +223,10 @@ impl RawNode {
         let mut voters = config.voters.clone();
         voters.sort();
         let mut rng = Rng::new(config.seed ^ config.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let proposals = Proposals::new(rng.next_u64() & !0xFFFF_FFFF);
+        // Forward keys and read request keys count up from one random value per life (they
+        // travel in different messages, so they may overlap).
+        let first_key = rng.next_u64() & !0xFFFF_FFFF;
+        let proposals = Proposals::new(first_key);
         let mut node = RawNode {
             id: config.id,
             voters,
@@ -248,7 +251,7 @@ impl RawNode {
             uncommitted_bytes: 0,
             needs_broadcast: false,
             proposals,
-            reads: Reads::default(),
+            reads: Reads::new(first_key),
             transfer: None,
             transfer_failed: None,
             messages: Vec::new(),

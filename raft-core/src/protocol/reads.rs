@@ -69,8 +69,14 @@ pub(crate) struct Reads {
     lease_revoked: bool,
     /// Follower: reads waiting for a leader to be known, with their deadline.
     waiting: Vec<(ProposalId, u64)>,
-    /// Follower: reads asked of the leader, with their deadline.
-    asked: HashMap<ProposalId, u64>,
+    /// Follower: reads asked of the leader, by request key: (read, deadline).
+    asked: HashMap<u64, (ProposalId, u64)>,
+    /// Follower: the key of the next request to a leader. Requests carry a key of their own,
+    /// not the caller's read ID, so a late answer to an earlier request never answers a later
+    /// one, even a retry under the same ID or a read of a restarted node that counts its IDs
+    /// from 1 again: that answer's index may predate a write the later read must see. Starts
+    /// at a random value in each life, like forward keys.
+    next_request_key: u64,
     /// Reads whose index is known: (id, index).
     pub(crate) ready: Vec<(ProposalId, LogIndex)>,
     /// Reads that failed.
@@ -78,6 +84,13 @@ pub(crate) struct Reads {
 }
 
 impl Reads {
+    pub(crate) fn new(first_request_key: u64) -> Reads {
+        Reads {
+            next_request_key: first_request_key,
+            ..Reads::default()
+        }
+    }
+
     pub(crate) fn tracked(&self) -> usize {
         self.rounds.iter().map(|r| r.readers.len()).sum::<usize>()
             + self.awaiting_commit.len()
@@ -114,7 +127,7 @@ impl Reads {
             }
             keep
         });
-        self.asked.retain(|id, deadline| {
+        self.asked.retain(|_, (id, deadline)| {
             let keep = *deadline > now;
             if !keep {
                 failures.push((*id, ProposeError::ReadAborted));
@@ -250,11 +263,11 @@ impl RawNode {
         }
     }
 
-    /// Follower: the leader's answer to one of our reads.
-    pub(super) fn handle_read_index_response(&mut self, id: ProposalId, index: Option<LogIndex>) {
-        if self.reads.asked.remove(&id).is_none() {
-            return; // late or duplicated
-        }
+    /// Follower: the leader's answer to one of our requests (`key`, not a read ID).
+    pub(super) fn handle_read_index_response(&mut self, key: ProposalId, index: Option<LogIndex>) {
+        let Some((id, _)) = self.reads.asked.remove(&key.0) else {
+            return; // late or duplicated, or for an earlier life of this node
+        };
         match index {
             Some(index) => self.reads.ready.push((id, index)),
             None => self.reads.failures.push((id, ProposeError::ReadAborted)),
@@ -269,7 +282,10 @@ impl RawNode {
         }
         let Some(leader) = self.leader else { return };
         for (id, deadline) in std::mem::take(&mut self.reads.waiting) {
-            self.reads.asked.insert(id, deadline);
+            let key = self.reads.next_request_key;
+            self.reads.next_request_key = key.wrapping_add(1);
+            self.reads.asked.insert(key, (id, deadline));
+            let id = ProposalId(key);
             self.send(leader, MessageBody::ReadIndexRequest { id });
         }
     }
