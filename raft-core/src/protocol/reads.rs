@@ -140,7 +140,8 @@ impl Reads {
 impl RawNode {
     /// Asks for a read index for the read `id`. The answer arrives in [`super::Ready::reads`]
     /// (serve the read once the state machine has applied that index) or in
-    /// [`super::Ready::failed_reads`]. On a follower the leader is asked (follower reads).
+    /// [`super::Ready::failed_reads`]. On a follower the leader is asked (follower reads), under
+    /// a request key of its own, so `id` may be reused once its read has ended.
     pub fn read_index(&mut self, id: ProposalId) {
         if self.reads.tracked() >= self.config.pending_reads_max {
             self.reads.failures.push((id, ProposeError::TooManyPending));

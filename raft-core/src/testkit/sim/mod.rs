@@ -58,10 +58,16 @@
 //! **As a randomized run** ([`run`]): [`SimOptions::from_seed`] picks the cluster size and a
 //! fault mix from the seed; closed-loop clients send puts, gets and compare-and-swaps to random
 //! nodes while the seed drops, duplicates, delays and reorders messages, cuts links both ways
-//! or one way, and crashes and restarts nodes. Then every cut heals, every node restarts and
-//! loss stops, and within a bounded virtual time a leader must exist, every operation in
-//! flight must be answered and a fresh write must apply on every node. Finally the history
-//! goes through the [linearizability checker](crate::testkit::linearizability).
+//! or one way, crashes and restarts nodes, and asks the leader to hand leadership to another
+//! voter (sometimes cutting the old leader off as the target campaigns). Gets go through the
+//! log or, in a share the seed picks, are read without it ([`Cluster::read_kv`]: ReadIndex,
+//! follower reads, and lease reads on seeds that turn `lease_reads` on); node clocks tick at
+//! rates within the lease's drift assumption ([`lease_clock_margin_holds`]). Then every cut
+//! heals, every node restarts and loss stops, the leader hands over once more, and within a
+//! bounded virtual time a leader must exist, every operation in flight must be answered and a
+//! fresh write must apply on every node. Finally the history goes through the
+//! [linearizability checker](crate::testkit::linearizability); a read that failed is left out
+//! of it (reads change nothing), and a write reported as never applied must not be committed.
 //!
 //! ```
 //! use raft_core::testkit::sim::{run, SimOptions};
@@ -80,7 +86,10 @@
 //! never going back within a node's life (a restart lowers them: the commit index is saved
 //! lazily and the state machine is in memory); the durable hard state never going back; a vote
 //! or an append acknowledgement leaving only once what it promises is durable; no committed
-//! entry ever removed from a disk, and every acknowledged write on every disk at the end.
+//! entry ever removed from a disk, and every acknowledged write on every disk at the end; no
+//! read without the log given a read index below an entry known committed when it was asked
+//! (a stale read); an abandoned leadership transfer reported only as a timeout by a leader
+//! still in its term, and none lasting past an election timeout.
 
 mod cluster;
 mod invariants;

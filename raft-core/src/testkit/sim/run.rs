@@ -494,6 +494,8 @@ struct Driver<'a> {
     transfers: Vec<TransferWatch>,
     transfer_ends: BTreeMap<&'static str, u64>,
     liveness_transfer: Option<Option<TransferEnd>>,
+    /// Transfers the fault phase started.
+    transfers_started: u64,
     refused_for_transfer: usize,
 }
 
@@ -544,6 +546,7 @@ impl<'a> Driver<'a> {
             transfers: Vec::new(),
             transfer_ends: BTreeMap::new(),
             liveness_transfer: None,
+            transfers_started: 0,
             refused_for_transfer: 0,
         }
     }
@@ -868,14 +871,17 @@ impl<'a> Driver<'a> {
         let cut_off_source = !liveness && self.fault_rng.chance(TRANSFER_CUT_OFF_PROBABILITY);
         let term = self.cluster.node(source).term();
         match self.cluster.transfer_leadership(source, target) {
-            Ok(()) => self.transfers.push(TransferWatch {
-                source,
-                target,
-                term,
-                since_ms: self.cluster.now_ms(),
-                liveness,
-                cut_off_source,
-            }),
+            Ok(()) => {
+                self.transfers_started += u64::from(!liveness);
+                self.transfers.push(TransferWatch {
+                    source,
+                    target,
+                    term,
+                    since_ms: self.cluster.now_ms(),
+                    liveness,
+                    cut_off_source,
+                })
+            }
             Err(TransferError::InProgress(_)) if !liveness => {}
             Err(error) => panic!("leader {source} refused a transfer to {target}: {error}"),
         }
@@ -1134,7 +1140,7 @@ impl<'a> Driver<'a> {
             concurrent: concurrent_operations(&self.ops),
             lease_reads: stats.lease_reads,
             refused_for_transfer: self.refused_for_transfer,
-            transfers: stats.transfers - u64::from(self.liveness_transfer.is_some()),
+            transfers: self.transfers_started,
             transfers_to_target: self.transfer_ends.get("target leads").copied().unwrap_or(0),
             transfers_timed_out: self.transfer_ends.get("timed out").copied().unwrap_or(0),
             transfers_superseded: self.transfer_ends.get("superseded").copied().unwrap_or(0),

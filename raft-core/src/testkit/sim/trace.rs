@@ -158,7 +158,7 @@ pub(crate) fn show_entries(f: &mut fmt::Formatter<'_>, entries: &[Entry]) -> fmt
     Ok(())
 }
 
-/// Formats a list of entries with [`show_entries`].
+/// Formats a list of entries like `show_entries`.
 pub struct ShowEntries<'a>(pub &'a [Entry]);
 
 impl fmt::Display for ShowEntries<'_> {
