@@ -17,8 +17,11 @@ test: deps
 	$(CARGO) clippy --workspace --all-targets $(PROFILE) -- -D warnings
 	$(CARGO) test --workspace $(PROFILE)
 
+# A local 3-node kv cluster (RocksDB + TCP) as child processes; Ctrl-C stops it. kvctl is
+# built first so the commands the demo prints work.
 demo: deps
-	$(CARGO) run $(PROFILE) -p raft-core --example cluster
+	$(CARGO) build $(PROFILE) -p kv-example --bin kvctl
+	$(CARGO) run $(PROFILE) -p kv-example --bin kvnode -- demo
 
 bench:
 	$(CARGO) bench --workspace

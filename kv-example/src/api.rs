@@ -1,0 +1,788 @@
+//! The HTTP/JSON API (axum). Every node answers every request: writes and linearizable reads go
+//! through Raft, which forwards a follower's proposals to the leader.
+//!
+//! | method and path | answer |
+//! | --- | --- |
+//! | `PUT /v1/kv/{key}` (body: the value) | 200 `{"index": N}` |
+//! | `GET /v1/kv/{key}?consistency=linearizable\|lease\|log\|stale` | 200 with the raw value, or 404 |
+//! | `DELETE /v1/kv/{key}` | 200 `{"index": N, "deleted": bool}` |
+//! | `POST /v1/kv/{key}/cas` with `{"expected": "old" or null, "new": "value"}` | 200 `{"swapped": true, ...}` or 409 `{"swapped": false, "current": ...}` |
+//! | `GET /v1/kv?prefix=P&limit=N&consistency=...` | 200 `{"entries": [{"key", "value"}], "more": bool}` |
+//! | `GET /v1/status`, `GET /v1/members` | JSON |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /healthz`, `GET /readyz` | 200 or 503 with JSON |
+//!
+//! Keys are one path segment: a key holding `/` is sent percent-encoded (`a%2Fb`). Scan keys
+//! and values are JSON strings when they are UTF-8, else `key_base64` / `value_base64`.
+//!
+//! Every error is JSON: `{"error": "<code>", "message": "<what was wrong>"}`, plus
+//! `"applied": "no" | "unknown"` for requests that reached Raft. Bad input is a 4xx; no leader
+//! within `leader_wait_ms`, an overloaded or stopped node, or no answer within
+//! `request_timeout_ms` is a 503. A 503 with `"applied": "unknown"` means the write may or may
+//! not have taken effect.
+//!
+//! Reads take `?consistency=` (see [`Consistency`]): `linearizable` (the default: the
+//! protocol's ReadIndex, no log entry), `lease` (only on nodes started with `--lease-reads`,
+//! where the leader answers from its lease; a 400 elsewhere), `log` (the read is a command in
+//! the log) or `stale` (this node's copy).
+
+use crate::command::{Answer, Command};
+use crate::config::{Member, StorageKind, TransportKind};
+use crate::metrics::{Failure, Metrics, Operation};
+use crate::state::KvState;
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use raft_core::protocol::ProposeError;
+use raft_core::runtime::{NodeError, RaftNode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Limits on what a client may send.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest key, in bytes.
+    pub key_bytes_max: usize,
+    /// Largest value, in bytes.
+    pub value_bytes_max: usize,
+    /// Most keys one scan returns.
+    pub scan_limit_max: u32,
+    /// Most bytes of keys and values one scan returns.
+    pub scan_bytes_max: u32,
+    /// How long a request waits for its command to apply.
+    pub request_timeout: Duration,
+    /// Whether the node serves `consistency=lease` (its leader reads from a lease).
+    pub lease_reads: bool,
+}
+
+/// What `/v1/status` says about the node itself.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    /// The node's ID.
+    pub id: u64,
+    /// Its storage.
+    pub storage: StorageKind,
+    /// Its transport.
+    pub transport: TransportKind,
+    /// Where it serves HTTP.
+    pub client_address: SocketAddr,
+    /// Where it listens for peers.
+    pub peer_address: SocketAddr,
+}
+
+/// Readiness: set once a leader is known and this node has applied everything that was
+/// committed when it first learned of a leader after starting (so a restarted node is not
+/// ready until it has caught up to where the cluster was when it came back). Cleared whenever
+/// no leader is known.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    ready: AtomicBool,
+}
+
+impl Readiness {
+    /// Whether the node is ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Sets readiness.
+    pub fn set(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+}
+
+/// Everything the handlers share.
+pub struct AppContext {
+    /// The Raft node.
+    pub raft: RaftNode,
+    /// The local copy of the map (for stale reads).
+    pub state: Arc<KvState>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Input limits and the request timeout.
+    pub limits: Limits,
+    /// The configured members.
+    pub members: Vec<Member>,
+    /// This node.
+    pub node: NodeInfo,
+    /// Readiness, kept by the node's status watcher.
+    pub readiness: Arc<Readiness>,
+}
+
+type Context = State<Arc<AppContext>>;
+
+/// A JSON error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    /// For requests that reached Raft: "no" or "unknown".
+    applied: Option<&'static str>,
+    /// Extra fields for the body.
+    extra: Option<Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            applied: None,
+            extra: None,
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn applied(mut self, applied: &'static str) -> ApiError {
+        self.applied = Some(applied);
+        self
+    }
+
+    fn failure(&self) -> Failure {
+        if self.status.is_client_error() {
+            Failure::BadRequest
+        } else if self.applied == Some("unknown") {
+            Failure::Indeterminate
+        } else {
+            Failure::Unavailable
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": self.code, "message": self.message});
+        if let Some(applied) = self.applied {
+            body["applied"] = json!(applied);
+        }
+        if let Some(Value::Object(extra)) = self.extra {
+            for (key, value) in extra {
+                body[key] = value;
+            }
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// How a read is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// A read index from the leader (ReadIndex: one heartbeat round shared by concurrent
+    /// reads, or the leader's lease when the node runs with `--lease-reads`), then this node's
+    /// copy once it has applied that far. No log entry.
+    Linearizable,
+    /// The same barrier, asked for by name: only on nodes started with `--lease-reads`.
+    Lease,
+    /// The read is a command in the log, answered by the state machine at its position.
+    Log,
+    /// This node's copy as it is, without asking anyone.
+    Stale,
+}
+
+impl Consistency {
+    /// Every kind, in metric order.
+    pub const ALL: [Consistency; 4] = [
+        Consistency::Linearizable,
+        Consistency::Lease,
+        Consistency::Log,
+        Consistency::Stale,
+    ];
+
+    /// The name used in the query string and in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Consistency::Linearizable => "linearizable",
+            Consistency::Lease => "lease",
+            Consistency::Log => "log",
+            Consistency::Stale => "stale",
+        }
+    }
+}
+
+fn parse_consistency(text: Option<&str>, lease_reads: bool) -> Result<Consistency, ApiError> {
+    match text.unwrap_or("linearizable") {
+        "linearizable" => Ok(Consistency::Linearizable),
+        "lease" if lease_reads => Ok(Consistency::Lease),
+        "lease" => Err(ApiError::bad_request(
+            "consistency=lease is not available on this node: it runs without --lease-reads \
+             (leases assume bounded clock drift, so they are opt-in); use linearizable, log or \
+             stale",
+        )),
+        "log" => Ok(Consistency::Log),
+        "stale" => Ok(Consistency::Stale),
+        other => Err(ApiError::bad_request(format!(
+            "consistency={other:?} is unknown; use linearizable, lease, log or stale"
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadParams {
+    consistency: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScanParams {
+    prefix: Option<String>,
+    limit: Option<u32>,
+    consistency: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CasBody {
+    /// The value the key must hold; null or absent: the key must not exist.
+    #[serde(default)]
+    expected: Option<String>,
+    new: String,
+}
+
+/// Keys a scan returns when the request gives no limit (capped by `scan_limit_max`).
+const SCAN_LIMIT_DEFAULT: u32 = 100;
+
+/// The largest compare-and-swap body: two values and room for the JSON around them.
+fn cas_body_bytes_max(limits: &Limits) -> usize {
+    2 * limits.value_bytes_max + 4096
+}
+
+/// The router for a node.
+pub fn router(context: Arc<AppContext>) -> Router {
+    let put_body = DefaultBodyLimit::max(context.limits.value_bytes_max);
+    let cas_body = DefaultBodyLimit::max(cas_body_bytes_max(&context.limits));
+    Router::new()
+        .route(
+            "/v1/kv/{key}",
+            get(get_key).put(put_key).delete(delete_key).layer(put_body),
+        )
+        .route("/v1/kv/{key}/cas", post(cas_key).layer(cas_body))
+        .route("/v1/kv", get(scan))
+        .route("/v1/status", get(status))
+        .route("/v1/members", get(members))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(context)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_such_endpoint",
+        "no such endpoint; see /v1/kv/{key}, /v1/kv?prefix=, /v1/status, /v1/members, /metrics",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}
+
+impl AppContext {
+    fn check_key(&self, key: Result<Path<String>, PathRejection>) -> Result<Bytes, ApiError> {
+        let Path(key) = key.map_err(|e| ApiError::bad_request(format!("bad key: {e}")))?;
+        if key.is_empty() {
+            return Err(ApiError::bad_request("the key is empty"));
+        }
+        if key.len() > self.limits.key_bytes_max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "key_too_large",
+                format!(
+                    "the key has {} bytes; key_bytes_max is {}",
+                    key.len(),
+                    self.limits.key_bytes_max
+                ),
+            ));
+        }
+        Ok(Bytes::from(key))
+    }
+
+    fn value_too_large(&self, bytes: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "value_too_large",
+            format!(
+                "the value has {bytes} bytes or more; value_bytes_max is {}",
+                self.limits.value_bytes_max
+            ),
+        )
+    }
+
+    /// Proposes `command` and waits, within the request timeout, for its answer.
+    async fn propose(&self, operation: Operation, command: Command) -> Result<Answer, ApiError> {
+        self.metrics.record_proposal(operation);
+        let write = command.is_write();
+        let proposal = self.raft.propose(command.encode());
+        match tokio::time::timeout(self.limits.request_timeout, proposal).await {
+            Ok(Ok(bytes)) => match Answer::decode(&bytes) {
+                Ok(Answer::Invalid(why)) => Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "invalid_command",
+                    format!("the state machine could not read the command: {why}"),
+                )),
+                Ok(answer) => Ok(answer),
+                Err(error) => Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "bad_answer",
+                    error.to_string(),
+                )),
+            },
+            Ok(Err(error)) => Err(node_error(error, write)),
+            Err(_) if write => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!(
+                    "the write did not apply within request_timeout_ms ({} ms); it may or may \
+                     not have been applied",
+                    self.limits.request_timeout.as_millis()
+                ),
+            )
+            .applied("unknown")),
+            Err(_) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!(
+                    "the read did not complete within request_timeout_ms ({} ms); retry",
+                    self.limits.request_timeout.as_millis()
+                ),
+            )),
+        }
+    }
+
+    /// Waits, within the request timeout, until this node has applied every write that
+    /// completed before the call (the protocol's read index).
+    async fn read_barrier(&self) -> Result<(), ApiError> {
+        match tokio::time::timeout(self.limits.request_timeout, self.raft.read_index()).await {
+            Ok(Ok(_index)) => Ok(()),
+            Ok(Err(error)) => Err(node_error(error, false)),
+            Err(_) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!(
+                    "the read did not complete within request_timeout_ms ({} ms); retry",
+                    self.limits.request_timeout.as_millis()
+                ),
+            )),
+        }
+    }
+
+    fn state_error(error: raft_core::StateMachineError) -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "state",
+            error.to_string(),
+        )
+    }
+
+    fn finish<T>(
+        &self,
+        operation: Operation,
+        started: Instant,
+        result: Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        match &result {
+            Ok(_) => self.metrics.record_success(operation, started.elapsed()),
+            Err(error) => self.metrics.record_failure(operation, error.failure()),
+        }
+        result
+    }
+}
+
+/// Maps a Raft failure to an HTTP answer. `write` tells whether an unknown outcome matters.
+fn node_error(error: NodeError, write: bool) -> ApiError {
+    let unavailable =
+        |code, message: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message);
+    match error {
+        NodeError::Propose(ProposeError::TooLarge { bytes, limit }) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "command_too_large",
+            format!("the command has {bytes} bytes; the limit is {limit}"),
+        )
+        .applied("no"),
+        NodeError::Propose(ProposeError::NoLeader) => unavailable(
+            "no_leader",
+            "no leader was known within leader_wait_ms; nothing was applied; retry".into(),
+        )
+        .applied("no"),
+        NodeError::Propose(ProposeError::OutcomeUnknown) if write => unavailable(
+            "indeterminate",
+            "leadership changed while the write was in flight: it may or may not have been \
+             applied"
+                .into(),
+        )
+        .applied("unknown"),
+        NodeError::Propose(ProposeError::OutcomeUnknown) => unavailable(
+            "indeterminate",
+            "leadership changed while the read was in flight; retry".into(),
+        ),
+        // Every other refusal is definite (is_definite): overload, a dropped entry, an aborted
+        // read, a leadership transfer. Nothing happened; a retry may succeed.
+        NodeError::Propose(error) => unavailable(
+            "not_applied",
+            format!("{error}; nothing was applied; retry"),
+        )
+        .applied("no"),
+        error @ NodeError::Stopped(_) => {
+            let outcome = if write { "unknown" } else { "no" };
+            unavailable("stopped", format!("{error}")).applied(outcome)
+        }
+        other => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            other.to_string(),
+        ),
+    }
+}
+
+fn unexpected(answer: Answer) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "unexpected_answer",
+        format!("the state machine answered {answer:?}"),
+    )
+}
+
+async fn put_key(
+    State(context): Context,
+    key: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let result = async {
+        let key = context.check_key(key)?;
+        let value = body.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                context.value_too_large(context.limits.value_bytes_max + 1)
+            } else {
+                ApiError::bad_request(format!("reading the body failed: {}", e.body_text()))
+            }
+        })?;
+        match context
+            .propose(Operation::Put, Command::Put { key, value })
+            .await?
+        {
+            Answer::Written { index } => Ok(Json(json!({"index": index})).into_response()),
+            other => Err(unexpected(other)),
+        }
+    }
+    .await;
+    context.finish(Operation::Put, started, result)
+}
+
+async fn get_key(
+    State(context): Context,
+    key: Result<Path<String>, PathRejection>,
+    params: Result<Query<ReadParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let result = async {
+        let key = context.check_key(key)?;
+        let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let consistency =
+            parse_consistency(params.consistency.as_deref(), context.limits.lease_reads)?;
+        context.metrics.record_read(Operation::Get, consistency);
+        let value = match consistency {
+            Consistency::Log => {
+                match context
+                    .propose(Operation::Get, Command::Get { key: key.clone() })
+                    .await?
+                {
+                    Answer::Value(value) => value,
+                    other => return Err(unexpected(other)),
+                }
+            }
+            Consistency::Linearizable | Consistency::Lease | Consistency::Stale => {
+                if consistency != Consistency::Stale {
+                    context.read_barrier().await?;
+                }
+                context.state.get(&key).map_err(AppContext::state_error)?
+            }
+        };
+        match value {
+            Some(value) => {
+                Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response())
+            }
+            None => Ok(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("key {:?} does not exist", String::from_utf8_lossy(&key)),
+            )
+            .into_response()),
+        }
+    }
+    .await;
+    context.finish(Operation::Get, started, result)
+}
+
+async fn delete_key(
+    State(context): Context,
+    key: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let result = async {
+        let key = context.check_key(key)?;
+        match context
+            .propose(Operation::Delete, Command::Delete { key })
+            .await?
+        {
+            Answer::Deleted { index, existed } => {
+                Ok(Json(json!({"index": index, "deleted": existed})).into_response())
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+    .await;
+    context.finish(Operation::Delete, started, result)
+}
+
+async fn cas_key(
+    State(context): Context,
+    key: Result<Path<String>, PathRejection>,
+    body: Result<Json<CasBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let result = async {
+        let key = context.check_key(key)?;
+        let Json(body) = body.map_err(|e| match e {
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "the compare-and-swap body is over {} bytes (two values and some JSON)",
+                    cas_body_bytes_max(&context.limits)
+                ),
+            ),
+            other => ApiError::bad_request(format!(
+                "the body must be JSON {{\"expected\": string or null, \"new\": string}}: {}",
+                other.body_text()
+            )),
+        })?;
+        let longest = body
+            .new
+            .len()
+            .max(body.expected.as_ref().map_or(0, String::len));
+        if longest > context.limits.value_bytes_max {
+            return Err(context.value_too_large(longest));
+        }
+        let command = Command::Cas {
+            key,
+            expected: body.expected.map(Bytes::from),
+            new: Bytes::from(body.new),
+        };
+        match context.propose(Operation::Cas, command).await? {
+            Answer::Cas {
+                index,
+                swapped: true,
+                previous,
+            } => Ok(Json(json!({
+                "swapped": true,
+                "index": index,
+                "previous": previous.map(|v| String::from_utf8_lossy(&v).into_owned()),
+            }))
+            .into_response()),
+            Answer::Cas {
+                index,
+                swapped: false,
+                previous,
+            } => {
+                let mut error = ApiError::new(
+                    StatusCode::CONFLICT,
+                    "compare_failed",
+                    "the key does not hold the expected value; nothing was changed",
+                );
+                error.extra = Some(json!({
+                    "swapped": false,
+                    "index": index,
+                    "current": previous.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                }));
+                Ok(error.into_response())
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+    .await;
+    context.finish(Operation::Cas, started, result)
+}
+
+async fn scan(
+    State(context): Context,
+    params: Result<Query<ScanParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let result = async {
+        let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let limit_max = context.limits.scan_limit_max;
+        let limit = params.limit.unwrap_or(SCAN_LIMIT_DEFAULT.min(limit_max));
+        if limit == 0 || limit > limit_max {
+            return Err(ApiError::bad_request(format!(
+                "limit must be between 1 and scan_limit_max ({limit_max}); got {limit}"
+            )));
+        }
+        let prefix = Bytes::from(params.prefix.unwrap_or_default());
+        if prefix.len() > context.limits.key_bytes_max {
+            return Err(ApiError::bad_request(format!(
+                "the prefix has {} bytes; key_bytes_max is {}",
+                prefix.len(),
+                context.limits.key_bytes_max
+            )));
+        }
+        let bytes_max = context.limits.scan_bytes_max;
+        let consistency =
+            parse_consistency(params.consistency.as_deref(), context.limits.lease_reads)?;
+        context.metrics.record_read(Operation::Scan, consistency);
+        let (entries, more) = match consistency {
+            Consistency::Log => {
+                let command = Command::Scan {
+                    prefix,
+                    limit,
+                    bytes_max,
+                };
+                match context.propose(Operation::Scan, command).await? {
+                    Answer::Scan { entries, more } => (entries, more),
+                    other => return Err(unexpected(other)),
+                }
+            }
+            Consistency::Linearizable | Consistency::Lease | Consistency::Stale => {
+                if consistency != Consistency::Stale {
+                    context.read_barrier().await?;
+                }
+                let page = context
+                    .state
+                    .scan(&prefix, limit as usize, bytes_max as usize)
+                    .map_err(AppContext::state_error)?;
+                (page.entries, page.more)
+            }
+        };
+        let entries: Vec<Value> = entries
+            .into_iter()
+            .map(|(key, value)| {
+                let mut entry = serde_json::Map::new();
+                text_or_base64(&mut entry, "key", &key);
+                text_or_base64(&mut entry, "value", &value);
+                Value::Object(entry)
+            })
+            .collect();
+        Ok(Json(json!({"entries": entries, "more": more})).into_response())
+    }
+    .await;
+    context.finish(Operation::Scan, started, result)
+}
+
+/// Puts `bytes` under `name` as a string, or under `<name>_base64` when it is not UTF-8.
+fn text_or_base64(object: &mut serde_json::Map<String, Value>, name: &str, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => object.insert(name.to_string(), json!(text)),
+        Err(_) => object.insert(
+            format!("{name}_base64"),
+            json!(crate::base64::encode(bytes)),
+        ),
+    };
+}
+
+/// The status JSON of this node.
+pub fn status_json(context: &AppContext) -> Value {
+    let status = context.raft.status();
+    let progress: Vec<Value> = status
+        .progress
+        .iter()
+        .map(|peer| {
+            json!({
+                "id": peer.id.0,
+                "match_index": peer.match_index.0,
+                "next_index": peer.next_index.0,
+                "lag": status.last_index.0.saturating_sub(peer.match_index.0),
+                "pipelined": peer.pipelined,
+                "inflight_messages": peer.inflight_messages,
+                "inflight_bytes": peer.inflight_bytes,
+            })
+        })
+        .collect();
+    let role = match status.role {
+        raft_core::protocol::Role::Follower => "follower",
+        raft_core::protocol::Role::PreCandidate => "pre-candidate",
+        raft_core::protocol::Role::Candidate => "candidate",
+        raft_core::protocol::Role::Leader => "leader",
+    };
+    json!({
+        "id": status.id.0,
+        "role": role,
+        "term": status.term.0,
+        "leader": status.leader.map(|id| id.0),
+        "commit_index": status.commit_index.0,
+        "applied_index": status.applied_index.0,
+        "last_index": status.last_index.0,
+        "persisted_index": status.persisted_index.0,
+        "voters": status.voters.iter().map(|id| id.0).collect::<Vec<_>>(),
+        "progress": progress,
+        "ready": context.readiness.is_ready(),
+        "storage": context.node.storage.to_string(),
+        "transport": context.node.transport.to_string(),
+        "client_address": context.node.client_address.to_string(),
+        "peer_address": context.node.peer_address.to_string(),
+        "stopped": context.raft.stopped_reason(),
+    })
+}
+
+async fn status(State(context): Context) -> Json<Value> {
+    Json(status_json(&context))
+}
+
+async fn members(State(context): Context) -> Json<Value> {
+    Json(json!({"members": context.members}))
+}
+
+async fn metrics(State(context): Context) -> Response {
+    let text = context.metrics.render(&context.raft.status());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn healthz(State(context): Context) -> Response {
+    match context.raft.stopped_reason() {
+        None => Json(json!({"status": "ok"})).into_response(),
+        Some(why) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopped",
+            format!("the raft node stopped: {why}"),
+        )
+        .into_response(),
+    }
+}
+
+async fn readyz(State(context): Context) -> Response {
+    if context.readiness.is_ready() {
+        return Json(json!({"status": "ready"})).into_response();
+    }
+    let status = context.raft.status();
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+        format!(
+            "not ready: leader {:?}, applied {} of commit {} (ready once a leader is known and \
+             this node applied what was committed when it first saw one)",
+            status.leader.map(|id| id.0),
+            status.applied_index.0,
+            status.commit_index.0
+        ),
+    )
+    .into_response()
+}

@@ -1,0 +1,353 @@
+//! kvctl: the command-line client of the replicated key-value service.
+
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use kv_example::bench::{self, BenchResult, Workload};
+use kv_example::client::{status_table, ClientError, KvClient};
+use kv_example::config::{StorageKind, TransportKind};
+use kv_example::local_cluster::{fresh_temp_dir, ClusterSpec, LocalCluster};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// The client of the replicated key-value service.
+#[derive(Parser)]
+#[command(name = "kvctl", version)]
+struct Cli {
+    /// The cluster's HTTP endpoints, comma separated; requests fail over between them.
+    #[arg(
+        long,
+        env = "KVCTL_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8001"
+    )]
+    endpoints: Vec<String>,
+    /// How long one request may take, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Set a key (VALUE `-` reads standard input).
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Print a key's value.
+    Get {
+        /// The key.
+        key: String,
+        /// linearizable (read index), lease, log (through the log) or stale (this node's copy).
+        #[arg(long, default_value = "linearizable")]
+        consistency: String,
+    },
+    /// Delete a key.
+    Del {
+        /// The key.
+        key: String,
+    },
+    /// Compare and swap: set KEY to NEW only if it holds --expected (or is absent with
+    /// --absent).
+    Cas {
+        /// The key.
+        key: String,
+        /// The new value.
+        new: String,
+        /// The value the key must hold.
+        #[arg(long, conflicts_with = "absent", required_unless_present = "absent")]
+        expected: Option<String>,
+        /// The key must not exist.
+        #[arg(long)]
+        absent: bool,
+    },
+    /// List keys under a prefix.
+    Scan {
+        /// The prefix (empty: all keys).
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Most keys to list.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// linearizable, lease, log or stale.
+        #[arg(long, default_value = "linearizable")]
+        consistency: String,
+    },
+    /// A table of every endpoint's status.
+    Status,
+    /// Run a load and report throughput and latency.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Concurrent clients (one request in flight each).
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Operations per run.
+    #[arg(long, default_value_t = 20_000)]
+    ops: u64,
+    /// Key size in bytes.
+    #[arg(long, default_value_t = 16)]
+    key_size: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Fraction of reads, 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    read_ratio: f64,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 10_000)]
+    keyspace: u64,
+    /// Read consistency.
+    #[arg(long, default_value = "linearizable")]
+    consistency: String,
+    /// Longest run, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    max_secs: f64,
+    /// Start a fresh local 3-node cluster for each backend combination in turn instead of
+    /// using --endpoints.
+    #[arg(long)]
+    local: bool,
+    /// With --local: the combinations, e.g. mem+tcp,rocksdb+quic (default: all four).
+    #[arg(long, value_delimiter = ',')]
+    combinations: Vec<String>,
+    /// With --local: the kvnode executable (default: next to kvctl).
+    #[arg(long)]
+    kvnode: Option<PathBuf>,
+    /// Write the results as JSON here.
+    #[arg(long, default_value = "kvctl-bench.json")]
+    json: PathBuf,
+    /// Draw the results as an SVG chart here.
+    #[arg(long, default_value = "kvctl-bench.svg")]
+    svg: PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("kvctl: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("kvctl: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, String> {
+    let timeout = Duration::from_millis(cli.timeout_ms);
+    let client = || KvClient::new(cli.endpoints.clone(), timeout).map_err(|e| e.to_string());
+    let show = |e: ClientError| e.to_string();
+    match cli.command {
+        Commands::Put { key, value } => {
+            let value = if value == "-" {
+                let mut buffer = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut buffer)
+                    .map_err(|e| e.to_string())?;
+                Bytes::from(buffer)
+            } else {
+                Bytes::from(value)
+            };
+            let index = client()?.put(&key, value).await.map_err(show)?;
+            println!("OK (index {index})");
+        }
+        Commands::Get { key, consistency } => {
+            match client()?.get(&key, &consistency).await.map_err(show)? {
+                Some(value) => println!("{}", String::from_utf8_lossy(&value)),
+                None => {
+                    eprintln!("key {key:?} not found");
+                    return Ok(ExitCode::from(4));
+                }
+            }
+        }
+        Commands::Del { key } => {
+            let existed = client()?.delete(&key).await.map_err(show)?;
+            println!(
+                "{}",
+                if existed {
+                    "deleted"
+                } else {
+                    "not found (nothing to delete)"
+                }
+            );
+        }
+        Commands::Cas {
+            key,
+            new,
+            expected,
+            absent: _,
+        } => {
+            let outcome = client()?
+                .cas(&key, expected.as_deref(), &new)
+                .await
+                .map_err(show)?;
+            if outcome.swapped {
+                println!("swapped (index {})", outcome.body["index"]);
+            } else {
+                println!(
+                    "not swapped: the current value is {}",
+                    outcome.body["current"]
+                );
+                return Ok(ExitCode::from(3));
+            }
+        }
+        Commands::Scan {
+            prefix,
+            limit,
+            consistency,
+        } => {
+            let page = client()?
+                .scan(&prefix, limit, &consistency)
+                .await
+                .map_err(show)?;
+            for entry in page["entries"].as_array().into_iter().flatten() {
+                let part = |name: &str| match entry[name].as_str() {
+                    Some(text) => text.to_string(),
+                    None => format!(
+                        "base64:{}",
+                        entry[format!("{name}_base64")].as_str().unwrap_or("")
+                    ),
+                };
+                println!("{}\t{}", part("key"), part("value"));
+            }
+            if page["more"] == true {
+                eprintln!("(more keys match; raise --limit or scan from a longer prefix)");
+            }
+        }
+        Commands::Status => {
+            let statuses = client()?.status_all().await;
+            print!("{}", status_table(&statuses));
+            if statuses.iter().all(|(_, s)| s.is_err()) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Commands::Bench(args) => bench_command(args, cli.endpoints).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_combination(text: &str) -> Result<(StorageKind, TransportKind), String> {
+    let (storage, transport) = text
+        .split_once('+')
+        .ok_or_else(|| format!("combination {text:?} is not STORAGE+TRANSPORT"))?;
+    let storage = match storage {
+        "mem" => StorageKind::Mem,
+        "rocksdb" => StorageKind::Rocksdb,
+        other => return Err(format!("unknown storage {other:?}")),
+    };
+    let transport = match transport {
+        "tcp" => TransportKind::Tcp,
+        "quic" => TransportKind::Quic,
+        other => return Err(format!("unknown transport {other:?}")),
+    };
+    Ok((storage, transport))
+}
+
+async fn bench_command(args: BenchArgs, endpoints: Vec<String>) -> Result<(), String> {
+    let workload = Workload {
+        clients: args.clients,
+        operations: args.ops,
+        key_bytes: args.key_size,
+        value_bytes: args.value_size,
+        read_ratio: args.read_ratio,
+        keyspace: args.keyspace,
+        consistency: args.consistency.clone(),
+        seconds_max: args.max_secs,
+        request_timeout_ms: 10_000,
+    };
+    workload.validate()?;
+    let mut results: Vec<BenchResult> = Vec::new();
+    if args.local {
+        let combinations = if args.combinations.is_empty() {
+            vec!["mem+tcp", "mem+quic", "rocksdb+tcp", "rocksdb+quic"]
+                .into_iter()
+                .map(String::from)
+                .collect()
+        } else {
+            args.combinations.clone()
+        };
+        let kvnode = match &args.kvnode {
+            Some(path) => path.clone(),
+            None => std::env::current_exe()
+                .map_err(|e| e.to_string())?
+                .with_file_name("kvnode"),
+        };
+        for combination in combinations {
+            let (storage, transport) = parse_combination(&combination)?;
+            let label = format!("{storage}+{transport}");
+            let data_dir = fresh_temp_dir("kvctl-bench").map_err(|e| e.to_string())?;
+            let spec = ClusterSpec {
+                kvnode: kvnode.clone(),
+                nodes: 3,
+                storage,
+                transport,
+                data_dir: data_dir.clone(),
+                extra_args: Vec::new(),
+                log_filter: "warn".into(),
+            };
+            let mut cluster = LocalCluster::start(spec)
+                .map_err(|e| format!("starting {} ({label}): {e}", kvnode.display()))?;
+            cluster.wait_ready(Duration::from_secs(60)).await?;
+            let progress = bench::progress_bar(workload.operations, &label, !args.quiet);
+            let result = bench::run(&label, &cluster.endpoints(), &workload, &progress).await;
+            progress.finish_and_clear();
+            let _ = cluster.stop(Duration::from_secs(10));
+            let _ = std::fs::remove_dir_all(&data_dir);
+            results.push(result?);
+        }
+    } else {
+        let label = "cluster".to_string();
+        let progress = bench::progress_bar(workload.operations, &label, !args.quiet);
+        let result = bench::run(&label, &endpoints, &workload, &progress).await;
+        progress.finish_and_clear();
+        results.push(result?);
+    }
+    print!("{}", bench::table(&results));
+    for result in &results {
+        for sample in &result.error_samples {
+            eprintln!("{}: error sample: {sample}", result.label);
+        }
+    }
+    let json = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
+    std::fs::write(&args.json, json).map_err(|e| format!("{}: {e}", args.json.display()))?;
+    let title = format!(
+        "kvctl bench: {} clients, {} B values, {:.0}% reads",
+        workload.clients,
+        workload.value_bytes,
+        workload.read_ratio * 100.0
+    );
+    std::fs::write(&args.svg, bench::svg_chart(&results, &title))
+        .map_err(|e| format!("{}: {e}", args.svg.display()))?;
+    println!(
+        "results: {} and {}",
+        args.json.display(),
+        args.svg.display()
+    );
+    Ok(())
+}

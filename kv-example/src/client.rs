@@ -1,0 +1,370 @@
+//! The HTTP client behind `kvctl`, with fail-over between endpoints.
+//!
+//! A request goes to the endpoint that answered last. It moves on to the next endpoint when the
+//! current one cannot be reached (nothing was sent) or answers 503 with `"applied": "no"` or
+//! without `applied` (nothing happened). A 503 with `"applied": "unknown"` is returned to the
+//! caller as it is: resending a write whose outcome is unknown is the caller's decision.
+
+use bytes::Bytes;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Why a request failed.
+#[derive(Debug)]
+pub enum ClientError {
+    /// No endpoint could be reached or every one was unavailable; the last reason is given.
+    Unavailable(String),
+    /// The server refused the request or failed it: its status and JSON error.
+    Server {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The JSON body (or `{"message": text}` when it was not JSON).
+        body: Value,
+    },
+    /// The client was given bad arguments.
+    Usage(String),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Unavailable(why) => {
+                write!(f, "no endpoint could serve the request: {why}")
+            }
+            ClientError::Server { status, body } => {
+                let message = body["message"].as_str().unwrap_or("");
+                let code = body["error"].as_str().unwrap_or("error");
+                write!(f, "{status}: {code}: {message}")?;
+                if body["applied"] == "unknown" {
+                    write!(f, " (the write may or may not have been applied)")?;
+                }
+                Ok(())
+            }
+            ClientError::Usage(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// The outcome of a compare-and-swap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CasOutcome {
+    /// True when the new value was stored.
+    pub swapped: bool,
+    /// The server's JSON answer.
+    pub body: Value,
+}
+
+/// A client for a cluster's HTTP API.
+#[derive(Debug)]
+pub struct KvClient {
+    endpoints: Vec<String>,
+    http: reqwest::Client,
+    /// The endpoint to try first (the last that answered).
+    preferred: AtomicUsize,
+}
+
+/// Percent-encodes `key` as one path segment (everything but unreserved characters).
+pub fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for byte in key.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+impl KvClient {
+    /// A client for `endpoints` (`http://host:port`), each request bounded by `timeout`.
+    pub fn new(endpoints: Vec<String>, timeout: Duration) -> Result<KvClient, ClientError> {
+        if endpoints.is_empty() {
+            return Err(ClientError::Usage("no endpoints given".into()));
+        }
+        let endpoints = endpoints
+            .into_iter()
+            .map(|e| e.trim().trim_end_matches('/').to_string())
+            .collect();
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
+        Ok(KvClient {
+            endpoints,
+            http,
+            preferred: AtomicUsize::new(0),
+        })
+    }
+
+    /// The endpoints, in order.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// Sends a request, failing over as the module docs say. Returns the status and body of the
+    /// first answer that is not a retryable 503.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Body>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut last_error = String::new();
+        for step in 0..self.endpoints.len() {
+            let index = (first + step) % self.endpoints.len();
+            let url = format!("{}{path}", self.endpoints[index]);
+            let mut request = self.http.request(method.clone(), &url);
+            match &body {
+                Some(Body::Raw(bytes)) => request = request.body(bytes.clone()),
+                Some(Body::Json(value)) => request = request.json(value),
+                None => {}
+            }
+            let response = match request.send().await {
+                Ok(response) => response,
+                Err(error) if error.is_connect() => {
+                    last_error = format!("{url}: {error}");
+                    continue;
+                }
+                Err(error) => return Err(ClientError::Unavailable(format!("{url}: {error}"))),
+            };
+            let status = response.status();
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| ClientError::Unavailable(format!("{url}: {e}")))?;
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                let json = parse_json(&bytes);
+                if json["applied"] != "unknown" {
+                    last_error = format!("{url}: {}", json["message"].as_str().unwrap_or(""));
+                    continue;
+                }
+            }
+            self.preferred.store(index, Ordering::Relaxed);
+            return Ok((status, bytes));
+        }
+        Err(ClientError::Unavailable(last_error))
+    }
+
+    async fn send_ok(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Body>,
+    ) -> Result<Value, ClientError> {
+        let (status, bytes) = self.send(method, path, body).await?;
+        if status.is_success() {
+            Ok(parse_json(&bytes))
+        } else {
+            Err(server_error(status, &bytes))
+        }
+    }
+
+    /// Sets `key` to `value`; returns the log index it took.
+    pub async fn put(&self, key: &str, value: Bytes) -> Result<u64, ClientError> {
+        let path = format!("/v1/kv/{}", encode_key(key));
+        let body = self
+            .send_ok(Method::PUT, &path, Some(Body::Raw(value)))
+            .await?;
+        Ok(body["index"].as_u64().unwrap_or(0))
+    }
+
+    /// Reads `key` (`consistency`: linearizable or stale); `None` when absent.
+    pub async fn get(&self, key: &str, consistency: &str) -> Result<Option<Bytes>, ClientError> {
+        let path = format!("/v1/kv/{}?consistency={consistency}", encode_key(key));
+        let (status, bytes) = self.send(Method::GET, &path, None).await?;
+        match status {
+            StatusCode::OK => Ok(Some(bytes)),
+            StatusCode::NOT_FOUND => Ok(None),
+            other => Err(server_error(other, &bytes)),
+        }
+    }
+
+    /// Deletes `key`; returns whether it existed.
+    pub async fn delete(&self, key: &str) -> Result<bool, ClientError> {
+        let path = format!("/v1/kv/{}", encode_key(key));
+        let body = self.send_ok(Method::DELETE, &path, None).await?;
+        Ok(body["deleted"].as_bool().unwrap_or(false))
+    }
+
+    /// Sets `key` to `new` if it holds `expected` (`None`: if it is absent).
+    pub async fn cas(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        new: &str,
+    ) -> Result<CasOutcome, ClientError> {
+        let path = format!("/v1/kv/{}/cas", encode_key(key));
+        let body = serde_json::json!({"expected": expected, "new": new});
+        let (status, bytes) = self
+            .send(Method::POST, &path, Some(Body::Json(body)))
+            .await?;
+        match status {
+            StatusCode::OK => Ok(CasOutcome {
+                swapped: true,
+                body: parse_json(&bytes),
+            }),
+            StatusCode::CONFLICT => Ok(CasOutcome {
+                swapped: false,
+                body: parse_json(&bytes),
+            }),
+            other => Err(server_error(other, &bytes)),
+        }
+    }
+
+    /// Up to `limit` pairs under `prefix`: the server's JSON (`entries`, `more`).
+    pub async fn scan(
+        &self,
+        prefix: &str,
+        limit: u32,
+        consistency: &str,
+    ) -> Result<Value, ClientError> {
+        let path = format!(
+            "/v1/kv?prefix={}&limit={limit}&consistency={consistency}",
+            encode_key(prefix)
+        );
+        self.send_ok(Method::GET, &path, None).await
+    }
+
+    /// Every endpoint's `/v1/status`, in endpoint order (no fail-over: each is asked).
+    pub async fn status_all(&self) -> Vec<(String, Result<Value, String>)> {
+        let mut out = Vec::new();
+        for endpoint in &self.endpoints {
+            let result = async {
+                let response = self
+                    .http
+                    .get(format!("{endpoint}/v1/status"))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+                Ok(parse_json(&bytes))
+            }
+            .await;
+            out.push((endpoint.clone(), result));
+        }
+        out
+    }
+}
+
+/// A request body.
+enum Body {
+    Raw(Bytes),
+    Json(Value),
+}
+
+fn parse_json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap_or_else(
+        |_| serde_json::json!({"message": String::from_utf8_lossy(bytes).into_owned()}),
+    )
+}
+
+fn server_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+    ClientError::Server {
+        status,
+        body: parse_json(bytes),
+    }
+}
+
+/// The cluster status as a text table, one row per endpoint.
+pub fn status_table(statuses: &[(String, Result<Value, String>)]) -> String {
+    let mut rows = vec![[
+        "ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST", "READY", "LAG",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for (endpoint, result) in statuses {
+        let row = match result {
+            Ok(s) => {
+                let lag = s["progress"]
+                    .as_array()
+                    .map(|peers| {
+                        peers
+                            .iter()
+                            .map(|p| format!("n{}:{}", p["id"], p["lag"]))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_default();
+                vec![
+                    endpoint.clone(),
+                    s["id"].to_string(),
+                    s["role"].as_str().unwrap_or("?").to_string(),
+                    s["term"].to_string(),
+                    s["leader"].to_string(),
+                    s["commit_index"].to_string(),
+                    s["applied_index"].to_string(),
+                    s["last_index"].to_string(),
+                    s["ready"].to_string(),
+                    lag,
+                ]
+            }
+            Err(error) => vec![endpoint.clone(), format!("unreachable: {error}")],
+        };
+        rows.push(row);
+    }
+    format_table(&rows)
+}
+
+/// Left-aligned columns separated by two spaces.
+pub fn format_table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter(|r| r.len() > 1 || c == 0)
+                .filter_map(|r| r.get(c))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| {
+                if c + 1 == row.len() {
+                    cell.clone()
+                } else {
+                    format!("{cell:<width$}", width = widths[c])
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unreserved characters pass; everything else, `/` included, is escaped.
+    #[test]
+    fn keys_are_one_path_segment() {
+        assert_eq!(encode_key("abc-1.2_~"), "abc-1.2_~");
+        assert_eq!(encode_key("a/b c"), "a%2Fb%20c");
+        assert_eq!(encode_key("é"), "%C3%A9");
+    }
+
+    /// Columns line up and unreachable rows do not widen the columns.
+    #[test]
+    fn table_aligns_columns() {
+        let rows = vec![
+            vec!["A".to_string(), "BB".to_string(), "C".to_string()],
+            vec!["aaa".to_string(), "b".to_string(), "c".to_string()],
+        ];
+        assert_eq!(format_table(&rows), "A    BB  C\naaa  b   c\n");
+    }
+}

@@ -1,0 +1,570 @@
+//! A node's settings: command-line flags over an optional TOML file over defaults, and the
+//! checks that run before anything starts.
+//!
+//! Every flag has a TOML key of the same name with `_` for `-` (`--request-timeout-ms` is
+//! `request_timeout_ms`). A flag given on the command line wins over the file.
+//!
+//! ```toml
+//! id = 1
+//! initial_cluster = "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"
+//! client_addresses = "1=127.0.0.1:8001,2=127.0.0.1:8002,3=127.0.0.1:8003"
+//! data_dir = "/var/lib/kv/1"
+//! storage = "rocksdb"
+//! transport = "tcp"
+//! ```
+
+use clap::{Args, ValueEnum};
+use raft_core::NodeId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the log (and the state machine) live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// In memory: nothing survives the process; a restarted node catches up from the leader.
+    Mem,
+    /// RocksDB under the data folder: the log, the hard state and the applied map survive.
+    Rocksdb,
+}
+
+/// How nodes reach each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// TCP, with mutual TLS when TLS files are given.
+    Tcp,
+    /// QUIC, always with mutual TLS (TLS files are required).
+    Quic,
+}
+
+impl fmt::Display for StorageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StorageKind::Mem => "mem",
+            StorageKind::Rocksdb => "rocksdb",
+        })
+    }
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransportKind::Tcp => "tcp",
+            TransportKind::Quic => "quic",
+        })
+    }
+}
+
+/// A node's settings after the file and the flags are merged. See the module docs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's ID (never 0).
+    pub id: u64,
+    /// Every member's peer (Raft) address: `1=127.0.0.1:7001,2=127.0.0.1:7002,...`.
+    pub initial_cluster: String,
+    /// Every member's client (HTTP) address, same format; optional, shown by `/v1/members`.
+    pub client_addresses: String,
+    /// Where this node serves the HTTP API. Default: its entry in `client_addresses`.
+    pub client_address: Option<SocketAddr>,
+    /// Where this node listens for peers. Default: its entry in `initial_cluster`.
+    pub peer_address: Option<SocketAddr>,
+    /// The data folder (`log/` and `state/` inside it with RocksDB storage).
+    pub data_dir: PathBuf,
+    /// The log and state machine storage.
+    pub storage: StorageKind,
+    /// The peer transport.
+    pub transport: TransportKind,
+    /// The cluster's ID: peers of another cluster are refused.
+    pub cluster_id: u64,
+    /// A folder made by `kvnode certs`: `ca.pem`, `node-<id>.pem`, `node-<id>.key.pem`.
+    pub tls_dir: Option<PathBuf>,
+    /// The cluster CA certificate (PEM); overrides the one in `tls_dir`.
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM); overrides the one in `tls_dir`.
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM); overrides the one in `tls_dir`.
+    pub tls_key: Option<PathBuf>,
+    /// Real time per Raft tick, in milliseconds.
+    pub tick_ms: u64,
+    /// Shortest election timeout, in ticks.
+    pub election_timeout_ticks_min: u32,
+    /// Longest election timeout, in ticks (exclusive).
+    pub election_timeout_ticks_max: u32,
+    /// Heartbeat interval, in ticks.
+    pub heartbeat_interval_ticks: u32,
+    /// How long a proposal waits for a leader to be known before failing with 503.
+    pub leader_wait_ms: u64,
+    /// How long a request waits for its command to apply before answering 503 (outcome
+    /// unknown for writes).
+    pub request_timeout_ms: u64,
+    /// Largest key, in bytes.
+    pub key_bytes_max: usize,
+    /// Largest value, in bytes.
+    pub value_bytes_max: usize,
+    /// Most keys one scan returns.
+    pub scan_limit_max: u32,
+    /// Most bytes of keys and values one scan returns.
+    pub scan_bytes_max: u32,
+    /// HTTP connections served at once; more wait in the listen backlog.
+    pub http_connections_max: usize,
+    /// Client proposals queued for the Raft driver before requests wait.
+    pub proposal_queue_max: usize,
+    /// Serve linearizable reads on the leader from a lease (no heartbeat round per read), and
+    /// accept `consistency=lease`. Assumes clocks drift apart by less than a quarter of the
+    /// election timeout.
+    pub lease_reads: bool,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: 0,
+            initial_cluster: String::new(),
+            client_addresses: String::new(),
+            client_address: None,
+            peer_address: None,
+            data_dir: PathBuf::from("kv-data"),
+            storage: StorageKind::Rocksdb,
+            transport: TransportKind::Tcp,
+            cluster_id: 1,
+            tls_dir: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            tick_ms: 10,
+            election_timeout_ticks_min: 15,
+            election_timeout_ticks_max: 30,
+            heartbeat_interval_ticks: 5,
+            leader_wait_ms: 2_000,
+            request_timeout_ms: 5_000,
+            key_bytes_max: 1024,
+            value_bytes_max: 256 * 1024,
+            scan_limit_max: 1000,
+            scan_bytes_max: 4 << 20,
+            http_connections_max: 1024,
+            proposal_queue_max: 4096,
+            lease_reads: false,
+        }
+    }
+}
+
+/// The TLS files a node uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsPaths {
+    /// The cluster CA certificate.
+    pub ca: PathBuf,
+    /// This node's certificate.
+    pub certificate: PathBuf,
+    /// This node's private key.
+    pub private_key: PathBuf,
+}
+
+/// A member of the cluster as configured.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Member {
+    /// Its ID.
+    pub id: u64,
+    /// Its peer (Raft) address.
+    pub peer_address: SocketAddr,
+    /// Its client (HTTP) address, when configured.
+    pub client_address: Option<SocketAddr>,
+}
+
+/// Parses `1=host:port,2=host:port`. Host names are resolved once, here.
+pub fn parse_members(text: &str) -> Result<BTreeMap<NodeId, SocketAddr>, String> {
+    let mut members = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, address) = item
+            .split_once('=')
+            .ok_or_else(|| format!("member {item:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("member ID {id:?} is not a number"))?;
+        if id == 0 {
+            return Err("member ID 0 is reserved".into());
+        }
+        let address = address
+            .trim()
+            .to_socket_addrs()
+            .map_err(|e| format!("member {id} address {address:?}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("member {id} address {address:?} resolves to nothing"))?;
+        if members.insert(NodeId(id), address).is_some() {
+            return Err(format!("member {id} is listed twice"));
+        }
+    }
+    Ok(members)
+}
+
+impl NodeConfig {
+    /// Reads a TOML file (unknown keys are refused).
+    pub fn from_toml_file(path: &Path) -> Result<NodeConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The members, from `initial_cluster` and `client_addresses`.
+    pub fn members(&self) -> Result<Vec<Member>, String> {
+        let peers = parse_members(&self.initial_cluster)?;
+        let clients = parse_members(&self.client_addresses)?;
+        if let Some(extra) = clients.keys().find(|id| !peers.contains_key(id)) {
+            return Err(format!(
+                "client_addresses names {extra}, which is not in initial_cluster"
+            ));
+        }
+        Ok(peers
+            .iter()
+            .map(|(id, peer)| Member {
+                id: id.0,
+                peer_address: *peer,
+                client_address: clients.get(id).copied(),
+            })
+            .collect())
+    }
+
+    /// Where this node listens for peers.
+    pub fn peer_listen_address(&self) -> Result<SocketAddr, String> {
+        if let Some(address) = self.peer_address {
+            return Ok(address);
+        }
+        parse_members(&self.initial_cluster)?
+            .get(&NodeId(self.id))
+            .copied()
+            .ok_or_else(|| format!("node {} is not in initial_cluster", self.id))
+    }
+
+    /// Where this node serves HTTP.
+    pub fn client_listen_address(&self) -> Result<SocketAddr, String> {
+        if let Some(address) = self.client_address {
+            return Ok(address);
+        }
+        parse_members(&self.client_addresses)?
+            .get(&NodeId(self.id))
+            .copied()
+            .ok_or_else(|| {
+                format!(
+                    "no client address: give --client-address or list node {} in \
+                     --client-addresses",
+                    self.id
+                )
+            })
+    }
+
+    /// The TLS files, when any are configured. QUIC requires them.
+    pub fn tls_paths(&self) -> Result<Option<TlsPaths>, String> {
+        let from_dir = |name: String| self.tls_dir.as_ref().map(|dir| dir.join(name));
+        let node_name = raft_core::wire::certificate_name(NodeId(self.id));
+        let ca = self.tls_ca.clone().or_else(|| from_dir("ca.pem".into()));
+        let certificate = self
+            .tls_cert
+            .clone()
+            .or_else(|| from_dir(format!("{node_name}.pem")));
+        let private_key = self
+            .tls_key
+            .clone()
+            .or_else(|| from_dir(format!("{node_name}.key.pem")));
+        match (ca, certificate, private_key) {
+            (None, None, None) => Ok(None),
+            (Some(ca), Some(certificate), Some(private_key)) => Ok(Some(TlsPaths {
+                ca,
+                certificate,
+                private_key,
+            })),
+            _ => Err(
+                "TLS needs all three of --tls-ca, --tls-cert and --tls-key (or --tls-dir)".into(),
+            ),
+        }
+    }
+
+    /// Real time per tick.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+
+    /// How long a request waits for its command.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The largest command a client request can produce: a compare-and-swap carries a key and
+    /// two values.
+    pub fn proposal_bytes_max(&self) -> usize {
+        self.key_bytes_max + 2 * self.value_bytes_max + 64
+    }
+
+    /// Checks every setting and the relations between them; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id == 0 {
+            return Err("--id is required and must not be 0".into());
+        }
+        let members = self.members()?;
+        if members.is_empty() {
+            return Err("--initial-cluster is required (1=HOST:PORT,2=HOST:PORT,...)".into());
+        }
+        if !members.iter().any(|m| m.id == self.id) {
+            return Err(format!("node {} is not in --initial-cluster", self.id));
+        }
+        self.peer_listen_address()?;
+        self.client_listen_address()?;
+        let tls = self.tls_paths()?;
+        if self.transport == TransportKind::Quic && tls.is_none() {
+            return Err(
+                "QUIC always uses TLS: give --tls-dir (see `kvnode certs`) or the three TLS files"
+                    .into(),
+            );
+        }
+        let positive = [
+            ("tick_ms", self.tick_ms),
+            ("leader_wait_ms", self.leader_wait_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("key_bytes_max", self.key_bytes_max as u64),
+            ("value_bytes_max", self.value_bytes_max as u64),
+            ("scan_limit_max", u64::from(self.scan_limit_max)),
+            ("scan_bytes_max", u64::from(self.scan_bytes_max)),
+            ("http_connections_max", self.http_connections_max as u64),
+            ("proposal_queue_max", self.proposal_queue_max as u64),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if self.leader_wait_ms < self.tick_ms {
+            return Err(format!(
+                "leader_wait_ms ({}) must be at least one tick ({} ms)",
+                self.leader_wait_ms, self.tick_ms
+            ));
+        }
+        self.raft_config().validate().map_err(|e| e.0)
+    }
+
+    /// The protocol's configuration for this node.
+    pub fn raft_config(&self) -> raft_core::Config {
+        let voters = parse_members(&self.initial_cluster)
+            .map(|members| members.keys().copied().collect())
+            .unwrap_or_default();
+        let mut config = raft_core::Config::new(NodeId(self.id), voters);
+        config.election_timeout_ticks_min = self.election_timeout_ticks_min;
+        config.election_timeout_ticks_max = self.election_timeout_ticks_max;
+        config.heartbeat_interval_ticks = self.heartbeat_interval_ticks;
+        config.proposal_bytes_max = self.proposal_bytes_max();
+        config.lease_reads = self.lease_reads;
+        config.proposal_wait_ticks =
+            u32::try_from((self.leader_wait_ms / self.tick_ms.max(1)).max(1)).unwrap_or(u32::MAX);
+        config
+    }
+}
+
+/// The node flags (`kvnode --help`). Each one overrides the TOML file's key of the same name.
+#[derive(Args, Clone, Debug, Default)]
+pub struct NodeFlags {
+    /// A TOML file with any of the settings below (flags win over it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// This node's ID.
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// Every member's peer address: 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003.
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// Every member's client (HTTP) address, same format (optional).
+    #[arg(long)]
+    pub client_addresses: Option<String>,
+    /// Where to serve the HTTP API (default: this node's entry in --client-addresses).
+    #[arg(long)]
+    pub client_address: Option<SocketAddr>,
+    /// Where to listen for peers (default: this node's entry in --initial-cluster).
+    #[arg(long)]
+    pub peer_address: Option<SocketAddr>,
+    /// The data folder.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Log and state storage (default rocksdb).
+    #[arg(long, value_enum)]
+    pub storage: Option<StorageKind>,
+    /// Peer transport (default tcp).
+    #[arg(long, value_enum)]
+    pub transport: Option<TransportKind>,
+    /// The cluster's ID (default 1).
+    #[arg(long)]
+    pub cluster_id: Option<u64>,
+    /// A folder written by `kvnode certs`.
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
+    /// The cluster CA certificate (PEM).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// Milliseconds per Raft tick (default 10).
+    #[arg(long)]
+    pub tick_ms: Option<u64>,
+    /// Shortest election timeout in ticks (default 15).
+    #[arg(long)]
+    pub election_timeout_ticks_min: Option<u32>,
+    /// Longest election timeout in ticks, exclusive (default 30).
+    #[arg(long)]
+    pub election_timeout_ticks_max: Option<u32>,
+    /// Heartbeat interval in ticks (default 5).
+    #[arg(long)]
+    pub heartbeat_interval_ticks: Option<u32>,
+    /// How long a request waits for a leader before a 503, in ms (default 2000).
+    #[arg(long)]
+    pub leader_wait_ms: Option<u64>,
+    /// How long a request waits for its command to apply before a 503, in ms (default 5000).
+    #[arg(long)]
+    pub request_timeout_ms: Option<u64>,
+    /// Largest key in bytes (default 1024).
+    #[arg(long)]
+    pub key_bytes_max: Option<usize>,
+    /// Largest value in bytes (default 262144).
+    #[arg(long)]
+    pub value_bytes_max: Option<usize>,
+    /// Most keys per scan (default 1000).
+    #[arg(long)]
+    pub scan_limit_max: Option<u32>,
+    /// Most bytes per scan (default 4 MiB).
+    #[arg(long)]
+    pub scan_bytes_max: Option<u32>,
+    /// HTTP connections served at once (default 1024).
+    #[arg(long)]
+    pub http_connections_max: Option<usize>,
+    /// Proposals queued for the Raft driver (default 4096).
+    #[arg(long)]
+    pub proposal_queue_max: Option<usize>,
+    /// Serve leader reads from a lease and accept consistency=lease (assumes bounded clock
+    /// drift).
+    #[arg(long)]
+    pub lease_reads: bool,
+}
+
+macro_rules! override_fields {
+    ($config:ident, $flags:ident, plain: [$($plain:ident),*], optional: [$($optional:ident),*]) => {
+        $(if let Some(value) = $flags.$plain { $config.$plain = value; })*
+        $(if $flags.$optional.is_some() { $config.$optional = $flags.$optional; })*
+    };
+}
+
+impl NodeFlags {
+    /// The TOML file (if any) with these flags on top.
+    pub fn resolve(self) -> Result<NodeConfig, String> {
+        let mut config = match &self.config {
+            Some(path) => NodeConfig::from_toml_file(path)?,
+            None => NodeConfig::default(),
+        };
+        let flags = self;
+        override_fields!(config, flags,
+            plain: [id, initial_cluster, client_addresses, data_dir, storage, transport,
+                cluster_id, tick_ms, election_timeout_ticks_min, election_timeout_ticks_max,
+                heartbeat_interval_ticks, leader_wait_ms, request_timeout_ms, key_bytes_max,
+                value_bytes_max, scan_limit_max, scan_bytes_max, http_connections_max,
+                proposal_queue_max],
+            optional: [client_address, peer_address, tls_dir, tls_ca, tls_cert, tls_key]);
+        if flags.lease_reads {
+            config.lease_reads = true;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three() -> NodeConfig {
+        NodeConfig {
+            id: 2,
+            initial_cluster: "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003".into(),
+            client_addresses: "1=127.0.0.1:8001,2=127.0.0.1:8002,3=127.0.0.1:8003".into(),
+            ..NodeConfig::default()
+        }
+    }
+
+    /// A well-formed configuration passes and finds its own addresses.
+    #[test]
+    fn addresses_come_from_the_member_lists() {
+        let config = three();
+        config.validate().unwrap();
+        assert_eq!(
+            config.peer_listen_address().unwrap(),
+            "127.0.0.1:7002".parse().unwrap()
+        );
+        assert_eq!(
+            config.client_listen_address().unwrap(),
+            "127.0.0.1:8002".parse().unwrap()
+        );
+        assert_eq!(config.members().unwrap().len(), 3);
+        assert_eq!(config.raft_config().proposal_wait_ticks, 200);
+    }
+
+    type Change = Box<dyn Fn(&mut NodeConfig)>;
+
+    /// Each kind of mistake is refused with a message that names it.
+    #[test]
+    fn mistakes_are_named() {
+        let cases: Vec<(Change, &str)> = vec![
+            (Box::new(|c| c.id = 0), "--id"),
+            (Box::new(|c| c.id = 9), "not in --initial-cluster"),
+            (Box::new(|c| c.initial_cluster = "1=x".into()), "address"),
+            (
+                Box::new(|c| c.initial_cluster = "1=127.0.0.1:1,1=127.0.0.1:2".into()),
+                "twice",
+            ),
+            (Box::new(|c| c.transport = TransportKind::Quic), "QUIC"),
+            (Box::new(|c| c.tls_ca = Some("ca.pem".into())), "all three"),
+            (Box::new(|c| c.value_bytes_max = 0), "value_bytes_max"),
+            (
+                Box::new(|c| c.election_timeout_ticks_min = 2),
+                "election_timeout_ticks_min",
+            ),
+        ];
+        for (change, expected) in cases {
+            let mut config = three();
+            change(&mut config);
+            let error = config.validate().unwrap_err();
+            assert!(
+                error.contains(expected),
+                "{error:?} should name {expected:?}"
+            );
+        }
+    }
+
+    /// The TOML file is read with the same names, unknown keys are refused, and flags win.
+    #[test]
+    fn flags_override_the_file() {
+        let folder = std::env::temp_dir().join(format!("kv-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).unwrap();
+        let file = folder.join("node.toml");
+        std::fs::write(
+            &file,
+            "id = 1\ninitial_cluster = \"1=127.0.0.1:7001\"\n\
+             client_address = \"127.0.0.1:8001\"\nstorage = \"mem\"\nrequest_timeout_ms = 700\n",
+        )
+        .unwrap();
+        let flags = NodeFlags {
+            config: Some(file.clone()),
+            request_timeout_ms: Some(900),
+            ..NodeFlags::default()
+        };
+        let config = flags.resolve().unwrap();
+        assert_eq!(config.storage, StorageKind::Mem);
+        assert_eq!(config.request_timeout_ms, 900);
+        std::fs::write(&file, "id = 1\nnot_a_setting = 3\n").unwrap();
+        let error = NodeConfig::from_toml_file(&file).unwrap_err();
+        assert!(error.contains("not_a_setting"), "{error}");
+        std::fs::remove_dir_all(&folder).unwrap();
+    }
+}

@@ -1,0 +1,47 @@
+//! kv-example: a replicated key-value service on `raft-core`, the program a newcomer runs first.
+//!
+//! Two binaries and the library they share:
+//!
+//! - **`kvnode`** runs one member: a [`state::KvStateMachine`] on a `raft_core` node, with
+//!   the log in memory or RocksDB (`--storage mem|rocksdb`) and peers reached over TCP or QUIC
+//!   (`--transport tcp|quic`), both chosen at run time as trait objects, and the HTTP API of
+//!   [`api`]. `kvnode demo` starts a local three-node cluster; `kvnode certs` writes TLS
+//!   certificates for QUIC (or TLS over TCP).
+//! - **`kvctl`** is the client ([`client`]): `put`, `get`, `del`, `cas`, `scan`, `status`, with
+//!   fail-over between endpoints, and `bench` ([`bench`]) for load against a running cluster or
+//!   a fresh local one per backend combination.
+//!
+//! The pieces:
+//!
+//! | module | what |
+//! | --- | --- |
+//! | [`command`] | the commands in the log (put, delete, compare-and-swap, get, scan) and their encoding |
+//! | [`state`] | the map, in memory or in RocksDB with the applied index written in the same batch |
+//! | [`api`] | the HTTP/JSON API and its errors |
+//! | [`node`] | composing storage, transport, Raft and HTTP into a running node, and its shutdown |
+//! | [`config`] | flags and TOML settings, with every limit named |
+//! | [`metrics`] | Prometheus counters and histograms |
+//! | [`local_cluster`] | starting `kvnode` child processes on free local ports (demo, tests, benchmarks) |
+//!
+//! # Consistency
+//!
+//! Writes are commands in the Raft log. Reads choose (`?consistency=`, see
+//! [`api::Consistency`]): `linearizable` (default) asks the protocol for a read index
+//! (ReadIndex: the leader confirms it still leads with one heartbeat round shared by all
+//! concurrent reads; a follower asks the leader) and then reads this node's copy once it has
+//! applied that far, so it sees every write acknowledged before it was sent, with no log
+//! entry; `lease` is the same on nodes started with `--lease-reads`, whose leader answers from
+//! its lease; `log` sends the read through the log as a command; `stale` reads this node's
+//! copy as it is.
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod base64;
+pub mod bench;
+pub mod client;
+pub mod command;
+pub mod config;
+pub mod local_cluster;
+pub mod metrics;
+pub mod node;
+pub mod state;

@@ -1,0 +1,341 @@
+//! A cluster of `kvnode` child processes on 127.0.0.1, for `kvnode demo`, the multi-process
+//! tests and `kvctl bench --local`.
+//!
+//! Ports are found free by binding port 0 (TCP and, for QUIC, UDP on the same port) and
+//! released just before the children start. Each child runs in its own process group, so a
+//! Ctrl-C in the terminal reaches only the parent, which then stops the children one by one
+//! with SIGTERM. Each child's log goes to `<data dir>/node-<id>.log`.
+
+use crate::config::{StorageKind, TransportKind};
+use std::fs::OpenOptions;
+use std::io;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// The `kvnode` executable.
+    pub kvnode: PathBuf,
+    /// Members (IDs 1..=nodes).
+    pub nodes: u64,
+    /// Their storage.
+    pub storage: StorageKind,
+    /// Their transport.
+    pub transport: TransportKind,
+    /// The folder for data, certificates and logs (created if missing).
+    pub data_dir: PathBuf,
+    /// More flags for every node (timeouts, limits).
+    pub extra_args: Vec<String>,
+    /// The children's `RUST_LOG`.
+    pub log_filter: String,
+}
+
+/// One child.
+#[derive(Debug)]
+pub struct LocalMember {
+    /// Its ID.
+    pub id: u64,
+    /// Its peer address.
+    pub peer_address: SocketAddr,
+    /// Its HTTP address.
+    pub client_address: SocketAddr,
+    /// Flags that replace the spec's `extra_args` for this member, when set.
+    extra_args: Option<Vec<String>>,
+    child: Option<Child>,
+}
+
+impl LocalMember {
+    /// Its HTTP endpoint, `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.client_address)
+    }
+
+    /// The child's process ID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// A running local cluster. Dropping it kills every child still running (SIGKILL); call
+/// [`LocalCluster::stop`] for a graceful stop.
+#[derive(Debug)]
+pub struct LocalCluster {
+    spec: ClusterSpec,
+    members: Vec<LocalMember>,
+}
+
+/// Finds `count` distinct free ports on 127.0.0.1 (free for UDP too when `udp`).
+pub fn free_ports(count: usize, udp: bool) -> io::Result<Vec<u16>> {
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    let mut attempts = 0;
+    while ports.len() < count {
+        attempts += 1;
+        if attempts > 100 * count {
+            return Err(io::Error::other("could not find free ports"));
+        }
+        let tcp = TcpListener::bind("127.0.0.1:0")?;
+        let port = tcp.local_addr()?.port();
+        let udp_socket = if udp {
+            match UdpSocket::bind(("127.0.0.1", port)) {
+                Ok(socket) => Some(socket),
+                Err(_) => continue,
+            }
+        } else {
+            None
+        };
+        held.push((tcp, udp_socket));
+        ports.push(port);
+    }
+    Ok(ports)
+}
+
+/// A new, empty folder under the system's temporary folder.
+pub fn fresh_temp_dir(prefix: &str) -> io::Result<PathBuf> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let path = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&path)?;
+    Ok(path)
+}
+
+fn member_list(members: &[LocalMember], address: impl Fn(&LocalMember) -> SocketAddr) -> String {
+    members
+        .iter()
+        .map(|m| format!("{}={}", m.id, address(m)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl LocalCluster {
+    /// Chooses ports, writes certificates (QUIC), and starts every member.
+    pub fn start(spec: ClusterSpec) -> io::Result<LocalCluster> {
+        std::fs::create_dir_all(&spec.data_dir)?;
+        let count = spec.nodes as usize;
+        let peer_ports = free_ports(count, spec.transport == TransportKind::Quic)?;
+        let client_ports = free_ports(count, false)?;
+        let members = (0..count)
+            .map(|i| LocalMember {
+                id: i as u64 + 1,
+                peer_address: SocketAddr::from(([127, 0, 0, 1], peer_ports[i])),
+                client_address: SocketAddr::from(([127, 0, 0, 1], client_ports[i])),
+                extra_args: None,
+                child: None,
+            })
+            .collect();
+        if spec.transport == TransportKind::Quic {
+            let ids: Vec<raft_core::NodeId> = (1..=spec.nodes).map(raft_core::NodeId).collect();
+            raft_transport_quic::generate_cluster_certificates(&spec.data_dir.join("tls"), &ids)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+        }
+        let mut cluster = LocalCluster { spec, members };
+        for id in 1..=cluster.spec.nodes {
+            cluster.start_member(id)?;
+        }
+        Ok(cluster)
+    }
+
+    /// The spec it was started with.
+    pub fn spec(&self) -> &ClusterSpec {
+        &self.spec
+    }
+
+    /// The members.
+    pub fn members(&self) -> &[LocalMember] {
+        &self.members
+    }
+
+    /// Every member's HTTP endpoint.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(LocalMember::endpoint).collect()
+    }
+
+    /// A member's HTTP endpoint.
+    pub fn endpoint(&self, id: u64) -> String {
+        self.member(id).endpoint()
+    }
+
+    fn member(&self, id: u64) -> &LocalMember {
+        &self.members[(id - 1) as usize]
+    }
+
+    /// Where member `id` logs.
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.spec.data_dir.join(format!("node-{id}.log"))
+    }
+
+    /// The command line of member `id` (after the program name).
+    pub fn args(&self, id: u64) -> Vec<String> {
+        let member = self.member(id);
+        let mut args = vec![
+            "--id".to_string(),
+            id.to_string(),
+            "--initial-cluster".into(),
+            member_list(&self.members, |m| m.peer_address),
+            "--client-addresses".into(),
+            member_list(&self.members, |m| m.client_address),
+            "--data-dir".into(),
+            node_dir(&self.spec.data_dir, id).display().to_string(),
+            "--storage".into(),
+            self.spec.storage.to_string(),
+            "--transport".into(),
+            self.spec.transport.to_string(),
+        ];
+        if self.spec.transport == TransportKind::Quic {
+            args.push("--tls-dir".into());
+            args.push(self.spec.data_dir.join("tls").display().to_string());
+        }
+        let extra = member.extra_args.as_ref().unwrap_or(&self.spec.extra_args);
+        args.extend(extra.iter().cloned());
+        args
+    }
+
+    /// Replaces the spec's `extra_args` for member `id` from its next start on.
+    pub fn set_member_args(&mut self, id: u64, extra_args: Vec<String>) {
+        self.members[(id - 1) as usize].extra_args = Some(extra_args);
+    }
+
+    /// Starts member `id` (again), appending to its log.
+    pub fn start_member(&mut self, id: u64) -> io::Result<()> {
+        assert!(
+            self.member(id).child.is_none(),
+            "member {id} is already running"
+        );
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))?;
+        let child = Command::new(&self.spec.kvnode)
+            .args(self.args(id))
+            .env("RUST_LOG", &self.spec.log_filter)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()?;
+        self.members[(id - 1) as usize].child = Some(child);
+        Ok(())
+    }
+
+    /// Whether member `id` is running (started and not yet stopped).
+    pub fn is_running(&self, id: u64) -> bool {
+        self.member(id).child.is_some()
+    }
+
+    /// Kills member `id` with SIGKILL (a crash) and reaps it.
+    pub fn kill(&mut self, id: u64) -> io::Result<()> {
+        if let Some(mut child) = self.members[(id - 1) as usize].child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Stops member `id` with SIGTERM and waits up to `grace` for it to exit (then SIGKILL).
+    /// Returns its exit status.
+    pub fn terminate(&mut self, id: u64, grace: Duration) -> io::Result<Option<ExitStatus>> {
+        let Some(mut child) = self.members[(id - 1) as usize].child.take() else {
+            return Ok(None);
+        };
+        send_sigterm(child.id())?;
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                child.kill()?;
+                return Ok(Some(child.wait()?));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops every member gracefully (SIGTERM to all, then waits for each).
+    pub fn stop(&mut self, grace: Duration) -> io::Result<Vec<(u64, Option<ExitStatus>)>> {
+        for member in &self.members {
+            if let Some(child) = &member.child {
+                send_sigterm(child.id())?;
+            }
+        }
+        let ids: Vec<u64> = self.members.iter().map(|m| m.id).collect();
+        let mut statuses = Vec::new();
+        for id in ids {
+            statuses.push((id, self.terminate(id, grace)?));
+        }
+        Ok(statuses)
+    }
+
+    /// Waits until every running member answers `/readyz` with 200.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + timeout;
+        for member in self.members.iter().filter(|m| m.child.is_some()) {
+            let url = format!("{}/readyz", member.endpoint());
+            loop {
+                let ready = http
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ready {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "member {} was not ready within {timeout:?}; its log is {}",
+                        member.id,
+                        self.log_path(member.id).display()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The tail of member `id`'s log (for test failures).
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+/// Member `id`'s data folder.
+pub fn node_dir(data_dir: &Path, id: u64) -> PathBuf {
+    data_dir.join(format!("node-{id}"))
+}
+
+fn send_sigterm(pid: u32) -> io::Result<()> {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if !status.success() {
+        // The process may have exited already; `wait` will tell.
+        tracing::debug!(pid, "kill -TERM failed");
+    }
+    Ok(())
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for member in &mut self.members {
+            if let Some(mut child) = member.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

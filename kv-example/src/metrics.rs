@@ -1,0 +1,392 @@
+//! Counters and histograms for `/metrics`, rendered in the Prometheus text format by hand (a
+//! few atomics, no registry).
+
+use crate::api::Consistency;
+use raft_core::protocol::{Role, Status};
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds.
+const LATENCY_BUCKETS_SECONDS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A latency histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last one is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BUCKETS_SECONDS.len() + 1],
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = LATENCY_BUCKETS_SECONDS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BUCKETS_SECONDS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        let separator = if labels.is_empty() { "" } else { "," };
+        for (index, bound) in LATENCY_BUCKETS_SECONDS.iter().enumerate() {
+            cumulative += self.buckets[index].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{separator}le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        cumulative += self.buckets[LATENCY_BUCKETS_SECONDS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{separator}le=\"+Inf\"}} {cumulative}"
+        );
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {cumulative}");
+    }
+}
+
+/// The kinds of client request, as metric labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// `PUT /v1/kv/{key}`.
+    Put,
+    /// `GET /v1/kv/{key}`.
+    Get,
+    /// `DELETE /v1/kv/{key}`.
+    Delete,
+    /// `POST /v1/kv/{key}/cas`.
+    Cas,
+    /// `GET /v1/kv?prefix=`.
+    Scan,
+}
+
+impl Operation {
+    const ALL: [Operation; 5] = [
+        Operation::Put,
+        Operation::Get,
+        Operation::Delete,
+        Operation::Cas,
+        Operation::Scan,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Operation::Put => "put",
+            Operation::Get => "get",
+            Operation::Delete => "delete",
+            Operation::Cas => "cas",
+            Operation::Scan => "scan",
+        }
+    }
+}
+
+/// Why a request failed, as metric labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Refused before reaching Raft (bad input: a 4xx).
+    BadRequest,
+    /// No leader within the wait, or the node is stopped or overloaded: definitely not applied.
+    Unavailable,
+    /// The outcome is unknown (leadership changed, or the request timed out).
+    Indeterminate,
+}
+
+impl Failure {
+    const ALL: [Failure; 3] = [
+        Failure::BadRequest,
+        Failure::Unavailable,
+        Failure::Indeterminate,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Failure::BadRequest => "bad_request",
+            Failure::Unavailable => "unavailable",
+            Failure::Indeterminate => "indeterminate",
+        }
+    }
+}
+
+/// Everything `/metrics` reports besides the Raft status.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Commands proposed to Raft, by operation.
+    proposals: [AtomicU64; 5],
+    /// Reads by operation (get, scan) and consistency.
+    reads: [[AtomicU64; 4]; 2],
+    /// Failed requests by operation and failure kind.
+    failures: [[AtomicU64; 3]; 5],
+    /// End-to-end request latency by operation (successful requests).
+    request_seconds: [Histogram; 5],
+    /// Time to apply one batch to the state machine.
+    apply_seconds: Histogram,
+    /// Commands applied.
+    applied_commands: AtomicU64,
+    /// Leader changes this node has seen (a new leader known, or leadership lost).
+    leader_changes: AtomicU64,
+}
+
+fn slot(operation: Operation) -> usize {
+    Operation::ALL
+        .iter()
+        .position(|o| *o == operation)
+        .expect("every operation is listed")
+}
+
+impl Metrics {
+    /// Counts a proposal.
+    pub fn record_proposal(&self, operation: Operation) {
+        self.proposals[slot(operation)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a read (`operation` is get or scan).
+    pub fn record_read(&self, operation: Operation, consistency: Consistency) {
+        let row = usize::from(operation == Operation::Scan);
+        let column = Consistency::ALL
+            .iter()
+            .position(|c| *c == consistency)
+            .expect("every consistency is listed");
+        self.reads[row][column].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a successful request's latency.
+    pub fn record_success(&self, operation: Operation, elapsed: Duration) {
+        self.request_seconds[slot(operation)].observe(elapsed);
+    }
+
+    /// Counts a failed request.
+    pub fn record_failure(&self, operation: Operation, failure: Failure) {
+        let kind = Failure::ALL
+            .iter()
+            .position(|f| *f == failure)
+            .expect("every failure is listed");
+        self.failures[slot(operation)][kind].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records one apply batch.
+    pub fn record_apply(&self, elapsed: Duration, commands: usize) {
+        self.apply_seconds.observe(elapsed);
+        self.applied_commands
+            .fetch_add(commands as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a change of leader.
+    pub fn record_leader_change(&self) {
+        self.leader_changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Leader changes seen so far.
+    pub fn leader_changes(&self) -> u64 {
+        self.leader_changes.load(Ordering::Relaxed)
+    }
+
+    /// Apply batches so far.
+    pub fn apply_batches(&self) -> u64 {
+        self.apply_seconds.count()
+    }
+
+    /// The metrics and `status` in the Prometheus text format.
+    pub fn render(&self, status: &Status) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        self.render_requests(&mut out);
+        render_raft(&mut out, status);
+        header(
+            &mut out,
+            "kv_apply_seconds",
+            "histogram",
+            "Time to apply one batch of committed commands to the state machine.",
+        );
+        self.apply_seconds.render(&mut out, "kv_apply_seconds", "");
+        header(
+            &mut out,
+            "kv_applied_commands_total",
+            "counter",
+            "Commands applied to the state machine since the process started.",
+        );
+        let _ = writeln!(
+            out,
+            "kv_applied_commands_total {}",
+            self.applied_commands.load(Ordering::Relaxed)
+        );
+        header(
+            &mut out,
+            "raft_leader_changes_total",
+            "counter",
+            "Times this node saw the leader change (elections) since it started.",
+        );
+        let _ = writeln!(out, "raft_leader_changes_total {}", self.leader_changes());
+        out
+    }
+
+    fn render_requests(&self, out: &mut String) {
+        header(
+            out,
+            "kv_proposals_total",
+            "counter",
+            "Commands proposed to Raft, by operation.",
+        );
+        for operation in Operation::ALL {
+            let value = self.proposals[slot(operation)].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "kv_proposals_total{{op=\"{}\"}} {value}",
+                operation.label()
+            );
+        }
+        header(
+            out,
+            "kv_reads_total",
+            "counter",
+            "Reads by operation and consistency (log reads are also counted as proposals).",
+        );
+        for (row, operation) in [Operation::Get, Operation::Scan].iter().enumerate() {
+            for (column, consistency) in Consistency::ALL.iter().enumerate() {
+                let value = self.reads[row][column].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "kv_reads_total{{op=\"{}\",consistency=\"{}\"}} {value}",
+                    operation.label(),
+                    consistency.label()
+                );
+            }
+        }
+        header(
+            out,
+            "kv_request_failures_total",
+            "counter",
+            "Failed requests by operation and kind.",
+        );
+        for operation in Operation::ALL {
+            for (kind, failure) in Failure::ALL.iter().enumerate() {
+                let value = self.failures[slot(operation)][kind].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "kv_request_failures_total{{op=\"{}\",kind=\"{}\"}} {value}",
+                    operation.label(),
+                    failure.label()
+                );
+            }
+        }
+        header(
+            out,
+            "kv_request_seconds",
+            "histogram",
+            "Latency of successful requests, from the HTTP layer, by operation.",
+        );
+        for operation in Operation::ALL {
+            let labels = format!("op=\"{}\"", operation.label());
+            self.request_seconds[slot(operation)].render(out, "kv_request_seconds", &labels);
+        }
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn render_raft(out: &mut String, status: &Status) {
+    let gauges = [
+        ("raft_term", "The current term.", status.term.0),
+        (
+            "raft_commit_index",
+            "Highest log index known committed (commits so far).",
+            status.commit_index.0,
+        ),
+        (
+            "raft_applied_index",
+            "Highest log index applied to the state machine.",
+            status.applied_index.0,
+        ),
+        (
+            "raft_log_last_index",
+            "Last index in the log; the log is never compacted yet, so also its size in entries.",
+            status.last_index.0,
+        ),
+        (
+            "raft_persisted_index",
+            "Highest log index durable in the log store.",
+            status.persisted_index.0,
+        ),
+        (
+            "raft_leader_id",
+            "The leader this node knows (0: none).",
+            status.leader.map_or(0, |id| id.0),
+        ),
+        (
+            "raft_is_leader",
+            "1 when this node leads.",
+            u64::from(status.role == Role::Leader),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        header(out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    header(
+        out,
+        "raft_peer_replication_lag_entries",
+        "gauge",
+        "Leader only: entries the follower is missing (last index minus its match index).",
+    );
+    for peer in &status.progress {
+        let lag = status.last_index.0.saturating_sub(peer.match_index.0);
+        let _ = writeln!(
+            out,
+            "raft_peer_replication_lag_entries{{peer=\"{}\"}} {lag}",
+            peer.id.0
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Buckets are cumulative, and the count and sum agree with what was observed.
+    #[test]
+    fn histogram_renders_cumulative_buckets() {
+        let histogram = Histogram::default();
+        histogram.observe(Duration::from_micros(50));
+        histogram.observe(Duration::from_millis(3));
+        histogram.observe(Duration::from_secs(9));
+        let mut out = String::new();
+        histogram.render(&mut out, "x", "op=\"put\"");
+        assert!(
+            out.contains("x_bucket{op=\"put\",le=\"0.0001\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{op=\"put\",le=\"0.005\"} 2\n"),
+            "{out}"
+        );
+        assert!(out.contains("x_bucket{op=\"put\",le=\"5\"} 2\n"), "{out}");
+        assert!(
+            out.contains("x_bucket{op=\"put\",le=\"+Inf\"} 3\n"),
+            "{out}"
+        );
+        assert!(out.contains("x_count{op=\"put\"} 3\n"), "{out}");
+        assert!(out.contains("x_sum{op=\"put\"} 9.00305\n"), "{out}");
+    }
+}

@@ -1,0 +1,362 @@
+//! Composing a node: storage and transport picked at run time as trait objects, the Raft node,
+//! the state machine, the HTTP server with a bounded number of connections, and an orderly
+//! shutdown.
+//!
+//! Shutdown order (SIGTERM, Ctrl-C, or the future given to [`run`]): the HTTP server stops
+//! accepting and finishes the requests in flight (each bounded by `request_timeout_ms`), then
+//! the Raft node stops (pending proposals fail, queued log writes finish, the transport
+//! closes), then the stores close (RocksDB's writer thread finishes and joins).
+
+use crate::api::{self, AppContext, Limits, NodeInfo, Readiness};
+use crate::config::{NodeConfig, StorageKind, TransportKind};
+use crate::metrics::Metrics;
+use crate::state::{KvState, KvStateMachine};
+use raft_core::runtime::{RaftNode, RuntimeOptions};
+use raft_core::wire::ClusterId;
+use raft_core::{LogStore, Network, NodeId};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// A running node's handles, for tests and for the binary's shutdown.
+pub struct RunningNode {
+    /// The Raft node.
+    pub raft: RaftNode,
+    /// Where the HTTP API listens.
+    pub client_address: SocketAddr,
+    server: tokio::task::JoinHandle<io::Result<()>>,
+    watcher: tokio::task::JoinHandle<()>,
+    stop_http: Arc<tokio::sync::Notify>,
+}
+
+/// Opens the log store the configuration names.
+fn open_log_store(config: &NodeConfig) -> Result<Arc<dyn LogStore>, String> {
+    Ok(match config.storage {
+        StorageKind::Mem => Arc::new(raft_storage_mem::MemLogStore::new()),
+        StorageKind::Rocksdb => {
+            let path = config.data_dir.join("log");
+            let store = raft_storage_rocksdb::RocksLogStore::open(
+                &path,
+                raft_storage_rocksdb::RocksLogStoreOptions::default(),
+            )
+            .map_err(|e| format!("opening the log store in {}: {e}", path.display()))?;
+            Arc::new(store)
+        }
+    })
+}
+
+/// Opens the state machine's map the configuration names.
+fn open_state(config: &NodeConfig) -> Result<Arc<KvState>, String> {
+    Ok(Arc::new(match config.storage {
+        StorageKind::Mem => KvState::in_memory(),
+        StorageKind::Rocksdb => {
+            let path = config.data_dir.join("state");
+            std::fs::create_dir_all(&path)
+                .map_err(|e| format!("creating {}: {e}", path.display()))?;
+            KvState::open_rocksdb(&path)
+                .map_err(|e| format!("opening the state in {}: {e}", path.display()))?
+        }
+    }))
+}
+
+/// Binds the transport the configuration names, with every peer's address.
+async fn bind_transport(config: &NodeConfig) -> Result<Arc<dyn Network>, String> {
+    let cluster = ClusterId(config.cluster_id);
+    let node = NodeId(config.id);
+    let listen = config.peer_listen_address()?;
+    let peers: std::collections::HashMap<NodeId, SocketAddr> = config
+        .members()?
+        .into_iter()
+        .filter(|m| m.id != config.id)
+        .map(|m| (NodeId(m.id), m.peer_address))
+        .collect();
+    let tls = config.tls_paths()?;
+    Ok(match config.transport {
+        TransportKind::Tcp => {
+            let mut tcp = raft_transport_tcp::TcpConfig::new(cluster, node, listen);
+            tcp.peers = peers;
+            tcp.tls = tls.map(|paths| raft_transport_tcp::TlsFiles {
+                ca_certificate: paths.ca,
+                certificate: paths.certificate,
+                private_key: paths.private_key,
+            });
+            let transport = raft_transport_tcp::TcpTransport::bind(tcp)
+                .await
+                .map_err(|e| format!("binding the TCP transport on {listen}: {e}"))?;
+            Arc::new(transport)
+        }
+        TransportKind::Quic => {
+            let paths = tls.ok_or("QUIC needs TLS files")?;
+            let files = raft_transport_quic::TlsFiles {
+                ca_certificate: paths.ca,
+                certificate: paths.certificate,
+                private_key: paths.private_key,
+            };
+            let mut quic = raft_transport_quic::QuicConfig::new(cluster, node, listen, files);
+            quic.peers = peers;
+            let transport = raft_transport_quic::QuicTransport::bind(quic)
+                .await
+                .map_err(|e| format!("binding the QUIC transport on {listen}: {e}"))?;
+            Arc::new(transport)
+        }
+    })
+}
+
+/// A seed for election timeouts that differs between nodes and between runs.
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ (u64::from(std::process::id()) << 32)
+}
+
+/// Starts a node: stores, transport, Raft, the status watcher and the HTTP server.
+pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
+    config.validate()?;
+    let client_address = config.client_listen_address()?;
+    let listener = TcpListener::bind(client_address)
+        .await
+        .map_err(|e| format!("binding the HTTP API on {client_address}: {e}"))?;
+    let client_address = listener.local_addr().map_err(|e| e.to_string())?;
+    let metrics = Arc::new(Metrics::default());
+    let store = open_log_store(&config)?;
+    let state = open_state(&config)?;
+    let network = bind_transport(&config).await?;
+    let mut raft_config = config.raft_config();
+    raft_config.seed = seed();
+    let options = RuntimeOptions {
+        tick_interval: config.tick(),
+        proposal_queue_max: config.proposal_queue_max,
+        ..RuntimeOptions::default()
+    };
+    let machine = KvStateMachine::new(state.clone(), metrics.clone());
+    let raft = RaftNode::start(raft_config, options, store, Box::new(machine), network)
+        .await
+        .map_err(|e| format!("starting raft: {e}"))?;
+    let readiness = Arc::new(Readiness::default());
+    let watcher = tokio::spawn(watch_status(
+        raft.clone(),
+        readiness.clone(),
+        metrics.clone(),
+    ));
+    let context = Arc::new(AppContext {
+        raft: raft.clone(),
+        state,
+        metrics,
+        limits: Limits {
+            key_bytes_max: config.key_bytes_max,
+            value_bytes_max: config.value_bytes_max,
+            scan_limit_max: config.scan_limit_max,
+            scan_bytes_max: config.scan_bytes_max,
+            request_timeout: config.request_timeout(),
+            lease_reads: config.lease_reads,
+        },
+        members: config.members()?,
+        node: NodeInfo {
+            id: config.id,
+            storage: config.storage,
+            transport: config.transport,
+            client_address,
+            peer_address: config.peer_listen_address()?,
+        },
+        readiness,
+    });
+    let stop_http = Arc::new(tokio::sync::Notify::new());
+    let stop = stop_http.clone();
+    let listener = LimitedListener {
+        inner: listener,
+        permits: Arc::new(Semaphore::new(config.http_connections_max)),
+    };
+    let router = api::router(context);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.notified().await })
+            .await
+    });
+    tracing::info!(id = config.id, %client_address, storage = %config.storage,
+        transport = %config.transport, "node started");
+    Ok(RunningNode {
+        raft,
+        client_address,
+        server,
+        watcher,
+        stop_http,
+    })
+}
+
+impl RunningNode {
+    /// Stops the node in the documented order and waits until everything has ended.
+    pub async fn shutdown(self) {
+        self.stop_http.notify_one();
+        match self.server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "the HTTP server failed"),
+            Err(error) => tracing::error!(%error, "the HTTP server task failed"),
+        }
+        self.raft.shutdown().await;
+        self.watcher.abort();
+        let _ = self.watcher.await;
+        tracing::info!("node stopped");
+    }
+}
+
+/// Runs a node until `stop` resolves (or the Raft node fails), then shuts it down.
+pub async fn run(config: NodeConfig, stop: impl Future<Output = ()>) -> Result<(), String> {
+    let node = start(config).await?;
+    let mut stopped = node.raft.watch_status();
+    let raft = node.raft.clone();
+    let failed = async move {
+        // The status channel closes when the driver ends (a fail-stop).
+        while stopped.changed().await.is_ok() {}
+        raft.stopped_reason()
+    };
+    let failure = tokio::select! {
+        _ = stop => None,
+        reason = failed => reason,
+    };
+    node.shutdown().await;
+    match failure {
+        Some(reason) => Err(format!("the raft node stopped: {reason}")),
+        None => Ok(()),
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+pub async fn termination_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let sigterm = async {
+        match terminate.as_mut() {
+            Some(signal) => {
+                signal.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = sigterm => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: shutting down"),
+    }
+}
+
+/// Keeps readiness and the leader-change counter up to date from the node's status.
+async fn watch_status(raft: RaftNode, readiness: Arc<Readiness>, metrics: Arc<Metrics>) {
+    let mut status = raft.watch_status();
+    let mut leader = None;
+    // The commit index seen when a leader was first known after start.
+    let mut catch_up_target = None;
+    loop {
+        let current = status.borrow_and_update().clone();
+        if current.leader != leader {
+            if leader.is_some() || current.leader.is_some() {
+                metrics.record_leader_change();
+            }
+            leader = current.leader;
+        }
+        if current.leader.is_some() && catch_up_target.is_none() {
+            catch_up_target = Some(current.commit_index);
+        }
+        let caught_up = catch_up_target.is_some_and(|target| current.applied_index >= target);
+        readiness.set(current.leader.is_some() && caught_up);
+        if status.changed().await.is_err() {
+            readiness.set(false);
+            return;
+        }
+    }
+}
+
+/// A TCP listener that serves at most `http_connections_max` connections at once: it waits
+/// for a free slot before accepting, so further clients wait in the listen backlog.
+struct LimitedListener {
+    inner: TcpListener,
+    permits: Arc<Semaphore>,
+}
+
+/// An accepted connection holding its slot until it closes.
+struct LimitedStream {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl axum::serve::Listener for LimitedListener {
+    type Io = LimitedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (LimitedStream, SocketAddr) {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the connection semaphore is never closed");
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, address)) => {
+                    // Small requests and answers: do not wait to fill a segment.
+                    let _ = stream.set_nodelay(true);
+                    let stream = LimitedStream {
+                        stream,
+                        _permit: permit,
+                    };
+                    return (stream, address);
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(%error, "accepting an HTTP connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+impl AsyncRead for LimitedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(context, buffer)
+    }
+}
+
+impl AsyncWrite for LimitedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(context, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffers: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(context, buffers)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(context)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(context)
+    }
+}

@@ -1,0 +1,411 @@
+//! The HTTP API against a real three-process cluster (memory storage, TCP): every endpoint's
+//! documented answer, and every error: bad input is a 4xx with a JSON error naming the
+//! problem, no leader is a 503 that says nothing was applied, and a request that outlives its
+//! timeout is a 503 that says the write may or may not have applied.
+
+use kv_example::config::{StorageKind, TransportKind};
+use kv_example::local_cluster::{fresh_temp_dir, ClusterSpec, LocalCluster};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn cluster(extra_args: &[&str]) -> LocalCluster {
+    LocalCluster::start(ClusterSpec {
+        kvnode: env!("CARGO_BIN_EXE_kvnode").into(),
+        nodes: 3,
+        storage: StorageKind::Mem,
+        transport: TransportKind::Tcp,
+        data_dir: fresh_temp_dir("kv-api-test").unwrap(),
+        extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        log_filter: "info".into(),
+    })
+    .expect("nodes start")
+}
+
+/// Sends a request and returns the status and the body (JSON when it parses, else a string).
+async fn call(method: Method, url: &str, body: Option<Vec<u8>>) -> (StatusCode, Value) {
+    let http = Client::new();
+    let mut request = http.request(method, url);
+    if let Some(body) = body {
+        request = request.body(body);
+    }
+    let response = request.send().await.expect("the node answers");
+    let status = response.status();
+    let bytes = response.bytes().await.unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, body)
+}
+
+async fn call_json(method: Method, url: &str, body: Value) -> (StatusCode, Value) {
+    let response = Client::new()
+        .request(method, url)
+        .json(&body)
+        .send()
+        .await
+        .expect("the node answers");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Asserts a JSON error with this status, code, and a message containing `says`.
+fn assert_error(answer: &(StatusCode, Value), status: StatusCode, code: &str, says: &str) {
+    let (got_status, body) = answer;
+    assert_eq!(*got_status, status, "{body}");
+    assert_eq!(body["error"], code, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains(says), "{message:?} should say {says:?}");
+}
+
+/// Every endpoint answers as the API documents, from a follower and the leader alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_answers_as_documented() {
+    let cluster = cluster(&[]);
+    cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let [one, two, three] = [1, 2, 3].map(|id| cluster.endpoint(id));
+
+    let put = call(
+        Method::PUT,
+        &format!("{one}/v1/kv/a%2Fkey"),
+        Some(b"v1".to_vec()),
+    )
+    .await;
+    assert_eq!(put.0, StatusCode::OK, "{}", put.1);
+    assert!(put.1["index"].as_u64().unwrap() > 0);
+    let get = Client::new()
+        .get(format!("{two}/v1/kv/a%2Fkey"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), StatusCode::OK);
+    assert_eq!(get.bytes().await.unwrap().as_ref(), b"v1");
+
+    // The same read through the log, and from this node's copy once it has applied the write.
+    let logged = Client::new()
+        .get(format!("{three}/v1/kv/a%2Fkey?consistency=log"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logged.status(), StatusCode::OK);
+    assert_eq!(logged.bytes().await.unwrap().as_ref(), b"v1");
+    let stale = call(
+        Method::GET,
+        &format!("{three}/v1/kv/a%2Fkey?consistency=stale"),
+        None,
+    )
+    .await;
+    assert_eq!(stale.1, "v1");
+
+    // Compare-and-swap: a match swaps, a mismatch is 409 with the current value.
+    let cas_url = format!("{three}/v1/kv/a%2Fkey/cas");
+    let swapped = call_json(
+        Method::POST,
+        &cas_url,
+        json!({"expected": "v1", "new": "v2"}),
+    )
+    .await;
+    assert_eq!(swapped.0, StatusCode::OK, "{}", swapped.1);
+    assert_eq!(swapped.1["swapped"], true);
+    let refused = call_json(
+        Method::POST,
+        &cas_url,
+        json!({"expected": "v1", "new": "v3"}),
+    )
+    .await;
+    assert_eq!(refused.0, StatusCode::CONFLICT);
+    assert_eq!(refused.1["current"], "v2");
+    let create = format!("{three}/v1/kv/fresh/cas");
+    let created = call_json(Method::POST, &create, json!({"expected": null, "new": "x"})).await;
+    assert_eq!(created.1["swapped"], true, "{}", created.1);
+
+    // Scan with a limit, linearizable and stale.
+    for i in 0..5 {
+        let url = format!("{one}/v1/kv/scan{i}");
+        assert_eq!(
+            call(Method::PUT, &url, Some(vec![b'0' + i])).await.0,
+            StatusCode::OK
+        );
+    }
+    let page = call(
+        Method::GET,
+        &format!("{two}/v1/kv?prefix=scan&limit=3"),
+        None,
+    )
+    .await;
+    assert_eq!(page.0, StatusCode::OK);
+    assert_eq!(page.1["more"], true);
+    let keys: Vec<&str> = page.1["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["scan0", "scan1", "scan2"]);
+    // A stale read on a follower sees the write once it has applied it.
+    let stale_url = format!("{two}/v1/kv?prefix=scan&limit=10&consistency=stale");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stale = call(Method::GET, &stale_url, None).await;
+        if stale.1["entries"].as_array().map(Vec::len) == Some(5) {
+            assert_eq!(stale.1["more"], false);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stale scan never saw 5 keys: {}",
+            stale.1
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Delete, then 404 on read.
+    let deleted = call(Method::DELETE, &format!("{two}/v1/kv/fresh"), None).await;
+    assert_eq!(deleted.1["deleted"], true, "{}", deleted.1);
+    let gone = call(Method::GET, &format!("{one}/v1/kv/fresh"), None).await;
+    assert_error(&gone, StatusCode::NOT_FOUND, "not_found", "does not exist");
+
+    // Status, members, metrics, health.
+    let status = call(Method::GET, &format!("{one}/v1/status"), None).await.1;
+    let leader = status["leader"].as_u64().expect("a leader is known");
+    let leader_status = call(
+        Method::GET,
+        &format!("{}/v1/status", cluster.endpoint(leader)),
+        None,
+    )
+    .await
+    .1;
+    assert_eq!(leader_status["role"], "leader");
+    assert_eq!(leader_status["progress"].as_array().unwrap().len(), 2);
+    assert!(leader_status["commit_index"].as_u64().unwrap() >= 9);
+    let members = call(Method::GET, &format!("{one}/v1/members"), None)
+        .await
+        .1;
+    assert_eq!(members["members"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        members["members"][1]["client_address"],
+        cluster.members()[1].client_address.to_string()
+    );
+    let metrics = Client::new()
+        .get(format!("{}/metrics", cluster.endpoint(leader)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "kv_proposals_total{op=\"put\"}",
+        "raft_commit_index",
+        "raft_term",
+        "kv_apply_seconds_bucket",
+        "raft_leader_changes_total",
+        "raft_log_last_index",
+        "raft_peer_replication_lag_entries{peer=",
+        "kv_request_seconds_count{op=\"put\"}",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
+    }
+    assert_eq!(
+        call(Method::GET, &format!("{one}/healthz"), None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(Method::GET, &format!("{one}/readyz"), None).await.0,
+        StatusCode::OK
+    );
+}
+
+/// Bad input is refused with a 4xx and a JSON error that says what was wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_4xx_json_error() {
+    let cluster = cluster(&[
+        "--key-bytes-max",
+        "16",
+        "--value-bytes-max",
+        "64",
+        "--scan-limit-max",
+        "10",
+    ]);
+    cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let node = cluster.endpoint(1);
+    let kv = |path: &str| format!("{node}/v1/kv/{path}");
+
+    let long_key = "k".repeat(17);
+    let answer = call(Method::PUT, &kv(&long_key), Some(b"v".to_vec())).await;
+    assert_error(
+        &answer,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "key_too_large",
+        "key_bytes_max is 16",
+    );
+    let answer = call(Method::PUT, &kv("k"), Some(vec![b'v'; 65])).await;
+    assert_error(
+        &answer,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "value_too_large",
+        "value_bytes_max is 64",
+    );
+    let answer = call(Method::GET, &kv("%FF"), None).await;
+    assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "bad key");
+    let answer = call(Method::GET, &kv("k?consistency=lease"), None).await;
+    assert_error(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "without --lease-reads",
+    );
+    let answer = call(Method::GET, &kv("k?consistency=eventual"), None).await;
+    assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "unknown");
+    let answer = call(Method::GET, &kv("k?colour=blue"), None).await;
+    assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "colour");
+
+    let cas = kv("k/cas");
+    let answer = call(Method::POST, &cas, Some(b"{not json".to_vec())).await;
+    assert_error(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "must be JSON",
+    );
+    let answer = call_json(Method::POST, &cas, json!({"expected": "a"})).await;
+    assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "new");
+    let answer = call_json(Method::POST, &cas, json!({"new": "x".repeat(65)})).await;
+    assert_error(
+        &answer,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "value_too_large",
+        "value_bytes_max is 64",
+    );
+    let answer = call_json(Method::POST, &cas, json!({"new": "x".repeat(5000)})).await;
+    assert_error(
+        &answer,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "compare-and-swap body",
+    );
+
+    let answer = call(Method::GET, &format!("{node}/v1/kv?limit=0"), None).await;
+    assert_error(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "scan_limit_max (10)",
+    );
+    let answer = call(Method::GET, &format!("{node}/v1/kv?limit=11"), None).await;
+    assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "got 11");
+    let answer = call(Method::GET, &format!("{node}/v1/kv?limit=many"), None).await;
+    assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "limit");
+    let answer = call(
+        Method::GET,
+        &format!("{node}/v1/kv?prefix={long_key}"),
+        None,
+    )
+    .await;
+    assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "prefix");
+
+    let answer = call(Method::GET, &format!("{node}/v2/nothing"), None).await;
+    assert_error(
+        &answer,
+        StatusCode::NOT_FOUND,
+        "no_such_endpoint",
+        "no such endpoint",
+    );
+    let answer = call(Method::PATCH, &kv("k"), None).await;
+    assert_error(
+        &answer,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method",
+    );
+    // Nothing of the above reached the log: the key was never written.
+    let answer = call(Method::GET, &kv("k"), None).await;
+    assert_eq!(answer.0, StatusCode::NOT_FOUND);
+}
+
+/// Without a quorum: a write waits `leader_wait_ms` for a leader and gets a 503 that says
+/// nothing was applied; a node whose request timeout is shorter answers a 503 that says the
+/// write may or may not have applied. `/readyz` turns 503 while `/healthz` stays 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_leader_is_a_bounded_503() {
+    let mut cluster = cluster(&["--leader-wait-ms", "400", "--request-timeout-ms", "3000"]);
+    cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
+    cluster.kill(2).unwrap();
+    cluster.kill(3).unwrap();
+    let node = cluster.endpoint(1);
+    // check_quorum: a leader without followers steps down within an election timeout.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while call(Method::GET, &format!("{node}/v1/status"), None)
+        .await
+        .1["leader"]
+        != Value::Null
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 kept a leader without a quorum"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    let answer = call(Method::PUT, &format!("{node}/v1/kv/k"), Some(b"v".to_vec())).await;
+    assert_error(
+        &answer,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_leader",
+        "nothing was applied",
+    );
+    assert_eq!(answer.1["applied"], "no");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let answer = call(Method::GET, &format!("{node}/v1/kv/k"), None).await;
+    assert_error(
+        &answer,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_leader",
+        "no leader",
+    );
+    assert_eq!(
+        call(Method::GET, &format!("{node}/readyz"), None).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        call(Method::GET, &format!("{node}/healthz"), None).await.0,
+        StatusCode::OK
+    );
+
+    // A request timeout below the leader wait: the answer cannot say whether it applied.
+    cluster.set_member_args(
+        1,
+        vec![
+            "--leader-wait-ms".into(),
+            "5000".into(),
+            "--request-timeout-ms".into(),
+            "300".into(),
+        ],
+    );
+    cluster.terminate(1, Duration::from_secs(10)).unwrap();
+    cluster.start_member(1).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        let response = Client::new()
+            .put(format!("{node}/v1/kv/k"))
+            .body("v")
+            .send()
+            .await;
+        if let Ok(response) = response {
+            let status = response.status();
+            break (status, response.json::<Value>().await.unwrap());
+        }
+        assert!(Instant::now() < deadline, "node 1 did not come back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_error(
+        &answer,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "timeout",
+        "may or may not have been applied",
+    );
+    assert_eq!(answer.1["applied"], "unknown");
+}
