@@ -14,8 +14,10 @@
 //! round. With `lease_reads`, a leader whose last confirmed round left less than
 //! `read_lease_ticks` ago answers at once: followers refuse to vote for
 //! `election_timeout_ticks_min` after hearing from it, so no new leader can exist yet. This
-//! assumes clocks that drift apart by less than the gap between the two (the defaults leave a
-//! quarter of the election timeout).
+//! assumes that `read_lease_ticks` ticks of the leader's clock always end before
+//! `election_timeout_ticks_min - 1` ticks of any follower's clock (ticks are whole steps, hence
+//! the one tick less): with the defaults, 11 and 15, clock rates may differ by up to about 27%.
+//! The simulator checks lease reads with node clocks that differ by up to 20%.
 //!
 //! A leader that begins a leadership transfer gives up its lease for the rest of its term and
 //! confirms every later read with a round: the target campaigns with voters setting their

@@ -148,10 +148,7 @@ enum ProposalRequest {
 }
 
 /// A handle to a running Raft node. Cheap to clone; every clone drives the same node.
-///
-/// ```
-/// # // The crate-level documentation shows a complete three-node cluster.
-/// ```
+/// The crate documentation shows a complete three-node cluster built with it.
 #[derive(Clone)]
 pub struct RaftNode {
     proposals: mpsc::Sender<ProposalRequest>,
