@@ -115,7 +115,12 @@ pub struct AppContext {
     pub node: NodeInfo,
     /// Readiness, kept by the node's status watcher.
     pub readiness: Arc<Readiness>,
+    /// The RocksDB log store's group-commit counters, when the node uses it.
+    pub log_store_stats: Option<LogStoreStats>,
 }
+
+/// Reads a log store's group-commit counters.
+pub type LogStoreStats = Box<dyn Fn() -> raft_storage_rocksdb::WriteStats + Send + Sync>;
 
 type Context = State<Arc<AppContext>>;
 
@@ -752,7 +757,10 @@ async fn members(State(context): Context) -> Json<Value> {
 }
 
 async fn metrics(State(context): Context) -> Response {
-    let text = context.metrics.render(&context.raft.status());
+    let mut text = context.metrics.render(&context.raft.status());
+    if let Some(stats) = &context.log_store_stats {
+        crate::metrics::render_log_store(&mut text, &stats());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -119,6 +119,9 @@ pub struct NodeConfig {
     /// accept `consistency=lease`. Assumes clocks drift apart by less than a quarter of the
     /// election timeout.
     pub lease_reads: bool,
+    /// Threads of the node's async runtime (0: one per CPU). Several nodes sharing a few
+    /// cores (a local cluster) run better with fewer.
+    pub worker_threads: usize,
 }
 
 impl Default for NodeConfig {
@@ -150,6 +153,7 @@ impl Default for NodeConfig {
             http_connections_max: 1024,
             proposal_queue_max: 4096,
             lease_reads: false,
+            worker_threads: 0,
         }
     }
 }
@@ -448,6 +452,9 @@ pub struct NodeFlags {
     /// drift).
     #[arg(long)]
     pub lease_reads: bool,
+    /// Async runtime threads (default 0: one per CPU).
+    #[arg(long)]
+    pub worker_threads: Option<usize>,
 }
 
 macro_rules! override_fields {
@@ -470,7 +477,7 @@ impl NodeFlags {
                 cluster_id, tick_ms, election_timeout_ticks_min, election_timeout_ticks_max,
                 heartbeat_interval_ticks, leader_wait_ms, request_timeout_ms, key_bytes_max,
                 value_bytes_max, scan_limit_max, scan_bytes_max, http_connections_max,
-                proposal_queue_max],
+                proposal_queue_max, worker_threads],
             optional: [client_address, peer_address, tls_dir, tls_ca, tls_cert, tls_key]);
         if flags.lease_reads {
             config.lease_reads = true;

@@ -306,6 +306,32 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// The RocksDB log store's group-commit counters: how many appends and entries shared each
+/// synced write batch.
+pub fn render_log_store(out: &mut String, stats: &raft_storage_rocksdb::WriteStats) {
+    let counters = [
+        (
+            "raft_log_store_batches_total",
+            "Write batches the log store wrote (one fdatasync each when synced).",
+            stats.batches,
+        ),
+        (
+            "raft_log_store_requests_total",
+            "Write calls those batches carried (group commit merges calls).",
+            stats.requests,
+        ),
+        (
+            "raft_log_store_entries_total",
+            "Log entries those batches carried.",
+            stats.entries,
+        ),
+    ];
+    for (name, help, value) in counters {
+        header(out, name, "counter", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+}
+
 fn render_raft(out: &mut String, status: &Status) {
     let gauges = [
         ("raft_term", "The current term.", status.term.0),

@@ -35,10 +35,20 @@ pub struct RunningNode {
     stop_http: Arc<tokio::sync::Notify>,
 }
 
-/// Opens the log store the configuration names.
-fn open_log_store(config: &NodeConfig) -> Result<Arc<dyn LogStore>, String> {
+/// Opens the log store the configuration names; the RocksDB store is also returned as itself,
+/// for its write statistics.
+#[allow(clippy::type_complexity)]
+fn open_log_store(
+    config: &NodeConfig,
+) -> Result<
+    (
+        Arc<dyn LogStore>,
+        Option<Arc<raft_storage_rocksdb::RocksLogStore>>,
+    ),
+    String,
+> {
     Ok(match config.storage {
-        StorageKind::Mem => Arc::new(raft_storage_mem::MemLogStore::new()),
+        StorageKind::Mem => (Arc::new(raft_storage_mem::MemLogStore::new()), None),
         StorageKind::Rocksdb => {
             let path = config.data_dir.join("log");
             let store = raft_storage_rocksdb::RocksLogStore::open(
@@ -46,7 +56,8 @@ fn open_log_store(config: &NodeConfig) -> Result<Arc<dyn LogStore>, String> {
                 raft_storage_rocksdb::RocksLogStoreOptions::default(),
             )
             .map_err(|e| format!("opening the log store in {}: {e}", path.display()))?;
-            Arc::new(store)
+            let store = Arc::new(store);
+            (store.clone(), Some(store))
         }
     })
 }
@@ -126,7 +137,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
         .map_err(|e| format!("binding the HTTP API on {client_address}: {e}"))?;
     let client_address = listener.local_addr().map_err(|e| e.to_string())?;
     let metrics = Arc::new(Metrics::default());
-    let store = open_log_store(&config)?;
+    let (store, rocks_store) = open_log_store(&config)?;
     let state = open_state(&config)?;
     let network = bind_transport(&config).await?;
     let mut raft_config = config.raft_config();
@@ -167,6 +178,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
             peer_address: config.peer_listen_address()?,
         },
         readiness,
+        log_store_stats: rocks_store
+            .map(|store| Box::new(move || store.write_stats()) as api::LogStoreStats),
     });
     let stop_http = Arc::new(tokio::sync::Notify::new());
     let stop = stop_http.clone();
@@ -253,18 +266,22 @@ async fn watch_status(raft: RaftNode, readiness: Arc<Readiness>, metrics: Arc<Me
     // The commit index seen when a leader was first known after start.
     let mut catch_up_target = None;
     loop {
-        let current = status.borrow_and_update().clone();
-        if current.leader != leader {
-            if leader.is_some() || current.leader.is_some() {
+        // Only three fields are needed: no clone of the whole status on every commit.
+        let (current_leader, commit_index, applied_index) = {
+            let current = status.borrow_and_update();
+            (current.leader, current.commit_index, current.applied_index)
+        };
+        if current_leader != leader {
+            if leader.is_some() || current_leader.is_some() {
                 metrics.record_leader_change();
             }
-            leader = current.leader;
+            leader = current_leader;
         }
-        if current.leader.is_some() && catch_up_target.is_none() {
-            catch_up_target = Some(current.commit_index);
+        if current_leader.is_some() && catch_up_target.is_none() {
+            catch_up_target = Some(commit_index);
         }
-        let caught_up = catch_up_target.is_some_and(|target| current.applied_index >= target);
-        readiness.set(current.leader.is_some() && caught_up);
+        let caught_up = catch_up_target.is_some_and(|target| applied_index >= target);
+        readiness.set(current_leader.is_some() && caught_up);
         if status.changed().await.is_err() {
             readiness.set(false);
             return;

@@ -88,7 +88,7 @@ fn main() -> ExitCode {
             rt.block_on(demo.run())
         }),
         None => cli.node.resolve().and_then(|config| {
-            runtime().and_then(|rt| {
+            runtime_with(config.worker_threads).and_then(|rt| {
                 rt.block_on(kv_example::node::run(
                     config,
                     kv_example::node::termination_signal(),
@@ -106,7 +106,16 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
+    runtime_with(0)
+}
+
+/// A multi-threaded runtime with `worker_threads` threads (0: one per CPU).
+fn runtime_with(worker_threads: usize) -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    builder
         .enable_all()
         .build()
         .map_err(|e| format!("starting the async runtime: {e}"))
