@@ -285,9 +285,9 @@ pub fn svg_chart(results: &[BenchResult], title: &str) -> String {
         let y = top + bar_height * i as f64;
         let bar = (r.ops_per_second / max * plot_width).max(1.0);
         svg.push_str(&format!(
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n\
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n\
              <rect x=\"{left}\" y=\"{}\" width=\"{bar:.1}\" height=\"{}\" fill=\"#4a7bd0\"/>\n\
-             <text x=\"{}\" y=\"{}\" fill=\"{}\">{:.0}/s  p50 {:.2}  p99 {:.2}</text>\n",
+             <text x=\"{:.1}\" y=\"{:.1}\" fill=\"{}\">{:.0}/s  p50 {:.2}  p99 {:.2}</text>\n",
             left - 8.0,
             y + bar_height * 0.6,
             escape_xml(&r.label),

@@ -319,8 +319,10 @@ pub fn format_table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
+            // A row's last cell is not padded, so it does not widen its column (an
+            // "unreachable" note spans the row).
             rows.iter()
-                .filter(|r| r.len() > 1 || c == 0)
+                .filter(|r| c + 1 < r.len())
                 .filter_map(|r| r.get(c))
                 .map(|cell| cell.chars().count())
                 .max()
@@ -364,7 +366,11 @@ mod tests {
         let rows = vec![
             vec!["A".to_string(), "BB".to_string(), "C".to_string()],
             vec!["aaa".to_string(), "b".to_string(), "c".to_string()],
+            vec!["x".to_string(), "unreachable: a long reason".to_string()],
         ];
-        assert_eq!(format_table(&rows), "A    BB  C\naaa  b   c\n");
+        assert_eq!(
+            format_table(&rows),
+            "A    BB  C\naaa  b   c\nx    unreachable: a long reason\n"
+        );
     }
 }

@@ -122,6 +122,10 @@ pub struct NodeConfig {
     /// Threads of the node's async runtime (0: one per CPU). Several nodes sharing a few
     /// cores (a local cluster) run better with fewer.
     pub worker_threads: usize,
+    /// QUIC only: a connection silent this long is dropped and redialled, in milliseconds.
+    /// A peer that restarted is reached again only once its old connection times out (the
+    /// new process does not know it), so this bounds how long a restarted node stays cut off.
+    pub quic_idle_timeout_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -154,6 +158,7 @@ impl Default for NodeConfig {
             proposal_queue_max: 4096,
             lease_reads: false,
             worker_threads: 0,
+            quic_idle_timeout_ms: 10_000,
         }
     }
 }
@@ -341,6 +346,12 @@ impl NodeConfig {
                 return Err(format!("{name} must be at least 1"));
             }
         }
+        if self.quic_idle_timeout_ms < 100 {
+            return Err(format!(
+                "quic_idle_timeout_ms ({}) must be at least 100",
+                self.quic_idle_timeout_ms
+            ));
+        }
         if self.leader_wait_ms < self.tick_ms {
             return Err(format!(
                 "leader_wait_ms ({}) must be at least one tick ({} ms)",
@@ -455,6 +466,9 @@ pub struct NodeFlags {
     /// Async runtime threads (default 0: one per CPU).
     #[arg(long)]
     pub worker_threads: Option<usize>,
+    /// QUIC: drop a silent connection after this many ms (default 10000).
+    #[arg(long)]
+    pub quic_idle_timeout_ms: Option<u64>,
 }
 
 macro_rules! override_fields {
@@ -477,7 +491,7 @@ impl NodeFlags {
                 cluster_id, tick_ms, election_timeout_ticks_min, election_timeout_ticks_max,
                 heartbeat_interval_ticks, leader_wait_ms, request_timeout_ms, key_bytes_max,
                 value_bytes_max, scan_limit_max, scan_bytes_max, http_connections_max,
-                proposal_queue_max, worker_threads],
+                proposal_queue_max, worker_threads, quic_idle_timeout_ms],
             optional: [client_address, peer_address, tls_dir, tls_ca, tls_cert, tls_key]);
         if flags.lease_reads {
             config.lease_reads = true;

@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -111,6 +112,9 @@ async fn bind_transport(config: &NodeConfig) -> Result<Arc<dyn Network>, String>
             };
             let mut quic = raft_transport_quic::QuicConfig::new(cluster, node, listen, files);
             quic.peers = peers;
+            quic.idle_timeout = Duration::from_millis(config.quic_idle_timeout_ms);
+            // Keep-alives well inside the idle timeout, so a quiet live peer is never dropped.
+            quic.keep_alive_interval = (quic.idle_timeout / 4).min(quic.keep_alive_interval);
             let transport = raft_transport_quic::QuicTransport::bind(quic)
                 .await
                 .map_err(|e| format!("binding the QUIC transport on {listen}: {e}"))?;

@@ -25,12 +25,13 @@ fn spec(storage: StorageKind, transport: TransportKind) -> ClusterSpec {
         transport,
         data_dir: fresh_temp_dir(&format!("kv-test-{storage}-{transport}")).unwrap(),
         extra_args: match transport {
-            // The QUIC clusters also serve leader reads from a lease (consistency=lease).
-            TransportKind::Quic => vec![
-                "--request-timeout-ms".into(),
-                "3000".into(),
-                "--lease-reads".into(),
-            ],
+            // The QUIC clusters also serve leader reads from a lease (consistency=lease), and
+            // drop a dead peer's connection after 1 s instead of 10 (see quic_idle_timeout_ms).
+            TransportKind::Quic => ["--request-timeout-ms", "3000", "--lease-reads"]
+                .into_iter()
+                .chain(["--quic-idle-timeout-ms", "1000"])
+                .map(String::from)
+                .collect(),
             TransportKind::Tcp => vec!["--request-timeout-ms".into(), "3000".into()],
         },
         log_filter: "info".into(),
