@@ -48,6 +48,13 @@ async fn call_json(method: Method, url: &str, body: Value) -> (StatusCode, Value
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Stops the cluster and removes its folder (a failed test keeps it, logs included).
+fn finish(cluster: LocalCluster) {
+    let folder = cluster.spec().data_dir.clone();
+    drop(cluster);
+    std::fs::remove_dir_all(folder).expect("the test folder is removed");
+}
+
 /// Asserts a JSON error with this status, code, and a message containing `says`.
 fn assert_error(answer: &(StatusCode, Value), status: StatusCode, code: &str, says: &str) {
     let (got_status, body) = answer;
@@ -213,6 +220,7 @@ async fn every_endpoint_answers_as_documented() {
         call(Method::GET, &format!("{one}/readyz"), None).await.0,
         StatusCode::OK
     );
+    finish(cluster);
 }
 
 /// Bad input is refused with a 4xx and a JSON error that says what was wrong.
@@ -320,6 +328,7 @@ async fn bad_input_gets_a_4xx_json_error() {
     // Nothing of the above reached the log: the key was never written.
     let answer = call(Method::GET, &kv("k"), None).await;
     assert_eq!(answer.0, StatusCode::NOT_FOUND);
+    finish(cluster);
 }
 
 /// Without a quorum: a write waits `leader_wait_ms` for a leader and gets a 503 that says
@@ -408,4 +417,5 @@ async fn no_leader_is_a_bounded_503() {
         "may or may not have been applied",
     );
     assert_eq!(answer.1["applied"], "unknown");
+    finish(cluster);
 }
