@@ -473,3 +473,51 @@ async fn transfer_requests_that_cannot_work_are_refused_at_once() {
     );
     cluster.shutdown().await;
 }
+
+/// Answers nothing, breaking the `apply_batch` contract.
+struct Mute;
+
+#[async_trait]
+impl StateMachine for Mute {
+    async fn apply(&mut self, _: LogIndex, _: Bytes) -> Result<Bytes, StateMachineError> {
+        Ok(Bytes::new())
+    }
+
+    async fn apply_batch(
+        &mut self,
+        _: raft_core::ApplyBatch,
+    ) -> Result<Vec<Bytes>, StateMachineError> {
+        Ok(Vec::new())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_machine_that_skips_answers_stops_the_node_with_a_clear_reason() {
+    let node = RaftNode::start(
+        Config::new(NodeId(1), vec![NodeId(1)]),
+        options(),
+        Arc::new(MemLogStore::new()),
+        Box::new(Mute),
+        LocalRouter::new().network(NodeId(1)),
+    )
+    .await
+    .unwrap();
+    let error = propose(&node, "lost").await.expect_err("no answer to give");
+    assert!(matches!(error, NodeError::Stopped(_)), "got {error}");
+    // The caller hears first; the driver notices the failure on its next turn.
+    let reason = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            if let Some(reason) = node.stopped_reason() {
+                return reason;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the node stops in time");
+    assert!(
+        reason.contains("answered 0 of 1 commands"),
+        "reason: {reason}"
+    );
+    node.shutdown().await;
+}

@@ -47,12 +47,21 @@ pub(super) async fn run(
             last_index,
         };
         match state_machine.apply_batch(batch).await {
-            Ok(answers) => {
-                assert_eq!(
+            Ok(answers) if answers.len() != indexes.len() => {
+                // A broken state machine is a fail-stop with a message that names the fault,
+                // not a panic that silently ends this task.
+                let why = format!(
+                    "the state machine answered {} of {} commands in a batch; it must answer every command",
                     answers.len(),
-                    indexes.len(),
-                    "a state machine must answer every command"
+                    indexes.len()
                 );
+                for (_, responder) in responders.drain() {
+                    let _ = responder.send(Err(NodeError::Stopped(why.clone())));
+                }
+                shared.fail(why);
+                return;
+            }
+            Ok(answers) => {
                 for (index, answer) in indexes.into_iter().zip(answers) {
                     if let Some(responder) = responders.remove(&index) {
                         let _ = responder.send(Ok(answer));
