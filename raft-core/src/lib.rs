@@ -93,10 +93,12 @@
 
 pub mod config;
 pub mod local_network;
+pub mod membership;
 pub mod message;
 pub mod network;
 pub mod protocol;
 pub mod runtime;
+pub mod snapshot;
 pub mod state_machine;
 pub mod storage;
 pub mod types;
@@ -106,8 +108,10 @@ pub mod wire;
 pub mod transport_kit;
 
 pub use config::{Config, ConfigError};
+pub use membership::{Membership, MembershipChange, MembershipError};
 pub use message::{Lane, Message, MessageBody};
 pub use network::{DeliverError, Inbound, Network, NetworkError, SendError};
+pub use snapshot::{SnapshotMeta, SnapshotReader, SnapshotSink, SnapshotWriter};
 pub use state_machine::{ApplyBatch, StateMachine, StateMachineError};
 pub use storage::{LogBounds, LogStore, LogWrite, StorageError};
 pub use types::{Entry, EntryPayload, HardState, LogIndex, NodeId, ProposalId, Term};

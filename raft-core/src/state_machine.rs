@@ -1,5 +1,6 @@
 //! The `StateMachine` trait: what a user writes to put an application on the replicated log.
 
+use crate::snapshot::{SnapshotMeta, SnapshotReader, SnapshotWriter};
 use crate::types::LogIndex;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -56,5 +57,32 @@ pub trait StateMachine: Send + 'static {
     /// the entry after it when a node starts. An in-memory machine keeps the default, 0.
     async fn applied_index(&mut self) -> Result<LogIndex, StateMachineError> {
         Ok(LogIndex(0))
+    }
+
+    /// Writes the applied state (everything up to the last index applied) into `out`, which
+    /// passes it on in chunks. Called between batches, never concurrently with `apply`. The
+    /// default refuses: the node then never compacts its log. A failure here is not fatal; the
+    /// node tries again later.
+    async fn build_snapshot(&mut self, out: &mut SnapshotWriter) -> Result<(), StateMachineError> {
+        let _ = out;
+        Err(StateMachineError(
+            "this state machine does not build snapshots".into(),
+        ))
+    }
+
+    /// Replaces the whole state with the snapshot's, which covers the log up to
+    /// `meta.last_index`; afterwards `applied_index` must report at least that index (a durable
+    /// machine stores it with the data). Must be overridden along with `build_snapshot`. A
+    /// failure is fatal (fail-stop): the state may be half-replaced.
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: &mut SnapshotReader,
+    ) -> Result<(), StateMachineError> {
+        let _ = data;
+        Err(StateMachineError(format!(
+            "this state machine cannot install snapshots (asked to install one at {})",
+            meta.last_index
+        )))
     }
 }

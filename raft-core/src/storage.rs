@@ -5,8 +5,10 @@
 //! writes to the store in the order the protocol asks, and reads from it only at start-up (and,
 //! for a lagging follower, when the entries it needs have left the protocol's memory).
 
-use crate::types::{Entry, HardState, LogIndex};
+use crate::snapshot::{SnapshotMeta, SnapshotSink};
+use crate::types::{Entry, HardState, LogIndex, Term};
 use async_trait::async_trait;
+use bytes::Bytes;
 use std::fmt;
 use std::ops::Range;
 
@@ -75,6 +77,13 @@ pub enum StorageError {
     Io(std::io::Error),
     /// The store stopped accepting writes after an earlier failure.
     Stopped(String),
+    /// The snapshot asked for is not held (it was replaced by a newer one, or never existed).
+    SnapshotNotHeld {
+        /// Last index of the snapshot asked for.
+        last_index: LogIndex,
+        /// Its term.
+        last_term: Term,
+    },
 }
 
 impl fmt::Display for StorageError {
@@ -89,6 +98,13 @@ impl fmt::Display for StorageError {
             StorageError::Corrupt(why) => write!(f, "log store is corrupt: {why}"),
             StorageError::Io(error) => write!(f, "log store IO error: {error}"),
             StorageError::Stopped(why) => write!(f, "log store stopped accepting writes: {why}"),
+            StorageError::SnapshotNotHeld {
+                last_index,
+                last_term,
+            } => write!(
+                f,
+                "the snapshot at {last_index}/{last_term} is not held (replaced or never made)"
+            ),
         }
     }
 }
@@ -144,6 +160,24 @@ pub trait LogStore: Send + Sync + 'static {
 
     /// Loads the last saved hard state, or the default for a new store.
     async fn load_hard_state(&self) -> Result<HardState, StorageError>;
+
+    /// Starts writing a snapshot (built here, or received from the leader). Several may be
+    /// written at once; nothing is visible until [`SnapshotSink::finish`].
+    async fn begin_snapshot(&self) -> Result<Box<dyn SnapshotSink>, StorageError>;
+
+    /// The latest complete snapshot, if any. It only moves forward: a finished snapshot at a
+    /// lower index than the latest never replaces it.
+    async fn snapshot(&self) -> Result<Option<SnapshotMeta>, StorageError>;
+
+    /// Reads at most `bytes_max` bytes of the snapshot `meta` from `offset` (fewer only at the
+    /// end). Fails with [`StorageError::SnapshotNotHeld`] when that snapshot is gone; a store
+    /// keeps at least the latest one.
+    async fn read_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        bytes_max: usize,
+    ) -> Result<Bytes, StorageError>;
 
     /// Applies one group of writes in order: truncate, append, hard state. Durable on return.
     /// Stores should override this to make the group one atomic, synced write.

@@ -75,6 +75,9 @@ pub enum EntryPayload {
     Blank,
     /// An opaque command for the state machine.
     Command(Bytes),
+    /// A new cluster membership, in force from the moment it is in a node's log (Raft thesis
+    /// §4.1). State machines never see it.
+    Membership(crate::membership::Membership),
 }
 
 impl EntryPayload {
@@ -83,6 +86,7 @@ impl EntryPayload {
         match self {
             EntryPayload::Blank => 0,
             EntryPayload::Command(data) => data.len(),
+            EntryPayload::Membership(membership) => 16 * membership.members().len(),
         }
     }
 }

@@ -270,6 +270,22 @@ impl LogStore for FailingStore {
     async fn load_hard_state(&self) -> Result<HardState, StorageError> {
         self.inner.load_hard_state().await
     }
+    async fn begin_snapshot(
+        &self,
+    ) -> Result<Box<dyn raft_core::snapshot::SnapshotSink>, StorageError> {
+        self.inner.begin_snapshot().await
+    }
+    async fn snapshot(&self) -> Result<Option<raft_core::snapshot::SnapshotMeta>, StorageError> {
+        self.inner.snapshot().await
+    }
+    async fn read_snapshot(
+        &self,
+        meta: &raft_core::snapshot::SnapshotMeta,
+        offset: u64,
+        bytes_max: usize,
+    ) -> Result<bytes::Bytes, StorageError> {
+        self.inner.read_snapshot(meta, offset, bytes_max).await
+    }
 }
 
 impl FailingStore {

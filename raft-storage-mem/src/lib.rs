@@ -51,8 +51,13 @@
 //! ```
 #![deny(missing_docs)]
 
+use async_trait::async_trait;
+use bytes::Bytes;
 use raft_core::storage::validate::{check_append, check_hard_state, check_range, check_truncate};
-use raft_core::{Entry, HardState, LogBounds, LogIndex, LogStore, LogWrite, StorageError};
+use raft_core::{
+    Entry, HardState, LogBounds, LogIndex, LogStore, LogWrite, SnapshotMeta, SnapshotSink,
+    StorageError,
+};
 use std::collections::VecDeque;
 use std::future::{ready, Future};
 use std::ops::Range;
@@ -77,6 +82,8 @@ struct MemState {
     first: LogIndex,
     entries: VecDeque<Entry>,
     hard_state: HardState,
+    /// The latest complete snapshot and its data.
+    snapshot: Option<(SnapshotMeta, Bytes)>,
 }
 
 impl Default for MemState {
@@ -85,7 +92,47 @@ impl Default for MemState {
             first: LogBounds::EMPTY.first,
             entries: VecDeque::new(),
             hard_state: HardState::default(),
+            snapshot: None,
         }
+    }
+}
+
+/// A snapshot being written into a [`MemLogStore`].
+struct MemSnapshotSink {
+    state: Arc<Mutex<MemState>>,
+    data: Vec<u8>,
+}
+
+#[async_trait]
+impl SnapshotSink for MemSnapshotSink {
+    async fn write(&mut self, data: &[u8]) -> Result<(), StorageError> {
+        self.data.extend_from_slice(data);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        let checksum = raft_core::snapshot::checksum(&self.data);
+        if self.data.len() as u64 != meta.data_bytes || checksum != meta.checksum {
+            return Err(StorageError::Corrupt(format!(
+                "snapshot at {} has {} bytes with checksum {checksum:08x}, expected {} bytes with {:08x}",
+                meta.last_index,
+                self.data.len(),
+                meta.data_bytes,
+                meta.checksum
+            )));
+        }
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let newer = state
+            .snapshot
+            .as_ref()
+            .is_none_or(|(latest, _)| meta.last_index > latest.last_index);
+        if newer {
+            state.snapshot = Some((meta.clone(), Bytes::from(self.data)));
+        }
+        Ok(())
     }
 }
 
@@ -279,6 +326,57 @@ impl LogStore for MemLogStore {
         Self: 'async_trait,
     {
         Box::pin(ready(self.lock().write(write)))
+    }
+
+    fn begin_snapshot<'life0, 'async_trait>(
+        &'life0 self,
+    ) -> StoreFuture<'async_trait, Box<dyn SnapshotSink>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        let sink: Box<dyn SnapshotSink> = Box::new(MemSnapshotSink {
+            state: self.state.clone(),
+            data: Vec::new(),
+        });
+        Box::pin(ready(Ok(sink)))
+    }
+
+    fn snapshot<'life0, 'async_trait>(
+        &'life0 self,
+    ) -> StoreFuture<'async_trait, Option<SnapshotMeta>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        let meta = self.lock().snapshot.as_ref().map(|(meta, _)| meta.clone());
+        Box::pin(ready(Ok(meta)))
+    }
+
+    fn read_snapshot<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        meta: &'life1 SnapshotMeta,
+        offset: u64,
+        bytes_max: usize,
+    ) -> StoreFuture<'async_trait, Bytes>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        let state = self.lock();
+        let result = match &state.snapshot {
+            Some((latest, data)) if latest.same_snapshot(meta) => {
+                let start = (offset as usize).min(data.len());
+                let end = start.saturating_add(bytes_max).min(data.len());
+                Ok(data.slice(start..end))
+            }
+            _ => Err(StorageError::SnapshotNotHeld {
+                last_index: meta.last_index,
+                last_term: meta.last_term,
+            }),
+        };
+        Box::pin(ready(result))
     }
 }
 

@@ -38,7 +38,7 @@ pub(super) async fn run(
             .into_iter()
             .filter_map(|entry| match entry.payload {
                 EntryPayload::Command(data) => Some((entry.index, data)),
-                EntryPayload::Blank => None,
+                EntryPayload::Blank | EntryPayload::Membership(_) => None,
             })
             .collect();
         let indexes: Vec<LogIndex> = commands.iter().map(|(index, _)| *index).collect();

@@ -731,4 +731,18 @@ impl LogStore for DefaultWrite {
     async fn load_hard_state(&self) -> Result<HardState, StorageError> {
         self.0.load_hard_state().await
     }
+    async fn begin_snapshot(&self) -> Result<Box<dyn crate::snapshot::SnapshotSink>, StorageError> {
+        self.0.begin_snapshot().await
+    }
+    async fn snapshot(&self) -> Result<Option<crate::snapshot::SnapshotMeta>, StorageError> {
+        self.0.snapshot().await
+    }
+    async fn read_snapshot(
+        &self,
+        meta: &crate::snapshot::SnapshotMeta,
+        offset: u64,
+        bytes_max: usize,
+    ) -> Result<bytes::Bytes, StorageError> {
+        self.0.read_snapshot(meta, offset, bytes_max).await
+    }
 }

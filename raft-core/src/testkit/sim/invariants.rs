@@ -100,7 +100,7 @@ impl Invariants {
             .iter()
             .filter_map(|c| match &c.payload {
                 EntryPayload::Command(data) => Some(data.clone()),
-                EntryPayload::Blank => None,
+                EntryPayload::Blank | EntryPayload::Membership(_) => None,
             })
             .collect()
     }

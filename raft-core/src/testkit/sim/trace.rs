@@ -147,6 +147,9 @@ pub(crate) fn show_entries(f: &mut fmt::Formatter<'_>, entries: &[Entry]) -> fmt
         }
         match &entry.payload {
             EntryPayload::Blank => write!(f, "{}/{} blank", entry.index, entry.term)?,
+            EntryPayload::Membership(membership) => {
+                write!(f, "{}/{} {membership}", entry.index, entry.term)?
+            }
             EntryPayload::Command(data) => {
                 write!(f, "{}/{} cmd {}B", entry.index, entry.term, data.len())?
             }

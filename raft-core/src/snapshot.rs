@@ -1,0 +1,279 @@
+//! Snapshots: the state machine's applied state at one log index, which lets the log before it
+//! be purged and lets a follower that fell behind the purge point catch up.
+//!
+//! A snapshot is a byte stream the [`StateMachine`](crate::StateMachine) writes and reads, plus
+//! [`SnapshotMeta`]: the last index and term it covers, the membership at that index, its
+//! length and its CRC-32. The [`LogStore`](crate::LogStore) keeps it (a sink while it is
+//! written, then the latest complete snapshot). Neither side ever holds a whole snapshot in
+//! memory: the state machine writes through a [`SnapshotWriter`] and reads through a
+//! [`SnapshotReader`], both of which move at most one chunk at a time, and a leader streams it
+//! to a follower in chunks of at most `Config::snapshot_chunk_bytes_max`.
+//!
+//! ```
+//! use raft_core::snapshot::{SnapshotReader, SnapshotWriter};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! // A state machine writes its state in pieces of any size...
+//! let mut out = SnapshotWriter::in_memory();
+//! out.write(b"key=value\n").await?;
+//! out.write(b"other=thing\n").await?;
+//! let (data, checksum) = out.into_bytes().expect("an in-memory writer");
+//! assert_eq!(checksum, raft_core::snapshot::checksum(&data));
+//! // ...and reads it back chunk by chunk (or whole, for a small state).
+//! let mut input = SnapshotReader::from_bytes(data, 4);
+//! assert_eq!(input.read_to_end().await?, b"key=value\nother=thing\n");
+//! # Ok::<(), raft_core::StateMachineError>(())
+//! # }).unwrap();
+//! ```
+
+use crate::membership::Membership;
+use crate::state_machine::StateMachineError;
+use crate::storage::{LogStore, StorageError};
+use crate::types::{LogIndex, Term};
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// What a snapshot covers and how to check its data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// The last log index whose effect the snapshot holds.
+    pub last_index: LogIndex,
+    /// The term of that entry.
+    pub last_term: Term,
+    /// The membership in force at `last_index`.
+    pub membership: Membership,
+    /// Length of the data in bytes.
+    pub data_bytes: u64,
+    /// CRC-32 (IEEE) of the data.
+    pub checksum: u32,
+}
+
+impl SnapshotMeta {
+    /// True when `other` describes the same data: a transfer of one can resume with the other.
+    pub fn same_snapshot(&self, other: &SnapshotMeta) -> bool {
+        (
+            self.last_index,
+            self.last_term,
+            self.data_bytes,
+            self.checksum,
+        ) == (
+            other.last_index,
+            other.last_term,
+            other.data_bytes,
+            other.checksum,
+        )
+    }
+}
+
+/// The CRC-32 (IEEE) that [`SnapshotMeta::checksum`] holds, computed over `data` at once.
+pub fn checksum(data: &[u8]) -> u32 {
+    crc32fast::hash(data)
+}
+
+/// A snapshot being written into a [`LogStore`](crate::LogStore). Dropping it unfinished
+/// discards what was written.
+#[async_trait]
+pub trait SnapshotSink: Send {
+    /// Appends data. Need not be durable until [`SnapshotSink::finish`].
+    async fn write(&mut self, data: &[u8]) -> Result<(), StorageError>;
+
+    /// Checks that the data written has `meta.data_bytes` bytes and `meta.checksum` (a
+    /// mismatch is `Corrupt` and changes nothing), makes it durable, and makes it the store's
+    /// latest snapshot unless the store already holds one at a higher index. Durable on return.
+    async fn finish(self: Box<Self>, meta: &SnapshotMeta) -> Result<(), StorageError>;
+}
+
+/// Where a [`SnapshotWriter`] puts its data.
+enum WriterTarget {
+    Sink(Box<dyn SnapshotSink>),
+    Memory(Vec<u8>),
+}
+
+/// What a state machine writes its snapshot into. Data is passed on in chunks, so memory stays
+/// at one chunk whatever the snapshot's size.
+pub struct SnapshotWriter {
+    target: WriterTarget,
+    buffer: Vec<u8>,
+    chunk_bytes: usize,
+    hasher: crc32fast::Hasher,
+    written_bytes: u64,
+}
+
+impl SnapshotWriter {
+    /// A writer into a store's sink, passing data on in chunks of `chunk_bytes`.
+    pub fn new(sink: Box<dyn SnapshotSink>, chunk_bytes: usize) -> SnapshotWriter {
+        SnapshotWriter {
+            target: WriterTarget::Sink(sink),
+            buffer: Vec::with_capacity(chunk_bytes.min(1 << 20)),
+            chunk_bytes: chunk_bytes.max(1),
+            hasher: crc32fast::Hasher::new(),
+            written_bytes: 0,
+        }
+    }
+
+    /// A writer that keeps everything in memory: for tests of a state machine.
+    pub fn in_memory() -> SnapshotWriter {
+        SnapshotWriter {
+            target: WriterTarget::Memory(Vec::new()),
+            buffer: Vec::new(),
+            chunk_bytes: 1 << 16,
+            hasher: crc32fast::Hasher::new(),
+            written_bytes: 0,
+        }
+    }
+
+    /// Appends `data` to the snapshot.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), StateMachineError> {
+        self.hasher.update(data);
+        self.written_bytes += data.len() as u64;
+        match &mut self.target {
+            WriterTarget::Memory(all) => {
+                all.extend_from_slice(data);
+                Ok(())
+            }
+            WriterTarget::Sink(_) => {
+                let mut rest = data;
+                while !rest.is_empty() {
+                    let room = self.chunk_bytes - self.buffer.len();
+                    let take = room.min(rest.len());
+                    self.buffer.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if self.buffer.len() >= self.chunk_bytes {
+                        self.flush().await?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn written_bytes(&self) -> u64 {
+        self.written_bytes
+    }
+
+    async fn flush(&mut self) -> Result<(), StateMachineError> {
+        if let WriterTarget::Sink(sink) = &mut self.target {
+            if !self.buffer.is_empty() {
+                sink.write(&self.buffer)
+                    .await
+                    .map_err(|e| StateMachineError(format!("writing the snapshot: {e}")))?;
+                self.buffer.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Passes on what is buffered and returns the sink with the data's length and checksum.
+    /// `None` for an in-memory writer.
+    pub async fn into_sink(
+        mut self,
+    ) -> Result<Option<(Box<dyn SnapshotSink>, u64, u32)>, StateMachineError> {
+        self.flush().await?;
+        let written = self.written_bytes;
+        let checksum = self.hasher.finalize();
+        match self.target {
+            WriterTarget::Sink(sink) => Ok(Some((sink, written, checksum))),
+            WriterTarget::Memory(_) => Ok(None),
+        }
+    }
+
+    /// The data and checksum of an in-memory writer; `None` for a writer into a sink.
+    pub fn into_bytes(self) -> Option<(Bytes, u32)> {
+        let checksum = self.hasher.finalize();
+        match self.target {
+            WriterTarget::Memory(all) => Some((Bytes::from(all), checksum)),
+            WriterTarget::Sink(_) => None,
+        }
+    }
+}
+
+/// Where a [`SnapshotReader`] gets its data.
+enum ReaderSource {
+    Store {
+        store: Arc<dyn LogStore>,
+        meta: Box<SnapshotMeta>,
+    },
+    Memory(Bytes),
+}
+
+/// What a state machine reads a snapshot from, a chunk at a time.
+pub struct SnapshotReader {
+    source: ReaderSource,
+    offset: u64,
+    total_bytes: u64,
+    chunk_bytes: usize,
+}
+
+impl SnapshotReader {
+    /// A reader of the snapshot `meta` held by `store`, in chunks of `chunk_bytes`.
+    pub fn new(store: Arc<dyn LogStore>, meta: SnapshotMeta, chunk_bytes: usize) -> SnapshotReader {
+        SnapshotReader {
+            total_bytes: meta.data_bytes,
+            source: ReaderSource::Store {
+                store,
+                meta: Box::new(meta),
+            },
+            offset: 0,
+            chunk_bytes: chunk_bytes.max(1),
+        }
+    }
+
+    /// A reader of data in memory: for tests of a state machine.
+    pub fn from_bytes(data: Bytes, chunk_bytes: usize) -> SnapshotReader {
+        SnapshotReader {
+            total_bytes: data.len() as u64,
+            source: ReaderSource::Memory(data),
+            offset: 0,
+            chunk_bytes: chunk_bytes.max(1),
+        }
+    }
+
+    /// Length of the whole snapshot.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// The next chunk, or `None` at the end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, StateMachineError> {
+        if self.offset >= self.total_bytes {
+            return Ok(None);
+        }
+        let want = (self.total_bytes - self.offset).min(self.chunk_bytes as u64) as usize;
+        let chunk = match &self.source {
+            ReaderSource::Memory(data) => {
+                let start = self.offset as usize;
+                data.slice(start..start + want)
+            }
+            ReaderSource::Store { store, meta } => {
+                let chunk = store
+                    .read_snapshot(meta, self.offset, want)
+                    .await
+                    .map_err(|e| StateMachineError(format!("reading the snapshot: {e}")))?;
+                if chunk.is_empty() || chunk.len() > want {
+                    return Err(StateMachineError(format!(
+                        "the store returned {} bytes at offset {} of a {}-byte snapshot",
+                        chunk.len(),
+                        self.offset,
+                        self.total_bytes
+                    )));
+                }
+                chunk
+            }
+        };
+        self.offset += chunk.len() as u64;
+        Ok(Some(chunk))
+    }
+
+    /// Reads everything left into one buffer: for state machines whose state is in memory
+    /// anyway.
+    pub async fn read_to_end(&mut self) -> Result<Vec<u8>, StateMachineError> {
+        let mut all = Vec::with_capacity((self.total_bytes - self.offset) as usize);
+        while let Some(chunk) = self.next_chunk().await? {
+            all.extend_from_slice(&chunk);
+        }
+        Ok(all)
+    }
+}
