@@ -9,7 +9,10 @@ use std::fmt;
 pub struct Config {
     /// This node.
     pub id: NodeId,
-    /// The voting members of the cluster, this node included.
+    /// The voters a new cluster starts with, this node included (like etcd's
+    /// `--initial-cluster`). Used only while neither the log nor a snapshot holds a membership.
+    /// Empty for a node that joins a running cluster: it learns the membership from the
+    /// leader once added (as a learner) and never campaigns before.
     pub voters: Vec<NodeId>,
     /// Seed of the node's random number generator (election timeouts). Mixed with `id`, so one
     /// seed serves a whole cluster.
@@ -54,6 +57,19 @@ pub struct Config {
     pub read_lease_ticks: u32,
     /// Reads this node tracks at once; past it a read is refused.
     pub pending_reads_max: usize,
+    /// Take a snapshot once this many entries were applied since the last one; 0 turns the
+    /// automatic policy off (a snapshot is then taken only when asked for).
+    pub snapshot_interval_entries: u64,
+    /// Entries kept in the log below a new snapshot, so that a briefly lagging follower still
+    /// catches up from the log instead of a snapshot.
+    pub snapshot_tail_entries: u64,
+    /// Largest snapshot chunk sent in one message.
+    pub snapshot_chunk_bytes_max: usize,
+    /// Snapshot chunks a leader keeps unacknowledged per follower.
+    pub snapshot_inflight_chunks_max: usize,
+    /// Ticks a leader waits for a follower to acknowledge a snapshot chunk before it resends
+    /// from the last acknowledged byte (a lost chunk or connection).
+    pub snapshot_resend_ticks: u32,
 }
 
 /// Ticks are 10 ms in the runtime by default, so these defaults give a 150–300 ms election
@@ -81,6 +97,11 @@ impl Config {
             lease_reads: false,
             read_lease_ticks: 11,
             pending_reads_max: 1 << 16,
+            snapshot_interval_entries: 100_000,
+            snapshot_tail_entries: 10_000,
+            snapshot_chunk_bytes_max: 1 << 20,
+            snapshot_inflight_chunks_max: 4,
+            snapshot_resend_ticks: 30,
         }
     }
 
@@ -90,9 +111,9 @@ impl Config {
         if self.id == NodeId(0) {
             return fail("node id 0 is reserved for \"no node\"".into());
         }
-        if !self.voters.contains(&self.id) {
+        if !self.voters.is_empty() && !self.voters.contains(&self.id) {
             return fail(format!(
-                "node {} is not among the voters {:?}",
+                "node {} is not among the initial voters {:?} (leave them empty to join a running cluster)",
                 self.id, self.voters
             ));
         }
@@ -129,6 +150,12 @@ impl Config {
             ("pending_proposals_max", self.pending_proposals_max),
             ("apply_batch_entries_max", self.apply_batch_entries_max),
             ("pending_reads_max", self.pending_reads_max),
+            ("snapshot_chunk_bytes_max", self.snapshot_chunk_bytes_max),
+            (
+                "snapshot_inflight_chunks_max",
+                self.snapshot_inflight_chunks_max,
+            ),
+            ("snapshot_resend_ticks", self.snapshot_resend_ticks as usize),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -1,6 +1,7 @@
 //! The messages nodes exchange. Every message is one-way: a response is just another message,
 //! which is what lets the leader pipeline appends without waiting for answers.
 
+use crate::snapshot::SnapshotMeta;
 use crate::types::{Entry, LogIndex, NodeId, ProposalId, Term};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -83,6 +84,30 @@ pub enum MessageBody {
         /// The read index, or `None` when the recipient could not serve it (not the leader).
         index: Option<LogIndex>,
     },
+    /// The leader streams a snapshot to a follower whose next entry it has purged. Chunks of
+    /// one snapshot travel in order on the snapshot lane.
+    SnapshotChunk {
+        /// The snapshot: a follower resumes a transfer only for the same snapshot.
+        meta: SnapshotMeta,
+        /// Where `data` starts in the snapshot.
+        offset: u64,
+        /// The bytes. A driver fills them in from its store before sending (see
+        /// [`crate::protocol::Ready::snapshot_chunks`]); `len` says how many.
+        data: Bytes,
+        /// Length of the chunk.
+        len: u64,
+    },
+    /// A follower reports how much of a snapshot it holds: the leader sends from there.
+    SnapshotResponse {
+        /// Last index of the snapshot.
+        last_index: LogIndex,
+        /// Its term.
+        last_term: Term,
+        /// Its checksum (with index and term, which snapshot this is).
+        checksum: u32,
+        /// Bytes of it received in order so far; 0 after a failed check.
+        received: u64,
+    },
     /// A follower hands client proposals to the leader it knows.
     Forward {
         /// The proposals, each tagged with the follower's own ID for it.
@@ -158,6 +183,9 @@ impl Message {
                     proposals.iter().map(|p| p.data.len() + 16).sum()
                 }
                 MessageBody::ForwardResponse { outcomes } => outcomes.len() * 24,
+                MessageBody::SnapshotChunk { meta, len, .. } => {
+                    *len as usize + 32 * meta.membership.members().len()
+                }
                 _ => 0,
             }
     }
@@ -176,7 +204,9 @@ impl Message {
     /// The lane a transport should use for this message. Transports must keep the order of
     /// messages within a lane to one peer; they need not keep order across lanes.
     pub fn lane(&self) -> Lane {
-        // Snapshot chunks arrive with the snapshot work; every message kind today is ordinary.
-        Lane::Ordinary
+        match self.body {
+            MessageBody::SnapshotChunk { .. } => Lane::Snapshot,
+            _ => Lane::Ordinary,
+        }
     }
 }

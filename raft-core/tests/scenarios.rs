@@ -28,6 +28,7 @@ fn log(terms: &[u64]) -> Vec<Entry> {
 /// A node's disk: `terms` as its log, `term` as its current term, having voted for `vote`.
 fn disk(terms: &[u64], term: u64, vote: Option<u64>, commit: u64) -> Restore {
     Restore {
+        snapshot: None,
         hard_state: HardState {
             term: Term(term),
             vote: vote.map(NodeId),

@@ -36,7 +36,9 @@ impl RawNode {
                 pre_vote: true,
                 granted: true,
             } => true,
-            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
+            MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::SnapshotChunk { .. } => {
                 self.become_follower(message.term, Some(message.from));
                 true
             }
@@ -54,7 +56,9 @@ impl RawNode {
             // A deposed leader (or one cut off and rejoining) learns it is stale from any
             // answer carrying our term; without it, PreVote and CheckQuorum could leave it
             // ignored forever.
-            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
+            MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::SnapshotChunk { .. } => {
                 self.send(message.from, MessageBody::HeartbeatResponse { read_seq: 0 })
             }
             MessageBody::VoteRequest { pre_vote: true, .. } => self.send(
@@ -101,11 +105,19 @@ impl RawNode {
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed += 1;
         if self.election_elapsed >= self.election_timeout {
-            self.start_election();
+            if self.membership().is_voter(self.id) {
+                self.start_election();
+            } else {
+                // Learners, joining and removed nodes never campaign.
+                self.reset_election_timeout();
+            }
         }
     }
 
     pub(super) fn start_election(&mut self) {
+        if !self.membership().is_voter(self.id) {
+            return;
+        }
         if self.config.pre_vote {
             self.become_pre_candidate();
         } else {
@@ -121,7 +133,7 @@ impl RawNode {
         self.votes.clear();
         self.votes.insert(self.id, true);
         self.reset_election_timeout();
-        if self.quorum() == 1 {
+        if self.alone_is_quorum() {
             self.become_candidate();
             return;
         }
@@ -148,7 +160,7 @@ impl RawNode {
         self.votes.clear();
         self.votes.insert(self.id, true);
         self.reset_election_timeout();
-        if self.quorum() == 1 {
+        if self.alone_is_quorum() {
             self.become_leader();
             return;
         }
@@ -163,8 +175,7 @@ impl RawNode {
         };
         let last_log_index = self.log.last_index();
         let last_log_term = self.log.last_term();
-        let peers: Vec<NodeId> = self.peers().collect();
-        for to in peers {
+        for to in self.voter_peers() {
             self.send_message(Message {
                 from: self.id,
                 to,
@@ -181,7 +192,9 @@ impl RawNode {
 
     pub(super) fn step_candidate(&mut self, from: NodeId, body: MessageBody) {
         match body {
-            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
+            MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::SnapshotChunk { .. } => {
                 // A leader won this term.
                 self.become_follower(self.term, Some(from));
                 self.step_follower(from, body);
@@ -191,15 +204,20 @@ impl RawNode {
                     return; // an answer from an earlier round
                 }
                 self.votes.insert(from, granted);
-                let yes = self.votes.values().filter(|g| **g).count();
-                let no = self.votes.len() - yes;
-                if yes >= self.quorum() {
+                let votes = &self.votes;
+                let won = self
+                    .membership()
+                    .is_quorum(|id| votes.get(&id) == Some(&true));
+                let lost = self
+                    .membership()
+                    .is_lost(|id| votes.get(&id) == Some(&false));
+                if won {
                     if self.role == Role::PreCandidate {
                         self.become_candidate();
                     } else {
                         self.become_leader();
                     }
-                } else if no >= self.quorum() {
+                } else if lost {
                     self.become_follower(self.term, None);
                 }
             }

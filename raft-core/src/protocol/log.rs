@@ -59,6 +59,63 @@ impl RaftLog {
         log
     }
 
+    /// The index before the first entry held: everything at or below it was compacted.
+    pub(crate) fn offset(&self) -> LogIndex {
+        self.offset
+    }
+
+    /// Drops the entries at or below `index` from memory (they are covered by a snapshot and
+    /// applied). Returns false when there was nothing to drop.
+    pub(crate) fn compact_to(&mut self, index: LogIndex) -> bool {
+        if index <= self.offset {
+            return false;
+        }
+        assert!(
+            index <= self.applied && index <= self.persisted,
+            "compacting to {index} beyond applied {} or persisted {}",
+            self.applied,
+            self.persisted
+        );
+        let term = self.term(index).expect("a held entry");
+        let count = (index.0 - self.offset.0) as usize;
+        self.entries.drain(..count);
+        self.offset = index;
+        self.offset_term = term;
+        self.assert_invariants();
+        true
+    }
+
+    /// Replaces the log's prefix by a snapshot that ends at `index`/`term`. When the log holds
+    /// that entry, the entries after it stay and this returns false; otherwise the whole log
+    /// goes, the store is told to drop any entry above the snapshot, and this returns true.
+    pub(crate) fn install_snapshot(&mut self, index: LogIndex, term: Term) -> bool {
+        assert!(index > self.committed, "a snapshot at or below commit");
+        if self.term(index) == Some(term) {
+            let count = (index.0 - self.offset.0) as usize;
+            self.entries.drain(..count);
+            self.offset = index;
+            self.offset_term = term;
+            self.committed = index;
+            self.applying = index;
+            self.persisted = self.persisted.max(index);
+            self.unwritten_from = self.unwritten_from.max(index.next());
+            self.assert_invariants();
+            return false;
+        }
+        let held_beyond = self.last_index() > index;
+        self.entries.clear();
+        self.offset = index;
+        self.offset_term = term;
+        self.committed = index;
+        self.applying = index;
+        self.persisted = index;
+        self.unwritten_from = index.next();
+        // The store, once purged up to the snapshot, may still hold conflicting entries above.
+        self.truncate_pending = held_beyond.then(|| index.next());
+        self.assert_invariants();
+        true
+    }
+
     pub(crate) fn last_index(&self) -> LogIndex {
         LogIndex(self.offset.0 + self.entries.len() as u64)
     }
@@ -250,6 +307,12 @@ impl RaftLog {
             "applied {index} was never handed out (applying {})",
             self.applying
         );
+        self.applied = self.applied.max(index);
+    }
+
+    /// A snapshot installed in the state machine: everything up to `index` is applied.
+    pub(crate) fn snapshot_applied(&mut self, index: LogIndex) {
+        assert!(index <= self.applying);
         self.applied = self.applied.max(index);
     }
 

@@ -20,19 +20,24 @@
 
 mod election;
 mod log;
+mod members;
 mod progress;
 mod proposals;
 mod reads;
 mod replication;
 mod rng;
+mod snapshots;
 mod transfer;
 
 pub use progress::ReplicationState;
 pub use proposals::ProposeError;
+pub use snapshots::{SnapshotRequest, SnapshotWrite};
 pub use transfer::TransferError;
 
 use crate::config::{Config, ConfigError};
+use crate::membership::Membership;
 use crate::message::{Message, MessageBody};
+use crate::snapshot::SnapshotMeta;
 use crate::storage::LogWrite;
 use crate::types::{Entry, HardState, LogIndex, NodeId, ProposalId, Term};
 use bytes::Bytes;
@@ -61,9 +66,14 @@ pub enum Role {
 pub struct Restore {
     /// The last saved hard state.
     pub hard_state: HardState,
-    /// Every entry the store holds, in order, starting at index 1.
+    /// The latest snapshot the store holds, if any.
+    pub snapshot: Option<SnapshotMeta>,
+    /// The entries the store holds, in order, without holes: from index 1, or from anywhere
+    /// up to the entry after the snapshot. Entries at or below the snapshot must match it (the
+    /// one at its index has its term); the driver drops them otherwise.
     pub entries: Vec<Entry>,
     /// The last index the state machine already holds (entries up to it are not re-applied).
+    /// At least the snapshot's index: install the snapshot first when the machine is behind.
     pub applied: LogIndex,
 }
 
@@ -97,6 +107,20 @@ pub struct Ready {
     pub failed_reads: Vec<(ProposalId, ProposeError)>,
     /// A leadership transfer that was abandoned (the leader resumed).
     pub transfer_failed: Option<TransferError>,
+    /// Received snapshot data to write to the store before `write` (and before purging).
+    pub snapshot_writes: Vec<SnapshotWrite>,
+    /// Purge the stored log up to this index, after `snapshot_writes` and before `write`.
+    pub purge_to: Option<LogIndex>,
+    /// Snapshot chunks to send, without their bytes: read `len` bytes at `offset` of the
+    /// snapshot `meta` from the store into `data`, then send. Drop a chunk whose snapshot the
+    /// store no longer holds; the leader resends.
+    pub snapshot_chunks: Vec<Message>,
+    /// A durable received snapshot for the state machine to install, before `committed`;
+    /// report it with [`RawNode::snapshot_installed`].
+    pub install_snapshot: Option<SnapshotMeta>,
+    /// Build a snapshot once everything handed out so far is applied, then report it with
+    /// [`RawNode::snapshot_built`].
+    pub build_snapshot: Option<SnapshotRequest>,
 }
 
 impl Ready {
@@ -110,6 +134,11 @@ impl Ready {
             && self.reads.is_empty()
             && self.failed_reads.is_empty()
             && self.transfer_failed.is_none()
+            && self.snapshot_writes.is_empty()
+            && self.purge_to.is_none()
+            && self.snapshot_chunks.is_empty()
+            && self.install_snapshot.is_none()
+            && self.build_snapshot.is_none()
     }
 }
 
@@ -128,6 +157,10 @@ pub struct PeerProgress {
     pub inflight_messages: usize,
     /// Bytes in flight.
     pub inflight_bytes: usize,
+    /// A snapshot being sent to it: (bytes it acknowledged, total bytes).
+    pub snapshot_sent: Option<(u64, u64)>,
+    /// True for a learner.
+    pub learner: bool,
 }
 
 /// A snapshot of a node's state, for status pages and tests.
@@ -149,8 +182,19 @@ pub struct Status {
     pub last_index: LogIndex,
     /// Highest index durable in its store.
     pub persisted_index: LogIndex,
-    /// The voters.
+    /// The voters (in a joint configuration, the incoming ones).
     pub voters: Vec<NodeId>,
+    /// The membership in force (the newest in the log).
+    pub membership: Membership,
+    /// The index of the entry that set it (0: the initial voters; the snapshot's index when it
+    /// came with one). The change is committed once `commit_index` reaches it.
+    pub membership_index: LogIndex,
+    /// The latest snapshot held: (last index, bytes).
+    pub snapshot: Option<(LogIndex, u64)>,
+    /// A snapshot being received: (bytes received, total bytes).
+    pub snapshot_receiving: Option<(u64, u64)>,
+    /// The first index still in the log (entries before it were compacted).
+    pub first_index: LogIndex,
     /// For a leader: each follower's progress.
     pub progress: Vec<PeerProgress>,
 }
@@ -160,8 +204,11 @@ pub struct Status {
 pub struct RawNode {
     config: Config,
     id: NodeId,
-    /// The voters, sorted; the quorum is a majority of them.
-    voters: Vec<NodeId>,
+    /// The membership at the log's offset: from the snapshot, or the initial voters.
+    base_membership: (LogIndex, Membership),
+    /// Memberships in the log after the offset, in index order. The newest one (or the base)
+    /// is in force.
+    memberships: Vec<(LogIndex, Membership)>,
     term: Term,
     vote: Option<NodeId>,
     role: Role,
@@ -196,6 +243,21 @@ pub struct RawNode {
     ready_number: u64,
     /// Readies handed out whose writes storage has not acknowledged: (number, last entry).
     unacknowledged_writes: VecDeque<(u64, Option<(LogIndex, Term)>)>,
+    /// The latest snapshot this node holds.
+    snapshot: Option<SnapshotMeta>,
+    /// A snapshot was asked of the driver and not reported yet.
+    snapshot_building: bool,
+    /// A snapshot was requested by hand.
+    snapshot_wanted: bool,
+    /// The applied index at which the automatic policy takes the next snapshot.
+    snapshot_next_auto: u64,
+    /// A snapshot being received from the leader.
+    receiving: Option<snapshots::Receiving>,
+    /// A received snapshot on its way into the state machine.
+    install: Option<snapshots::Install>,
+    snapshot_writes: Vec<SnapshotWrite>,
+    snapshot_chunks: Vec<Message>,
+    purge_to: Option<LogIndex>,
 }
 
 impl RawNode {
@@ -203,16 +265,8 @@ impl RawNode {
     pub fn new(config: Config, restore: Restore) -> Result<RawNode, ConfigError> {
         config.validate()?;
         let hard_state = restore.hard_state;
-        for (position, entry) in restore.entries.iter().enumerate() {
-            if entry.index != LogIndex(position as u64 + 1) {
-                return Err(ConfigError(format!(
-                    "restored log has entry {} at position {} (holes or a purged log)",
-                    entry.index,
-                    position + 1
-                )));
-            }
-        }
-        let last = LogIndex(restore.entries.len() as u64);
+        let (offset, offset_term, entries, base_membership) = restore_log(&config, &restore)?;
+        let last = LogIndex(offset.0 + entries.len() as u64);
         if hard_state.commit > last {
             return Err(ConfigError(format!(
                 "restored commit index {} is beyond the last entry {last}",
@@ -220,8 +274,20 @@ impl RawNode {
             )));
         }
         let applied = restore.applied.min(last);
-        let mut voters = config.voters.clone();
-        voters.sort();
+        if applied < offset && restore.snapshot.is_some() {
+            return Err(ConfigError(format!(
+                "the state machine applied up to {applied}, below the snapshot at {offset}: install the snapshot first"
+            )));
+        }
+        let memberships: Vec<(LogIndex, Membership)> = entries
+            .iter()
+            .filter_map(|e| match &e.payload {
+                crate::types::EntryPayload::Membership(m) => Some((e.index, m.clone())),
+                _ => None,
+            })
+            .collect();
+        let snapshot_next_auto = restore.snapshot.as_ref().map_or(0, |s| s.last_index.0)
+            + config.snapshot_interval_entries;
         let mut rng = Rng::new(config.seed ^ config.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         // Forward keys and read request keys count up from one random value per life (they
         // travel in different messages, so they may overlap).
@@ -229,18 +295,13 @@ impl RawNode {
         let proposals = Proposals::new(first_key);
         let mut node = RawNode {
             id: config.id,
-            voters,
+            base_membership,
+            memberships,
             term: hard_state.term,
             vote: hard_state.vote,
             role: Role::Follower,
             leader: None,
-            log: RaftLog::restore(
-                LogIndex(0),
-                Term(0),
-                restore.entries,
-                hard_state.commit,
-                applied,
-            ),
+            log: RaftLog::restore(offset, offset_term, entries, hard_state.commit, applied),
             rng,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
@@ -259,6 +320,15 @@ impl RawNode {
             hard_state_written: hard_state,
             ready_number: 0,
             unacknowledged_writes: VecDeque::new(),
+            snapshot: restore.snapshot,
+            snapshot_building: false,
+            snapshot_wanted: false,
+            snapshot_next_auto,
+            receiving: None,
+            install: None,
+            snapshot_writes: Vec::new(),
+            snapshot_chunks: Vec::new(),
+            purge_to: None,
             config,
         };
         node.reset_election_timeout();
@@ -281,7 +351,9 @@ impl RawNode {
     /// Handles a message from a peer. Messages for another node, from a non-member or with a
     /// stale term are ignored (the last may get an answer that tells the sender the new term).
     pub fn step(&mut self, message: Message) {
-        if message.to != self.id || !self.voters.contains(&message.from) || message.from == self.id
+        if message.to != self.id
+            || message.from == self.id
+            || self.membership().removed.contains(&message.from)
         {
             return;
         }
@@ -311,6 +383,18 @@ impl RawNode {
                 pre_vote,
                 last_log_index,
                 last_log_term,
+            ),
+            MessageBody::SnapshotResponse {
+                last_index,
+                last_term,
+                checksum,
+                received,
+            } if self.role == Role::Leader => self.handle_snapshot_response(
+                message.from,
+                last_index,
+                last_term,
+                checksum,
+                received,
             ),
             body => match self.role {
                 Role::Leader => self.step_leader(message.from, body),
@@ -361,6 +445,7 @@ impl RawNode {
             self.unacknowledged_writes.pop_front();
             last = entry.or(last);
         }
+        self.install_persisted(number);
         if let Some((index, term)) = last {
             self.log.stable_to(index, term);
             if self.role == Role::Leader {
@@ -388,7 +473,12 @@ impl RawNode {
             || !self.messages_after_write.is_empty()
             || !self.proposals.failures.is_empty()
             || self.log.has_unwritten()
-            || self.log.has_applicable()
+            || (self.log.has_applicable() && !self.install_pending())
+            || !self.snapshot_writes.is_empty()
+            || !self.snapshot_chunks.is_empty()
+            || self.purge_to.is_some()
+            || matches!(self.install, Some(snapshots::Install::Durable(_)))
+            || self.wants_snapshot()
             || (self.term, self.vote)
                 != (self.hard_state_written.term, self.hard_state_written.vote)
     }
@@ -407,18 +497,41 @@ impl RawNode {
         let vote_changed = (hard_state.term, hard_state.vote)
             != (self.hard_state_written.term, self.hard_state_written.vote);
         let commit_changed = hard_state.commit != self.hard_state_written.commit;
+        let snapshot_writes = std::mem::take(&mut self.snapshot_writes);
+        let installing = snapshot_writes.last().is_some_and(|w| w.last);
         // The commit index is saved when something else is written anyway: it may lag on
         // disk (it is recomputed from the cluster), so it never costs a sync of its own.
-        let save_hard_state = vote_changed || (commit_changed && !entries.is_empty());
+        let save_hard_state =
+            vote_changed || (commit_changed && (!entries.is_empty() || installing));
         if save_hard_state {
             self.hard_state_written = hard_state;
         }
         self.ready_number += 1;
-        let last_written = entries.last().map(|e| (e.index, e.term));
+        let mut last_written = entries.last().map(|e| (e.index, e.term));
+        if installing {
+            self.install_written_in(self.ready_number);
+            if last_written.is_none() {
+                last_written = Some((
+                    self.log.offset(),
+                    self.log.term(self.log.offset()).unwrap_or_default(),
+                ));
+            }
+        }
         self.unacknowledged_writes
             .push_back((self.ready_number, last_written));
-        let committed = self.take_committed();
+        let install_snapshot = self.take_install();
+        let committed = if self.install_pending() {
+            Vec::new()
+        } else {
+            self.take_committed()
+        };
+        let build_snapshot = self.take_build_request();
         Ready {
+            snapshot_writes,
+            purge_to: self.purge_to.take(),
+            snapshot_chunks: std::mem::take(&mut self.snapshot_chunks),
+            install_snapshot,
+            build_snapshot,
             number: self.ready_number,
             write: LogWrite {
                 truncate_from,
@@ -491,6 +604,17 @@ impl RawNode {
         self.log.get(index)
     }
 
+    /// The term of the entry at `index`, if known: held, or the one just before the first
+    /// held (the compaction point).
+    pub fn entry_term(&self, index: LogIndex) -> Option<Term> {
+        self.log.term(index)
+    }
+
+    /// The first index held in the log (1 until the log is compacted).
+    pub fn first_index(&self) -> LogIndex {
+        self.log.offset().next()
+    }
+
     /// The hard state as it stands (not necessarily durable yet).
     pub fn hard_state(&self) -> HardState {
         HardState {
@@ -516,7 +640,12 @@ impl RawNode {
             applied_index: self.log.applied,
             last_index: self.log.last_index(),
             persisted_index: self.log.persisted,
-            voters: self.voters.clone(),
+            voters: self.membership().voters.iter().copied().collect(),
+            membership: self.membership().clone(),
+            membership_index: self.membership_index(),
+            snapshot: self.snapshot.as_ref().map(|s| (s.last_index, s.data_bytes)),
+            snapshot_receiving: self.receiving_progress(),
+            first_index: self.log.offset().next(),
             progress: self
                 .progress
                 .iter()
@@ -527,6 +656,8 @@ impl RawNode {
                     pipelined: p.state == ReplicationState::Replicate,
                     inflight_messages: p.inflights.len(),
                     inflight_bytes: p.inflights.bytes(),
+                    snapshot_sent: p.snapshot.as_ref().map(|s| (s.acked, s.meta.data_bytes)),
+                    learner: self.membership().learners.contains(id),
                 })
                 .collect(),
         }
@@ -534,13 +665,10 @@ impl RawNode {
 
     // ----- shared helpers -----------------------------------------------------------------
 
-    fn quorum(&self) -> usize {
-        self.voters.len() / 2 + 1
-    }
-
-    fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+    /// True when this node alone is a quorum (a one-voter cluster).
+    fn alone_is_quorum(&self) -> bool {
         let me = self.id;
-        self.voters.iter().copied().filter(move |id| *id != me)
+        self.membership().is_quorum(|id| id == me)
     }
 
     /// Queues a message. A leader's messages go out at once; everyone else's wait for the
@@ -596,11 +724,88 @@ impl RawNode {
             assert_eq!(self.leader, Some(self.id), "a leader leads itself");
             assert_eq!(self.vote, Some(self.id), "a leader voted for itself");
         }
-        if let Some(leader) = self.leader {
+        if let Some((at, _)) = self.memberships.first() {
             assert!(
-                self.voters.contains(&leader),
-                "leader {leader} is not a voter"
+                *at > self.log.offset(),
+                "a membership at or below the log offset"
             );
+        }
+        if self.role != Role::Follower {
+            assert!(
+                self.membership().is_voter(self.id),
+                "only voters campaign or lead"
+            );
+        }
+    }
+}
+
+/// The log a node starts from: (offset, its term, entries after it, membership at it).
+fn restore_log(
+    config: &Config,
+    restore: &Restore,
+) -> Result<(LogIndex, Term, Vec<Entry>, (LogIndex, Membership)), ConfigError> {
+    let entries = &restore.entries;
+    for pair in entries.windows(2) {
+        if pair[1].index != pair[0].index.next() {
+            return Err(ConfigError(format!(
+                "restored log has a hole between {} and {}",
+                pair[0].index, pair[1].index
+            )));
+        }
+    }
+    let first = entries.first().map(|e| e.index);
+    let Some(snapshot) = &restore.snapshot else {
+        if first.is_some_and(|f| f != LogIndex(1)) {
+            return Err(ConfigError(format!(
+                "restored log starts at {} but no snapshot covers the entries before it",
+                first.unwrap_or_default()
+            )));
+        }
+        let initial = Membership::new(config.voters.iter().copied());
+        return Ok((
+            LogIndex(0),
+            Term(0),
+            entries.clone(),
+            (LogIndex(0), initial),
+        ));
+    };
+    let at = snapshot.last_index;
+    let base = (at, snapshot.membership.clone());
+    match first {
+        None => Ok((at, snapshot.last_term, Vec::new(), base)),
+        Some(first) if first > at.next() => Err(ConfigError(format!(
+            "restored log starts at {first}, after the snapshot at {at}: entries are missing"
+        ))),
+        Some(first) => {
+            let position = (at.0 - first.0.min(at.0)) as usize;
+            let matches = first <= at
+                && entries
+                    .get(position)
+                    .is_some_and(|e| e.index == at && e.term == snapshot.last_term);
+            if first == at.next() {
+                return Ok((at, snapshot.last_term, entries.clone(), base));
+            }
+            if !matches {
+                return Err(ConfigError(format!(
+                    "restored log does not hold the snapshot's entry {at}/{}",
+                    snapshot.last_term
+                )));
+            }
+            // Keep the tail below the snapshot: its first entry becomes the offset.
+            let kept: Vec<Entry> = entries[1..].to_vec();
+            let offset = entries[0].index;
+            let offset_term = entries[0].term;
+            // The membership at the offset: the newest in the tail at or below it is not known
+            // without the snapshot's history, so the tail's memberships are rebuilt from the
+            // snapshot: the snapshot's membership holds at its index, and entries between the
+            // offset and the snapshot change nothing the node acts on (it is past them).
+            let _ = position;
+            Ok((
+                offset,
+                offset_term,
+                kept,
+                (offset, snapshot.membership.clone()),
+            ))
         }
     }
 }

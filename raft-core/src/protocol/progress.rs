@@ -1,5 +1,6 @@
 //! What a leader knows about each follower's log, and how fast it may send to it.
 
+use crate::snapshot::SnapshotMeta;
 use crate::types::LogIndex;
 use std::collections::VecDeque;
 
@@ -12,6 +13,35 @@ pub enum ReplicationState {
     /// The follower's log matches up to `match_index`; the leader streams appends ahead of the
     /// answers, bounded by the in-flight limits.
     Replicate,
+    /// The follower needs entries the leader purged: it is sent a snapshot, and nothing else
+    /// until it has installed it.
+    Snapshot,
+}
+
+/// A snapshot transfer to one follower.
+#[derive(Clone, Debug)]
+pub(crate) struct SnapshotSend {
+    pub(crate) meta: SnapshotMeta,
+    /// The next byte to send.
+    pub(crate) next_offset: u64,
+    /// Bytes the follower reported holding.
+    pub(crate) acked: u64,
+    /// The chunk that ends the snapshot was sent (since the last rewind).
+    pub(crate) sent_last: bool,
+    /// Ticks since the follower last answered.
+    pub(crate) idle_ticks: u32,
+}
+
+impl SnapshotSend {
+    pub(crate) fn new(meta: SnapshotMeta) -> SnapshotSend {
+        SnapshotSend {
+            meta,
+            next_offset: 0,
+            acked: 0,
+            sent_last: false,
+            idle_ticks: 0,
+        }
+    }
 }
 
 /// Appends sent in the `Replicate` state and not yet acknowledged.
@@ -80,6 +110,8 @@ pub(crate) struct Progress {
     /// `match_index` did not move: a sign an append was lost, which sends the follower back to
     /// `Probe`.
     pub(crate) stalled_heartbeats: u32,
+    /// In `Snapshot`: the transfer.
+    pub(crate) snapshot: Option<SnapshotSend>,
 }
 
 impl Progress {
@@ -92,6 +124,7 @@ impl Progress {
             inflights: Inflights::default(),
             recent_active: true,
             stalled_heartbeats: 0,
+            snapshot: None,
         }
     }
 
@@ -99,6 +132,7 @@ impl Progress {
         match self.state {
             ReplicationState::Probe => self.probe_sent,
             ReplicationState::Replicate => self.inflights.is_full(messages_max, bytes_max),
+            ReplicationState::Snapshot => true,
         }
     }
 
@@ -116,7 +150,16 @@ impl Progress {
         advanced
     }
 
+    pub(crate) fn become_snapshot(&mut self, send: SnapshotSend) {
+        self.state = ReplicationState::Snapshot;
+        self.probe_sent = false;
+        self.stalled_heartbeats = 0;
+        self.inflights.clear();
+        self.snapshot = Some(send);
+    }
+
     pub(crate) fn become_probe(&mut self) {
+        self.snapshot = None;
         self.state = ReplicationState::Probe;
         self.next_index = self.match_index.next();
         self.probe_sent = false;
@@ -125,6 +168,7 @@ impl Progress {
     }
 
     pub(crate) fn become_replicate(&mut self) {
+        self.snapshot = None;
         self.state = ReplicationState::Replicate;
         self.next_index = self.match_index.next();
         self.probe_sent = false;
@@ -135,8 +179,10 @@ impl Progress {
     /// Handles a rejection of the append at `rejected_index`, resuming at `resume_after + 1`.
     /// Returns false when the rejection is stale and was ignored.
     pub(crate) fn back_off(&mut self, rejected_index: LogIndex, resume_after: LogIndex) -> bool {
-        if rejected_index <= self.match_index {
-            return false; // answers an append older than what we already know matches
+        if rejected_index <= self.match_index || self.state == ReplicationState::Snapshot {
+            // Answers an append older than what we already know matches, or sent before the
+            // snapshot transfer began.
+            return false;
         }
         if self.state == ReplicationState::Probe && rejected_index != self.next_index.prev() {
             return false; // answers an older probe

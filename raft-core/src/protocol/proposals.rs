@@ -213,6 +213,16 @@ impl Proposals {
         }
     }
 
+    /// Entries up to `index` were replaced by a snapshot: this node will not apply them, so
+    /// their proposals' results are unknown (they may well have applied elsewhere).
+    pub(crate) fn skipped_to(&mut self, index: LogIndex) {
+        let kept = self.placed.split_off(&index.next());
+        let skipped = std::mem::replace(&mut self.placed, kept);
+        for (_, (_, id)) in skipped {
+            self.fail(id, ProposeError::OutcomeUnknown);
+        }
+    }
+
     /// Matches entries about to be applied to the proposals placed at their indexes.
     pub(crate) fn match_applied(&mut self, entry: &Entry) -> Option<ProposalId> {
         let (term, id) = self.placed.remove(&entry.index)?;

@@ -162,7 +162,7 @@ impl RawNode {
         if !self.committed_in_current_term() {
             // Our commit index may be behind the last leader's: wait for our blank entry.
             self.reads.awaiting_commit.push(reader);
-        } else if self.quorum() == 1 || self.lease_valid() {
+        } else if self.alone_is_quorum() || self.lease_valid() {
             let index = self.log.committed;
             self.answer_read(reader, Some(index));
         } else {
@@ -245,8 +245,13 @@ impl RawNode {
             }
             round.acks.insert(from);
         }
+        let me = self.id;
         while let Some(front) = self.reads.rounds.front() {
-            if front.acks.len() + 1 < self.quorum() {
+            let acks = &front.acks;
+            if !self
+                .membership()
+                .is_quorum(|id| id == me || acks.contains(&id))
+            {
                 break;
             }
             let round = self.reads.rounds.pop_front().expect("front exists");

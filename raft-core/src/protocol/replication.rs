@@ -29,11 +29,11 @@ impl RawNode {
         self.heartbeat_elapsed = 0;
         self.uncommitted_bytes = 0;
         let next = self.log.last_index().next();
-        let peers: Vec<NodeId> = self.peers().collect();
-        self.progress = peers
-            .into_iter()
-            .map(|id| (id, Progress::new(next)))
-            .collect();
+        self.progress.clear();
+        self.sync_progress();
+        for progress in self.progress.values_mut() {
+            *progress = Progress::new(next);
+        }
         // A blank entry of the new term lets the leader commit, and so learn the commit index
         // of, everything before it (Raft §5.4.2, §8).
         self.log.append(Entry {
@@ -48,6 +48,7 @@ impl RawNode {
 
     pub(super) fn tick_leader(&mut self) {
         self.tick_transfer();
+        self.tick_snapshot_sends();
         self.heartbeat_elapsed += 1;
         self.election_elapsed += 1;
         if self.election_elapsed >= self.config.election_timeout_ticks_min {
@@ -66,14 +67,15 @@ impl RawNode {
     /// CheckQuorum: true when a majority (this node included) was heard from since the last
     /// check. Clears the marks for the next period.
     fn quorum_active(&mut self) -> bool {
-        let mut active = 1;
+        let me = self.id;
+        let progress = &self.progress;
+        let active = self
+            .membership()
+            .is_quorum(|id| id == me || progress.get(&id).is_some_and(|p| p.recent_active));
         for progress in self.progress.values_mut() {
-            if progress.recent_active {
-                active += 1;
-            }
             progress.recent_active = false;
         }
-        active >= self.quorum()
+        active
     }
 
     /// Sends a heartbeat round: liveness, the commit index, and confirmation for the reads
@@ -115,6 +117,10 @@ impl RawNode {
             let Some(progress) = self.progress.get(&to) else {
                 return;
             };
+            if progress.state == ReplicationState::Snapshot {
+                self.send_snapshot_chunks(to);
+                return;
+            }
             if progress.is_paused(messages_max, bytes_max) {
                 return;
             }
@@ -124,10 +130,11 @@ impl RawNode {
             }
             first = false;
             let prev_log_index = next.prev();
-            let prev_log_term = self
-                .log
-                .term(prev_log_index)
-                .expect("the leader holds every entry after its compaction point");
+            let Some(prev_log_term) = self.log.term(prev_log_index) else {
+                // Purged: the follower catches up from the snapshot.
+                self.start_snapshot(to);
+                return;
+            };
             let entries = if next <= last {
                 self.log.slice(next, self.config.message_bytes_max)
             } else {
@@ -141,6 +148,7 @@ impl RawNode {
                     progress.probe_sent = true;
                     false
                 }
+                ReplicationState::Snapshot => false,
                 ReplicationState::Replicate => match sent_last {
                     Some(sent_last) => {
                         progress.next_index = sent_last.next();
@@ -210,10 +218,22 @@ impl RawNode {
                 if match_index > last {
                     return; // cannot match more than the leader holds: not from this term
                 }
-                let was_probe = progress.state == ReplicationState::Probe;
+                let state = progress.state;
                 let advanced = progress.update_match(match_index);
-                if was_probe && (advanced || progress.match_index == match_index) {
-                    progress.become_replicate();
+                match state {
+                    ReplicationState::Probe if advanced || progress.match_index == match_index => {
+                        progress.become_replicate()
+                    }
+                    ReplicationState::Snapshot
+                        if progress
+                            .snapshot
+                            .as_ref()
+                            .is_some_and(|s| progress.match_index >= s.meta.last_index) =>
+                    {
+                        // Installed: replicate from the entry after the snapshot.
+                        progress.become_replicate()
+                    }
+                    _ => {}
                 }
                 if advanced {
                     self.maybe_commit();
@@ -242,19 +262,16 @@ impl RawNode {
     /// Commits the highest index a majority holds durably, if it is of this term (entries of
     /// earlier terms commit only with it: Raft §5.4.2, Figure 8).
     pub(super) fn maybe_commit(&mut self) -> bool {
-        let mut matched: Vec<LogIndex> = self
-            .voters
-            .iter()
-            .map(|id| {
-                if *id == self.id {
-                    self.log.persisted
-                } else {
-                    self.progress[id].match_index
-                }
-            })
-            .collect();
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        let candidate = matched[self.quorum() - 1];
+        let me = self.id;
+        let persisted = self.log.persisted;
+        let progress = &self.progress;
+        let candidate = self.membership().committed_index(|id| {
+            if id == me {
+                persisted
+            } else {
+                progress.get(&id).map_or(LogIndex(0), |p| p.match_index)
+            }
+        });
         if candidate <= self.log.committed || self.log.term(candidate) != Some(self.term) {
             return false;
         }
@@ -267,6 +284,7 @@ impl RawNode {
         self.log.commit_to(candidate);
         self.needs_broadcast = true;
         self.release_reads_awaiting_commit();
+        self.membership_committed();
         true
     }
 
@@ -388,8 +406,19 @@ impl RawNode {
             }
             MessageBody::Heartbeat { commit, read_seq } => {
                 self.heard_from_leader(from);
-                self.log.commit_to(commit.min(self.log.last_index()));
+                if !self.install_pending() {
+                    self.log.commit_to(commit.min(self.log.last_index()));
+                }
                 self.send(from, MessageBody::HeartbeatResponse { read_seq });
+            }
+            MessageBody::SnapshotChunk {
+                meta,
+                offset,
+                data,
+                len,
+            } => {
+                self.heard_from_leader(from);
+                self.handle_snapshot_chunk(from, meta, offset, data, len);
             }
             MessageBody::Forward { proposals } => self.refuse_forwards(from, proposals),
             MessageBody::ForwardResponse { outcomes } => self.forward_answered(from, outcomes),
@@ -424,12 +453,20 @@ impl RawNode {
             );
             return;
         }
+        let memberships: Vec<_> = entries
+            .iter()
+            .filter_map(|e| match &e.payload {
+                EntryPayload::Membership(m) => Some((e.index, m.clone())),
+                _ => None,
+            })
+            .collect();
         match self.log.try_append(prev_log_index, prev_log_term, entries) {
             Some((last_new, truncated_from)) => {
                 if let Some(from_index) = truncated_from {
                     // Proposals placed at cut entries may still commit elsewhere, or not.
                     self.proposals.truncated_from(from_index);
                 }
+                self.follow_memberships(truncated_from, memberships);
                 self.log.commit_to(leader_commit.min(last_new));
                 self.send(
                     from,

@@ -79,7 +79,7 @@ impl RawNode {
                 leader: self.leader,
             });
         }
-        if !self.voters.contains(&target) {
+        if !self.membership().voters.contains(&target) {
             return Err(TransferError::NotAVoter(target));
         }
         if let Some(transfer) = self.transfer {

@@ -1,11 +1,12 @@
 //! The driver task: owns the protocol and feeds it time, messages and proposals.
 
-use super::applier::{self, ApplyJob};
+use super::applier::{Applier, ApplyJob};
 use super::writer::{self, WriteJob};
 use super::{NodeError, ProposalRequest, ReadResponder, Responder, RuntimeOptions};
-use crate::message::Message;
+use crate::message::{Message, MessageBody};
 use crate::network::Network;
 use crate::protocol::{RawNode, Ready, Role, Status, TransferError};
+use crate::snapshot::SnapshotMeta;
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
 use crate::types::NodeId;
@@ -27,6 +28,8 @@ pub(super) struct Shared {
     pub(super) applied_index: AtomicU64,
     /// Set when the writer or applier failed; the node stops (fail-stop).
     pub(super) failure: Mutex<Option<String>>,
+    /// Snapshots the applier built (or failed to), in order.
+    pub(super) snapshots_built: Mutex<Vec<Result<SnapshotMeta, String>>>,
     pub(super) notify: Notify,
 }
 
@@ -36,6 +39,14 @@ impl Shared {
         let mut failure = self.failure.lock().expect("failure lock poisoned");
         failure.get_or_insert(why);
         drop(failure);
+        self.notify.notify_one();
+    }
+
+    pub(super) fn snapshot_built(&self, result: Result<SnapshotMeta, String>) {
+        self.snapshots_built
+            .lock()
+            .expect("snapshot lock poisoned")
+            .push(result);
         self.notify.notify_one();
     }
 
@@ -77,6 +88,10 @@ pub(super) struct Driver {
     next_proposal: u64,
     /// A leadership transfer awaiting its outcome: (target, caller, ticks waited).
     transfer: Option<(NodeId, TransferResponder, u32)>,
+    /// Callers waiting for a snapshot taken by hand.
+    snapshot_waiters: Vec<SnapshotResponder>,
+    /// Snapshot chunks on their way to be read from the store and sent.
+    snapshot_chunks: mpsc::Sender<Message>,
     writes: mpsc::Sender<WriteJob>,
     applies: mpsc::Sender<ApplyJob>,
     writer: tokio::task::JoinHandle<()>,
@@ -86,6 +101,7 @@ pub(super) struct Driver {
 }
 
 type TransferResponder = oneshot::Sender<Result<(), NodeError>>;
+type SnapshotResponder = oneshot::Sender<Result<SnapshotMeta, NodeError>>;
 
 /// How the driver's loop ended.
 enum Exit {
@@ -101,17 +117,26 @@ impl Driver {
             .store(parts.applied.0, Ordering::Release);
         let (writes, write_queue) = mpsc::channel(parts.options.write_queue_readies_max);
         let (applies, apply_queue) = mpsc::channel(parts.options.apply_queue_batches_max);
+        let (snapshot_chunks, chunk_queue) = mpsc::channel(parts.options.snapshot_send_queue_max);
+        tokio::spawn(send_snapshot_chunks(
+            parts.store.clone(),
+            parts.network.clone(),
+            chunk_queue,
+        ));
         let writer = tokio::spawn(writer::run(
-            parts.store,
+            parts.store.clone(),
             parts.network.clone(),
             write_queue,
             shared.clone(),
         ));
-        let applier = tokio::spawn(applier::run(
-            parts.state_machine,
-            apply_queue,
-            shared.clone(),
-        ));
+        let applier = Applier {
+            state_machine: parts.state_machine,
+            store: parts.store,
+            shared: shared.clone(),
+            chunk_bytes: parts.raw.config().snapshot_chunk_bytes_max,
+            applied: parts.applied,
+        };
+        let applier = tokio::spawn(applier.run(apply_queue));
         Driver {
             raw: parts.raw,
             options: parts.options,
@@ -127,6 +152,8 @@ impl Driver {
             reads_awaiting_apply: BTreeMap::new(),
             next_proposal: 1,
             transfer: None,
+            snapshot_waiters: Vec::new(),
+            snapshot_chunks,
             writes,
             applies,
             writer,
@@ -231,6 +258,29 @@ impl Driver {
                 self.read_responders.insert(id, responder);
                 self.raw.read_index(id);
             }
+            ProposalRequest::ChangeMembership { change, responder } => {
+                match self.raw.change_membership(id, &change) {
+                    Ok(()) => {
+                        self.responders.insert(id, responder);
+                    }
+                    Err(error) => {
+                        let _ = responder.send(Err(NodeError::Membership(error)));
+                    }
+                }
+            }
+            ProposalRequest::Snapshot { responder } => {
+                if self.raw.request_snapshot() || self.raw.snapshot_building() {
+                    self.snapshot_waiters.push(responder);
+                } else {
+                    let answer = match self.raw.snapshot() {
+                        Some(meta) => Ok(meta.clone()),
+                        None => Err(NodeError::Snapshot(
+                            "nothing has been applied yet".to_string(),
+                        )),
+                    };
+                    let _ = responder.send(answer);
+                }
+            }
             ProposalRequest::Transfer { target, responder } => {
                 if self.transfer.is_some() {
                     let error = TransferError::InProgress(target);
@@ -306,6 +356,19 @@ impl Driver {
             self.raw.applied(applied);
             self.release_reads();
         }
+        let built = std::mem::take(
+            &mut *self
+                .shared
+                .snapshots_built
+                .lock()
+                .expect("snapshot lock poisoned"),
+        );
+        for result in built {
+            self.raw.snapshot_built(result.clone());
+            for waiter in self.snapshot_waiters.drain(..) {
+                let _ = waiter.send(result.clone().map_err(NodeError::Snapshot));
+            }
+        }
     }
 
     /// Carries out one ready in the documented order: independent messages now; the write
@@ -313,6 +376,12 @@ impl Driver {
     async fn handle_ready(&mut self, ready: Ready) -> Result<(), String> {
         for message in ready.messages {
             send(&*self.network, message);
+        }
+        for chunk in ready.snapshot_chunks {
+            // A full queue drops the chunk: the leader resends from the last acknowledged byte.
+            if self.snapshot_chunks.try_send(chunk).is_err() {
+                tracing::debug!("snapshot chunk queue full; chunk dropped");
+            }
         }
         for (id, error) in ready.failed_proposals {
             if let Some(responder) = self.responders.remove(&id) {
@@ -333,9 +402,15 @@ impl Driver {
             }
         }
         self.release_reads();
-        if !ready.write.is_empty() || !ready.messages_after_write.is_empty() {
+        if !ready.write.is_empty()
+            || !ready.messages_after_write.is_empty()
+            || !ready.snapshot_writes.is_empty()
+            || ready.purge_to.is_some()
+        {
             let job = WriteJob {
                 number: ready.number,
+                snapshot_writes: ready.snapshot_writes,
+                purge_to: ready.purge_to,
                 write: ready.write,
                 messages: ready.messages_after_write,
             };
@@ -343,6 +418,12 @@ impl Driver {
                 .send(job)
                 .await
                 .map_err(|_| "the log writer stopped".to_string())?;
+        }
+        if let Some(meta) = ready.install_snapshot {
+            self.applies
+                .send(ApplyJob::Install(meta))
+                .await
+                .map_err(|_| "the state machine applier stopped".to_string())?;
         }
         if !ready.committed.is_empty() {
             let mut responders = Vec::new();
@@ -355,12 +436,18 @@ impl Driver {
                 }
                 entries.push(committed.entry);
             }
-            let job = ApplyJob {
+            let job = ApplyJob::Entries {
                 entries,
                 responders,
             };
             self.applies
                 .send(job)
+                .await
+                .map_err(|_| "the state machine applier stopped".to_string())?;
+        }
+        if let Some(request) = ready.build_snapshot {
+            self.applies
+                .send(ApplyJob::Build(request))
                 .await
                 .map_err(|_| "the state machine applier stopped".to_string())?;
         }
@@ -415,9 +502,13 @@ impl Driver {
         if let Some((_, responder, _)) = self.transfer.take() {
             let _ = responder.send(Err(NodeError::Stopped(reason.clone())));
         }
+        for waiter in self.snapshot_waiters.drain(..) {
+            let _ = waiter.send(Err(NodeError::Stopped(reason.clone())));
+        }
         let Driver {
             writes,
             applies,
+            snapshot_chunks,
             writer,
             applier,
             network,
@@ -425,6 +516,7 @@ impl Driver {
         } = self;
         drop(writes);
         drop(applies);
+        drop(snapshot_chunks);
         let _ = writer.await;
         let _ = applier.await;
         network.shutdown().await;
@@ -439,5 +531,40 @@ pub(super) fn send(network: &dyn Network, message: Message) {
     if let Err(error) = network.send(message) {
         // Raft retries on its own; a dropped message only costs time.
         tracing::debug!(%to, %error, "message dropped");
+    }
+}
+
+/// Reads each snapshot chunk's bytes from the store and sends it, in order. A chunk whose
+/// snapshot the store no longer holds is dropped; the leader moves on to the newer snapshot.
+async fn send_snapshot_chunks(
+    store: Arc<dyn LogStore>,
+    network: Arc<dyn Network>,
+    mut chunks: mpsc::Receiver<Message>,
+) {
+    while let Some(mut message) = chunks.recv().await {
+        if let MessageBody::SnapshotChunk {
+            meta,
+            offset,
+            data,
+            len,
+        } = &mut message.body
+        {
+            match store.read_snapshot(meta, *offset, *len as usize).await {
+                Ok(bytes) if bytes.len() as u64 == *len => *data = bytes,
+                Ok(bytes) => {
+                    tracing::warn!(
+                        got = bytes.len(),
+                        wanted = *len,
+                        "short snapshot read; chunk dropped"
+                    );
+                    continue;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "snapshot chunk not sent");
+                    continue;
+                }
+            }
+        }
+        send(&*network, message);
     }
 }

@@ -14,8 +14,10 @@ mod driver;
 mod writer;
 
 use crate::config::Config;
+use crate::membership::{Membership, MembershipChange, MembershipError};
 use crate::network::{Inbound, Network, NetworkError};
 use crate::protocol::{ProposeError, RawNode, Restore, Status, TransferError};
+use crate::snapshot::{SnapshotMeta, SnapshotReader};
 use crate::state_machine::{StateMachine, StateMachineError};
 use crate::storage::{LogStore, StorageError};
 use crate::types::LogIndex;
@@ -44,6 +46,9 @@ pub struct RuntimeOptions {
     pub write_queue_readies_max: usize,
     /// Batches of committed entries queued for the applier before the driver waits.
     pub apply_queue_batches_max: usize,
+    /// Snapshot chunks queued to be read from the store and sent; past it a chunk is dropped
+    /// (the leader resends it).
+    pub snapshot_send_queue_max: usize,
 }
 
 impl Default for RuntimeOptions {
@@ -55,6 +60,7 @@ impl Default for RuntimeOptions {
             step_batch_max: 1024,
             write_queue_readies_max: 256,
             apply_queue_batches_max: 256,
+            snapshot_send_queue_max: 64,
         }
     }
 }
@@ -67,6 +73,7 @@ impl RuntimeOptions {
             ("step_batch_max", self.step_batch_max),
             ("write_queue_readies_max", self.write_queue_readies_max),
             ("apply_queue_batches_max", self.apply_queue_batches_max),
+            ("snapshot_send_queue_max", self.snapshot_send_queue_max),
         ];
         for (name, value) in counts {
             if value == 0 {
@@ -87,6 +94,10 @@ pub enum NodeError {
     Propose(ProposeError),
     /// A leadership transfer failed.
     Transfer(TransferError),
+    /// A membership change was refused.
+    Membership(MembershipError),
+    /// A snapshot could not be taken.
+    Snapshot(String),
     /// The node has stopped: shut down, or failed (fail-stop) on a storage or state machine
     /// error, which is given.
     Stopped(String),
@@ -105,6 +116,8 @@ impl fmt::Display for NodeError {
         match self {
             NodeError::Propose(error) => write!(f, "{error}"),
             NodeError::Transfer(error) => write!(f, "{error}"),
+            NodeError::Membership(error) => write!(f, "{error}"),
+            NodeError::Snapshot(why) => write!(f, "no snapshot taken: {why}"),
             NodeError::Stopped(why) => write!(f, "the raft node has stopped: {why}"),
             NodeError::Config(why) => write!(f, "invalid node settings: {why}"),
             NodeError::Storage(error) => write!(f, "{error}"),
@@ -145,6 +158,15 @@ enum ProposalRequest {
         target: NodeId,
         responder: oneshot::Sender<Result<(), NodeError>>,
     },
+    /// A membership change.
+    ChangeMembership {
+        change: MembershipChange,
+        responder: Responder,
+    },
+    /// A snapshot by hand.
+    Snapshot {
+        responder: oneshot::Sender<Result<SnapshotMeta, NodeError>>,
+    },
 }
 
 /// A handle to a running Raft node. Cheap to clone; every clone drives the same node.
@@ -174,7 +196,8 @@ impl RaftNode {
             .validate()
             .map_err(|error| NodeError::Config(error.0))?;
         let mut state_machine = state_machine;
-        let restore = restore_from(&*store, &mut *state_machine).await?;
+        let restore =
+            restore_from(&store, &mut *state_machine, config.snapshot_chunk_bytes_max).await?;
         let applied = restore.applied;
         let raw = RawNode::new(config.clone(), restore).map_err(|e| NodeError::Config(e.0))?;
         let (inbound, inbox) = Inbound::channel(config.id, options.inbox_messages_max);
@@ -250,6 +273,47 @@ impl RaftNode {
         answer.await.unwrap_or_else(|_| Err(self.stopped_error()))
     }
 
+    /// Changes the members (on the leader; a follower answers
+    /// [`MembershipError::NotLeader`] naming the leader). Returns the new membership once the
+    /// change is committed, after the joint configuration when voters change. A learner added
+    /// here catches up from the log or a snapshot; promote it once its match index is near the
+    /// leader's (see [`Status::progress`]).
+    pub async fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<Membership, NodeError> {
+        let (responder, answer) = oneshot::channel();
+        let request = ProposalRequest::ChangeMembership { change, responder };
+        if self.proposals.send(request).await.is_err() {
+            return Err(self.stopped_error());
+        }
+        answer.await.unwrap_or_else(|_| Err(self.stopped_error()))?;
+        // The first entry applied; with a joint configuration the leader (this one or the
+        // next) appends the final one on its own.
+        let mut status = self.status.clone();
+        let done = status
+            .wait_for(|s| !s.membership.is_joint() && s.commit_index >= s.membership_index)
+            .await
+            .map(|s| s.membership.clone());
+        done.map_err(|_| self.stopped_error())
+    }
+
+    /// Takes a snapshot now and compacts the log (keeping `Config::snapshot_tail_entries`);
+    /// returns the snapshot's description. When nothing was applied since the last snapshot,
+    /// returns that one.
+    pub async fn snapshot(&self) -> Result<SnapshotMeta, NodeError> {
+        let (responder, answer) = oneshot::channel();
+        if self
+            .proposals
+            .send(ProposalRequest::Snapshot { responder })
+            .await
+            .is_err()
+        {
+            return Err(self.stopped_error());
+        }
+        answer.await.unwrap_or_else(|_| Err(self.stopped_error()))
+    }
+
     /// The node's current status.
     pub fn status(&self) -> Status {
         self.status.borrow().clone()
@@ -296,15 +360,49 @@ impl RaftNode {
     }
 }
 
-/// Reads what the protocol needs to resume: the hard state, the whole log and the state
-/// machine's applied index, checked against each other.
+/// Reads what the protocol needs to resume: the hard state, the snapshot, the log and the
+/// state machine's applied index, checked against each other. A state machine behind the
+/// snapshot installs it first; stale entries a crash left below an installed snapshot are
+/// dropped.
 async fn restore_from(
-    store: &dyn LogStore,
+    store: &Arc<dyn LogStore>,
     state_machine: &mut dyn StateMachine,
+    chunk_bytes: usize,
 ) -> Result<Restore, NodeError> {
-    let hard_state = store.load_hard_state().await.map_err(NodeError::Storage)?;
-    let bounds = store.bounds().await.map_err(NodeError::Storage)?;
-    if bounds.first != LogIndex(1) {
+    let storage = NodeError::Storage;
+    let hard_state = store.load_hard_state().await.map_err(storage)?;
+    let snapshot = store.snapshot().await.map_err(storage)?;
+    let mut bounds = store.bounds().await.map_err(storage)?;
+    if let Some(snapshot) = &snapshot {
+        let at = snapshot.last_index;
+        if bounds.first > at.next() {
+            return Err(NodeError::Storage(StorageError::Corrupt(format!(
+                "the log starts at {} but the snapshot ends at {at}: entries are missing",
+                bounds.first
+            ))));
+        }
+        let matches = if bounds.first <= at && at <= bounds.last {
+            let entry = store.entries(at..at.next()).await.map_err(storage)?;
+            entry.first().is_some_and(|e| e.term == snapshot.last_term)
+        } else {
+            bounds.first == at.next()
+        };
+        if !matches {
+            // A crash during an install left entries the snapshot replaced.
+            if hard_state.commit > at {
+                return Err(NodeError::Storage(StorageError::Corrupt(format!(
+                    "the log disagrees with the snapshot at {at} below the commit index {}",
+                    hard_state.commit
+                ))));
+            }
+            store.purge(at).await.map_err(storage)?;
+            let purged = store.bounds().await.map_err(storage)?;
+            if purged.last > at {
+                store.truncate(at.next()).await.map_err(storage)?;
+            }
+            bounds = store.bounds().await.map_err(storage)?;
+        }
+    } else if bounds.first != LogIndex(1) {
         return Err(NodeError::Storage(StorageError::Corrupt(format!(
             "the log starts at {} but no snapshot covers the entries before it",
             bounds.first
@@ -316,13 +414,27 @@ async fn restore_from(
         store
             .entries(bounds.first..bounds.last.next())
             .await
-            .map_err(NodeError::Storage)?
+            .map_err(storage)?
     };
-    let applied = state_machine
+    let mut applied = state_machine
         .applied_index()
         .await
         .map_err(NodeError::StateMachine)?;
-    if applied > bounds.last {
+    if let Some(snapshot) = &snapshot {
+        if applied < snapshot.last_index {
+            let mut reader = SnapshotReader::new(store.clone(), snapshot.clone(), chunk_bytes);
+            state_machine
+                .install_snapshot(snapshot, &mut reader)
+                .await
+                .map_err(NodeError::StateMachine)?;
+            applied = snapshot.last_index;
+        }
+    }
+    if applied
+        > bounds
+            .last
+            .max(snapshot.as_ref().map_or(LogIndex(0), |s| s.last_index))
+    {
         return Err(NodeError::Storage(StorageError::Corrupt(format!(
             "the state machine applied up to {applied} but the log ends at {}",
             bounds.last
@@ -330,6 +442,7 @@ async fn restore_from(
     }
     Ok(Restore {
         hard_state,
+        snapshot,
         entries,
         applied,
     })

@@ -1,10 +1,14 @@
 //! The writer task: makes the protocol's writes durable in order, one store call for
-//! everything queued (group commit), then releases the messages that waited for them.
+//! everything queued (group commit), then releases the messages that waited for them. It also
+//! writes received snapshot chunks into a store sink and purges the compacted log.
 
 use super::driver::{send, Shared};
 use crate::message::Message;
 use crate::network::Network;
+use crate::protocol::SnapshotWrite;
+use crate::snapshot::{SnapshotMeta, SnapshotSink};
 use crate::storage::{LogStore, LogWrite};
+use crate::types::LogIndex;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -12,6 +16,10 @@ use tokio::sync::mpsc;
 /// One ready's write and the messages that may leave only once it is durable.
 pub(super) struct WriteJob {
     pub(super) number: u64,
+    /// Received snapshot data, written before everything else.
+    pub(super) snapshot_writes: Vec<SnapshotWrite>,
+    /// Purge the log up to here, after the snapshot writes and before `write`.
+    pub(super) purge_to: Option<LogIndex>,
     pub(super) write: LogWrite,
     pub(super) messages: Vec<Message>,
 }
@@ -19,27 +27,56 @@ pub(super) struct WriteJob {
 /// Writes merged into one store call at most; bounds the memory of one merged group.
 const MERGED_WRITES_MAX: usize = 1024;
 
+/// The snapshot being received: its sink and how much was written into it.
+struct Receiving {
+    meta: SnapshotMeta,
+    sink: Box<dyn SnapshotSink>,
+    written: u64,
+}
+
 pub(super) async fn run(
     store: Arc<dyn LogStore>,
     network: Arc<dyn Network>,
     mut jobs: mpsc::Receiver<WriteJob>,
     shared: Arc<Shared>,
 ) {
+    let mut receiving: Option<Receiving> = None;
     while let Some(first) = jobs.recv().await {
-        let mut number = first.number;
-        let mut merged = first.write;
-        let mut messages = first.messages;
+        let mut batch = vec![first];
         for _ in 1..MERGED_WRITES_MAX {
             let Ok(job) = jobs.try_recv() else { break };
-            number = job.number;
+            batch.push(job);
+        }
+        let number = batch.last().expect("one job at least").number;
+        let mut merged = LogWrite::default();
+        let mut messages = Vec::new();
+        let mut result = Ok(());
+        for job in batch {
+            if !job.snapshot_writes.is_empty() || job.purge_to.is_some() {
+                // Snapshot data and purges go in order with the log writes around them.
+                result = write_merged(&*store, &mut merged).await;
+                if result.is_ok() {
+                    result = write_snapshot(&*store, &mut receiving, job.snapshot_writes).await;
+                }
+                if let (Ok(()), Some(up_to)) = (&result, job.purge_to) {
+                    result = store
+                        .purge(up_to)
+                        .await
+                        .map_err(|e| format!("log store purge failed: {e}"));
+                }
+                if result.is_err() {
+                    break;
+                }
+            }
             merge(&mut merged, job.write);
             messages.extend(job.messages);
         }
-        if !merged.is_empty() {
-            if let Err(error) = store.write(&merged).await {
-                shared.fail(format!("log store write failed: {error}"));
-                return;
-            }
+        if result.is_ok() {
+            result = write_merged(&*store, &mut merged).await;
+        }
+        if let Err(why) = result {
+            shared.fail(why);
+            return;
         }
         for message in messages {
             send(&*network, message);
@@ -47,6 +84,64 @@ pub(super) async fn run(
         shared.persisted_number.store(number, Ordering::Release);
         shared.notify.notify_one();
     }
+}
+
+async fn write_merged(store: &dyn LogStore, merged: &mut LogWrite) -> Result<(), String> {
+    let write = std::mem::take(merged);
+    if write.is_empty() {
+        return Ok(());
+    }
+    store
+        .write(&write)
+        .await
+        .map_err(|e| format!("log store write failed: {e}"))
+}
+
+/// Writes received chunks into the open sink (a chunk at offset 0 opens a new one) and
+/// finishes it with the last chunk.
+async fn write_snapshot(
+    store: &dyn LogStore,
+    receiving: &mut Option<Receiving>,
+    writes: Vec<SnapshotWrite>,
+) -> Result<(), String> {
+    for write in writes {
+        if write.offset == 0 {
+            let sink = store
+                .begin_snapshot()
+                .await
+                .map_err(|e| format!("starting to receive a snapshot: {e}"))?;
+            *receiving = Some(Receiving {
+                meta: write.meta.clone(),
+                sink,
+                written: 0,
+            });
+        }
+        let Some(open) = receiving.as_mut() else {
+            return Err(format!(
+                "snapshot data at offset {} without a snapshot being received",
+                write.offset
+            ));
+        };
+        if !open.meta.same_snapshot(&write.meta) || open.written != write.offset {
+            return Err(format!(
+                "snapshot data for {} at offset {} does not continue the snapshot being received ({} at {})",
+                write.meta.last_index, write.offset, open.meta.last_index, open.written
+            ));
+        }
+        open.sink
+            .write(&write.data)
+            .await
+            .map_err(|e| format!("writing a received snapshot: {e}"))?;
+        open.written += write.data.len() as u64;
+        if write.last {
+            let done = receiving.take().expect("open above");
+            done.sink
+                .finish(&write.meta)
+                .await
+                .map_err(|e| format!("storing a received snapshot: {e}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Folds `later` into `earlier` so that applying the result equals applying both in order.

@@ -6,8 +6,12 @@ use super::kv::{self, KvStore};
 use super::rng::{mix, SimRng};
 use super::trace::{ShowEntries, ShowMessage, Trace, TRACE_BYTES_MAX_DEFAULT};
 use crate::config::Config;
+use crate::membership::{MembershipChange, MembershipError};
 use crate::message::{AppendResponse, Message, MessageBody};
-use crate::protocol::{ProposeError, RawNode, Ready, Restore, Role, TransferError};
+use crate::protocol::{
+    ProposeError, RawNode, Ready, Restore, Role, SnapshotRequest, SnapshotWrite, TransferError,
+};
+use crate::snapshot::SnapshotMeta;
 use crate::storage::LogWrite;
 use crate::testkit::linearizability::{KvInput, KvOutput};
 use crate::types::{Entry, HardState, LogIndex, NodeId, ProposalId, Term};
@@ -176,18 +180,46 @@ pub enum ProposalOutcome {
 }
 
 /// What a node's simulated disk holds: exactly what completed writes made durable.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DurableState {
     /// The last hard state written.
     pub hard_state: HardState,
-    /// The log, starting at index 1.
+    /// The log, starting at `first_index`.
     pub entries: Vec<Entry>,
+    /// The index of the first entry held (1 until the log is purged).
+    pub first_index: LogIndex,
+    /// The latest complete snapshot, with its data.
+    pub snapshot: Option<(SnapshotMeta, Bytes)>,
+}
+
+impl Default for DurableState {
+    fn default() -> Self {
+        DurableState {
+            hard_state: HardState::default(),
+            entries: Vec::new(),
+            first_index: LogIndex(1),
+            snapshot: None,
+        }
+    }
 }
 
 impl DurableState {
     /// The last durable index.
     pub fn last_index(&self) -> LogIndex {
-        LogIndex(self.entries.len() as u64)
+        LogIndex(self.first_index.0 + self.entries.len() as u64 - 1)
+    }
+
+    /// The entry at `index`, if held.
+    pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
+        let k = index.0.checked_sub(self.first_index.0)?;
+        self.entries.get(k as usize)
+    }
+
+    /// The last index of the snapshot held (0 without one).
+    pub fn snapshot_index(&self) -> LogIndex {
+        self.snapshot
+            .as_ref()
+            .map_or(LogIndex(0), |(meta, _)| meta.last_index)
     }
 }
 
@@ -245,6 +277,16 @@ pub struct ClusterStats {
     pub lease_reads: u64,
     /// Leadership transfers a leader accepted ([`Cluster::transfer_leadership`]).
     pub transfers: u64,
+    /// Writes that carried snapshot data or a purge.
+    pub snapshot_writes: u64,
+    /// Snapshot chunks sent.
+    pub snapshot_chunks_sent: u64,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: u64,
+    /// Snapshots built by state machines.
+    pub snapshots_built: u64,
+    /// Membership changes accepted by a leader.
+    pub membership_changes: u64,
 }
 
 /// A leadership transfer the protocol abandoned ([`Ready::transfer_failed`]), with the state of
@@ -278,6 +320,7 @@ struct PendingRead {
 #[derive(Debug)]
 pub struct ClusterBuilder {
     voters: usize,
+    spares: usize,
     seed: u64,
     template: Config,
     restores: BTreeMap<NodeId, Restore>,
@@ -291,6 +334,13 @@ pub struct ClusterBuilder {
 }
 
 impl ClusterBuilder {
+    /// Adds `count` nodes after the voters that start outside the cluster (with no initial
+    /// voters, as joining nodes do): add them with [`Cluster::change_membership`].
+    pub fn spare_nodes(mut self, count: usize) -> Self {
+        self.spares = count;
+        self
+    }
+
     /// The seed every random choice derives from.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
@@ -366,6 +416,8 @@ struct Envelope {
 #[derive(Debug)]
 struct PendingWrite {
     number: u64,
+    snapshot_writes: Vec<SnapshotWrite>,
+    purge_to: Option<LogIndex>,
     write: LogWrite,
     after_write: Vec<Message>,
 }
@@ -385,6 +437,8 @@ struct SimNode {
     /// `None` while crashed.
     raw: Option<RawNode>,
     durable: DurableState,
+    /// A snapshot being received: its data so far (lost in a crash).
+    receiving: Option<(SnapshotMeta, Vec<u8>)>,
     /// Invariant: in ready-number order; they complete front first.
     writes: VecDeque<PendingWrite>,
     /// When the last queued write completes (writes complete in order).
@@ -421,6 +475,8 @@ pub struct Cluster {
     disk: DiskTiming,
     /// `nodes[k]` is node `k + 1`.
     nodes: Vec<SimNode>,
+    /// Nodes `1..=initial_voters` start as the cluster; the others start outside it.
+    initial_voters: usize,
     cuts: BTreeMap<CutId, Vec<(NodeId, NodeId)>>,
     next_cut: u64,
     /// Messages by (delivery time, sequence number).
@@ -458,6 +514,7 @@ impl Cluster {
         let ids: Vec<NodeId> = (1..=voters as u64).map(NodeId).collect();
         ClusterBuilder {
             voters,
+            spares: 0,
             seed: 0,
             template: Config::new(NodeId(1), ids),
             restores: BTreeMap::new(),
@@ -489,6 +546,7 @@ impl Cluster {
             network: builder.network,
             disk: builder.disk,
             nodes: Vec::new(),
+            initial_voters: builder.voters,
             cuts: BTreeMap::new(),
             next_cut: 1,
             in_flight: BTreeMap::new(),
@@ -517,7 +575,7 @@ impl Cluster {
             Timing::Manual => 0,
         };
         let mut restores = builder.restores;
-        for k in 0..builder.voters {
+        for k in 0..builder.voters + builder.spares {
             let id = NodeId(k as u64 + 1);
             let restore = restores.remove(&id).unwrap_or_default();
             cluster
@@ -528,8 +586,11 @@ impl Cluster {
                 raw: None,
                 durable: DurableState {
                     hard_state: restore.hard_state,
+                    first_index: restore.entries.first().map_or(LogIndex(1), |e| e.index),
                     entries: restore.entries,
+                    snapshot: None,
                 },
+                receiving: None,
                 writes: VecDeque::new(),
                 last_write_done_ms: 0,
                 kv: KvStore::default(),
@@ -571,22 +632,36 @@ impl Cluster {
         let id = node.id;
         let mut config = self.template.clone();
         config.id = id;
-        config.voters = (1..=self.nodes.len() as u64).map(NodeId).collect();
+        config.voters = if k < self.initial_voters {
+            (1..=self.initial_voters as u64).map(NodeId).collect()
+        } else {
+            Vec::new()
+        };
         config.seed = mix(mix(self.seed, id.0), node.restarts);
+        self.drop_entries_replaced_by_snapshot(k);
+        let node = &self.nodes[k];
+        let (kv, applied) = match &node.durable.snapshot {
+            Some((meta, data)) => match KvStore::from_snapshot(data, meta.last_index) {
+                Some(kv) => (kv, meta.last_index),
+                None => self.fail(format_args!("{id} holds a snapshot that does not decode")),
+            },
+            None => (KvStore::default(), LogIndex(0)),
+        };
         let restore = Restore {
             hard_state: node.durable.hard_state,
+            snapshot: node.durable.snapshot.as_ref().map(|(meta, _)| meta.clone()),
             entries: node.durable.entries.clone(),
-            applied: LogIndex(0),
+            applied,
         };
         let raw = match RawNode::new(config, restore) {
             Ok(raw) => raw,
             Err(error) => self.fail(format_args!("{id} cannot start from its disk: {error}")),
         };
-        self.invariants.on_start(id, &raw);
+        self.invariants.on_start(id, &raw, applied);
         let node = &mut self.nodes[k];
         node.seen = (raw.role(), raw.term());
         node.raw = Some(raw);
-        node.kv = KvStore::default();
+        node.kv = kv;
         node.last_write_done_ms = self.now_ms;
         let incarnation = node.incarnation;
         if let Timing::Simulated { tick_ms, .. } = self.timing {
@@ -600,6 +675,24 @@ impl Cluster {
             );
         }
         self.process_ready(id);
+    }
+
+    /// What the runtime does at start-up: entries a crash left below a snapshot that does
+    /// not match them (an install cut short before its purge) are dropped.
+    fn drop_entries_replaced_by_snapshot(&mut self, k: usize) {
+        let durable = &mut self.nodes[k].durable;
+        let Some((meta, _)) = &durable.snapshot else {
+            return;
+        };
+        let at = meta.last_index;
+        let matches = match durable.entry(at) {
+            Some(entry) => entry.term == meta.last_term,
+            None => durable.first_index == at.next(),
+        };
+        if !matches {
+            durable.entries.clear();
+            durable.first_index = at.next();
+        }
     }
 
     fn next_sequence(&mut self) -> u64 {
@@ -665,15 +758,33 @@ impl Cluster {
                 .raw
                 .as_ref()
                 .expect("a ready comes from a live node");
-            let previous = raw.entry(first.index.prev()).map_or(Term(0), |e| e.term);
+            let previous = raw.entry_term(first.index.prev()).unwrap_or(Term(0));
             self.invariants
                 .on_entries(id, previous, &ready.write.entries);
         }
         for message in ready.messages {
             self.send(message);
         }
-        self.queue_write(k, ready.number, ready.write, ready.messages_after_write);
+        for chunk in ready.snapshot_chunks {
+            self.send_snapshot_chunk(k, chunk);
+        }
+        self.queue_write(
+            k,
+            PendingWrite {
+                number: ready.number,
+                snapshot_writes: ready.snapshot_writes,
+                purge_to: ready.purge_to,
+                write: ready.write,
+                after_write: ready.messages_after_write,
+            },
+        );
+        if let Some(meta) = ready.install_snapshot {
+            self.install_snapshot(k, meta);
+        }
         self.apply(k, &ready.committed);
+        if let Some(request) = ready.build_snapshot {
+            self.build_snapshot(k, request);
+        }
         self.reads_indexed(k, ready.reads, ready.failed_reads);
         self.serve_reads(k);
         if let Some(error) = ready.transfer_failed {
@@ -725,8 +836,8 @@ impl Cluster {
         });
     }
 
-    fn queue_write(&mut self, k: usize, number: u64, write: LogWrite, after_write: Vec<Message>) {
-        let delay = if write.is_empty() {
+    fn queue_write(&mut self, k: usize, pending: PendingWrite) {
+        let delay = if pending.write.is_empty() && pending.snapshot_writes.is_empty() {
             0
         } else {
             self.disk_rng
@@ -739,11 +850,7 @@ impl Cluster {
                 "{id} has {WRITES_IN_FLIGHT_MAX} writes in flight"
             ));
         }
-        node.writes.push_back(PendingWrite {
-            number,
-            write,
-            after_write,
-        });
+        node.writes.push_back(pending);
         match self.timing {
             Timing::Manual => self.complete_write(k),
             Timing::Simulated { .. } => {
@@ -766,11 +873,53 @@ impl Cluster {
         let Some(pending) = node.writes.pop_front() else {
             self.fail(format_args!("{id} completed a write it never queued"));
         };
+        for write in &pending.snapshot_writes {
+            if write.offset == 0 {
+                node.receiving = Some((write.meta.clone(), Vec::new()));
+            }
+            let Some((meta, data)) = node.receiving.as_mut() else {
+                self.fail(format_args!("{id} wrote snapshot data without a sink"));
+            };
+            if !meta.same_snapshot(&write.meta) || data.len() as u64 != write.offset {
+                self.fail(format_args!(
+                    "{id} wrote snapshot data at {} that does not continue its sink",
+                    write.offset
+                ));
+            }
+            data.extend_from_slice(&write.data);
+            if write.last {
+                let (meta, data) = node.receiving.take().expect("checked above");
+                if crate::snapshot::checksum(&data) != meta.checksum
+                    || data.len() as u64 != meta.data_bytes
+                {
+                    self.fail(format_args!(
+                        "{id} finished a snapshot at {} whose data fails its checksum",
+                        meta.last_index
+                    ));
+                }
+                if meta.last_index > node.durable.snapshot_index() {
+                    node.durable.snapshot = Some((meta, Bytes::from(data)));
+                }
+            }
+        }
         let durable = &mut node.durable;
+        if let Some(up_to) = pending.purge_to {
+            if up_to > durable.snapshot_index() {
+                let covered = durable.snapshot_index();
+                self.fail(format_args!(
+                    "{id} purged its log up to {up_to}, beyond its snapshot at {covered}"
+                ));
+            }
+            if up_to >= durable.first_index {
+                let count =
+                    ((up_to.0 - durable.first_index.0 + 1) as usize).min(durable.entries.len());
+                durable.entries.drain(..count);
+                durable.first_index = up_to.next();
+            }
+        }
         if let Some(from) = pending.write.truncate_from {
-            let keep = (from.0 as usize)
-                .saturating_sub(1)
-                .min(durable.entries.len());
+            let keep =
+                (from.0.saturating_sub(durable.first_index.0) as usize).min(durable.entries.len());
             self.invariants.on_truncate(id, &durable.entries[keep..]);
             durable.entries.truncate(keep);
         }
@@ -795,6 +944,9 @@ impl Cluster {
             durable.hard_state = hard_state;
         }
         self.stats.writes_completed += 1;
+        if pending.purge_to.is_some() || !pending.snapshot_writes.is_empty() {
+            self.stats.snapshot_writes += 1;
+        }
         if !pending.write.is_empty() {
             self.trace_line(format_args!("{id} write #{} durable", pending.number));
         }
@@ -829,6 +981,99 @@ impl Cluster {
             }
             _ => {}
         }
+    }
+
+    /// A leader's snapshot chunk: its bytes come from the node's disk, as a driver reads them
+    /// from its store. A chunk of a snapshot no longer held is dropped.
+    fn send_snapshot_chunk(&mut self, k: usize, mut chunk: Message) {
+        let durable = &self.nodes[k].durable;
+        if let MessageBody::SnapshotChunk {
+            meta,
+            offset,
+            data,
+            len,
+        } = &mut chunk.body
+        {
+            match &durable.snapshot {
+                Some((held, bytes)) if held.same_snapshot(meta) => {
+                    let start = *offset as usize;
+                    *data = bytes.slice(start..start + *len as usize);
+                }
+                _ => return,
+            }
+        }
+        self.stats.snapshot_chunks_sent += 1;
+        self.send(chunk);
+    }
+
+    /// The state machine installs a durable received snapshot.
+    fn install_snapshot(&mut self, k: usize, meta: SnapshotMeta) {
+        let id = self.nodes[k].id;
+        let Some((held, data)) = &self.nodes[k].durable.snapshot else {
+            self.fail(format_args!(
+                "{id} installs a snapshot its disk does not hold"
+            ));
+        };
+        if held.last_index < meta.last_index {
+            self.fail(format_args!(
+                "{id} installs the snapshot at {} but its disk holds {}",
+                meta.last_index, held.last_index
+            ));
+        }
+        let Some(kv) = KvStore::from_snapshot(data, meta.last_index) else {
+            self.fail(format_args!(
+                "{id} received a snapshot that does not decode"
+            ));
+        };
+        self.trace_line(format_args!(
+            "{id} installs the snapshot at {}/{} ({} bytes)",
+            meta.last_index, meta.last_term, meta.data_bytes
+        ));
+        self.invariants.on_install(id, &meta, &kv);
+        self.stats.snapshots_installed += 1;
+        self.nodes[k].kv = kv;
+        self.nodes[k]
+            .raw
+            .as_mut()
+            .expect("a ready comes from a live node")
+            .snapshot_installed(meta.last_index);
+    }
+
+    /// The state machine builds the snapshot asked for; the simulated disk makes it durable
+    /// at once.
+    fn build_snapshot(&mut self, k: usize, request: SnapshotRequest) {
+        let id = self.nodes[k].id;
+        let kv = &self.nodes[k].kv;
+        if kv.applied_index() != request.last_index {
+            let applied = kv.applied_index();
+            self.fail(format_args!(
+                "{id} asked for a snapshot at {} with its state machine at {applied}",
+                request.last_index
+            ));
+        }
+        let data = kv.snapshot_bytes();
+        let meta = SnapshotMeta {
+            last_index: request.last_index,
+            last_term: request.last_term,
+            membership: request.membership,
+            data_bytes: data.len() as u64,
+            checksum: crate::snapshot::checksum(&data),
+        };
+        self.trace_line(format_args!(
+            "{id} built a snapshot at {}/{} ({} bytes)",
+            meta.last_index,
+            meta.last_term,
+            data.len()
+        ));
+        self.stats.snapshots_built += 1;
+        let node = &mut self.nodes[k];
+        if meta.last_index > node.durable.snapshot_index() {
+            node.durable.snapshot = Some((meta.clone(), data));
+        }
+        node.raw
+            .as_mut()
+            .expect("a ready comes from a live node")
+            .snapshot_built(Ok(meta));
     }
 
     fn apply(&mut self, k: usize, committed: &[crate::protocol::CommittedEntry]) {
@@ -1282,6 +1527,40 @@ impl Cluster {
         self.after_step();
     }
 
+    /// Asks `node` to change the membership ([`RawNode::change_membership`]). Returns the
+    /// proposal whose outcome says when the change's first entry applied, or why it was
+    /// refused.
+    pub fn change_membership(
+        &mut self,
+        node: impl Into<NodeId>,
+        change: &MembershipChange,
+    ) -> Result<ProposalId, MembershipError> {
+        let node = node.into();
+        let id = ProposalId(self.next_proposal);
+        self.next_proposal += 1;
+        self.trace_line(format_args!("{node} membership change {change:?}"));
+        let result = self.raw_mut(node).change_membership(id, change);
+        match &result {
+            Ok(()) => {
+                self.stats.membership_changes += 1;
+                self.pending.insert(id, node);
+            }
+            Err(error) => self.trace_line(format_args!("{node} refused the change: {error}")),
+        }
+        self.process_ready(node);
+        self.after_step();
+        result.map(|()| id)
+    }
+
+    /// Asks `node` to take a snapshot now ([`RawNode::request_snapshot`]).
+    pub fn request_snapshot(&mut self, node: impl Into<NodeId>) -> bool {
+        let node = node.into();
+        let asked = self.raw_mut(node).request_snapshot();
+        self.process_ready(node);
+        self.after_step();
+        asked
+    }
+
     /// Asks leader `node` to hand leadership to `target` ([`RawNode::transfer_leadership`]).
     /// An abandoned transfer shows up in [`Cluster::take_transfer_failures`].
     pub fn transfer_leadership(
@@ -1485,6 +1764,7 @@ impl Cluster {
         sim.incarnation += 1;
         self.stats.writes_lost += sim.writes.len() as u64;
         sim.writes.clear();
+        sim.receiving = None;
         sim.kv = KvStore::default();
         self.stats.crashes += 1;
         let before = self.in_flight.len();
@@ -1595,15 +1875,16 @@ impl Cluster {
             .map(|(id, _)| id)
     }
 
-    /// The in-memory log of a live `node` (every entry, from index 1).
+    /// The in-memory log of a live `node`: every entry it holds, from its first index (1 until
+    /// a snapshot compacted the log).
     pub fn log(&self, node: impl Into<NodeId>) -> Vec<Entry> {
         let raw = self.node(node);
-        (1..=raw.last_index().0)
-            .map(|i| raw.entry(LogIndex(i)).expect("no compaction yet").clone())
+        (raw.first_index().0..=raw.last_index().0)
+            .map(|i| raw.entry(LogIndex(i)).expect("held").clone())
             .collect()
     }
 
-    /// The terms of a live `node`'s log, from index 1: a compact view for assertions.
+    /// The terms of a live `node`'s log, from its first index: a compact view for assertions.
     pub fn log_terms(&self, node: impl Into<NodeId>) -> Vec<u64> {
         self.log(node).iter().map(|e| e.term.0).collect()
     }
@@ -1691,10 +1972,16 @@ impl Cluster {
     /// End-of-run checks: every disk holds every entry a client was told applied, and live
     /// nodes that applied the same index hold the same key-value state.
     pub fn check_end_of_run(&self) {
+        // Every voter of the final membership must hold every acknowledged write (removed
+        // nodes stop receiving, learners may hold less).
+        let voters = self
+            .leader()
+            .map(|leader| self.node(leader).membership().all_voters());
         self.invariants.check_acknowledged_held(
             self.nodes
                 .iter()
-                .map(|n| (n.id, n.durable.entries.as_slice())),
+                .filter(|n| voters.as_ref().is_none_or(|v| v.contains(&n.id)))
+                .map(|n| (n.id, &n.durable)),
         );
         let live: Vec<&SimNode> = self.nodes.iter().filter(|n| n.raw.is_some()).collect();
         for pair in live.windows(2) {

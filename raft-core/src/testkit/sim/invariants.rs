@@ -22,7 +22,10 @@
 //! - **No acknowledged write lost**: no durable store ever drops a committed entry, and at the
 //!   end of a run every log holds every entry whose proposer was told it applied.
 
+use super::cluster::DurableState;
+use super::kv::KvStore;
 use crate::protocol::{RawNode, Role};
+use crate::snapshot::SnapshotMeta;
 use crate::types::{Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -172,7 +175,7 @@ impl Invariants {
     }
 
     /// `node` starts (again) from its durable state.
-    pub(crate) fn on_start(&mut self, node: NodeId, raw: &RawNode) {
+    pub(crate) fn on_start(&mut self, node: NodeId, raw: &RawNode, applied: LogIndex) {
         let watch = self.nodes.entry(node).or_default();
         let commit = raw.commit_index();
         if commit > watch.commit_max {
@@ -181,8 +184,10 @@ impl Invariants {
                 "{node} restarted with commit {commit}, beyond the {max} it ever knew"
             ));
         }
-        watch.commit = LogIndex(0);
-        watch.applied = LogIndex(0);
+        // A node restarted from a snapshot starts at it: what it covers was checked when the
+        // snapshot was built or installed.
+        watch.commit = raw.first_index().prev().min(commit);
+        watch.applied = applied;
         watch.leader_term = Term(0);
         watch.leader_checked = 0;
         self.observe_commit(node, raw);
@@ -218,6 +223,47 @@ impl Invariants {
     }
 
     /// A client was told that the entry at `index` of `term` applied.
+    /// `node` replaced its state machine with a snapshot: the snapshot must end on a committed
+    /// entry, and its state must equal every committed entry up to it applied in order.
+    pub(crate) fn on_install(&mut self, node: NodeId, meta: &SnapshotMeta, kv: &KvStore) {
+        let at = meta.last_index;
+        let k = at.0 as usize - 1;
+        match self.committed.get(k) {
+            Some(known) if known.term == meta.last_term => {}
+            known => self.fail(format_args!(
+                "{node} installed a snapshot at {at}/{} but the committed entry there is {:?}",
+                meta.last_term,
+                known.map(|c| c.term)
+            )),
+        }
+        if self.applied.len() < at.0 as usize {
+            self.fail(format_args!(
+                "{node} installed a snapshot at {at} that no state machine reached"
+            ));
+        }
+        let mut reference = KvStore::default();
+        for (position, (term, payload)) in self.applied[..at.0 as usize].iter().enumerate() {
+            reference.apply(&Entry {
+                term: *term,
+                index: LogIndex(position as u64 + 1),
+                payload: payload.clone(),
+            });
+        }
+        if reference.data() != kv.data() {
+            self.fail(format_args!(
+                "{node} installed a snapshot at {at} whose state differs from the committed log                  applied up to it"
+            ));
+        }
+        let watch = self.nodes.entry(node).or_default();
+        if at < watch.applied {
+            let applied = watch.applied;
+            self.fail(format_args!(
+                "{node} installed a snapshot at {at}, behind its applied index {applied}"
+            ));
+        }
+        watch.applied = at;
+    }
+
     pub(crate) fn on_acknowledged(&mut self, index: LogIndex, term: Term) {
         self.acknowledged.push((index, term));
     }
@@ -242,8 +288,27 @@ impl Invariants {
         }
         watch.commit = to;
         watch.commit_max = watch.commit_max.max(to);
+        let compacted = raw.first_index().prev();
         for index in (from.0 + 1)..=to.0 {
-            let Some(entry) = raw.entry(LogIndex(index)) else {
+            let index = LogIndex(index);
+            if index <= compacted {
+                // Committed by a snapshot: checked in `on_install` (and the entry at the
+                // compaction point against the committed log here).
+                let known = self.committed.get(index.0 as usize - 1).map(|c| c.term);
+                if index == compacted && known.is_some() && raw.entry_term(index) != known {
+                    self.fail(format_args!(
+                        "{node} holds a snapshot at {index} of term {:?}, committed as {known:?}",
+                        raw.entry_term(index)
+                    ));
+                }
+                if known.is_none() {
+                    self.fail(format_args!(
+                        "{node} committed {index} through a snapshot before anyone committed it"
+                    ));
+                }
+                continue;
+            }
+            let Some(entry) = raw.entry(index) else {
                 self.fail(format_args!("{node} committed {index} without holding it"));
             };
             self.observe_committed_entry(node, entry, raw.term());
@@ -290,7 +355,9 @@ impl Invariants {
                 break;
             }
             let index = LogIndex(watch.leader_checked as u64 + 1);
-            if raw.entry(index).map(|e| e.term) != Some(committed.term) {
+            let held = raw.entry_term(index);
+            let compacted = index < raw.first_index().prev();
+            if !compacted && held != Some(committed.term) {
                 self.fail(format_args!(
                     "leader completeness: {node}, leader of {term}, lacks {index}/{} committed \
                      in {}",
@@ -335,14 +402,18 @@ impl Invariants {
         }
     }
 
-    /// At the end of a run: every log holds every acknowledged entry.
+    /// At the end of a run: every log holds every acknowledged entry (in its log, or covered
+    /// by its snapshot).
     pub(crate) fn check_acknowledged_held<'a>(
         &self,
-        logs: impl Iterator<Item = (NodeId, &'a [Entry])>,
+        disks: impl Iterator<Item = (NodeId, &'a DurableState)>,
     ) {
-        for (node, log) in logs {
+        for (node, disk) in disks {
             for &(index, term) in &self.acknowledged {
-                let held = log.get(index.0 as usize - 1).map(|e| e.term);
+                if index <= disk.snapshot_index() {
+                    continue; // the snapshot was checked against the committed log
+                }
+                let held = disk.entry(index).map(|e| e.term);
                 if held != Some(term) {
                     self.fail(format_args!(
                         "acknowledged entry {index}/{term} is missing from {node}'s log \

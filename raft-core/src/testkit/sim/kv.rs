@@ -148,6 +148,26 @@ impl KvStore {
     pub fn data(&self) -> &BTreeMap<String, Bytes> {
         &self.data
     }
+
+    /// The state as snapshot data.
+    pub fn snapshot_bytes(&self) -> Bytes {
+        let config = bincode::config::standard();
+        Bytes::from(
+            bincode::serde::encode_to_vec(&self.data, config)
+                .expect("a map of strings and bytes encodes"),
+        )
+    }
+
+    /// The state a snapshot holds, applied up to `index`; `None` when the data does not decode.
+    pub fn from_snapshot(data: &[u8], index: LogIndex) -> Option<KvStore> {
+        let config = bincode::config::standard();
+        let (map, used): (BTreeMap<String, Bytes>, usize) =
+            bincode::serde::decode_from_slice(data, config).ok()?;
+        (used == data.len()).then_some(KvStore {
+            data: map,
+            applied: index,
+        })
+    }
 }
 
 #[cfg(test)]

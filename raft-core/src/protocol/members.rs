@@ -1,0 +1,159 @@
+//! Membership in the protocol: which configuration is in force, how a leader proposes a
+//! change and leaves a joint configuration, and what a removed leader does.
+
+use super::progress::Progress;
+use super::{RawNode, Role};
+use crate::membership::{Membership, MembershipChange, MembershipError};
+use crate::types::{Entry, EntryPayload, LogIndex, NodeId, ProposalId};
+
+impl RawNode {
+    /// The membership in force: the newest in the log (committed or not), else the one at the
+    /// log's start.
+    pub fn membership(&self) -> &Membership {
+        self.memberships
+            .last()
+            .map_or(&self.base_membership.1, |(_, m)| m)
+    }
+
+    /// The index of the entry that set the membership in force (the snapshot's or 0 when it
+    /// comes from before the log).
+    pub(super) fn membership_index(&self) -> LogIndex {
+        self.memberships
+            .last()
+            .map_or(self.base_membership.0, |(at, _)| *at)
+    }
+
+    /// The membership in force at `index` (at or after the log's offset).
+    pub(super) fn membership_at(&self, index: LogIndex) -> &Membership {
+        self.memberships
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= index)
+            .map_or(&self.base_membership.1, |(_, m)| m)
+    }
+
+    /// The log was compacted up to `index`: memberships at or below it fold into the base.
+    pub(super) fn forget_memberships_to(&mut self, index: LogIndex) {
+        let base = self.membership_at(index).clone();
+        self.memberships.retain(|(at, _)| *at > index);
+        self.base_membership = (index, base);
+    }
+
+    /// True while a membership change is unfinished: its entry is uncommitted, or the cluster
+    /// is in a joint configuration.
+    pub fn membership_change_pending(&self) -> bool {
+        self.membership_index() > self.log.committed || self.membership().is_joint()
+    }
+
+    /// Proposes a membership change (leader only). A change of voters goes through a joint
+    /// configuration, which the leader leaves on its own once it commits. The proposal `id`
+    /// completes like a command when the change's first entry applies; the change is finished
+    /// when [`RawNode::membership`] is no longer joint and committed. Refused with a reason
+    /// (and nothing changed) when this node does not lead, another change is unfinished, or
+    /// the change is invalid.
+    pub fn change_membership(
+        &mut self,
+        id: ProposalId,
+        change: &MembershipChange,
+    ) -> Result<(), MembershipError> {
+        if self.role != Role::Leader {
+            return Err(MembershipError::NotLeader(self.leader));
+        }
+        if self.transfer.is_some() {
+            return Err(MembershipError::TransferInProgress);
+        }
+        // A new leader first commits its blank entry: it may hold an uncommitted change from an
+        // earlier term, and two changes must never overlap.
+        if self.membership_change_pending() || !self.committed_in_current_term() {
+            return Err(MembershipError::ChangeInProgress);
+        }
+        let next = self.membership().apply(change)?;
+        let index = self.append_membership(next);
+        self.proposals.place(index, self.term, id);
+        self.assert_invariants();
+        Ok(())
+    }
+
+    /// Leader: appends a membership entry, which is in force at once.
+    fn append_membership(&mut self, membership: Membership) -> LogIndex {
+        let index = self.log.last_index().next();
+        self.log.append(Entry {
+            term: self.term,
+            index,
+            payload: EntryPayload::Membership(membership.clone()),
+        });
+        self.memberships.push((index, membership));
+        self.sync_progress();
+        self.needs_broadcast = true;
+        index
+    }
+
+    /// Leader: one progress per member other than itself; new members start probing at the
+    /// end of the log.
+    pub(super) fn sync_progress(&mut self) {
+        let members = self.membership().members();
+        let me = self.id;
+        self.progress.retain(|id, _| members.contains(id));
+        let next = self.log.last_index();
+        for id in members {
+            if id != me {
+                self.progress
+                    .entry(id)
+                    .or_insert_with(|| Progress::new(next));
+            }
+        }
+        if let Some(transfer) = self.transfer {
+            if !self.membership().voters.contains(&transfer.target) {
+                self.transfer = None;
+            }
+        }
+    }
+
+    /// Records the memberships among entries a follower just appended, after a cut of the log
+    /// at `truncated_from` (whose memberships go with it).
+    pub(super) fn follow_memberships(
+        &mut self,
+        truncated_from: Option<LogIndex>,
+        appended: Vec<(LogIndex, Membership)>,
+    ) {
+        if let Some(from) = truncated_from {
+            self.memberships.retain(|(at, _)| *at < from);
+        }
+        for (at, membership) in appended {
+            let newer = self.memberships.last().is_none_or(|(last, _)| *last < at);
+            if newer && at > self.log.offset() && self.log.last_index() >= at {
+                self.memberships.push((at, membership));
+            }
+        }
+    }
+
+    /// Leader, after its commit index moved: leaves a committed joint configuration, and steps
+    /// down once a committed configuration no longer counts it as a voter.
+    pub(super) fn membership_committed(&mut self) {
+        if self.role != Role::Leader || self.membership_index() > self.log.committed {
+            return;
+        }
+        if self.membership().is_joint() {
+            let last = self.membership().leave_joint();
+            self.append_membership(last);
+            return;
+        }
+        if !self.membership().is_voter(self.id) {
+            // Removed: the change is done and committed; the rest elect a new leader.
+            tracing::info!(id = %self.id, "this leader was removed from the voters; stepping down");
+            let term = self.term;
+            self.broadcast_append();
+            self.become_follower(term, None);
+        }
+    }
+
+    /// Voters other than this node, the ones asked for votes.
+    pub(super) fn voter_peers(&self) -> Vec<NodeId> {
+        let me = self.id;
+        self.membership()
+            .all_voters()
+            .into_iter()
+            .filter(|id| *id != me)
+            .collect()
+    }
+}
