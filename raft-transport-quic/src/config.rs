@@ -41,7 +41,9 @@ pub struct QuicConfig {
     pub handshake_timeout: Duration,
     /// How long dialling a peer may take (the QUIC and TLS handshakes).
     pub connect_timeout: Duration,
-    /// A connection with no packet from the peer for this long is considered dead.
+    /// A connection with no packet from the peer for this long is considered dead. A peer that
+    /// crashes and restarts on its address is noticed long before (see the crate docs); this
+    /// bounds how long a peer that vanished for good, or a partition, goes unnoticed.
     pub idle_timeout: Duration,
     /// How often to send a keep-alive on a quiet connection; below `idle_timeout`.
     pub keep_alive_interval: Duration,

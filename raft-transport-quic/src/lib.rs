@@ -10,6 +10,10 @@
 //!   redialled with exponential backoff and jitter. On it, a long-lived stream per
 //!   [`Lane`](raft_core::Lane) keeps each lane in order; the ordinary stream has priority and its
 //!   own flow-control window, so a large snapshot never delays a heartbeat.
+//! - A peer that crashes and restarts on the same address is reached again at once, not after
+//!   `idle_timeout`: the stateless reset key derives from the node's private key, so the
+//!   restarted node's answer to a packet of an old connection closes it and the sender redials;
+//!   a peer restarted with a new key is recognised by its new certificate when it dials.
 //! - `send` never blocks: each peer has a bounded queue per lane (`send_queue_messages_max`,
 //!   `snapshot_queue_messages_max`); a full queue answers `QueueFull`. Received messages go to
 //!   the node with `Inbound::deliver`, whose bounded inbox pushes back onto the stream.
@@ -61,6 +65,7 @@
 
 mod config;
 mod pki;
+mod restart;
 mod transport;
 
 pub use config::QuicConfig;

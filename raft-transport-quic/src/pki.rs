@@ -101,11 +101,16 @@ fn write(path: &Path, contents: &str) -> Result<(), NetworkError> {
     std::fs::write(path, contents).map_err(|e| error(&format!("writing {}", path.display()), e))
 }
 
-/// A node's identity, loaded: rustls configurations for both directions and the verifier that
-/// tells which node a peer's certificate names.
+/// A node's identity, loaded: rustls configurations for both directions, the verifier that
+/// tells which node a peer's certificate names, and quinn's endpoint settings that depend on
+/// the private key.
 pub(crate) struct Identity {
     pub(crate) server: ServerConfig,
     pub(crate) client: ClientConfig,
+    /// A stateless reset key derived from the private key, so that a node restarted with the
+    /// same key closes its peers' connections to its earlier incarnation at once (see
+    /// [`crate::restart`]).
+    pub(crate) endpoint: quinn::EndpointConfig,
     /// A server verifier checks a CA-signed certificate against a name; node certificates
     /// carry the server-auth usage (every node is client and server), so it serves for
     /// certificates that clients present as well.
@@ -137,6 +142,7 @@ impl Identity {
             .map_err(|e| error("parsing the node certificate", e))?;
         let key = PrivateKeyDer::from_pem_file(&files.private_key)
             .map_err(|e| error("reading the node's private key", e))?;
+        let endpoint = crate::restart::endpoint_config(key.secret_der(), provider.secure_random);
         let client_verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
                 .build()
@@ -161,6 +167,7 @@ impl Identity {
         Ok(Identity {
             server,
             client,
+            endpoint,
             names,
         })
     }

@@ -1,5 +1,6 @@
 //! The transport: the endpoint, the peer table with one connection per peer, the per-lane
-//! stream writers, and the accepting side.
+//! stream writers, and the accepting side, which also notices peers that restarted with new
+//! credentials (see [`crate::restart`]).
 
 use crate::config::QuicConfig;
 use crate::pki::Identity;
@@ -14,8 +15,9 @@ use raft_core::transport_kit::{
 use raft_core::wire::{self, Frame, Handshake};
 use raft_core::{Inbound, Lane, Message, Network, NetworkError, NodeId, SendError};
 use rustls::pki_types::CertificateDer;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::timeout;
 
@@ -23,6 +25,7 @@ use tokio::time::timeout;
 const CLOSE_SHUTDOWN: u32 = 0;
 const CLOSE_REFUSED: u32 = 1;
 const CLOSE_REPLACED: u32 = 2;
+const CLOSE_PEER_RESTARTED: u32 = 3;
 
 /// Stream priorities: quinn sends higher first, so a heartbeat never waits behind queued
 /// snapshot data on the same connection.
@@ -49,6 +52,9 @@ struct Inner {
     endpoint: Mutex<Option<Endpoint>>,
     /// The peers and their queues, the tasks, and the lifecycle.
     core: TransportCore<Arc<Link>>,
+    /// The link of each peer in `core`, for the accepting side, which learns of a restart.
+    /// Invariant: changed only together with `core`'s peers, under this lock.
+    links: Mutex<HashMap<NodeId, Weak<Link>>>,
 }
 
 /// One peer: its link and a bounded queue of encoded frames per lane, whose writers start at
@@ -89,7 +95,10 @@ impl QuicTransport {
             .map_err(|error| NetworkError(format!("QUIC client TLS: {error}")))?;
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
         client.transport_config(transport);
-        let mut endpoint = Endpoint::server(server, config.listen)
+        let socket = std::net::UdpSocket::bind(config.listen)
+            .map_err(|error| NetworkError(format!("binding {}: {error}", config.listen)))?;
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let mut endpoint = Endpoint::new(identity.endpoint.clone(), Some(server), socket, runtime)
             .map_err(|error| NetworkError(format!("binding {}: {error}", config.listen)))?;
         endpoint.set_default_client_config(client);
         let local_addr = endpoint
@@ -105,6 +114,7 @@ impl QuicTransport {
                 config.send_queue_messages_max,
                 config.snapshot_queue_messages_max,
             ),
+            links: Mutex::new(HashMap::new()),
             config,
         });
         let transport = QuicTransport { inner };
@@ -128,14 +138,26 @@ impl QuicTransport {
             connection: tokio::sync::Mutex::new(None),
         });
         let start = |peer: &mut Peer| self.inner.start_writers(peer);
-        if let Some(old) = self.inner.core.add_peer(node, link, start) {
+        let replaced = {
+            let mut links = self.inner.links();
+            if node != self.inner.config.node {
+                links.insert(node, Arc::downgrade(&link));
+            }
+            self.inner.core.add_peer(node, link, start)
+        };
+        if let Some(old) = replaced {
             retire(old, CLOSE_REPLACED);
         }
     }
 
     /// Forgets a peer: its queued messages are dropped and its connection closed.
     pub fn remove_peer(&self, node: NodeId) {
-        if let Some(peer) = self.inner.core.remove_peer(node) {
+        let removed = {
+            let mut links = self.inner.links();
+            links.remove(&node);
+            self.inner.core.remove_peer(node)
+        };
+        if let Some(peer) = removed {
             retire(peer, CLOSE_REPLACED);
         }
     }
@@ -195,7 +217,12 @@ impl Network for QuicTransport {
         if let Some(endpoint) = &endpoint {
             endpoint.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
         }
-        for peer in self.inner.core.drain_peers() {
+        let peers = {
+            let mut links = self.inner.links();
+            links.clear();
+            self.inner.core.drain_peers()
+        };
+        for peer in peers {
             retire(peer, CLOSE_SHUTDOWN);
         }
         self.inner
@@ -225,6 +252,28 @@ impl Inner {
     fn endpoint(&self) -> Option<Endpoint> {
         self.endpoint.lock().expect("endpoint lock").clone()
     }
+
+    fn links(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Weak<Link>>> {
+        self.links.lock().expect("links lock")
+    }
+
+    /// `peer` dialled this node presenting `certificate`: if our own connection to it presents
+    /// another, close that one (see [`Link::forget_earlier_incarnation`]).
+    fn peer_dialled(&self, peer: NodeId, certificate: &CertificateDer<'static>) {
+        let link = self.links().get(&peer).and_then(Weak::upgrade);
+        if let Some(link) = link {
+            link.forget_earlier_incarnation(certificate);
+        }
+    }
+}
+
+/// The first certificate of the connection's peer (its own, not its issuers').
+fn leaf_certificate(connection: &Connection) -> Option<CertificateDer<'static>> {
+    let chain = connection
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    chain.first().cloned()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -251,6 +300,31 @@ impl Link {
             .map_err(|error| format!("connect: {error}"))?;
         *current = Some(connection.clone());
         Ok(connection)
+    }
+
+    /// The peer dialled this node presenting `certificate`. A transport loads its credentials
+    /// once, when it binds, so if our connection to the peer presented another certificate, it
+    /// leads to an earlier incarnation of the peer: one that crashed, whose successor (restarted
+    /// with a new key) cannot end the connection with a valid stateless reset. Close it; the
+    /// writers redial. A connection being dialled right now (the lock is held) reaches whoever
+    /// listens now and is left alone, and so is one whose certificate cannot be read.
+    fn forget_earlier_incarnation(&self, certificate: &CertificateDer<'static>) {
+        let Ok(current) = self.connection.try_lock() else {
+            return;
+        };
+        let Some(connection) = current.as_ref() else {
+            return;
+        };
+        let earlier = connection.close_reason().is_none()
+            && leaf_certificate(connection).is_some_and(|ours| ours != *certificate);
+        if earlier {
+            tracing::info!(
+                node = %self.node,
+                address = %self.address,
+                "the peer dialled with new credentials: it restarted; redialling"
+            );
+            connection.close(VarInt::from_u32(CLOSE_PEER_RESTARTED), b"peer restarted");
+        }
     }
 }
 
@@ -398,10 +472,11 @@ async fn accept_loop(inner: Arc<Inner>, endpoint: Endpoint, inbound: Inbound) {
     }
 }
 
-/// An authenticated stream: its frames and the peer it belongs to.
+/// An authenticated stream: its frames, the peer it belongs to, and the peer's certificate.
 struct OpenedStream {
     frames: FrameReader<RecvStream>,
     peer: NodeId,
+    certificate: CertificateDer<'static>,
 }
 
 async fn serve_connection(inner: Arc<Inner>, incoming: Incoming, inbound: Inbound) {
@@ -444,6 +519,7 @@ async fn serve_connection(inner: Arc<Inner>, incoming: Incoming, inbound: Inboun
         }
     };
     let peer = opened.peer;
+    inner.peer_dialled(peer, &opened.certificate);
     spawn_reader(&inner, &connection, opened, &inbound);
     loop {
         let stream = tokio::select! {
@@ -520,9 +596,14 @@ async fn open_stream_inbound(
             handshake.from
         ));
     }
+    let certificate = certificates
+        .first()
+        .cloned()
+        .ok_or("the peer presented no certificate")?;
     Ok(OpenedStream {
         frames,
         peer: handshake.from,
+        certificate,
     })
 }
 
