@@ -4,6 +4,7 @@
 //! key instead of guessing: a value that does not decode is never skipped.
 
 use bytes::Bytes;
+use raft_core::membership::Membership;
 use raft_core::{Entry, EntryPayload, HardState, LogBounds, LogIndex, NodeId, StorageError, Term};
 
 /// The column family holding the log: key = index, value = term and payload.
@@ -23,6 +24,8 @@ pub(crate) const FORMAT_VERSION: u32 = 1;
 
 const PAYLOAD_BLANK: u8 = 0;
 const PAYLOAD_COMMAND: u8 = 1;
+/// A membership: its serde form, encoded by bincode 2 with the standard configuration.
+const PAYLOAD_MEMBERSHIP: u8 = 2;
 /// Term (8 bytes) and payload kind (1 byte) before the payload.
 const ENTRY_HEADER_BYTES: usize = 9;
 const HARD_STATE_BYTES: usize = 25;
@@ -46,18 +49,44 @@ pub(crate) fn decode_log_key(key: &[u8]) -> Result<LogIndex, StorageError> {
 
 /// An entry's value: term, payload kind, payload.
 pub(crate) fn encode_entry(entry: &Entry) -> Vec<u8> {
-    let payload: &[u8] = match &entry.payload {
-        EntryPayload::Blank => &[],
-        EntryPayload::Command(data) => data,
+    let payload_bytes = match &entry.payload {
+        EntryPayload::Command(data) => data.len(),
+        _ => 0,
     };
-    let mut value = Vec::with_capacity(ENTRY_HEADER_BYTES + payload.len());
+    let mut value = Vec::with_capacity(ENTRY_HEADER_BYTES + payload_bytes);
     value.extend_from_slice(&entry.term.0.to_be_bytes());
-    value.push(match entry.payload {
-        EntryPayload::Blank => PAYLOAD_BLANK,
-        EntryPayload::Command(_) => PAYLOAD_COMMAND,
-    });
-    value.extend_from_slice(payload);
+    match &entry.payload {
+        EntryPayload::Blank => value.push(PAYLOAD_BLANK),
+        EntryPayload::Command(data) => {
+            value.push(PAYLOAD_COMMAND);
+            value.extend_from_slice(data);
+        }
+        EntryPayload::Membership(membership) => {
+            value.push(PAYLOAD_MEMBERSHIP);
+            // Sets of plain integers always encode into a Vec.
+            bincode::serde::encode_into_std_write(membership, &mut value, bincode_config())
+                .expect("a membership always encodes");
+        }
+    }
     value
+}
+
+/// The bincode configuration of everything this crate stores with serde. Part of the on-disk
+/// format: changing it (or the field order of the stored types) makes old data undecodable.
+pub(crate) fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard()
+}
+
+/// Decodes a whole value with serde; trailing bytes are an error like any other.
+pub(crate) fn decode_serde<T: serde::de::DeserializeOwned>(value: &[u8]) -> Result<T, String> {
+    match bincode::serde::decode_from_slice::<T, _>(value, bincode_config()) {
+        Ok((decoded, read)) if read == value.len() => Ok(decoded),
+        Ok((_, read)) => Err(format!(
+            "{} trailing bytes after the value",
+            value.len() - read
+        )),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// Decodes the value stored under `index`.
@@ -73,6 +102,10 @@ pub(crate) fn decode_entry(index: LogIndex, value: &[u8]) -> Result<Entry, Stora
         PAYLOAD_COMMAND => {
             EntryPayload::Command(Bytes::copy_from_slice(&value[ENTRY_HEADER_BYTES..]))
         }
+        PAYLOAD_MEMBERSHIP => EntryPayload::Membership(
+            decode_serde::<Membership>(&value[ENTRY_HEADER_BYTES..])
+                .map_err(|why| corrupt(&format!("membership does not decode: {why}")))?,
+        ),
         kind => return Err(corrupt(&format!("unknown payload kind {kind}"))),
     };
     Ok(Entry {
@@ -82,12 +115,13 @@ pub(crate) fn decode_entry(index: LogIndex, value: &[u8]) -> Result<Entry, Stora
     })
 }
 
-/// Checks that a stored value decodes, without copying its payload.
+/// Checks that a stored value decodes, without copying a command's payload.
 pub(crate) fn check_entry(index: LogIndex, value: &[u8]) -> Result<(), StorageError> {
     let valid = value.len() >= ENTRY_HEADER_BYTES
         && match value[8] {
             PAYLOAD_BLANK => value.len() == ENTRY_HEADER_BYTES,
             PAYLOAD_COMMAND => true,
+            // Rare and small: decoding it is the check.
             _ => false,
         };
     if valid {
@@ -194,6 +228,8 @@ mod tests {
         for payload in [
             EntryPayload::Blank,
             EntryPayload::Command(Bytes::from_static(b"x")),
+            EntryPayload::Membership(joint_membership()),
+            EntryPayload::Membership(Membership::default()),
         ] {
             let entry = Entry {
                 term: Term(7),
@@ -244,5 +280,69 @@ mod tests {
             .map(|_| ()),
         );
         corrupt(decode_log_key(&[1, 2, 3]).map(|_| ()));
+    }
+
+    /// A joint configuration with learners and removed nodes: every set of `Membership` holds
+    /// something, with IDs of every varint width.
+    fn joint_membership() -> Membership {
+        let set = |ids: &[u64]| ids.iter().copied().map(NodeId).collect();
+        Membership {
+            voters: set(&[1, 2, 300]),
+            outgoing: set(&[1, 2, 70_000]),
+            learners: set(&[u64::MAX]),
+            removed: set(&[9]),
+        }
+    }
+
+    /// Proves a damaged membership value is `Corrupt`, whether cut short, followed by stray
+    /// bytes, claiming a huge set, or random bytes; decoding never panics or over-allocates.
+    #[test]
+    fn damaged_membership_is_corrupt() {
+        let entry = Entry {
+            term: Term(4),
+            index: LogIndex(2),
+            payload: EntryPayload::Membership(joint_membership()),
+        };
+        let value = encode_entry(&entry);
+        let corrupt = |value: &[u8]| {
+            let decoded = decode_entry(LogIndex(2), value);
+            assert!(
+                matches!(decoded, Err(StorageError::Corrupt(_))),
+                "{value:02x?} gave {decoded:?}"
+            );
+            let checked = check_entry(LogIndex(2), value);
+            assert!(
+                matches!(checked, Err(StorageError::Corrupt(_))),
+                "{checked:?}"
+            );
+        };
+        for cut in ENTRY_HEADER_BYTES..value.len() {
+            corrupt(&value[..cut]);
+        }
+        let mut trailing = value.clone();
+        trailing.push(0);
+        corrupt(&trailing);
+        // A set that claims u64::MAX members (varint marker 253, then 8 bytes).
+        let mut huge = value[..ENTRY_HEADER_BYTES].to_vec();
+        huge.extend_from_slice(&[253, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]);
+        corrupt(&huge);
+
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let mut garbage = value[..ENTRY_HEADER_BYTES].to_vec();
+            let length = (next() % 48) as usize;
+            garbage.extend((0..length).map(|_| next() as u8));
+            // Random bytes may happen to decode; what matters is an answer, never a panic.
+            if let Err(error) = decode_entry(LogIndex(2), &garbage) {
+                assert!(matches!(error, StorageError::Corrupt(_)), "{error}");
+            }
+            let _ = check_entry(LogIndex(2), &garbage);
+        }
     }
 }

@@ -18,11 +18,15 @@
 //!   [`StorageError::Stopped`](raft_core::StorageError::Stopped); nothing unwritten is ever
 //!   acknowledged.
 //! - **Reads see what is on disk.** `bounds`, `load_hard_state` and `entries` report the
-//!   durable state: a call still queued is not visible yet. Reads run on the caller's thread
-//!   (RocksDB serves them from memory or a local disk); a read that finds an IO error or damaged
-//!   data also stops the store.
-//! - **Snapshot files** ([`SnapshotFiles`]) beside the database, written atomically (temporary
-//!   file, sync, rename, directory sync) and checksummed.
+//!   durable state: a call still queued is not visible yet. Log reads run on the caller's
+//!   thread (RocksDB serves them from memory or a local disk), snapshot reads on tokio's
+//!   blocking threads; a read that finds an IO error or damaged data also stops the store.
+//! - **Snapshots in files** beside the database ([`SnapshotFiles`]): a
+//!   [`SnapshotSink`](raft_core::SnapshotSink) streams into a temporary file on tokio's
+//!   blocking threads (several may be open at once; dropping one removes its file), and
+//!   `finish` checks the data's length and CRC-32 against the meta, then syncs and renames it.
+//!   The latest snapshot only moves forward; the one before it is kept too, so that a leader
+//!   streaming it to a follower can usually finish. Reads seek to any offset.
 //!
 //! The store enforces the invariants of [`HardState`](raft_core::HardState) (term and commit
 //! never decrease, one vote per term), never truncates an entry at or below the saved commit
@@ -61,19 +65,52 @@
 //! # }).unwrap();
 //! ```
 //!
-//! Snapshots are written and read in chunks (the calls block on file IO):
+//! Snapshots go through the [`LogStore`](raft_core::LogStore) trait like everything else:
+//!
+//! ```
+//! use raft_core::membership::Membership;
+//! use raft_core::snapshot::checksum;
+//! use raft_core::{LogIndex, LogStore, NodeId, SnapshotMeta, Term};
+//! use raft_storage_rocksdb::{RocksLogStore, RocksLogStoreOptions};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let directory = tempfile::tempdir()?;
+//! let store = RocksLogStore::open(directory.path(), RocksLogStoreOptions::default())?;
+//! let data = b"state machine bytes";
+//! let mut sink = store.begin_snapshot().await?;
+//! sink.write(&data[..6]).await?;
+//! sink.write(&data[6..]).await?;
+//! let meta = SnapshotMeta {
+//!     last_index: LogIndex(120),
+//!     last_term: Term(3),
+//!     membership: Membership::new([NodeId(1), NodeId(2), NodeId(3)]),
+//!     data_bytes: data.len() as u64,
+//!     checksum: checksum(data),
+//! };
+//! sink.finish(&meta).await?; // durable, whole and the latest from here on
+//! drop(store);
+//!
+//! let store = RocksLogStore::open(directory.path(), RocksLogStoreOptions::default())?;
+//! assert_eq!(store.snapshot().await?, Some(meta.clone()));
+//! assert_eq!(&store.read_snapshot(&meta, 6, 7).await?[..], b"machine");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
+//! Below the trait, [`SnapshotFiles`] can be used alone (its calls block on file IO):
 //!
 //! ```
 //! use raft_core::{LogIndex, Term};
-//! use raft_storage_rocksdb::{SnapshotFiles, SnapshotId, SnapshotOptions};
+//! use raft_storage_rocksdb::{Finished, SnapshotFiles, SnapshotId, SnapshotOptions};
 //!
 //! let directory = tempfile::tempdir()?;
 //! let snapshots = SnapshotFiles::open(directory.path(), SnapshotOptions::default())?;
 //! let id = SnapshotId { last_index: LogIndex(120), last_term: Term(3) };
-//! let mut writer = snapshots.begin(id, "n1,n2,n3".into())?;
+//! let mut writer = snapshots.begin()?;
 //! writer.write_chunk(b"state machine ")?;
 //! writer.write_chunk(b"bytes")?;
-//! writer.finish()?; // durable and whole from here on
+//! // Durable and whole from here on, named only now that the data is complete.
+//! assert!(matches!(writer.finish(id, "n1,n2,n3".into())?, Finished::Published(_)));
 //!
 //! let mut reader = snapshots.open_latest()?.expect("one snapshot");
 //! assert_eq!(reader.meta().id, id);
@@ -89,10 +126,13 @@
 mod codec;
 mod options;
 mod snapshot;
+mod snapshot_store;
 mod store;
 
 pub use options::{RocksLogStoreOptions, SnapshotOptions};
-pub use snapshot::{SnapshotFiles, SnapshotId, SnapshotMeta, SnapshotReader, SnapshotWriter};
+pub use snapshot::{
+    Finished, SnapshotFileMeta, SnapshotFiles, SnapshotId, SnapshotReader, SnapshotWriter,
+};
 pub use store::{RocksLogStore, WriteStats};
 
 #[doc = include_str!("../DESIGN.md")]

@@ -2,9 +2,14 @@
 
 use crate::codec::{self, BOUNDS_KEY, FORMAT_KEY, FORMAT_VERSION, HARD_STATE_KEY, LOG_CF, META_CF};
 use crate::options::RocksLogStoreOptions;
-use crate::snapshot::{sync_directory, SnapshotFiles, SnapshotMeta};
+use crate::snapshot::{sync_directory, SnapshotFileMeta, SnapshotFiles};
+use crate::snapshot_store;
+use bytes::Bytes;
 use raft_core::storage::validate::{check_append, check_hard_state, check_range, check_truncate};
-use raft_core::{Entry, HardState, LogBounds, LogIndex, LogStore, LogWrite, StorageError};
+use raft_core::{
+    Entry, HardState, LogBounds, LogIndex, LogStore, LogWrite, SnapshotMeta, SnapshotSink,
+    StorageError,
+};
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, Direction,
     IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
@@ -40,7 +45,8 @@ const READ_RESERVE_ENTRIES_MAX: usize = 4096;
 pub struct RocksLogStore {
     shared: Arc<Shared>,
     writer: Option<JoinHandle<()>>,
-    snapshots: SnapshotFiles,
+    /// Shared with the snapshot sinks, which may outlive a call.
+    snapshots: Arc<SnapshotFiles>,
     directory: PathBuf,
 }
 
@@ -136,7 +142,7 @@ impl RocksLogStore {
             }
         }
         let db = open_database(&directory.join(DATABASE_DIRECTORY))?;
-        let state = recover(&db, snapshots.latest()?.as_ref())?;
+        let state = recover(&db, snapshots.latest_meta().as_ref())?;
         let shared = Arc::new(Shared {
             db,
             options,
@@ -158,7 +164,7 @@ impl RocksLogStore {
         Ok(RocksLogStore {
             shared,
             writer: Some(writer),
-            snapshots,
+            snapshots: Arc::new(snapshots),
             directory,
         })
     }
@@ -168,7 +174,10 @@ impl RocksLogStore {
         &self.directory
     }
 
-    /// The snapshot files beside the database (checked when the store opened).
+    /// The snapshot files beside the database (checked when the store opened). The store's
+    /// own snapshots ([`LogStore::begin_snapshot`]) keep the whole `SnapshotMeta` in each
+    /// file's membership field: a file written here by hand with another membership is read
+    /// back by [`LogStore::snapshot`] as `Corrupt`.
     pub fn snapshots(&self) -> &SnapshotFiles {
         &self.snapshots
     }
@@ -204,6 +213,16 @@ impl RocksLogStore {
                 )),
             }
         })
+    }
+
+    /// The latest snapshot's meta; damaged data stops the store, as any failed read does.
+    fn latest_snapshot(&self) -> Result<Option<SnapshotMeta>, StorageError> {
+        let result = snapshot_store::latest(&self.snapshots);
+        if let Err(error @ StorageError::Corrupt(_)) = &result {
+            self.shared
+                .stop(format!("reading the latest snapshot failed: {error}"));
+        }
+        result
     }
 
     fn read_entries(&self, range: Range<LogIndex>) -> Result<Vec<Entry>, StorageError> {
@@ -261,7 +280,7 @@ fn open_database(path: &Path) -> Result<DB, StorageError> {
 }
 
 /// Reads and cross-checks the metadata and every entry; initializes a new database.
-fn recover(db: &DB, latest_snapshot: Option<&SnapshotMeta>) -> Result<LogState, StorageError> {
+fn recover(db: &DB, latest_snapshot: Option<&SnapshotFileMeta>) -> Result<LogState, StorageError> {
     let meta = column_family(db, META_CF)?;
     let log = column_family(db, LOG_CF)?;
     let Some(format) = db.get_cf(meta, FORMAT_KEY).map_err(database_error)? else {
@@ -282,6 +301,8 @@ fn recover(db: &DB, latest_snapshot: Option<&SnapshotMeta>) -> Result<LogState, 
             hard_state.commit, bounds.last
         )));
     }
+    // A purged log (first > 1) with no snapshot at all is legal: the trait lets a caller purge
+    // without one, and a deployment may keep its snapshots elsewhere.
     if let Some(snapshot) = latest_snapshot {
         if snapshot.id.last_index < bounds.first.prev() {
             return Err(StorageError::Corrupt(format!(
@@ -779,5 +800,51 @@ impl LogStore for RocksLogStore {
         Self: 'async_trait,
     {
         self.submit(Submission::Write(write))
+    }
+
+    fn begin_snapshot<'life0, 'async_trait>(
+        &'life0 self,
+    ) -> StoreFuture<'async_trait, Box<dyn SnapshotSink>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        // A stopped store takes no more writes, snapshots included.
+        if let Some(reason) = self.stopped_reason() {
+            return Box::pin(ready(Err(StorageError::Stopped(reason))));
+        }
+        Box::pin(snapshot_store::begin(Arc::clone(&self.snapshots)))
+    }
+
+    fn snapshot<'life0, 'async_trait>(
+        &'life0 self,
+    ) -> StoreFuture<'async_trait, Option<SnapshotMeta>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(ready(self.latest_snapshot()))
+    }
+
+    fn read_snapshot<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        meta: &'life1 SnapshotMeta,
+        offset: u64,
+        bytes_max: usize,
+    ) -> StoreFuture<'async_trait, Bytes>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        let (files, shared) = (Arc::clone(&self.snapshots), Arc::clone(&self.shared));
+        let read = snapshot_store::read(files, meta.clone(), offset, bytes_max);
+        Box::pin(async move {
+            let result = read.await;
+            if let Err(error @ (StorageError::Io(_) | StorageError::Corrupt(_))) = &result {
+                shared.stop(format!("reading a snapshot failed: {error}"));
+            }
+            result
+        })
     }
 }

@@ -1,14 +1,15 @@
 //! Behaviour of `RocksLogStore` beyond the shared conformance suite: recovery refuses damaged
 //! stores (and leaves them as they were), group commit coalesces concurrent calls, pipelined
-//! calls apply in call order, the queue and option limits answer with clear errors, and the
-//! protocol invariants the store enforces.
+//! calls apply in call order, the queue and option limits answer with clear errors, the
+//! protocol invariants the store enforces, and how snapshot files are written, kept and
+//! cleaned up.
 
 use raft_core::{
     Entry, EntryPayload, HardState, LogBounds, LogIndex, LogStore, LogWrite, NodeId, StorageError,
     Term,
 };
 use raft_storage_rocksdb::{
-    RocksLogStore, RocksLogStoreOptions, SnapshotFiles, SnapshotId, SnapshotOptions,
+    Finished, RocksLogStore, RocksLogStoreOptions, SnapshotFiles, SnapshotId, SnapshotOptions,
 };
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -175,11 +176,11 @@ async fn snapshots_are_checked_against_the_log() {
         store.append(&entries(1..=10, 1)).await.unwrap();
         let snapshots = store.snapshots();
         for index in [3, 5] {
-            let mut writer = snapshots.begin(id(index), "n1".into()).unwrap();
+            let mut writer = snapshots.begin().unwrap();
             writer
                 .write_chunk(format!("state up to {index}").as_bytes())
                 .unwrap();
-            writer.finish().unwrap();
+            writer.finish(id(index), "n1".into()).unwrap();
         }
         let refused = store.purge(LogIndex(7)).await;
         match refused {
@@ -213,9 +214,10 @@ async fn snapshots_are_checked_against_the_log() {
         "purged up to i5 but the latest snapshot covers only up to i3",
     );
 
-    // The newest snapshot is back but one byte of its data flipped.
+    // The newest snapshot is back but one byte of its data flipped (the data follows the
+    // 8-byte magic).
     let mut damaged = newest_bytes;
-    let data_at = damaged.len() - 16 - 3;
+    let data_at = 8 + 3;
     damaged[data_at] ^= 0x40;
     std::fs::write(&newest, damaged).unwrap();
     expect_corrupt(&directory, "data checksum mismatch");
@@ -412,8 +414,9 @@ async fn protocol_invariants_are_enforced() {
 }
 
 /// Proves snapshot files round-trip across chunk boundaries, that unfinished or abandoned
-/// writers leave nothing behind, that limits are enforced without harming the writer, and
-/// that old snapshots can be listed and removed.
+/// writers leave nothing behind, that limits are enforced without harming the writer, that an
+/// older snapshot finished after a newer one is discarded, and that old snapshots can be listed
+/// and removed.
 #[test]
 fn snapshot_files_round_trip_and_clean_up() {
     let directory = tempfile::tempdir().unwrap();
@@ -427,7 +430,7 @@ fn snapshot_files_round_trip_and_clean_up() {
         last_term: Term(2),
     };
     let data: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
-    let mut writer = snapshots.begin(id(10), "n1,n2".into()).unwrap();
+    let mut writer = snapshots.begin().unwrap();
     for chunk in data.chunks(700) {
         writer.write_chunk(chunk).unwrap();
     }
@@ -436,17 +439,25 @@ fn snapshot_files_round_trip_and_clean_up() {
         matches!(oversized, Err(StorageError::InvalidArgument(_))),
         "{oversized:?}"
     );
-    let meta = writer.finish().unwrap();
+    let Finished::Published(meta) = writer.finish(id(10), "n1,n2".into()).unwrap() else {
+        panic!("the first snapshot is the newest");
+    };
     assert_eq!(meta.data_bytes, 2500);
 
-    let too_much_membership = snapshots.begin(id(11), vec![0u8; 17].into());
-    assert!(matches!(
-        too_much_membership,
-        Err(StorageError::InvalidArgument(_))
-    ));
-    let abandoned = snapshots.begin(id(12), "n1".into()).unwrap();
+    let mut too_much_membership = snapshots.begin().unwrap();
+    too_much_membership.write_chunk(b"state").unwrap();
+    let refused = too_much_membership.finish(id(11), vec![0u8; 17].into());
+    assert!(
+        matches!(refused, Err(StorageError::InvalidArgument(_))),
+        "{refused:?}"
+    );
+    let mut older = snapshots.begin().unwrap();
+    older.write_chunk(b"older state").unwrap();
+    let superseded = older.finish(id(9), "n1".into()).unwrap();
+    assert_eq!(superseded, Finished::Superseded { latest: id(10) });
+    let abandoned = snapshots.begin().unwrap();
     drop(abandoned);
-    let crashed = snapshots.begin(id(13), "n1".into()).unwrap();
+    let crashed = snapshots.begin().unwrap();
     std::mem::forget(crashed); // as if the process died: the temporary file stays
 
     let reopened = SnapshotFiles::open(directory.path(), options).unwrap();
@@ -469,9 +480,9 @@ fn snapshot_files_round_trip_and_clean_up() {
     }
     assert_eq!(read, data);
 
-    let mut writer = reopened.begin(id(20), "n1".into()).unwrap();
+    let mut writer = reopened.begin().unwrap();
     writer.write_chunk(b"newer").unwrap();
-    writer.finish().unwrap();
+    writer.finish(id(20), "n1".into()).unwrap();
     let listed: Vec<SnapshotId> = reopened.list().unwrap().iter().map(|m| m.id).collect();
     assert_eq!(listed, vec![id(10), id(20)]);
     assert_eq!(reopened.retain_latest(1).unwrap(), 1);
@@ -492,9 +503,9 @@ fn truncated_snapshot_file_is_corrupt() {
         last_index: LogIndex(3),
         last_term: Term(1),
     };
-    let mut writer = snapshots.begin(id, "n1".into()).unwrap();
+    let mut writer = snapshots.begin().unwrap();
     writer.write_chunk(&[9; 4096]).unwrap();
-    writer.finish().unwrap();
+    writer.finish(id, "n1".into()).unwrap();
     let path = std::fs::read_dir(directory.path())
         .unwrap()
         .next()
@@ -512,5 +523,172 @@ fn truncated_snapshot_file_is_corrupt() {
     assert!(
         matches!(reopened, Err(StorageError::Corrupt(_))),
         "{reopened:?}"
+    );
+}
+
+/// The meta of a snapshot of `data` at `index` (term 1) with a one-voter membership.
+fn snapshot_meta(index: u64, data: &[u8]) -> raft_core::SnapshotMeta {
+    raft_core::SnapshotMeta {
+        last_index: LogIndex(index),
+        last_term: Term(1),
+        membership: raft_core::Membership::new([NodeId(1)]),
+        data_bytes: data.len() as u64,
+        checksum: raft_core::snapshot::checksum(data),
+    }
+}
+
+fn snapshot_data(index: u64, bytes: usize) -> Vec<u8> {
+    (0..bytes).map(|i| (i as u64 * 7 + index) as u8).collect()
+}
+
+/// Names of the files in the store's snapshot directory, sorted.
+fn snapshot_file_names(store: &RocksLogStore) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(store.snapshots().directory())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Proves a sink's temporary file exists only while the sink does: dropping it, a finish that
+/// fails the data check, and a finish superseded by a newer snapshot all remove it; and that a
+/// sink splits writes larger than `snapshot_chunk_bytes_max` instead of refusing them.
+#[tokio::test]
+async fn snapshot_sinks_leave_no_temporary_files() {
+    let directory = tempfile::tempdir().unwrap();
+    let options = RocksLogStoreOptions {
+        snapshots: SnapshotOptions {
+            snapshot_chunk_bytes_max: 1000,
+            ..SnapshotOptions::default()
+        },
+        ..RocksLogStoreOptions::default()
+    };
+    let store = RocksLogStore::open(directory.path(), options).unwrap();
+    let data = snapshot_data(10, 4500);
+
+    let mut sink = store.begin_snapshot().await.unwrap();
+    sink.write(&data).await.unwrap();
+    let names = snapshot_file_names(&store);
+    assert!(
+        names.len() == 1 && names[0].ends_with(".tmp"),
+        "one temporary file while the sink is open: {names:?}"
+    );
+    drop(sink);
+    assert_eq!(snapshot_file_names(&store), Vec::<String>::new());
+
+    let mut sink = store.begin_snapshot().await.unwrap();
+    sink.write(&data).await.unwrap();
+    let wrong = raft_core::SnapshotMeta {
+        checksum: 0,
+        ..snapshot_meta(10, &data)
+    };
+    let result = sink.finish(&wrong).await;
+    assert!(
+        matches!(result, Err(StorageError::Corrupt(_))),
+        "{result:?}"
+    );
+    assert_eq!(snapshot_file_names(&store), Vec::<String>::new());
+
+    let mut sink = store.begin_snapshot().await.unwrap();
+    sink.write(&data).await.unwrap();
+    sink.finish(&snapshot_meta(10, &data)).await.unwrap();
+    let mut older = store.begin_snapshot().await.unwrap();
+    older.write(&data[..100]).await.unwrap();
+    older.finish(&snapshot_meta(9, &data[..100])).await.unwrap();
+    let names = snapshot_file_names(&store);
+    assert_eq!(names, vec![format!("snapshot-{:020}-{:020}.snap", 10, 1)]);
+    let read = store
+        .read_snapshot(&snapshot_meta(10, &data), 0, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(read, data);
+}
+
+/// Proves the snapshot before the latest stays readable (a leader may be streaming it), the
+/// one before that is removed, and the latest survives a reopen with its meta exactly.
+#[tokio::test]
+async fn previous_snapshot_stays_readable() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = open(directory.path()).unwrap();
+    let mut made = Vec::new();
+    for index in [10, 20, 30] {
+        let data = snapshot_data(index, 3000);
+        let mut sink = store.begin_snapshot().await.unwrap();
+        sink.write(&data).await.unwrap();
+        let mut meta = snapshot_meta(index, &data);
+        meta.membership = raft_core::Membership::new([NodeId(1), NodeId(index)]);
+        sink.finish(&meta).await.unwrap();
+        made.push((meta, data));
+    }
+    assert_eq!(snapshot_file_names(&store).len(), 2);
+    let result = store.read_snapshot(&made[0].0, 0, 100).await;
+    assert!(
+        matches!(result, Err(StorageError::SnapshotNotHeld { .. })),
+        "{result:?}"
+    );
+    for (meta, data) in &made[1..] {
+        let read = store.read_snapshot(meta, 1000, 2500).await.unwrap();
+        assert_eq!(read, data[1000..]);
+    }
+    drop(store);
+    let store = open(directory.path()).unwrap();
+    assert_eq!(store.snapshot().await.unwrap().as_ref(), Some(&made[2].0));
+    assert!(store.stopped_reason().is_none());
+}
+
+/// Proves concurrent finishes publish exactly one latest: the highest index, with two files
+/// left, whatever order the sinks finish in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_finishes_keep_the_highest() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(directory.path()).unwrap());
+    let mut tasks = Vec::new();
+    for index in [7u64, 3, 16, 1, 12, 9, 15, 4, 11, 2, 14, 6, 13, 8, 5, 10] {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let data = snapshot_data(index, 20_000 + index as usize);
+            let mut sink = store.begin_snapshot().await.unwrap();
+            for piece in data.chunks(3000) {
+                sink.write(piece).await.unwrap();
+            }
+            sink.finish(&snapshot_meta(index, &data)).await.unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let latest = store.snapshot().await.unwrap().expect("a snapshot");
+    assert_eq!(latest.last_index, LogIndex(16));
+    let names = snapshot_file_names(&store);
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names[1].contains(&format!("{:020}", 16)), "{names:?}");
+    let data = snapshot_data(16, 20_016);
+    assert_eq!(store.read_snapshot(&latest, 0, 30_000).await.unwrap(), data);
+}
+
+/// Proves a snapshot file whose membership field does not hold a `SnapshotMeta` (written by
+/// hand through `SnapshotFiles`) is `Corrupt` when the store reads it, which stops the store:
+/// no more snapshots are begun.
+#[tokio::test]
+async fn foreign_snapshot_meta_is_corrupt() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = open(directory.path()).unwrap();
+    let mut writer = store.snapshots().begin().unwrap();
+    writer.write_chunk(b"state").unwrap();
+    let id = SnapshotId {
+        last_index: LogIndex(4),
+        last_term: Term(1),
+    };
+    writer.finish(id, "n1,n2".into()).unwrap();
+    let result = store.snapshot().await;
+    assert!(
+        matches!(&result, Err(StorageError::Corrupt(message)) if message.contains("does not decode")),
+        "{result:?}"
+    );
+    let begun = store.begin_snapshot().await;
+    assert!(
+        matches!(begun, Err(StorageError::Stopped(_))),
+        "a stopped store begins no snapshot"
     );
 }

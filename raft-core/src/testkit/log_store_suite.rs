@@ -23,7 +23,28 @@
 //!   atomic; the trait's default applies the parts one by one);
 //! - truncating past the last entry changes nothing; purging at or below the purge point changes
 //!   nothing; purging past the last entry empties the log and the next append starts right after
-//!   the purge point.
+//!   the purge point;
+//! - entries of every payload kind (blank, command, membership) read back exactly.
+//!
+//! For snapshots, the model holds the latest snapshot's meta and data, and every check compares
+//! `snapshot()` with it and reads its data back whole. Beyond the trait's documentation the
+//! suite requires:
+//!
+//! - a new store has no snapshot, and `read_snapshot` of a snapshot never finished is
+//!   [`StorageError::SnapshotNotHeld`], as is a meta that names a held snapshot's index and term
+//!   with another length or checksum;
+//! - `read_snapshot(meta, offset, bytes_max)` returns exactly `min(bytes_max, length - offset)`
+//!   bytes, and nothing at or past the end;
+//! - after a successful `finish`, `snapshot()` is the finished meta when its last index is above
+//!   the previous latest's, and the previous latest otherwise (at an equal index either one, as
+//!   long as its data reads back);
+//! - a `finish` whose data does not match the meta's length or checksum fails with
+//!   [`StorageError::Corrupt`] and changes nothing; a sink dropped unfinished changes nothing;
+//! - a replaced snapshot reads back as `SnapshotNotHeld` or as exactly its own data (a store may
+//!   keep older snapshots a while: a leader may be streaming one).
+//!
+//! The suite never keeps a sink open across a reopen: a store may clean up unfinished sinks when
+//! it opens.
 //!
 //! The cases use only logs a correct protocol produces: terms never decrease along the log, the
 //! hard state never goes backwards, the commit index never passes the last entry, and committed
@@ -59,9 +80,12 @@
 //! # let _ = run_all::<MyHarness>;
 //! ```
 
+use crate::membership::Membership;
+use crate::snapshot::{checksum, SnapshotMeta, SnapshotSink};
 use crate::storage::{LogBounds, LogStore, LogWrite, StorageError};
 use crate::types::{Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
 use async_trait::async_trait;
+use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
@@ -74,7 +98,8 @@ pub trait StoreHarness: Send {
     async fn create(&mut self) -> Result<Arc<dyn LogStore>, StorageError>;
 
     /// Closes `store` and opens the same store again. The suite holds no other reference to
-    /// `store`, so dropping it releases the store (its files, locks and threads).
+    /// `store` and no open snapshot sink, so dropping it releases the store (its files, locks
+    /// and threads).
     async fn reopen(&mut self, store: Arc<dyn LogStore>)
         -> Result<Arc<dyn LogStore>, StorageError>;
 
@@ -101,6 +126,16 @@ pub async fn run_all<H: StoreHarness>(harness: &mut H) {
     out_of_range_reads(harness).await;
     rejected_appends_change_nothing(harness).await;
     rejected_write_group_changes_nothing(harness).await;
+    membership_entries_round_trip(harness).await;
+    new_store_has_no_snapshot(harness).await;
+    snapshot_round_trips_in_chunks(harness).await;
+    empty_snapshot_round_trips(harness).await;
+    mismatched_snapshot_is_corrupt_and_changes_nothing(harness).await;
+    older_snapshot_never_replaces_newer(harness).await;
+    two_sinks_open_at_once(harness).await;
+    dropped_sink_leaves_nothing(harness).await;
+    read_of_unknown_or_replaced_snapshot(harness).await;
+    install_snapshot_past_the_log(harness).await;
 }
 
 /// A new store holds nothing, reports [`LogBounds::EMPTY`] and the default hard state, and a
@@ -413,6 +448,357 @@ pub async fn rejected_write_group_changes_nothing<H: StoreHarness>(harness: &mut
         .await;
 }
 
+/// Membership entries (a plain configuration, a joint one with learners and removed nodes, and
+/// one with large IDs) read back exactly among commands and blanks, appended alone, in a
+/// batch, and through a write group that truncates.
+pub async fn membership_entries_round_trip<H: StoreHarness>(harness: &mut H) {
+    let mut session = Session::start(harness, "membership_entries_round_trip").await;
+    let mut batch = entries(1..=6, 1);
+    batch[1].payload = EntryPayload::Membership(Membership::new([NodeId(1)]));
+    batch[3].payload = EntryPayload::Membership(joint_membership());
+    session.append(batch).await;
+    let mut single = entries(7..=7, 1);
+    single[0].payload = EntryPayload::Membership(Membership::new([NodeId(u64::MAX), NodeId(2)]));
+    session.append(single).await;
+    session.check_all_ranges(LogIndex(1)..LogIndex(8)).await;
+    let mut replacement = entries(6..=8, 2);
+    replacement[0].payload = EntryPayload::Membership(Membership::new([NodeId(4), NodeId(5)]));
+    session
+        .write(
+            WritePath::Store,
+            LogWrite {
+                truncate_from: Some(LogIndex(6)),
+                entries: replacement,
+                hard_state: None,
+            },
+        )
+        .await;
+    session.check_all_ranges(LogIndex(1)..LogIndex(9)).await;
+}
+
+/// A new store has no snapshot, before and after a reopen, and holds no data for a snapshot
+/// nobody made.
+pub async fn new_store_has_no_snapshot<H: StoreHarness>(harness: &mut H) {
+    let mut session = Session::start(harness, "new_store_has_no_snapshot").await;
+    session.verify().await;
+    let latest = session.store().snapshot().await;
+    session.check(
+        matches!(latest, Ok(None)),
+        format!("snapshot() is {latest:?}"),
+    );
+    let never_made = snapshot_meta(7, 1, &snapshot_data(7, 100));
+    session
+        .expect_not_held(&never_made, "a snapshot never made")
+        .await;
+}
+
+/// A snapshot of a bit over 1 MiB, written in pieces of 1 byte to 1.1 MB (and an empty
+/// write), finishes as the latest; it reads back whole and in ranges: from the start, across a
+/// piece boundary, in the middle, overlapping the end, at the end, past the end, zero bytes,
+/// and all at once; and all of that again after a reopen.
+pub async fn snapshot_round_trips_in_chunks<H: StoreHarness>(harness: &mut H) {
+    let mut session = Session::start(harness, "snapshot_round_trips_in_chunks").await;
+    session.append(entries(1..=40, 3)).await;
+    let data = snapshot_data(40, SNAPSHOT_ROUND_TRIP_BYTES);
+    let mut meta = snapshot_meta(40, 3, &data);
+    meta.membership = joint_membership();
+    let mut sink = session.begin_snapshot().await;
+    session
+        .write_pieces(&mut sink, &data, &[1, 4095, 0, 65_536, 1_100_000])
+        .await;
+    session.finish_snapshot(sink, &meta, &data).await;
+    session.verify().await;
+    let length = data.len() as u64;
+    let ranges: [(u64, usize); 9] = [
+        (0, 1000),
+        (4000, 200),
+        (length / 2, 10_000),
+        (length - 10, 100),
+        (length, 10),
+        (length + 1, 10),
+        (length + 1_000_000, usize::MAX),
+        (5, 0),
+        (0, data.len() + 1),
+    ];
+    for (offset, bytes_max) in ranges {
+        session.expect_read(&meta, offset, bytes_max, &data).await;
+    }
+}
+
+/// A snapshot with no data (a state machine with no state) finishes, survives a reopen and
+/// reads back as nothing.
+pub async fn empty_snapshot_round_trips<H: StoreHarness>(harness: &mut H) {
+    let mut session = Session::start(harness, "empty_snapshot_round_trips").await;
+    let meta = snapshot_meta(3, 1, &[]);
+    let sink = session.begin_snapshot().await;
+    session.finish_snapshot(sink, &meta, &[]).await;
+    session.verify().await;
+    session.expect_read(&meta, 0, 10, &[]).await;
+}
+
+/// Finishing with a meta whose length is one byte more or less than the data, or whose checksum
+/// differs, fails with `Corrupt` and leaves the previous latest (data included) in place, even
+/// though the rejected snapshot is at a higher index; a correct snapshot then still finishes.
+pub async fn mismatched_snapshot_is_corrupt_and_changes_nothing<H: StoreHarness>(harness: &mut H) {
+    let mut session = Session::start(
+        harness,
+        "mismatched_snapshot_is_corrupt_and_changes_nothing",
+    )
+    .await;
+    let first = snapshot_data(5, 3000);
+    let first_meta = snapshot_meta(5, 1, &first);
+    let sink = session.begin_snapshot().await;
+    let sink = session.write_all(sink, &first).await;
+    session.finish_snapshot(sink, &first_meta, &first).await;
+
+    let data = snapshot_data(9, 70_000);
+    let good = snapshot_meta(9, 2, &data);
+    let wrong = [
+        (
+            "one byte too many",
+            SnapshotMeta {
+                data_bytes: good.data_bytes + 1,
+                ..good.clone()
+            },
+        ),
+        (
+            "one byte too few",
+            SnapshotMeta {
+                data_bytes: good.data_bytes - 1,
+                ..good.clone()
+            },
+        ),
+        (
+            "a wrong checksum",
+            SnapshotMeta {
+                checksum: good.checksum ^ 1,
+                ..good.clone()
+            },
+        ),
+    ];
+    for (what, meta) in wrong {
+        let sink = session.begin_snapshot().await;
+        let sink = session.write_all(sink, &data).await;
+        let result = sink.finish(&meta).await;
+        session.check(
+            matches!(result, Err(StorageError::Corrupt(_))),
+            format!("finishing with {what} should fail with Corrupt, got {result:?}"),
+        );
+        session.verify().await;
+        session.expect_not_held(&meta, what).await;
+    }
+    let sink = session.begin_snapshot().await;
+    let sink = session.write_all(sink, &data).await;
+    session.finish_snapshot(sink, &good, &data).await;
+    session.verify().await;
+}
+
+/// A snapshot at a lower index finished after a newer one does not replace it; one at the same
+/// index with other data replaces it or not, but what `snapshot()` names reads back as its own
+/// data.
+pub async fn older_snapshot_never_replaces_newer<H: StoreHarness>(harness: &mut H) {
+    let mut session = Session::start(harness, "older_snapshot_never_replaces_newer").await;
+    let newer = snapshot_data(10, 5000);
+    let newer_meta = snapshot_meta(10, 2, &newer);
+    let sink = session.begin_snapshot().await;
+    let sink = session.write_all(sink, &newer).await;
+    session.finish_snapshot(sink, &newer_meta, &newer).await;
+
+    let older = snapshot_data(7, 6000);
+    let sink = session.begin_snapshot().await;
+    let sink = session.write_all(sink, &older).await;
+    session
+        .finish_snapshot(sink, &snapshot_meta(7, 2, &older), &older)
+        .await;
+    session.verify().await;
+
+    let same_index = snapshot_data(10_010, 4000);
+    let same_index_meta = snapshot_meta(10, 2, &same_index);
+    let sink = session.begin_snapshot().await;
+    let sink = session.write_all(sink, &same_index).await;
+    let result = sink.finish(&same_index_meta).await;
+    session.ok(result, "finishing a snapshot at the latest's index");
+    let result = session.store().snapshot().await;
+    let latest = session.ok(result, "snapshot()");
+    if latest.as_ref() == Some(&same_index_meta) {
+        session.model.snapshot = Some((same_index_meta, same_index.into()));
+    }
+    session.verify().await;
+}
+
+/// Two sinks written in turns finish in either order: the higher index ends up the latest, with
+/// its own data (no bytes of the other); a third sink dropped meanwhile changes nothing.
+pub async fn two_sinks_open_at_once<H: StoreHarness>(harness: &mut H) {
+    let mut session = Session::start(harness, "two_sinks_open_at_once").await;
+    for (low, high, high_first) in [(8, 12, false), (15, 20, true)] {
+        let (low_data, high_data) = (snapshot_data(low, 9000), snapshot_data(high, 11_000));
+        let mut low_sink = session.begin_snapshot().await;
+        let mut high_sink = session.begin_snapshot().await;
+        let mut dropped = session.begin_snapshot().await;
+        for piece in 0..3 {
+            let write = low_sink
+                .write(&low_data[piece * 3000..(piece + 1) * 3000])
+                .await;
+            session.ok(write, "writing the first sink");
+            let write = high_sink
+                .write(&high_data[piece * 3000..(piece + 1) * 3000])
+                .await;
+            session.ok(write, "writing the second sink");
+            let write = dropped.write(&snapshot_data(99, 1000)).await;
+            session.ok(write, "writing the third sink");
+        }
+        let write = high_sink.write(&high_data[9000..]).await;
+        session.ok(write, "writing the second sink");
+        drop(dropped);
+        let low_meta = snapshot_meta(low, 1, &low_data);
+        let high_meta = snapshot_meta(high, 1, &high_data);
+        if high_first {
+            session
+                .finish_snapshot(high_sink, &high_meta, &high_data)
+                .await;
+            session
+                .finish_snapshot(low_sink, &low_meta, &low_data)
+                .await;
+        } else {
+            session
+                .finish_snapshot(low_sink, &low_meta, &low_data)
+                .await;
+            session
+                .finish_snapshot(high_sink, &high_meta, &high_data)
+                .await;
+        }
+        session.verify().await;
+    }
+}
+
+/// A sink dropped unfinished, with or without data, leaves no snapshot on a new store and does
+/// not disturb the latest one on a store that has one, across reopens.
+pub async fn dropped_sink_leaves_nothing<H: StoreHarness>(harness: &mut H) {
+    let mut session = Session::start(harness, "dropped_sink_leaves_nothing").await;
+    let sink = session.begin_snapshot().await;
+    drop(sink);
+    let sink = session.begin_snapshot().await;
+    let sink = session.write_all(sink, &snapshot_data(4, 200_000)).await;
+    drop(sink);
+    session.verify().await;
+
+    let data = snapshot_data(5, 2500);
+    let meta = snapshot_meta(5, 1, &data);
+    let sink = session.begin_snapshot().await;
+    let sink = session.write_all(sink, &data).await;
+    session.finish_snapshot(sink, &meta, &data).await;
+    let sink = session.begin_snapshot().await;
+    let sink = session.write_all(sink, &snapshot_data(6, 3000)).await;
+    drop(sink);
+    session.verify().await;
+}
+
+/// `read_snapshot` of a snapshot never made, or of the latest's index and term with another
+/// length or checksum, is `SnapshotNotHeld`; a replaced snapshot is `SnapshotNotHeld` or its
+/// own data, never another's.
+pub async fn read_of_unknown_or_replaced_snapshot<H: StoreHarness>(harness: &mut H) {
+    let mut session = Session::start(harness, "read_of_unknown_or_replaced_snapshot").await;
+    let mut made = Vec::new();
+    for index in [10, 20, 30] {
+        let data = snapshot_data(index, 4000 + index as usize);
+        let meta = snapshot_meta(index, 2, &data);
+        let sink = session.begin_snapshot().await;
+        let sink = session.write_all(sink, &data).await;
+        session.finish_snapshot(sink, &meta, &data).await;
+        made.push((meta, data));
+    }
+    session.verify().await;
+    let (latest, _) = made.last().expect("three snapshots");
+    let unknown = [
+        ("a snapshot never made", snapshot_meta(99, 2, &[1, 2, 3])),
+        (
+            "an index between two snapshots",
+            SnapshotMeta {
+                last_index: LogIndex(25),
+                ..latest.clone()
+            },
+        ),
+        (
+            "the latest's index in another term",
+            SnapshotMeta {
+                last_term: Term(3),
+                ..latest.clone()
+            },
+        ),
+        (
+            "the latest's index and term with another length",
+            SnapshotMeta {
+                data_bytes: latest.data_bytes + 1,
+                ..latest.clone()
+            },
+        ),
+        (
+            "the latest's index and term with another checksum",
+            SnapshotMeta {
+                checksum: latest.checksum ^ 0x8000_0000,
+                ..latest.clone()
+            },
+        ),
+    ];
+    for (what, meta) in &unknown {
+        session.expect_not_held(meta, what).await;
+    }
+    for (meta, data) in &made[..2] {
+        let result = session.store().read_snapshot(meta, 0, data.len()).await;
+        session.check(
+            match &result {
+                Ok(read) => read[..] == data[..],
+                Err(StorageError::SnapshotNotHeld {
+                    last_index,
+                    last_term,
+                }) => (*last_index, *last_term) == (meta.last_index, meta.last_term),
+                Err(_) => false,
+            },
+            format!(
+                "reading the replaced snapshot at {} should give SnapshotNotHeld or its own \
+                 data, got {:?}",
+                meta.last_index,
+                result.map(|read| read.len())
+            ),
+        );
+    }
+}
+
+/// A follower whose log ends at i5 installs a snapshot at i20, purges its log up to it, commits
+/// it and appends after it: a log purged past its end, whose first index is above 1, with the
+/// commit index at the snapshot, reopens as it was.
+pub async fn install_snapshot_past_the_log<H: StoreHarness>(harness: &mut H) {
+    let mut session = Session::start(harness, "install_snapshot_past_the_log").await;
+    session.append(entries(1..=5, 1)).await;
+    session
+        .save_hard_state(HardState {
+            term: Term(1),
+            vote: Some(NodeId(2)),
+            commit: LogIndex(3),
+        })
+        .await;
+    let data = snapshot_data(20, 50_000);
+    let meta = snapshot_meta(20, 2, &data);
+    let sink = session.begin_snapshot().await;
+    let sink = session.write_all(sink, &data).await;
+    session.finish_snapshot(sink, &meta, &data).await;
+    session.verify().await;
+    session.purge(LogIndex(20)).await;
+    session
+        .save_hard_state(HardState {
+            term: Term(2),
+            vote: None,
+            commit: LogIndex(20),
+        })
+        .await;
+    session.append(entries(21..=23, 2)).await;
+    let bounds = session.bounds().await;
+    session.check(
+        bounds.last == LogIndex(23) && bounds.first == LogIndex(21),
+        format!("bounds are {bounds:?} after the install"),
+    );
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Step {
     Append(u64, u64, u64),
@@ -445,6 +831,56 @@ pub fn entries(indexes: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> 
         .collect()
 }
 
+/// Bytes of the snapshot in [`snapshot_round_trips_in_chunks`]: above 1 MiB, so that a store
+/// that buffers a chunk of 1 MiB moves data more than once.
+const SNAPSHOT_ROUND_TRIP_BYTES: usize = 1_300_000;
+/// The largest read the suite's whole-snapshot checks make.
+const SNAPSHOT_READ_BYTES_MAX: usize = 64 * 1024;
+
+/// `bytes` bytes of snapshot data drawn from `seed`, so that data of two snapshots (or a
+/// misplaced range of one) never compares equal.
+fn snapshot_data(seed: u64, bytes: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..bytes)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// The meta of a snapshot of `data` at `index` in `term`, with a three-voter membership.
+fn snapshot_meta(index: u64, term: u64, data: &[u8]) -> SnapshotMeta {
+    SnapshotMeta {
+        last_index: LogIndex(index),
+        last_term: Term(term),
+        membership: Membership::new([NodeId(1), NodeId(2), NodeId(3)]),
+        data_bytes: data.len() as u64,
+        checksum: checksum(data),
+    }
+}
+
+/// A joint configuration with every set of [`Membership`] in use.
+fn joint_membership() -> Membership {
+    let set = |ids: &[u64]| ids.iter().copied().map(NodeId).collect();
+    Membership {
+        voters: set(&[1, 2, 4]),
+        outgoing: set(&[1, 2, 3]),
+        learners: set(&[5, 300]),
+        removed: set(&[6]),
+    }
+}
+
+/// A short description of a snapshot meta for failure messages.
+fn describe(meta: &SnapshotMeta) -> String {
+    format!(
+        "{}/{} ({} bytes, checksum {:08x})",
+        meta.last_index, meta.last_term, meta.data_bytes, meta.checksum
+    )
+}
+
 /// What the store must hold.
 ///
 /// Invariant: `log` holds exactly `first..=last` of the live log plus purged entries that may
@@ -455,6 +891,8 @@ struct Model {
     last: LogIndex,
     log: BTreeMap<LogIndex, Entry>,
     hard_state: HardState,
+    /// The latest snapshot and its data.
+    snapshot: Option<(SnapshotMeta, Bytes)>,
 }
 
 impl Model {
@@ -464,6 +902,18 @@ impl Model {
             last: LogBounds::EMPTY.last,
             log: BTreeMap::new(),
             hard_state: HardState::default(),
+            snapshot: None,
+        }
+    }
+
+    /// A snapshot finished: it becomes the latest when its index is above the latest's.
+    fn finish_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) {
+        let newer = self
+            .snapshot
+            .as_ref()
+            .is_none_or(|(latest, _)| meta.last_index > latest.last_index);
+        if newer {
+            self.snapshot = Some((meta.clone(), Bytes::copy_from_slice(data)));
         }
     }
 
@@ -637,6 +1087,130 @@ impl<'h, H: StoreHarness> Session<'h, H> {
         }
     }
 
+    async fn begin_snapshot(&self) -> Box<dyn SnapshotSink> {
+        let result = self.store().begin_snapshot().await;
+        self.ok(result, "begin_snapshot()")
+    }
+
+    /// Writes `data` into `sink` in pieces of the given sizes, then the rest in one piece.
+    async fn write_pieces(&self, sink: &mut Box<dyn SnapshotSink>, data: &[u8], pieces: &[usize]) {
+        let mut rest = data;
+        for &piece in pieces.iter().chain([&usize::MAX]) {
+            let (now, later) = rest.split_at(piece.min(rest.len()));
+            let result = sink.write(now).await;
+            self.ok(
+                result,
+                &format!("writing {} bytes of a snapshot", now.len()),
+            );
+            rest = later;
+        }
+        assert!(rest.is_empty());
+    }
+
+    /// Writes `data` into `sink` in pieces of 1000 bytes.
+    async fn write_all(
+        &self,
+        mut sink: Box<dyn SnapshotSink>,
+        data: &[u8],
+    ) -> Box<dyn SnapshotSink> {
+        for piece in data.chunks(1000) {
+            let result = sink.write(piece).await;
+            self.ok(result, "writing a snapshot");
+        }
+        sink
+    }
+
+    /// Finishes `sink` with `meta` (which must succeed), updates the model and compares. No
+    /// reopen: other sinks may be open.
+    async fn finish_snapshot(
+        &mut self,
+        sink: Box<dyn SnapshotSink>,
+        meta: &SnapshotMeta,
+        data: &[u8],
+    ) {
+        let result = sink.finish(meta).await;
+        self.ok(
+            result,
+            &format!("finishing the snapshot {}", describe(meta)),
+        );
+        self.model.finish_snapshot(meta, data);
+        self.compare("").await;
+    }
+
+    /// Reads `bytes_max` bytes of the snapshot `meta` (whose whole data is `data`) at `offset`
+    /// and checks the answer is exactly the bytes there, fewer only at the end.
+    async fn expect_read(&self, meta: &SnapshotMeta, offset: u64, bytes_max: usize, data: &[u8]) {
+        let result = self.store().read_snapshot(meta, offset, bytes_max).await;
+        let what = format!("read_snapshot({}, {offset}, {bytes_max})", describe(meta));
+        let read = self.ok(result, &what);
+        let start = offset.min(data.len() as u64) as usize;
+        let end = start.saturating_add(bytes_max).min(data.len());
+        self.check(
+            read[..] == data[start..end],
+            format!(
+                "{what} returned {} bytes, expected bytes {start}..{end}{}",
+                read.len(),
+                if read.len() == end - start {
+                    " (same length, other bytes)"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
+
+    async fn expect_not_held(&self, meta: &SnapshotMeta, what: &str) {
+        let result = self.store().read_snapshot(meta, 0, 100).await;
+        self.check(
+            matches!(
+                &result,
+                Err(StorageError::SnapshotNotHeld { last_index, last_term })
+                    if (*last_index, *last_term) == (meta.last_index, meta.last_term)
+            ),
+            format!(
+                "reading {what} ({}) should fail with SnapshotNotHeld, got {:?}",
+                describe(meta),
+                result.map(|read| read.len())
+            ),
+        );
+    }
+
+    /// Checks `snapshot()` against the model and reads the latest snapshot's data back whole.
+    async fn compare_snapshot(&self, when: &str) {
+        let result = self.store().snapshot().await;
+        let latest = self.ok(result, "snapshot()");
+        let expected = self.model.snapshot.as_ref().map(|(meta, _)| meta);
+        self.check(
+            latest.as_ref() == expected,
+            format!(
+                "the latest snapshot{when} is {:?}, expected {:?}",
+                latest.as_ref().map(describe),
+                expected.map(describe)
+            ),
+        );
+        let Some((meta, data)) = &self.model.snapshot else {
+            return;
+        };
+        let mut offset = 0;
+        while offset < data.len() {
+            let result = self
+                .store()
+                .read_snapshot(meta, offset as u64, SNAPSHOT_READ_BYTES_MAX)
+                .await;
+            let read = self.ok(result, &format!("reading the latest snapshot{when}"));
+            let end = (offset + SNAPSHOT_READ_BYTES_MAX).min(data.len());
+            self.check(
+                read[..] == data[offset..end],
+                format!(
+                    "the latest snapshot{when} returned {} bytes at offset {offset} that are not \
+                     bytes {offset}..{end} of its data",
+                    read.len()
+                ),
+            );
+            offset = end;
+        }
+    }
+
     /// Compares the store with the model; for a durable store, reopens it and compares again.
     async fn verify(&mut self) {
         self.compare("").await;
@@ -698,6 +1272,7 @@ impl<'h, H: StoreHarness> Session<'h, H> {
                 self.model.hard_state
             ),
         );
+        self.compare_snapshot(when).await;
     }
 }
 
