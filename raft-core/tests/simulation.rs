@@ -154,6 +154,36 @@ fn histories_have_concurrency_unknown_outcomes_and_real_answers() {
 }
 
 #[test]
+fn membership_churned_and_snapshots_streamed() {
+    let reports = reports();
+    if reports.len() < 100 {
+        return;
+    }
+    let sum = |f: fn(&RunReport) -> u64| reports.iter().map(f).sum::<u64>();
+    let changes = sum(|r| r.membership_changes);
+    let built = sum(|r| r.snapshots_built);
+    let installed = sum(|r| r.snapshots_installed);
+    let chunks = sum(|r| r.snapshot_chunks);
+    let churned = reports.iter().filter(|r| r.membership_changes > 0).count();
+    let seven = reports.iter().filter(|r| r.voters_max >= 7).count();
+    let with_installs = reports.iter().filter(|r| r.snapshots_installed > 0).count();
+    println!(
+        "membership changes {changes} in {churned} runs ({seven} reached 7 voters); snapshots \
+         built {built}, installed {installed} in {with_installs} runs, {chunks} chunks sent"
+    );
+    assert!(
+        churned > reports.len() / 3,
+        "too few runs churned: {churned}"
+    );
+    assert!(seven > 0, "no run grew to 7 voters");
+    assert!(
+        with_installs > reports.len() / 10,
+        "too few runs installed a snapshot: {with_installs}"
+    );
+    assert!(chunks > installed, "chunks {chunks}, installs {installed}");
+}
+
+#[test]
 fn faults_actually_happened() {
     let reports = reports();
     if reports.len() < 100 {

@@ -105,6 +105,11 @@ impl RawNode {
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed += 1;
         if self.election_elapsed >= self.election_timeout {
+            // What this node proposed through a leader it no longer hears may never reach
+            // it: a removed node may never learn of its removal, and a pre-vote that keeps
+            // failing never starts a term.
+            let wait = u64::from(self.config.proposal_wait_ticks);
+            self.proposals.leader_silent(self.now, wait);
             if self.membership().is_voter(self.id) {
                 self.start_election();
             } else {

@@ -351,10 +351,15 @@ impl RawNode {
     /// Handles a message from a peer. Messages for another node, from a non-member or with a
     /// stale term are ignored (the last may get an answer that tells the sender the new term).
     pub fn step(&mut self, message: Message) {
-        if message.to != self.id
-            || message.from == self.id
-            || self.membership().removed.contains(&message.from)
-        {
+        if message.to != self.id || message.from == self.id {
+            return;
+        }
+        if self.membership().removed.contains(&message.from) {
+            // A removed node changes nothing here. One that still leads an old term (it never
+            // learned of its removal) is told the newer term, so it steps down.
+            if message.term < self.term {
+                self.answer_stale_term(&message);
+            }
             return;
         }
         if message.term > self.term {
@@ -731,8 +736,10 @@ impl RawNode {
             );
         }
         if self.role != Role::Follower {
+            // A leader removed by a change keeps leading until the change commits.
             assert!(
-                self.membership().is_voter(self.id),
+                self.membership().is_voter(self.id)
+                    || (self.role == Role::Leader && self.membership_change_pending()),
                 "only voters campaign or lead"
             );
         }

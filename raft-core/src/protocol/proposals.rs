@@ -312,6 +312,18 @@ impl Proposals {
         self.ended_term_unscheduled = !self.placed.is_empty();
     }
 
+    /// No leader was heard for an election timeout by a node that will not campaign (a
+    /// learner, or a node removed without knowing it): placed proposals get `wait_ticks` more
+    /// to apply, then fail with `OutcomeUnknown`.
+    pub(crate) fn leader_silent(&mut self, now: u64, wait_ticks: u64) {
+        let deadline = now + wait_ticks;
+        for (index, (_, id)) in &self.placed {
+            if self.ended_term.get(index).map(|(p, _)| p) != Some(id) {
+                self.ended_term.insert(*index, (*id, deadline));
+            }
+        }
+    }
+
     /// Every tracked proposal fails with `OutcomeUnknown` (the node is shutting down).
     pub(crate) fn fail_all(&mut self) {
         let waiting: Vec<_> = self.waiting.drain(..).map(|(id, _, _)| id).collect();

@@ -255,14 +255,24 @@ impl RawNode {
     /// the last acknowledged byte.
     pub(super) fn tick_snapshot_sends(&mut self) {
         let resend = self.config.snapshot_resend_ticks;
+        let latest = self.snapshot.as_ref();
         let mut stalled = Vec::new();
         for (id, progress) in self.progress.iter_mut() {
             if let Some(send) = progress.snapshot.as_mut() {
                 send.idle_ticks += 1;
                 if send.idle_ticks >= resend {
-                    send.idle_ticks = 0;
-                    send.next_offset = send.acked;
-                    send.sent_last = false;
+                    match latest {
+                        // A newer snapshot replaced the one being sent, which the store may no
+                        // longer hold: send the newest, from the start.
+                        Some(latest) if !latest.same_snapshot(&send.meta) => {
+                            *send = SnapshotSend::new(latest.clone());
+                        }
+                        _ => {
+                            send.idle_ticks = 0;
+                            send.next_offset = send.acked;
+                            send.sent_last = false;
+                        }
+                    }
                     stalled.push(*id);
                 }
             }

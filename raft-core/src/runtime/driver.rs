@@ -84,7 +84,9 @@ pub(super) struct Driver {
     /// Readers waiting for their read index.
     read_responders: HashMap<ProposalId, ReadResponder>,
     /// Readers whose read index is known, waiting for the state machine to reach it.
-    reads_awaiting_apply: BTreeMap<LogIndex, Vec<ReadResponder>>,
+    /// Each with the ticks it waited: past `proposal_wait_ticks` it fails (a node that
+    /// stopped applying, say removed without knowing it, must not keep a reader for ever).
+    reads_awaiting_apply: BTreeMap<LogIndex, Vec<(ReadResponder, u32)>>,
     next_proposal: u64,
     /// A leadership transfer awaiting its outcome: (target, caller, ticks waited).
     transfer: Option<(NodeId, TransferResponder, u32)>,
@@ -187,6 +189,7 @@ impl Driver {
                 _ = &mut progress_signal => progress_signal.set(shared.notify.notified()),
                 _ = ticker.tick() => {
                     self.raw.tick();
+                    self.expire_reads();
                     ticked = true;
                 }
                 message = self.inbox.recv() => match message {
@@ -337,10 +340,28 @@ impl Driver {
                 break;
             }
             let index = *entry.key();
-            for responder in entry.remove() {
+            for (responder, _) in entry.remove() {
                 let _ = responder.send(Ok(index));
             }
         }
+    }
+
+    /// A tick passed: reads that waited too long for the state machine fail.
+    fn expire_reads(&mut self) {
+        let wait = self.raw.config().proposal_wait_ticks;
+        self.reads_awaiting_apply.retain(|_, waiting| {
+            let mut kept = Vec::with_capacity(waiting.len());
+            for (responder, ticks) in waiting.drain(..) {
+                if ticks + 1 > wait {
+                    let error = crate::protocol::ProposeError::ReadAborted;
+                    let _ = responder.send(Err(NodeError::Propose(error)));
+                } else {
+                    kept.push((responder, ticks + 1));
+                }
+            }
+            *waiting = kept;
+            !waiting.is_empty()
+        });
     }
 
     /// Tells the protocol what the writer and applier finished since the last look.
@@ -398,7 +419,7 @@ impl Driver {
                 self.reads_awaiting_apply
                     .entry(index)
                     .or_default()
-                    .push(responder);
+                    .push((responder, 0));
             }
         }
         self.release_reads();
@@ -494,7 +515,8 @@ impl Driver {
         let readers = self.read_responders.drain().map(|(_, r)| r).chain(
             std::mem::take(&mut self.reads_awaiting_apply)
                 .into_values()
-                .flatten(),
+                .flatten()
+                .map(|(responder, _)| responder),
         );
         for responder in readers {
             let _ = responder.send(Err(NodeError::Stopped(reason.clone())));

@@ -445,7 +445,9 @@ struct SimNode {
     last_write_done_ms: u64,
     kv: KvStore,
     /// Reads whose read index is known, waiting for `kv` to apply it: (index, read) -> key.
-    reads_awaiting_apply: BTreeMap<(LogIndex, ProposalId), String>,
+    /// The value is the key and the ticks waited: a read that waits longer than
+    /// `proposal_wait_ticks` (a node that stopped applying, removed without knowing) fails.
+    reads_awaiting_apply: BTreeMap<(LogIndex, ProposalId), (String, u32)>,
     /// This node's fixed extra tick interval (a clock that runs slow), in virtual milliseconds.
     tick_skew_ms: u64,
     /// Grows at every crash; messages and timers of an earlier life are discarded.
@@ -1070,6 +1072,10 @@ impl Cluster {
         if meta.last_index > node.durable.snapshot_index() {
             node.durable.snapshot = Some((meta.clone(), data));
         }
+        // The entries this snapshot lets the node compact must be seen committed first.
+        let raw = node.raw.as_ref().expect("a ready comes from a live node");
+        self.invariants.observe(id, raw);
+        let node = &mut self.nodes[k];
         node.raw
             .as_mut()
             .expect("a ready comes from a live node")
@@ -1158,7 +1164,43 @@ impl Cluster {
             }
             self.nodes[k]
                 .reads_awaiting_apply
-                .insert((index, read), key);
+                .insert((index, read), (key, 0));
+        }
+    }
+
+    /// A tick passed: reads that waited too long for the state machine fail (what a driver
+    /// does, so that a read on a node that stopped applying does not wait for ever).
+    fn expire_reads(&mut self, k: usize) {
+        let Some(raw) = self.nodes[k].raw.as_ref() else {
+            return;
+        };
+        let wait = raw.config().proposal_wait_ticks;
+        let id = self.nodes[k].id;
+        let mut expired = Vec::new();
+        for ((_, read), (_, ticks)) in self.nodes[k].reads_awaiting_apply.iter_mut() {
+            *ticks += 1;
+            if *ticks > wait {
+                expired.push(*read);
+            }
+        }
+        self.nodes[k]
+            .reads_awaiting_apply
+            .retain(|(_, read), _| !expired.contains(read));
+        let at_ms = self.now_ms;
+        for read in expired {
+            let error = ProposeError::ReadAborted;
+            self.trace_line(format_args!(
+                "{id} read {:x} gave up waiting to apply",
+                read.0
+            ));
+            self.finish_read(
+                read,
+                ProposalOutcome::Failed {
+                    node: id,
+                    error,
+                    at_ms,
+                },
+            );
         }
     }
 
@@ -1170,7 +1212,7 @@ impl Cluster {
             if entry.key().0 > applied {
                 break;
             }
-            let ((index, read), key) = entry.remove_entry();
+            let ((index, read), (key, _)) = entry.remove_entry();
             let output = KvOutput::Value(self.nodes[k].kv.get(&key).cloned());
             self.trace_line(format_args!(
                 "{id} read {:x} served at {applied}: {output:?}",
@@ -1383,6 +1425,7 @@ impl Cluster {
         if let Some(raw) = self.nodes[k].raw.as_mut() {
             raw.tick();
         }
+        self.expire_reads(k);
         self.process_ready(node);
         if let Timing::Simulated {
             tick_ms,
@@ -1672,6 +1715,25 @@ impl Cluster {
         ))
     }
 
+    /// Flips one bit in the data of the first snapshot chunk in flight that `filter` picks
+    /// (a corruption the transport did not catch). Returns false when none matched.
+    pub fn corrupt_in_flight(&mut self, mut filter: impl FnMut(&Message) -> bool) -> bool {
+        for envelope in self.in_flight.values_mut() {
+            if !filter(&envelope.message) {
+                continue;
+            }
+            if let MessageBody::SnapshotChunk { data, .. } = &mut envelope.message.body {
+                if let Some(first) = data.first() {
+                    let mut copy = data.to_vec();
+                    copy[0] = first ^ 1;
+                    *data = Bytes::from(copy);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     /// The messages in flight, in delivery order.
     pub fn in_flight(&self) -> Vec<Message> {
         self.in_flight.values().map(|e| e.message.clone()).collect()
@@ -1861,11 +1923,16 @@ impl Cluster {
             .collect()
     }
 
-    /// The leader of the highest term among live nodes, if that term has one that is up.
+    /// The leader of the highest term among the live members of the cluster, if that term
+    /// has one that is up. Members are those of the newest leader's membership: a removed
+    /// node that campaigns on, unaware of its removal, does not hide the leader.
     pub fn leader(&self) -> Option<NodeId> {
+        let (newest, _) = self.leaders().into_iter().max_by_key(|(_, term)| *term)?;
+        let members = self.node(newest).membership().members();
         let top = self
             .nodes
             .iter()
+            .filter(|n| members.contains(&n.id))
             .filter_map(|n| n.raw.as_ref())
             .map(|raw| raw.term())
             .max()?;

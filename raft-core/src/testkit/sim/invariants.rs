@@ -278,6 +278,15 @@ impl Invariants {
         }
     }
 
+    /// Observes one node now: before a snapshot compacts away entries it committed in this
+    /// very step.
+    pub(crate) fn observe(&mut self, node: NodeId, raw: &RawNode) {
+        self.observe_commit(node, raw);
+        if raw.role() == Role::Leader {
+            self.observe_leader(node, raw);
+        }
+    }
+
     fn observe_commit(&mut self, node: NodeId, raw: &RawNode) {
         let watch = self.nodes.entry(node).or_default();
         let (from, to) = (watch.commit, raw.commit_index());

@@ -4,6 +4,7 @@
 use super::cluster::{Cluster, CutId, DiskTiming, NetworkFaults, ProposalOutcome, Stepped, Timing};
 use super::rng::SimRng;
 use crate::config::Config;
+use crate::membership::{MembershipChange, MembershipError};
 use crate::protocol::{ProposeError, Role, TransferError};
 use crate::testkit::linearizability::{
     check, CheckLimits, CheckResult, History, KvInput, KvModel, KvOutput,
@@ -21,6 +22,10 @@ pub const DRIVER_TIMERS_MAX: usize = 1 << 16;
 pub const CHECK_STEPS_RETRY_MAX: u64 = 50_000_000;
 /// Most client operations one run records (the checker's cost grows with them).
 pub const OPERATIONS_MAX: usize = 100_000;
+/// Most voters membership churn grows a cluster to.
+pub const VOTERS_MAX: usize = 7;
+/// Fewest voters membership churn shrinks a cluster to.
+pub const VOTERS_MIN: usize = 3;
 
 /// How often each kind of fault happens, and how hard the network and disks are.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -47,6 +52,11 @@ pub struct FaultRates {
     pub transfer_weight: u32,
     /// Weight of doing nothing this time.
     pub quiet_weight: u32,
+    /// Weight of changing the membership through the leader: add a spare node as a learner,
+    /// promote learners, remove voters or learners (often several in one joint change).
+    pub membership_weight: u32,
+    /// Weight of asking a random live node for a snapshot.
+    pub snapshot_weight: u32,
     /// Longest time a crashed node stays down.
     pub down_ms_max: u64,
     /// Longest time a cut lasts.
@@ -61,8 +71,11 @@ pub struct FaultRates {
 pub struct SimOptions {
     /// The seed every choice derives from.
     pub seed: u64,
-    /// Cluster size.
+    /// Voters the cluster starts with.
     pub nodes: usize,
+    /// Nodes beyond the voters, outside the cluster until a membership change adds them.
+    /// Membership churn keeps the voters between 3 and [`VOTERS_MAX`].
+    pub spare_nodes: usize,
     /// Name of the fault mix, for reports.
     pub profile: &'static str,
     /// Closed-loop clients, each with one operation in flight.
@@ -119,9 +132,28 @@ impl SimOptions {
         let read_index_probability =
             [0.0, 0.5, 0.8, 1.0][reads_and_transfers.weighted(&[1, 2, 2, 2])];
         faults.transfer_weight = reads_and_transfers.between(0, 3) as u32;
+        // Snapshots and membership churn draw from a stream of their own, too.
+        let mut churn = SimRng::stream(seed, 102);
+        if churn.chance(0.75) {
+            config.snapshot_interval_entries = churn.between(5, 150);
+            config.snapshot_tail_entries = [0, 3, 40][churn.below(3) as usize];
+        } else {
+            config.snapshot_interval_entries = 0; // only by hand
+        }
+        config.snapshot_chunk_bytes_max = [24, 200, 4096][churn.below(3) as usize];
+        config.snapshot_inflight_chunks_max = churn.between(1, 4) as usize;
+        config.snapshot_resend_ticks = churn.between(5, 40) as u32;
+        faults.snapshot_weight = churn.between(0, 2) as u32;
+        let spare_nodes = if churn.chance(0.6) {
+            faults.membership_weight = churn.between(1, 4) as u32;
+            VOTERS_MAX + 2 - nodes
+        } else {
+            0
+        };
         SimOptions {
             seed,
             nodes,
+            spare_nodes,
             profile,
             config,
             clients: rng.between(3, 6) as usize,
@@ -172,6 +204,8 @@ fn fault_rates(rng: &mut SimRng, profile: &str, nodes: usize) -> FaultRates {
         heal_weight: 2,
         transfer_weight: 0,
         quiet_weight: 4,
+        membership_weight: 0,
+        snapshot_weight: 0,
         down_ms_max: 1500,
         cut_ms_max: 1500,
         crashed_nodes_max: (nodes - 1) / 2,
@@ -340,6 +374,16 @@ pub struct RunReport {
     pub leader_terms: usize,
     /// Events processed.
     pub steps: u64,
+    /// Membership changes leaders accepted.
+    pub membership_changes: u64,
+    /// Most voters at once (in the final membership of any leader seen).
+    pub voters_max: usize,
+    /// Snapshots built by state machines.
+    pub snapshots_built: u64,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: u64,
+    /// Snapshot chunks sent.
+    pub snapshot_chunks: u64,
     /// Entries the cluster committed.
     pub committed: usize,
     /// Virtual time at the end.
@@ -497,6 +541,7 @@ struct Driver<'a> {
     /// Transfers the fault phase started.
     transfers_started: u64,
     refused_for_transfer: usize,
+    voters_max: usize,
 }
 
 impl<'a> Driver<'a> {
@@ -512,6 +557,7 @@ impl<'a> Driver<'a> {
             options.config.election_timeout_ticks_min
         );
         let cluster = Cluster::builder(options.nodes)
+            .spare_nodes(options.spare_nodes)
             .seed(options.seed)
             .timing(Timing::Simulated {
                 tick_ms: options.tick_ms,
@@ -548,6 +594,7 @@ impl<'a> Driver<'a> {
             liveness_transfer: None,
             transfers_started: 0,
             refused_for_transfer: 0,
+            voters_max: options.nodes,
         }
     }
 
@@ -618,7 +665,16 @@ impl<'a> Driver<'a> {
             self.schedule(retry, Event::Issue { client });
             return;
         }
-        let node = live[self.client_rng.below(live.len() as u64) as usize];
+        // Clients ask members (as a client given the member list would); any live node while
+        // no leader is known.
+        let members = self.members();
+        let targets: Vec<NodeId> = live
+            .iter()
+            .copied()
+            .filter(|n| members.as_ref().is_none_or(|m| m.contains(n)))
+            .collect();
+        let targets = if targets.is_empty() { live } else { targets };
+        let node = targets[self.client_rng.below(targets.len() as u64) as usize];
         let input = self.next_input(client);
         let without_log = matches!(input, KvInput::Get { .. })
             && self.client_rng.chance(self.options.read_index_probability);
@@ -794,6 +850,8 @@ impl<'a> Driver<'a> {
             rates.heal_weight,
             rates.quiet_weight,
             rates.transfer_weight,
+            rates.membership_weight,
+            rates.snapshot_weight,
         ];
         let now = self.cluster.now_ms();
         match self.fault_rng.weighted(&weights) {
@@ -813,7 +871,7 @@ impl<'a> Driver<'a> {
                 self.schedule_heal(cut);
             }
             2 => {
-                let n = self.options.nodes as u64;
+                let n = self.cluster.ids().len() as u64;
                 let from = self.fault_rng.below(n);
                 let to = (from + 1 + self.fault_rng.below(n - 1)) % n;
                 let cut = self.cluster.cut_one_way(from + 1, to + 1);
@@ -829,7 +887,15 @@ impl<'a> Driver<'a> {
             }
             4 => self.cluster.heal_all(),
             5 => {}
-            _ => self.transfer(false),
+            6 => self.transfer(false),
+            7 => self.change_membership(),
+            _ => {
+                let live = self.cluster.live_nodes();
+                if !live.is_empty() {
+                    let node = live[self.fault_rng.below(live.len() as u64) as usize];
+                    self.cluster.request_snapshot(node);
+                }
+            }
         }
         let next = now
             + self
@@ -838,9 +904,71 @@ impl<'a> Driver<'a> {
         self.schedule(next, Event::Fault);
     }
 
+    /// The members (voters and learners) of the current leader's membership, if a leader is
+    /// known.
+    fn members(&self) -> Option<Vec<NodeId>> {
+        let leader = self.cluster.leader()?;
+        Some(
+            self.cluster
+                .node(leader)
+                .membership()
+                .members()
+                .into_iter()
+                .collect(),
+        )
+    }
+
+    /// Asks the leader for a random membership change that keeps the voters between
+    /// [`VOTERS_MIN`] and [`VOTERS_MAX`]: add a spare node as a learner, promote a learner
+    /// (sometimes removing a voter in the same joint change), remove a voter, or remove a
+    /// learner.
+    fn change_membership(&mut self) {
+        let Some(leader) = self.cluster.leader() else {
+            return;
+        };
+        let membership = self.cluster.node(leader).membership().clone();
+        let voters: Vec<NodeId> = membership.voters.iter().copied().collect();
+        let learners: Vec<NodeId> = membership.learners.iter().copied().collect();
+        let spares: Vec<NodeId> = self
+            .cluster
+            .ids()
+            .into_iter()
+            .filter(|n| !membership.is_member(*n) && !membership.removed.contains(n))
+            .filter(|n| n.0 as usize > self.options.nodes)
+            .collect();
+        let pick = |rng: &mut SimRng, list: &[NodeId]| list[rng.below(list.len() as u64) as usize];
+        let mut change = MembershipChange::default();
+        match self.fault_rng.weighted(&[3, 3, 2, 1]) {
+            0 if !spares.is_empty() => change.add_learners.push(pick(&mut self.fault_rng, &spares)),
+            1 if !learners.is_empty() && voters.len() < VOTERS_MAX => {
+                change.promote.push(pick(&mut self.fault_rng, &learners));
+                if voters.len() > VOTERS_MIN && self.fault_rng.chance(0.5) {
+                    change.remove.push(pick(&mut self.fault_rng, &voters));
+                }
+            }
+            2 if voters.len() > VOTERS_MIN => {
+                change.remove.push(pick(&mut self.fault_rng, &voters))
+            }
+            3 if !learners.is_empty() => change.remove.push(pick(&mut self.fault_rng, &learners)),
+            _ => return,
+        }
+        match self.cluster.change_membership(leader, &change) {
+            Ok(_) => {
+                let voters = self.cluster.node(leader).membership().all_voters().len();
+                self.voters_max = self.voters_max.max(voters);
+            }
+            Err(
+                MembershipError::ChangeInProgress
+                | MembershipError::TransferInProgress
+                | MembershipError::NotLeader(_),
+            ) => {}
+            Err(error) => panic!("leader {leader} refused {change:?}: {error}"),
+        }
+    }
+
     fn crash_one(&mut self) {
         let live = self.cluster.live_nodes();
-        let down = self.options.nodes - live.len();
+        let down = self.cluster.ids().len() - live.len();
         if live.is_empty() || down >= self.options.faults.crashed_nodes_max {
             return;
         }
@@ -860,8 +988,11 @@ impl<'a> Driver<'a> {
         };
         let others: Vec<NodeId> = self
             .cluster
-            .ids()
-            .into_iter()
+            .node(source)
+            .membership()
+            .voters
+            .iter()
+            .copied()
             .filter(|n| *n != source)
             .collect();
         if others.is_empty() {
@@ -1063,10 +1194,10 @@ impl<'a> Driver<'a> {
             Some((OpOutcome::Pending, _)) | Some((OpOutcome::Returned { .. }, None)) => false,
             Some((OpOutcome::Returned { .. }, Some(index))) => {
                 let index = index.max(self.acknowledged_max);
+                let members = self.cluster.node(leader).membership().members();
                 self.waiting.is_empty()
-                    && self
-                        .cluster
-                        .ids()
+                    && !self.cluster.node(leader).membership_change_pending()
+                    && members
                         .into_iter()
                         .all(|n| self.cluster.kv(n).applied_index() >= index)
             }
@@ -1134,6 +1265,11 @@ impl<'a> Driver<'a> {
             messages_cut: stats.messages_cut,
             leader_terms: self.cluster.leader_terms(),
             steps: stats.steps,
+            membership_changes: stats.membership_changes,
+            voters_max: self.voters_max,
+            snapshots_built: stats.snapshots_built,
+            snapshots_installed: stats.snapshots_installed,
+            snapshot_chunks: stats.snapshot_chunks_sent,
             committed: self.cluster.committed_len(),
             end_ms: self.cluster.now_ms(),
             liveness_ms: self.cluster.now_ms() - liveness_since_ms,
