@@ -63,6 +63,88 @@
 //! # }
 //! ```
 //!
+//! # Snapshots and membership changes
+//!
+//! A state machine that can write its state out and read it back lets the node compact its
+//! log (every `Config::snapshot_interval_entries` applied entries, or when asked with
+//! [`runtime::RaftNode::snapshot`]) and catch up a follower that fell behind the compaction
+//! point: the leader streams the snapshot in chunks, and the follower's state machine
+//! installs it. Members are added as learners (a node started with no initial voters joins),
+//! promoted, and removed with [`runtime::RaftNode::change_membership`]; a change of voters
+//! goes through a joint configuration.
+//!
+//! ```
+//! use async_trait::async_trait;
+//! use bytes::Bytes;
+//! use raft_core::local_network::LocalRouter;
+//! use raft_core::runtime::{RaftNode, RuntimeOptions};
+//! use raft_core::snapshot::{SnapshotMeta, SnapshotReader, SnapshotWriter};
+//! use raft_core::{Config, LogIndex, MembershipChange, NodeId, StateMachine, StateMachineError};
+//! use raft_storage_mem::MemLogStore;
+//! use std::sync::Arc;
+//!
+//! /// A counter whose snapshot is its total, as 8 bytes.
+//! #[derive(Default)]
+//! struct Counter {
+//!     total: u64,
+//! }
+//!
+//! #[async_trait]
+//! impl StateMachine for Counter {
+//!     async fn apply(&mut self, _index: LogIndex, command: Bytes) -> Result<Bytes, StateMachineError> {
+//!         self.total += command.len() as u64;
+//!         Ok(Bytes::from(self.total.to_string()))
+//!     }
+//!
+//!     async fn build_snapshot(&mut self, out: &mut SnapshotWriter) -> Result<(), StateMachineError> {
+//!         out.write(&self.total.to_be_bytes()).await
+//!     }
+//!
+//!     async fn install_snapshot(
+//!         &mut self,
+//!         _meta: &SnapshotMeta,
+//!         data: &mut SnapshotReader,
+//!     ) -> Result<(), StateMachineError> {
+//!         let bytes = data.read_to_end().await?;
+//!         let total: [u8; 8] = bytes.try_into().map_err(|_| StateMachineError("not 8 bytes".into()))?;
+//!         self.total = u64::from_be_bytes(total);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let router = LocalRouter::new();
+//! let start = |id: u64, voters: Vec<NodeId>| {
+//!     let mut config = Config::new(NodeId(id), voters);
+//!     config.snapshot_tail_entries = 0; // keep no log below a snapshot
+//!     RaftNode::start(
+//!         config,
+//!         RuntimeOptions::default(),
+//!         Arc::new(MemLogStore::new()),
+//!         Box::new(Counter::default()),
+//!         router.network(NodeId(id)),
+//!     )
+//! };
+//! let first = start(1, vec![NodeId(1)]).await?;
+//! first.propose(Bytes::from("abc")).await?;
+//! let snapshot = first.snapshot().await?; // the log before it is purged
+//! println!("snapshot at {} of {} bytes", snapshot.last_index, snapshot.data_bytes);
+//!
+//! // Node 2 starts with no voters and joins: it catches up from the snapshot as a learner,
+//! // then becomes a voter.
+//! let second = start(2, Vec::new()).await?;
+//! first.change_membership(MembershipChange::add_learner(NodeId(2))).await?;
+//! let members = first.change_membership(MembershipChange::promote(NodeId(2))).await?;
+//! assert_eq!(members.voters.len(), 2);
+//! assert_eq!(first.propose(Bytes::from("de")).await?, Bytes::from("5"));
+//! second.wait_applied(first.status().commit_index).await?;
+//! # first.shutdown().await;
+//! # second.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # The IO contract
 //!
 //! The protocol ([`protocol::RawNode`]) does no IO. Each call to [`protocol::RawNode::ready`]
@@ -85,6 +167,11 @@
 //!    durable locally, so a restarted node never has applied state beyond its log.
 //! 6. **Fail** each proposal in `ready.failed_proposals` with its error;
 //!    [`protocol::ProposeError::is_definite`] says whether the command may still apply.
+//! 7. **Snapshots**: before step 2, write `ready.snapshot_writes` into a store sink (the last
+//!    one finishes it) and purge the log up to `ready.purge_to`; fill each message of
+//!    `ready.snapshot_chunks` with its bytes from the store and send it; before step 5, install
+//!    `ready.install_snapshot` in the state machine; after step 5, build
+//!    `ready.build_snapshot` and report it with [`protocol::RawNode::snapshot_built`].
 //!
 //! Time reaches the protocol only through [`protocol::RawNode::tick`] and randomness only
 //! through the seed in [`Config`], so one seed replays a whole cluster bit for bit

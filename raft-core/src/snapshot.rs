@@ -81,7 +81,7 @@ pub trait SnapshotSink: Send {
 
     /// Checks that the data written has `meta.data_bytes` bytes and `meta.checksum` (a
     /// mismatch is `Corrupt` and changes nothing), makes it durable, and makes it the store's
-    /// latest snapshot unless the store already holds one at a higher index. Durable on return.
+    /// latest snapshot unless the store already holds one at the same or a higher index. Durable on return.
     async fn finish(self: Box<Self>, meta: &SnapshotMeta) -> Result<(), StorageError>;
 }
 

@@ -165,8 +165,8 @@ pub trait LogStore: Send + Sync + 'static {
     /// written at once; nothing is visible until [`SnapshotSink::finish`].
     async fn begin_snapshot(&self) -> Result<Box<dyn SnapshotSink>, StorageError>;
 
-    /// The latest complete snapshot, if any. It only moves forward: a finished snapshot at a
-    /// lower index than the latest never replaces it.
+    /// The latest complete snapshot, if any. It only moves forward: a finished snapshot at the
+    /// same or a lower index than the latest never replaces it.
     async fn snapshot(&self) -> Result<Option<SnapshotMeta>, StorageError>;
 
     /// Reads at most `bytes_max` bytes of the snapshot `meta` from `offset` (fewer only at the

@@ -265,7 +265,12 @@ impl RawNode {
     pub fn new(config: Config, restore: Restore) -> Result<RawNode, ConfigError> {
         config.validate()?;
         let hard_state = restore.hard_state;
-        let (offset, offset_term, entries, base_membership) = restore_log(&config, &restore)?;
+        let RestoredLog {
+            offset,
+            offset_term,
+            entries,
+            base_membership,
+        } = restore_log(&config, &restore)?;
         let last = LogIndex(offset.0 + entries.len() as u64);
         if hard_state.commit > last {
             return Err(ConfigError(format!(
@@ -746,11 +751,20 @@ impl RawNode {
     }
 }
 
-/// The log a node starts from: (offset, its term, entries after it, membership at it).
-fn restore_log(
-    config: &Config,
-    restore: &Restore,
-) -> Result<(LogIndex, Term, Vec<Entry>, (LogIndex, Membership)), ConfigError> {
+/// The log a node starts from.
+struct RestoredLog {
+    /// The index before the first entry kept, and its term.
+    offset: LogIndex,
+    offset_term: Term,
+    /// The entries after `offset`.
+    entries: Vec<Entry>,
+    /// The membership in force at `offset`.
+    base_membership: (LogIndex, Membership),
+}
+
+/// Checks what storage restored and finds where the in-memory log starts: after the
+/// snapshot, or (when the store kept a tail below it) at the first entry held.
+fn restore_log(config: &Config, restore: &Restore) -> Result<RestoredLog, ConfigError> {
     let entries = &restore.entries;
     for pair in entries.windows(2) {
         if pair[1].index != pair[0].index.next() {
@@ -762,59 +776,60 @@ fn restore_log(
     }
     let first = entries.first().map(|e| e.index);
     let Some(snapshot) = &restore.snapshot else {
-        if first.is_some_and(|f| f != LogIndex(1)) {
+        if let Some(first) = first.filter(|f| *f != LogIndex(1)) {
             return Err(ConfigError(format!(
-                "restored log starts at {} but no snapshot covers the entries before it",
-                first.unwrap_or_default()
+                "restored log starts at {first} but no snapshot covers the entries before it"
             )));
         }
         let initial = Membership::new(config.voters.iter().copied());
-        return Ok((
-            LogIndex(0),
-            Term(0),
-            entries.clone(),
-            (LogIndex(0), initial),
-        ));
+        return Ok(RestoredLog {
+            offset: LogIndex(0),
+            offset_term: Term(0),
+            entries: entries.clone(),
+            base_membership: (LogIndex(0), initial),
+        });
     };
     let at = snapshot.last_index;
-    let base = (at, snapshot.membership.clone());
-    match first {
-        None => Ok((at, snapshot.last_term, Vec::new(), base)),
-        Some(first) if first > at.next() => Err(ConfigError(format!(
+    let after_snapshot = RestoredLog {
+        offset: at,
+        offset_term: snapshot.last_term,
+        entries: Vec::new(),
+        base_membership: (at, snapshot.membership.clone()),
+    };
+    let Some(first) = first else {
+        return Ok(after_snapshot);
+    };
+    if first > at.next() {
+        return Err(ConfigError(format!(
             "restored log starts at {first}, after the snapshot at {at}: entries are missing"
-        ))),
-        Some(first) => {
-            let position = (at.0 - first.0.min(at.0)) as usize;
-            let matches = first <= at
-                && entries
-                    .get(position)
-                    .is_some_and(|e| e.index == at && e.term == snapshot.last_term);
-            if first == at.next() {
-                return Ok((at, snapshot.last_term, entries.clone(), base));
-            }
-            if !matches {
-                return Err(ConfigError(format!(
-                    "restored log does not hold the snapshot's entry {at}/{}",
-                    snapshot.last_term
-                )));
-            }
-            // Keep the tail below the snapshot: its first entry becomes the offset.
-            let kept: Vec<Entry> = entries[1..].to_vec();
-            let offset = entries[0].index;
-            let offset_term = entries[0].term;
-            // The membership at the offset: the newest in the tail at or below it is not known
-            // without the snapshot's history, so the tail's memberships are rebuilt from the
-            // snapshot: the snapshot's membership holds at its index, and entries between the
-            // offset and the snapshot change nothing the node acts on (it is past them).
-            let _ = position;
-            Ok((
-                offset,
-                offset_term,
-                kept,
-                (offset, snapshot.membership.clone()),
-            ))
-        }
+        )));
     }
+    if first == at.next() {
+        return Ok(RestoredLog {
+            entries: entries.clone(),
+            ..after_snapshot
+        });
+    }
+    let position = (at.0 - first.0) as usize;
+    let matches = entries
+        .get(position)
+        .is_some_and(|e| e.index == at && e.term == snapshot.last_term);
+    if !matches {
+        return Err(ConfigError(format!(
+            "restored log does not hold the snapshot's entry {at}/{}",
+            snapshot.last_term
+        )));
+    }
+    // Keep the tail below the snapshot (lagging followers catch up from it): its first entry
+    // becomes the offset. Memberships in the tail are re-read from the entries; the newest at
+    // or below the snapshot is the snapshot's own, so the base is right for everything the
+    // node acts on (it has applied past the tail).
+    Ok(RestoredLog {
+        offset: entries[0].index,
+        offset_term: entries[0].term,
+        entries: entries[1..].to_vec(),
+        base_membership: (entries[0].index, snapshot.membership.clone()),
+    })
 }
 
 #[cfg(test)]

@@ -386,6 +386,8 @@ impl Driver {
         );
         for result in built {
             self.raw.snapshot_built(result.clone());
+            // Callers told of the snapshot see it (and the compacted log) in the status.
+            self.status.send_replace(self.raw.status());
             for waiter in self.snapshot_waiters.drain(..) {
                 let _ = waiter.send(result.clone().map_err(NodeError::Snapshot));
             }
