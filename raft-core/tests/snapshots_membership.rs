@@ -22,6 +22,19 @@ fn snapshotting(voters: usize, spares: usize) -> Cluster {
         .build()
 }
 
+/// n1 leads a snapshotting 3-node cluster and commits `writes` while n3 is cut off, then the
+/// cut heals: n3 needs entries n1 compacted.
+fn n3_behind_a_compacted_log(writes: usize) -> Cluster {
+    let mut cluster = snapshotting(3, 0);
+    elect(&mut cluster, 1);
+    let cut = cluster.isolate(3);
+    for key in 0..writes {
+        put(&mut cluster, 1, key);
+    }
+    cluster.heal(cut);
+    cluster
+}
+
 fn elect(cluster: &mut Cluster, node: u64) {
     cluster.campaign(node);
     cluster.stabilize();
@@ -105,13 +118,7 @@ fn a_follower_whose_entries_were_compacted_while_it_was_slow_catches_up_by_snaps
 
 #[test]
 fn a_snapshot_sent_to_a_follower_that_never_reports_back_does_not_leave_it_in_limbo() {
-    let mut cluster = snapshotting(3, 0);
-    elect(&mut cluster, 1);
-    let cut = cluster.isolate(3);
-    for key in 0..30 {
-        put(&mut cluster, 1, key);
-    }
-    cluster.heal(cut);
+    let mut cluster = n3_behind_a_compacted_log(30);
     wait_for_snapshot_transfer(&mut cluster, 1, 3);
     // n3 receives everything but every answer it sends is lost.
     let mut chunks_sent = 0;
@@ -152,13 +159,7 @@ fn a_snapshot_sent_to_a_follower_that_never_reports_back_does_not_leave_it_in_li
 
 #[test]
 fn a_lost_snapshot_chunk_resumes_from_the_last_acknowledged_byte_not_from_zero() {
-    let mut cluster = snapshotting(3, 0);
-    elect(&mut cluster, 1);
-    let cut = cluster.isolate(3);
-    for key in 0..30 {
-        put(&mut cluster, 1, key);
-    }
-    cluster.heal(cut);
+    let mut cluster = n3_behind_a_compacted_log(30);
     let mut offsets = Vec::new();
     let mut dropped = false;
     for _ in 0..40 {
@@ -265,13 +266,7 @@ fn a_new_leader_resumes_a_transfer_of_the_same_snapshot_where_the_follower_stopp
 
 #[test]
 fn a_snapshot_that_fails_its_checksum_is_not_installed_and_the_transfer_starts_over() {
-    let mut cluster = snapshotting(3, 0);
-    elect(&mut cluster, 1);
-    let cut = cluster.isolate(3);
-    for key in 0..30 {
-        put(&mut cluster, 1, key);
-    }
-    cluster.heal(cut);
+    let mut cluster = n3_behind_a_compacted_log(30);
     cluster.tick(1, 5);
     let mut corrupted = false;
     for _ in 0..200 {
