@@ -5,6 +5,7 @@
 //! integers), behind a one-byte format version so that a later format can be told apart. A
 //! `Put` of a 16-byte key and a 256-byte value costs 278 bytes in the log (6 bytes of framing).
 
+use crate::snapshot::MemberAddress;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +52,16 @@ pub enum Command {
         /// Bytes of keys and values returned at most (at least one pair is always returned).
         bytes_max: u32,
     },
+    /// Records where member `id` is reached. The admin API sends it before adding the member,
+    /// so every node applies it and adds the member to its transport before the leader starts
+    /// replicating to it (and nodes that join later learn it from the log or a snapshot).
+    /// Appended last: bincode numbers variants in order, so older commands decode unchanged.
+    SetMemberAddress {
+        /// The member.
+        id: u64,
+        /// Its addresses.
+        address: MemberAddress,
+    },
 }
 
 /// What the state machine answers a command.
@@ -89,6 +100,11 @@ pub enum Answer {
     /// The command could not be decoded (a bug or a version mismatch). Every node gives the
     /// same answer, so the replicas stay identical; the state is not changed.
     Invalid(String),
+    /// A `SetMemberAddress` took effect at this log index.
+    MemberAddressSet {
+        /// The command's log index.
+        index: u64,
+    },
 }
 
 /// Why bytes could not be decoded.
@@ -143,7 +159,10 @@ impl Command {
     pub fn is_write(&self) -> bool {
         matches!(
             self,
-            Command::Put { .. } | Command::Delete { .. } | Command::Cas { .. }
+            Command::Put { .. }
+                | Command::Delete { .. }
+                | Command::Cas { .. }
+                | Command::SetMemberAddress { .. }
         )
     }
 }
@@ -187,6 +206,13 @@ mod tests {
                 prefix: Bytes::new(),
                 limit: 10,
                 bytes_max: 1 << 20,
+            },
+            Command::SetMemberAddress {
+                id: 4,
+                address: MemberAddress {
+                    peer_address: "127.0.0.1:7004".parse().unwrap(),
+                    client_address: Some("[::1]:8004".parse().unwrap()),
+                },
             },
         ];
         for command in commands {

@@ -16,7 +16,8 @@
 //! | module | what |
 //! | --- | --- |
 //! | [`command`] | the commands in the log (put, delete, compare-and-swap, get, scan) and their encoding |
-//! | [`state`] | the map, in memory or in RocksDB with the applied index written in the same batch |
+//! | [`state`] | the map, in memory or in RocksDB with the applied index written in the same batch; building and installing snapshots |
+//! | [`snapshot`] | the snapshot format: length-prefixed records, checked on install |
 //! | [`api`] | the HTTP/JSON API and its errors |
 //! | [`node`] | composing storage, transport, Raft and HTTP into a running node, and its shutdown |
 //! | [`config`] | flags and TOML settings, with every limit named |
@@ -44,4 +45,5 @@ pub mod config;
 pub mod local_cluster;
 pub mod metrics;
 pub mod node;
+pub mod snapshot;
 pub mod state;

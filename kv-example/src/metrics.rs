@@ -145,6 +145,16 @@ pub struct Metrics {
     applied_commands: AtomicU64,
     /// Leader changes this node has seen (a new leader known, or leadership lost).
     leader_changes: AtomicU64,
+    /// Snapshots the state machine built.
+    snapshots_built: AtomicU64,
+    /// Bytes of those snapshots.
+    snapshot_built_bytes: AtomicU64,
+    /// Time to build one snapshot.
+    snapshot_build_seconds: Histogram,
+    /// Snapshots the state machine installed (received from a leader, or at a restart).
+    snapshots_installed: AtomicU64,
+    /// Bytes of those snapshots.
+    snapshot_installed_bytes: AtomicU64,
 }
 
 fn slot(operation: Operation) -> usize {
@@ -189,6 +199,21 @@ impl Metrics {
         self.apply_seconds.observe(elapsed);
         self.applied_commands
             .fetch_add(commands as u64, Ordering::Relaxed);
+    }
+
+    /// Records a snapshot the state machine built.
+    pub fn record_snapshot_built(&self, bytes: u64, elapsed: Duration) {
+        self.snapshots_built.fetch_add(1, Ordering::Relaxed);
+        self.snapshot_built_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+        self.snapshot_build_seconds.observe(elapsed);
+    }
+
+    /// Records a snapshot the state machine installed.
+    pub fn record_snapshot_installed(&self, bytes: u64) {
+        self.snapshots_installed.fetch_add(1, Ordering::Relaxed);
+        self.snapshot_installed_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Counts a change of leader.
@@ -236,7 +261,45 @@ impl Metrics {
             "Times this node saw the leader change (elections) since it started.",
         );
         let _ = writeln!(out, "raft_leader_changes_total {}", self.leader_changes());
+        self.render_snapshots(&mut out);
         out
+    }
+
+    fn render_snapshots(&self, out: &mut String) {
+        let counters = [
+            (
+                "kv_snapshots_built_total",
+                "Snapshots of the key-value state built (automatic or asked for).",
+                &self.snapshots_built,
+            ),
+            (
+                "kv_snapshot_built_bytes_total",
+                "Bytes of the snapshots built.",
+                &self.snapshot_built_bytes,
+            ),
+            (
+                "kv_snapshots_installed_total",
+                "Snapshots installed into the key-value state (sent by a leader, or at a restart).",
+                &self.snapshots_installed,
+            ),
+            (
+                "kv_snapshot_installed_bytes_total",
+                "Bytes of the snapshots installed.",
+                &self.snapshot_installed_bytes,
+            ),
+        ];
+        for (name, help, value) in counters {
+            header(out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
+        header(
+            out,
+            "kv_snapshot_build_seconds",
+            "histogram",
+            "Time to build one snapshot of the key-value state.",
+        );
+        self.snapshot_build_seconds
+            .render(out, "kv_snapshot_build_seconds", "");
     }
 
     fn render_requests(&self, out: &mut String) {
@@ -347,8 +410,45 @@ fn render_raft(out: &mut String, status: &Status) {
         ),
         (
             "raft_log_last_index",
-            "Last index in the log; the log is never compacted yet, so also its size in entries.",
+            "Last index in the log.",
             status.last_index.0,
+        ),
+        (
+            "raft_log_first_index",
+            "First index still in the log (entries before it were compacted into a snapshot).",
+            status.first_index.0,
+        ),
+        (
+            "raft_snapshot_index",
+            "Last log index the latest snapshot covers (0: none).",
+            status.snapshot.map_or(0, |(index, _)| index.0),
+        ),
+        (
+            "raft_snapshot_bytes",
+            "Size of the latest snapshot (0: none).",
+            status.snapshot.map_or(0, |(_, bytes)| bytes),
+        ),
+        (
+            "raft_snapshot_receiving_bytes",
+            "Bytes received of a snapshot being received from the leader (0: none).",
+            status
+                .snapshot_receiving
+                .map_or(0, |(received, _)| received),
+        ),
+        (
+            "raft_membership_voters",
+            "Voters in the membership in force (both halves when joint).",
+            status.membership.all_voters().len() as u64,
+        ),
+        (
+            "raft_membership_learners",
+            "Learners in the membership in force.",
+            status.membership.learners.len() as u64,
+        ),
+        (
+            "raft_membership_joint",
+            "1 while the cluster is in a joint configuration (a voter change in progress).",
+            u64::from(status.membership.is_joint()),
         ),
         (
             "raft_persisted_index",
@@ -383,6 +483,21 @@ fn render_raft(out: &mut String, status: &Status) {
             "raft_peer_replication_lag_entries{{peer=\"{}\"}} {lag}",
             peer.id.0
         );
+    }
+    header(
+        out,
+        "raft_peer_snapshot_sent_bytes",
+        "gauge",
+        "Leader only: bytes of a snapshot the follower acknowledged, while one is being sent.",
+    );
+    for peer in &status.progress {
+        if let Some((acknowledged, _)) = peer.snapshot_sent {
+            let _ = writeln!(
+                out,
+                "raft_peer_snapshot_sent_bytes{{peer=\"{}\"}} {acknowledged}",
+                peer.id.0
+            );
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 //! | --- | --- |
 //! | `d` + user key | the value |
 //! | `m:applied_index` | the last applied log index, 8 bytes big-endian |
+//! | `p` + member ID (8 bytes big-endian) | where that member is reached: [`MemberAddress`] as JSON |
 //!
 //! Each apply batch is one RocksDB `WriteBatch` that carries the batch's writes *and* the new
 //! applied index, so the two never disagree: after a crash the database holds some prefix of
@@ -20,22 +21,50 @@
 //!
 //! Invariant: the applied index only grows, and the stored data is exactly the effect of the
 //! log's commands up to it.
+//!
+//! # Snapshots
+//!
+//! A snapshot is the `d` and `p` keys with the applied index, in the format of
+//! [`crate::snapshot`]. Building one reads a RocksDB snapshot (a consistent view) on a
+//! blocking thread and streams it out in pieces of [`SNAPSHOT_PIECE_BYTES`], at most
+//! [`SNAPSHOT_PIECES_QUEUED`] ahead of the store; the memory backend does the same under its
+//! read lock. Installing one into RocksDB first checks the header's index against the
+//! snapshot's, then deletes every `d` and `p` key and the applied index in one batch, writes
+//! one batch per chunk received, and writes the applied index with the last batch: a crash
+//! part-way leaves no applied index, so the runtime installs the snapshot (which the log store
+//! keeps durably) again on restart. Stale reads during an install may see part of the new
+//! state; linearizable reads wait until it is complete. The memory backend builds the new
+//! map aside and swaps it in at the end.
 
 use crate::command::{Answer, Command};
 use crate::metrics::Metrics;
+use crate::snapshot::{
+    member_id, member_key, MemberAddress, SnapshotDecoder, SnapshotEncoder, SnapshotFormatError,
+    DATA_PREFIX, MEMBER_PREFIX,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
-use raft_core::{ApplyBatch, LogIndex, StateMachine, StateMachineError};
+use raft_core::{
+    ApplyBatch, LogIndex, SnapshotMeta, SnapshotReader, SnapshotWriter, StateMachine,
+    StateMachineError,
+};
 use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
-const DATA_PREFIX: u8 = b'd';
 const APPLIED_INDEX_KEY: &[u8] = b"m:applied_index";
+/// A snapshot being built is handed to the store in pieces of about this size.
+pub const SNAPSHOT_PIECE_BYTES: usize = 64 << 10;
+/// Pieces a snapshot build reads ahead of the store (so memory stays at a few pieces).
+pub const SNAPSHOT_PIECES_QUEUED: usize = 2;
+
+/// Told of every member address the state sets (from a command or a snapshot), after it is
+/// stored: the node adds the member to its transport.
+pub type MemberListener = Box<dyn Fn(u64, &MemberAddress) + Send + Sync>;
 
 /// A page of a prefix scan.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -57,6 +86,9 @@ pub struct KvState {
     backend: Backend,
     /// The last index applied (in memory for both backends; RocksDB also stores it).
     applied_index: AtomicU64,
+    /// Member addresses set through the log (for RocksDB, a copy of its `p` keys).
+    members: RwLock<BTreeMap<u64, MemberAddress>>,
+    member_listener: OnceLock<MemberListener>,
 }
 
 impl std::fmt::Debug for KvState {
@@ -76,6 +108,7 @@ fn rocks_error(error: rocksdb::Error) -> StateMachineError {
     StateMachineError(format!("state database: {error}"))
 }
 
+/// The RocksDB key of a user key.
 fn data_key(key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(key.len() + 1);
     out.push(DATA_PREFIX);
@@ -89,6 +122,8 @@ impl KvState {
         KvState {
             backend: Backend::Memory(RwLock::new(BTreeMap::new())),
             applied_index: AtomicU64::new(0),
+            members: RwLock::new(BTreeMap::new()),
+            member_listener: OnceLock::new(),
         }
     }
 
@@ -97,22 +132,47 @@ impl KvState {
         let mut options = Options::default();
         options.create_if_missing(true);
         let db = DB::open(&options, path).map_err(rocks_error)?;
-        let applied = match db.get(APPLIED_INDEX_KEY).map_err(rocks_error)? {
-            None => 0,
-            Some(bytes) => {
-                let array: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
-                    StateMachineError(format!(
-                        "applied index has {} bytes, expected 8",
-                        bytes.len()
-                    ))
-                })?;
-                u64::from_be_bytes(array)
-            }
-        };
+        let applied = decode_applied_index(db.get(APPLIED_INDEX_KEY).map_err(rocks_error)?)?;
+        let mut members = BTreeMap::new();
+        let start = [MEMBER_PREFIX];
+        for item in db.iterator(IteratorMode::From(&start, Direction::Forward)) {
+            let (key, value) = item.map_err(rocks_error)?;
+            let Some(id) = member_id(&key) else { break };
+            members.insert(id, decode_member(id, &value)?);
+        }
         Ok(KvState {
             backend: Backend::Rocks(db),
             applied_index: AtomicU64::new(applied),
+            members: RwLock::new(members),
+            member_listener: OnceLock::new(),
         })
+    }
+
+    /// Sets the listener told of member addresses from now on (once; later calls are
+    /// ignored). The addresses already held are in [`KvState::member_addresses`].
+    pub fn set_member_listener(&self, listener: MemberListener) {
+        let _ = self.member_listener.set(listener);
+    }
+
+    /// Every member address set through the log, by member ID.
+    pub fn member_addresses(&self) -> BTreeMap<u64, MemberAddress> {
+        self.members.read().expect("members lock").clone()
+    }
+
+    /// Records member addresses a batch or a snapshot stored, and tells the listener.
+    fn members_changed(&self, changes: Vec<(u64, MemberAddress)>) {
+        if changes.is_empty() {
+            return;
+        }
+        self.members
+            .write()
+            .expect("members lock")
+            .extend(changes.iter().cloned());
+        if let Some(listener) = self.member_listener.get() {
+            for (id, address) in &changes {
+                listener(*id, address);
+            }
+        }
     }
 
     /// The last log index whose effect the map holds.
@@ -158,28 +218,236 @@ impl KvState {
             "apply went backwards: {last_index} after {}",
             self.applied_index()
         );
+        let mut member_changes = Vec::new();
         let answers = match &self.backend {
             Backend::Memory(map) => {
                 let mut map = map.write().expect("map lock");
                 batch
                     .commands
                     .into_iter()
-                    .map(|(index, bytes)| apply_in_memory(&mut map, index.0, &bytes).encode())
+                    .map(|(index, bytes)| {
+                        apply_in_memory(&mut map, &mut member_changes, index.0, &bytes).encode()
+                    })
                     .collect()
             }
-            Backend::Rocks(db) => RocksBatch::new(db).apply(batch)?,
+            Backend::Rocks(db) => {
+                let mut rocks = RocksBatch::new(db);
+                let answers = rocks.apply(batch)?;
+                member_changes = rocks.member_changes;
+                answers
+            }
         };
         self.applied_index.store(last_index, Ordering::Release);
+        self.members_changed(member_changes);
         Ok(answers)
+    }
+
+    /// Encodes the applied state as a snapshot (see [`crate::snapshot`]) and hands it to
+    /// `send` in pieces of about `piece_bytes`; `send` answers false when the reader went
+    /// away. Returns the applied index the snapshot holds. Blocks (it reads the whole state):
+    /// run it on a blocking thread, never concurrently with `apply_batch`.
+    pub fn write_snapshot(
+        &self,
+        piece_bytes: usize,
+        mut send: impl FnMut(Vec<u8>) -> bool,
+    ) -> Result<u64, StateMachineError> {
+        let mut emit = |encoder: &mut SnapshotEncoder| {
+            if encoder.buffered_bytes() >= piece_bytes && !send(encoder.take()) {
+                return Err(StateMachineError("the snapshot reader went away".into()));
+            }
+            Ok(())
+        };
+        let (applied, encoder) = match &self.backend {
+            Backend::Memory(map) => {
+                let map = map.read().expect("map lock");
+                let members = self.members.read().expect("members lock");
+                let applied = self.applied_index();
+                let mut encoder = SnapshotEncoder::new(applied);
+                let mut key = Vec::new();
+                for (user_key, value) in map.iter() {
+                    key.clear();
+                    key.push(DATA_PREFIX);
+                    key.extend_from_slice(user_key);
+                    encoder.record(&key, value).map_err(format_error)?;
+                    emit(&mut encoder)?;
+                }
+                for (id, address) in members.iter() {
+                    let value = serde_json::to_vec(address).expect("an address encodes");
+                    encoder
+                        .record(&member_key(*id), &value)
+                        .map_err(format_error)?;
+                    emit(&mut encoder)?;
+                }
+                (applied, encoder)
+            }
+            Backend::Rocks(db) => {
+                let view = db.snapshot();
+                let applied =
+                    decode_applied_index(view.get(APPLIED_INDEX_KEY).map_err(rocks_error)?)?;
+                let mut encoder = SnapshotEncoder::new(applied);
+                for item in view.iterator(IteratorMode::Start) {
+                    let (key, value) = item.map_err(rocks_error)?;
+                    if key.as_ref() == APPLIED_INDEX_KEY {
+                        continue;
+                    }
+                    encoder.record(&key, &value).map_err(format_error)?;
+                    emit(&mut encoder)?;
+                }
+                (applied, encoder)
+            }
+        };
+        if !send(encoder.finish()) {
+            return Err(StateMachineError("the snapshot reader went away".into()));
+        }
+        Ok(applied)
+    }
+
+    /// Replaces the whole state with the snapshot in `data`, which must hold the state at
+    /// `last_index` (its header says so). Returns the records installed. See the module docs
+    /// for the order of writes.
+    pub async fn install_snapshot(
+        &self,
+        last_index: u64,
+        data: &mut SnapshotReader,
+    ) -> Result<u64, StateMachineError> {
+        let mut decoder = SnapshotDecoder::default();
+        let mut members = BTreeMap::new();
+        match &self.backend {
+            Backend::Memory(map) => {
+                let mut fresh = BTreeMap::new();
+                while let Some(chunk) = data.next_chunk().await? {
+                    for (key, value) in decoder.feed(&chunk).map_err(format_error)? {
+                        check_snapshot_index(&decoder, last_index)?;
+                        match member_id(&key) {
+                            Some(id) => {
+                                members.insert(id, decode_member(id, &value)?);
+                            }
+                            None => {
+                                fresh.insert(key.slice(1..), value);
+                            }
+                        }
+                    }
+                }
+                decoder.finish().map_err(format_error)?;
+                check_snapshot_index(&decoder, last_index)?;
+                *map.write().expect("map lock") = fresh;
+            }
+            Backend::Rocks(db) => {
+                install_into_rocks(db, &mut decoder, &mut members, last_index, data).await?;
+            }
+        }
+        self.applied_index.store(last_index, Ordering::Release);
+        *self.members.write().expect("members lock") = BTreeMap::new();
+        self.members_changed(members.into_iter().collect());
+        Ok(decoder.records())
     }
 }
 
-fn apply_in_memory(map: &mut BTreeMap<Bytes, Bytes>, index: u64, bytes: &[u8]) -> Answer {
+fn format_error(error: SnapshotFormatError) -> StateMachineError {
+    StateMachineError(error.to_string())
+}
+
+/// Reads the applied index value (absent: 0).
+fn decode_applied_index(bytes: Option<Vec<u8>>) -> Result<u64, StateMachineError> {
+    let Some(bytes) = bytes else {
+        return Ok(0);
+    };
+    let array: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
+        StateMachineError(format!(
+            "applied index has {} bytes, expected 8",
+            bytes.len()
+        ))
+    })?;
+    Ok(u64::from_be_bytes(array))
+}
+
+fn decode_member(id: u64, value: &[u8]) -> Result<MemberAddress, StateMachineError> {
+    serde_json::from_slice(value)
+        .map_err(|e| StateMachineError(format!("member {id}'s stored address: {e}")))
+}
+
+/// Once the header is read: it must name the index the snapshot is installed at.
+fn check_snapshot_index(
+    decoder: &SnapshotDecoder,
+    last_index: u64,
+) -> Result<(), StateMachineError> {
+    match decoder.applied_index() {
+        Some(index) if index != last_index => Err(StateMachineError(format!(
+            "the snapshot's data holds the state at {index}, but it is installed as the state \
+             at {last_index}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The RocksDB half of [`KvState::install_snapshot`]: clear once the header checks out, one
+/// batch per chunk, the applied index with the last batch.
+async fn install_into_rocks(
+    db: &DB,
+    decoder: &mut SnapshotDecoder,
+    members: &mut BTreeMap<u64, MemberAddress>,
+    last_index: u64,
+    data: &mut SnapshotReader,
+) -> Result<(), StateMachineError> {
+    let write = |batch: WriteBatch| {
+        let mut options = WriteOptions::default();
+        // As for applies: a crash before the applied index lands means a new install.
+        options.set_sync(false);
+        db.write_opt(batch, &options).map_err(rocks_error)
+    };
+    let mut cleared = false;
+    let mut pending: Option<WriteBatch> = None;
+    while let Some(chunk) = data.next_chunk().await? {
+        let records = decoder.feed(&chunk).map_err(format_error)?;
+        check_snapshot_index(decoder, last_index)?;
+        if !cleared && decoder.applied_index().is_some() {
+            let mut clear = WriteBatch::default();
+            clear.delete(APPLIED_INDEX_KEY);
+            clear.delete_range([DATA_PREFIX], [DATA_PREFIX + 1]);
+            clear.delete_range([MEMBER_PREFIX], [MEMBER_PREFIX + 1]);
+            write(clear)?;
+            cleared = true;
+        }
+        if records.is_empty() {
+            continue;
+        }
+        if let Some(batch) = pending.take() {
+            write(batch)?;
+        }
+        let mut batch = WriteBatch::default();
+        for (key, value) in records {
+            if let Some(id) = member_id(&key) {
+                members.insert(id, decode_member(id, &value)?);
+            }
+            batch.put(&key, &value);
+        }
+        pending = Some(batch);
+    }
+    decoder.finish().map_err(format_error)?;
+    assert!(cleared, "a finished snapshot has a header");
+    let mut last = pending.unwrap_or_default();
+    last.put(APPLIED_INDEX_KEY, last_index.to_be_bytes());
+    write(last)
+}
+
+fn apply_in_memory(
+    map: &mut BTreeMap<Bytes, Bytes>,
+    member_changes: &mut Vec<(u64, MemberAddress)>,
+    index: u64,
+    bytes: &[u8],
+) -> Answer {
     let command = match Command::decode(bytes) {
         Ok(command) => command,
         Err(error) => return Answer::Invalid(error.to_string()),
     };
     match command {
+        Command::SetMemberAddress { id, address } => match check_member(id) {
+            Ok(()) => {
+                member_changes.push((id, address));
+                Answer::MemberAddressSet { index }
+            }
+            Err(answer) => answer,
+        },
         Command::Put { key, value } => {
             map.insert(key, value);
             Answer::Written { index }
@@ -246,6 +514,16 @@ struct RocksBatch<'a> {
     write: WriteBatch,
     /// Keys written in `write`, with their new value (`None`: deleted).
     overlay: HashMap<Bytes, Option<Bytes>>,
+    /// Member addresses the batch set.
+    member_changes: Vec<(u64, MemberAddress)>,
+}
+
+/// Refuses member 0 (it means "no node"), identically on every node.
+fn check_member(id: u64) -> Result<(), Answer> {
+    if id == 0 {
+        return Err(Answer::Invalid("member ID 0 is reserved".into()));
+    }
+    Ok(())
 }
 
 impl<'a> RocksBatch<'a> {
@@ -254,10 +532,11 @@ impl<'a> RocksBatch<'a> {
             db,
             write: WriteBatch::default(),
             overlay: HashMap::new(),
+            member_changes: Vec::new(),
         }
     }
 
-    fn apply(mut self, batch: ApplyBatch) -> Result<Vec<Bytes>, StateMachineError> {
+    fn apply(&mut self, batch: ApplyBatch) -> Result<Vec<Bytes>, StateMachineError> {
         let mut answers = Vec::with_capacity(batch.commands.len());
         let mut previous_index = LogIndex(0);
         for (index, bytes) in batch.commands {
@@ -298,6 +577,15 @@ impl<'a> RocksBatch<'a> {
         command: Command,
     ) -> Result<Answer, StateMachineError> {
         Ok(match command {
+            Command::SetMemberAddress { id, address } => match check_member(id) {
+                Ok(()) => {
+                    let value = serde_json::to_vec(&address).expect("an address encodes");
+                    self.write.put(member_key(id), value);
+                    self.member_changes.push((id, address));
+                    Answer::MemberAddressSet { index }
+                }
+                Err(answer) => answer,
+            },
             Command::Put { key, value } => {
                 self.set(key, Some(value));
                 Answer::Written { index }
@@ -417,6 +705,49 @@ impl StateMachine for KvStateMachine {
 
     async fn applied_index(&mut self) -> Result<LogIndex, StateMachineError> {
         Ok(LogIndex(self.state.applied_index()))
+    }
+
+    async fn build_snapshot(&mut self, out: &mut SnapshotWriter) -> Result<(), StateMachineError> {
+        let started = Instant::now();
+        let expected = self.state.applied_index();
+        let (sender, mut pieces) = tokio::sync::mpsc::channel::<Vec<u8>>(SNAPSHOT_PIECES_QUEUED);
+        let state = self.state.clone();
+        // The state is read on a blocking thread; this task passes the pieces on. If writing
+        // fails, dropping `pieces` stops the reader.
+        let reader = tokio::task::spawn_blocking(move || {
+            state.write_snapshot(SNAPSHOT_PIECE_BYTES, |piece| {
+                sender.blocking_send(piece).is_ok()
+            })
+        });
+        while let Some(piece) = pieces.recv().await {
+            out.write(&piece).await?;
+        }
+        let applied = reader
+            .await
+            .map_err(|e| StateMachineError(format!("the snapshot reader failed: {e}")))??;
+        assert_eq!(
+            applied, expected,
+            "the state changed while a snapshot was built"
+        );
+        self.metrics
+            .record_snapshot_built(out.written_bytes(), started.elapsed());
+        Ok(())
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: &mut SnapshotReader,
+    ) -> Result<(), StateMachineError> {
+        let records = self.state.install_snapshot(meta.last_index.0, data).await?;
+        tracing::info!(
+            index = meta.last_index.0,
+            records,
+            bytes = meta.data_bytes,
+            "installed a key-value snapshot"
+        );
+        self.metrics.record_snapshot_installed(meta.data_bytes);
+        Ok(())
     }
 }
 
@@ -562,6 +893,158 @@ mod tests {
         assert_eq!(reopened.scan(b"", 10, 2).unwrap().entries.len(), 1);
         drop(reopened);
         std::fs::remove_dir_all(&folder).unwrap();
+    }
+
+    fn temp_folder(name: &str) -> std::path::PathBuf {
+        let folder = std::env::temp_dir().join(format!("kv-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&folder);
+        folder
+    }
+
+    /// Fills a state with many keys (over several snapshot pieces) and one member address.
+    fn fill(state: &KvState, first_index: u64) -> u64 {
+        let mut commands: Vec<(LogIndex, Bytes)> = (0..3000u64)
+            .map(|i| {
+                command(
+                    first_index + i,
+                    Command::Put {
+                        key: bytes(&format!("key/{i:05}")),
+                        value: Bytes::from(vec![b'v'; 40]),
+                    },
+                )
+            })
+            .collect();
+        let last = first_index + commands.len() as u64;
+        let address = MemberAddress {
+            peer_address: "127.0.0.1:7004".parse().unwrap(),
+            client_address: Some("127.0.0.1:8004".parse().unwrap()),
+        };
+        commands.push(command(last, Command::SetMemberAddress { id: 4, address }));
+        state
+            .apply_batch(ApplyBatch {
+                commands,
+                last_index: LogIndex(last),
+            })
+            .unwrap();
+        last
+    }
+
+    /// Builds a snapshot of `state` the way the state machine does, as bytes.
+    fn snapshot_of(state: &KvState) -> Bytes {
+        let mut all = Vec::new();
+        let mut pieces = 0;
+        state
+            .write_snapshot(SNAPSHOT_PIECE_BYTES, |piece| {
+                assert!(piece.len() < 2 * SNAPSHOT_PIECE_BYTES, "a piece is bounded");
+                pieces += 1;
+                all.extend_from_slice(&piece);
+                true
+            })
+            .unwrap();
+        assert!(pieces > 1, "a 150 KB state goes out in several pieces");
+        Bytes::from(all)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A snapshot from either backend installs into either backend and replaces the whole
+    /// state: old keys go, the new keys, the member addresses and the applied index arrive,
+    /// and the listener hears of the members. RocksDB keeps it all across a reopen.
+    #[test]
+    fn snapshots_move_between_backends() {
+        let folder = temp_folder("snapshot-backends");
+        let sources = [
+            KvState::in_memory(),
+            KvState::open_rocksdb(&folder.join("source")).unwrap(),
+        ];
+        for (n, source) in sources.iter().enumerate() {
+            let last = fill(source, 1);
+            let data = snapshot_of(source);
+            let target_path = folder.join(format!("target-{n}"));
+            let targets = [
+                KvState::in_memory(),
+                KvState::open_rocksdb(&target_path).unwrap(),
+            ];
+            for target in &targets {
+                exercise(target); // keys a/1 (and an applied index of 10) to be replaced
+                let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+                let log = heard.clone();
+                target.set_member_listener(Box::new(move |id, _| log.lock().unwrap().push(id)));
+                let mut reader = SnapshotReader::from_bytes(data.clone(), 4096);
+                let records = runtime()
+                    .block_on(target.install_snapshot(last, &mut reader))
+                    .unwrap();
+                assert_eq!(records, 3001);
+                assert_eq!(target.applied_index(), last);
+                assert_eq!(target.get(b"a/1").unwrap(), None, "old keys are gone");
+                assert_eq!(
+                    target.scan(b"key/", 5000, 1 << 30).unwrap().entries.len(),
+                    3000
+                );
+                assert_eq!(*heard.lock().unwrap(), [4]);
+                assert_eq!(snapshot_of(target), data, "the same state, byte for byte");
+            }
+            drop(targets);
+            let reopened = KvState::open_rocksdb(&target_path).unwrap();
+            assert_eq!(reopened.applied_index(), last);
+            assert_eq!(reopened.member_addresses().len(), 1);
+            assert_eq!(
+                reopened.get(b"key/00042").unwrap().map(|v| v.len()),
+                Some(40)
+            );
+        }
+        drop(sources);
+        std::fs::remove_dir_all(&folder).unwrap();
+    }
+
+    /// Garbage, a snapshot cut short, or one whose header names another index is refused
+    /// with a StateMachineError, never a panic.
+    #[test]
+    fn bad_snapshots_are_refused() {
+        let source = KvState::in_memory();
+        let last = fill(&source, 1);
+        let good = snapshot_of(&source);
+        let folder = temp_folder("snapshot-refused");
+        let rocks = KvState::open_rocksdb(&folder).unwrap();
+        let cases: Vec<(Bytes, u64, &str)> = vec![
+            (
+                Bytes::from_static(b"garbage, not a snapshot"),
+                last,
+                "magic",
+            ),
+            (good.slice(..good.len() - 3), last, "end marker"),
+            (good.clone(), last + 1, "installed as the state"),
+        ];
+        for target in [&KvState::in_memory(), &rocks] {
+            for (data, index, says) in &cases {
+                let mut reader = SnapshotReader::from_bytes(data.clone(), 1000);
+                let error = runtime()
+                    .block_on(target.install_snapshot(*index, &mut reader))
+                    .unwrap_err();
+                assert!(error.0.contains(says), "{error} should say {says:?}");
+            }
+        }
+        drop(rocks);
+        std::fs::remove_dir_all(&folder).unwrap();
+    }
+
+    /// The state machine streams its snapshot through a blocking reader into the writer.
+    #[test]
+    fn the_state_machine_builds_through_a_writer() {
+        let state = Arc::new(KvState::in_memory());
+        fill(&state, 1);
+        let mut machine = KvStateMachine::new(state.clone(), Arc::new(Metrics::default()));
+        let mut out = SnapshotWriter::in_memory();
+        runtime()
+            .block_on(machine.build_snapshot(&mut out))
+            .unwrap();
+        let (data, _) = out.into_bytes().unwrap();
+        assert_eq!(data, snapshot_of(&state));
     }
 
     /// A scan stops at the byte budget, but always returns at least one pair.
