@@ -11,7 +11,14 @@
 //! data_dir = "/var/lib/kv/1"
 //! storage = "rocksdb"
 //! transport = "tcp"
+//! snapshot_interval_entries = 100000
 //! ```
+//!
+//! A node that joins a running cluster starts with `join = true` (`--join`): its
+//! `initial_cluster` then only says where the running members are (and where this node
+//! listens), no voter is taken from it, and the node waits, without campaigning, until an
+//! existing member adds it (`POST /v1/members`, `kvctl member add`), like etcd's
+//! `--initial-cluster-state existing`.
 
 use clap::{Args, ValueEnum};
 use raft_core::NodeId;
@@ -126,7 +133,23 @@ pub struct NodeConfig {
     /// A peer that restarted is reached again only once its old connection times out (the
     /// new process does not know it), so this bounds how long a restarted node stays cut off.
     pub quic_idle_timeout_ms: u64,
+    /// Take a snapshot and compact the log once this many entries were applied since the
+    /// last one (0: only when asked, `POST /v1/snapshot`).
+    pub snapshot_interval_entries: u64,
+    /// Entries kept in the log below a snapshot, so a follower that is only a little behind
+    /// catches up from the log rather than a whole snapshot.
+    pub snapshot_tail_entries: u64,
+    /// Largest snapshot chunk sent to a follower in one message, in bytes (at most
+    /// [`SNAPSHOT_CHUNK_BYTES_LIMIT`]).
+    pub snapshot_chunk_bytes_max: usize,
+    /// Join a running cluster: start with no voters and wait to be added (see the module
+    /// docs). `initial_cluster` lists the running members' peer addresses.
+    pub join: bool,
 }
+
+/// The largest `snapshot_chunk_bytes_max`: a chunk travels in one transport frame, which both
+/// transports cap at 16 MiB by default; half of it leaves room for the message around it.
+pub const SNAPSHOT_CHUNK_BYTES_LIMIT: usize = 8 << 20;
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -159,6 +182,10 @@ impl Default for NodeConfig {
             lease_reads: false,
             worker_threads: 0,
             quic_idle_timeout_ms: 10_000,
+            snapshot_interval_entries: 100_000,
+            snapshot_tail_entries: 10_000,
+            snapshot_chunk_bytes_max: 1 << 20,
+            join: false,
         }
     }
 }
@@ -318,8 +345,20 @@ impl NodeConfig {
         if members.is_empty() {
             return Err("--initial-cluster is required (1=HOST:PORT,2=HOST:PORT,...)".into());
         }
-        if !members.iter().any(|m| m.id == self.id) {
-            return Err(format!("node {} is not in --initial-cluster", self.id));
+        let listed = members.iter().any(|m| m.id == self.id);
+        if !listed && !(self.join && self.peer_address.is_some()) {
+            return Err(format!(
+                "node {} is not in --initial-cluster (a node that joins may give \
+                 --peer-address instead)",
+                self.id
+            ));
+        }
+        if self.join && members.iter().all(|m| m.id == self.id) {
+            return Err(
+                "--join needs the running cluster's members in --initial-cluster, to reach \
+                 them"
+                    .into(),
+            );
         }
         self.peer_listen_address()?;
         self.client_listen_address()?;
@@ -352,6 +391,23 @@ impl NodeConfig {
                 self.quic_idle_timeout_ms
             ));
         }
+        if self.snapshot_chunk_bytes_max == 0
+            || self.snapshot_chunk_bytes_max > SNAPSHOT_CHUNK_BYTES_LIMIT
+        {
+            return Err(format!(
+                "snapshot_chunk_bytes_max ({}) must be between 1 and {SNAPSHOT_CHUNK_BYTES_LIMIT} \
+                 (one transport frame)",
+                self.snapshot_chunk_bytes_max
+            ));
+        }
+        let record_bytes = self.key_bytes_max.saturating_add(self.value_bytes_max);
+        if record_bytes > crate::snapshot::RECORD_BYTES_MAX {
+            return Err(format!(
+                "key_bytes_max + value_bytes_max ({record_bytes}) must be at most {} (the \
+                 largest snapshot record)",
+                crate::snapshot::RECORD_BYTES_MAX
+            ));
+        }
         if self.leader_wait_ms < self.tick_ms {
             return Err(format!(
                 "leader_wait_ms ({}) must be at least one tick ({} ms)",
@@ -363,9 +419,13 @@ impl NodeConfig {
 
     /// The protocol's configuration for this node.
     pub fn raft_config(&self) -> raft_core::Config {
-        let voters = parse_members(&self.initial_cluster)
-            .map(|members| members.keys().copied().collect())
-            .unwrap_or_default();
+        let voters = match self.join {
+            // A joining node learns the membership from the leader once added.
+            true => Vec::new(),
+            false => parse_members(&self.initial_cluster)
+                .map(|members| members.keys().copied().collect())
+                .unwrap_or_default(),
+        };
         let mut config = raft_core::Config::new(NodeId(self.id), voters);
         config.election_timeout_ticks_min = self.election_timeout_ticks_min;
         config.election_timeout_ticks_max = self.election_timeout_ticks_max;
@@ -374,6 +434,9 @@ impl NodeConfig {
         config.lease_reads = self.lease_reads;
         config.proposal_wait_ticks =
             u32::try_from((self.leader_wait_ms / self.tick_ms.max(1)).max(1)).unwrap_or(u32::MAX);
+        config.snapshot_interval_entries = self.snapshot_interval_entries;
+        config.snapshot_tail_entries = self.snapshot_tail_entries;
+        config.snapshot_chunk_bytes_max = self.snapshot_chunk_bytes_max;
         config
     }
 }
@@ -469,6 +532,21 @@ pub struct NodeFlags {
     /// QUIC: drop a silent connection after this many ms (default 10000).
     #[arg(long)]
     pub quic_idle_timeout_ms: Option<u64>,
+    /// Snapshot and compact the log every N applied entries (default 100000; 0: only when
+    /// asked, POST /v1/snapshot).
+    #[arg(long)]
+    pub snapshot_interval_entries: Option<u64>,
+    /// Entries kept in the log below a snapshot for followers a little behind (default 10000).
+    #[arg(long)]
+    pub snapshot_tail_entries: Option<u64>,
+    /// Largest snapshot chunk sent to a follower, in bytes (default 1 MiB, at most 8 MiB).
+    #[arg(long)]
+    pub snapshot_chunk_bytes_max: Option<usize>,
+    /// Join a running cluster: --initial-cluster lists its members' peer addresses (and this
+    /// node's), none is taken as a voter, and the node waits until a member adds it
+    /// (`kvctl member add`).
+    #[arg(long)]
+    pub join: bool,
 }
 
 macro_rules! override_fields {
@@ -491,10 +569,14 @@ impl NodeFlags {
                 cluster_id, tick_ms, election_timeout_ticks_min, election_timeout_ticks_max,
                 heartbeat_interval_ticks, leader_wait_ms, request_timeout_ms, key_bytes_max,
                 value_bytes_max, scan_limit_max, scan_bytes_max, http_connections_max,
-                proposal_queue_max, worker_threads, quic_idle_timeout_ms],
+                proposal_queue_max, worker_threads, quic_idle_timeout_ms,
+                snapshot_interval_entries, snapshot_tail_entries, snapshot_chunk_bytes_max],
             optional: [client_address, peer_address, tls_dir, tls_ca, tls_cert, tls_key]);
         if flags.lease_reads {
             config.lease_reads = true;
+        }
+        if flags.join {
+            config.join = true;
         }
         config.validate()?;
         Ok(config)
@@ -551,6 +633,23 @@ mod tests {
                 Box::new(|c| c.election_timeout_ticks_min = 2),
                 "election_timeout_ticks_min",
             ),
+            (
+                Box::new(|c| c.snapshot_chunk_bytes_max = 9 << 20),
+                "snapshot_chunk_bytes_max",
+            ),
+            (
+                Box::new(|c| c.value_bytes_max = 64 << 20),
+                "largest snapshot record",
+            ),
+            (
+                Box::new(|c| {
+                    c.join = true;
+                    c.initial_cluster = "2=127.0.0.1:7002".into();
+                    c.client_addresses = String::new();
+                    c.client_address = Some("127.0.0.1:8002".parse().unwrap());
+                }),
+                "running cluster's members",
+            ),
         ];
         for (change, expected) in cases {
             let mut config = three();
@@ -561,6 +660,25 @@ mod tests {
                 "{error:?} should name {expected:?}"
             );
         }
+    }
+
+    /// A joining node takes no voters from the list, may give its own address apart, and
+    /// carries the snapshot policy into the protocol's configuration.
+    #[test]
+    fn join_starts_without_voters() {
+        let mut config = three();
+        config.id = 4;
+        config.join = true;
+        config.peer_address = Some("127.0.0.1:7004".parse().unwrap());
+        config.client_address = Some("127.0.0.1:8004".parse().unwrap());
+        config.snapshot_interval_entries = 50;
+        config.validate().unwrap();
+        let raft = config.raft_config();
+        assert!(raft.voters.is_empty());
+        assert_eq!(raft.snapshot_interval_entries, 50);
+        config.join = false;
+        let error = config.validate().unwrap_err();
+        assert!(error.contains("not in --initial-cluster"), "{error}");
     }
 
     /// The TOML file is read with the same names, unknown keys are refused, and flags win.

@@ -55,6 +55,10 @@ enum Commands {
         /// Node IDs, comma separated.
         #[arg(long, value_delimiter = ',', required = true)]
         nodes: Vec<u64>,
+        /// Issue certificates for nodes joining a running cluster with the CA already in the
+        /// folder (its ca.key.pem), instead of making a new CA.
+        #[arg(long)]
+        add: bool,
     },
 }
 
@@ -68,7 +72,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Commands::Certs { dir, nodes }) => certs(dir, nodes),
+        Some(Commands::Certs { dir, nodes, add }) => certs(dir, nodes, add),
         Some(Commands::Demo {
             nodes,
             storage,
@@ -121,11 +125,23 @@ fn runtime_with(worker_threads: usize) -> Result<tokio::runtime::Runtime, String
         .map_err(|e| format!("starting the async runtime: {e}"))
 }
 
-fn certs(dir: PathBuf, nodes: Vec<u64>) -> Result<(), String> {
+fn certs(dir: PathBuf, nodes: Vec<u64>, add: bool) -> Result<(), String> {
     if nodes.contains(&0) {
         return Err("node ID 0 is reserved".into());
     }
     let ids: Vec<NodeId> = nodes.iter().copied().map(NodeId).collect();
+    if add {
+        for id in ids {
+            raft_transport_quic::generate_node_certificate(&dir, id).map_err(|e| e.to_string())?;
+        }
+        println!(
+            "wrote node-<id>.pem / node-<id>.key.pem for nodes {nodes:?} in {}, signed by its \
+             ca.pem\nstart each node with --tls-dir {} --join",
+            dir.display(),
+            dir.display()
+        );
+        return Ok(());
+    }
     raft_transport_quic::generate_cluster_certificates(&dir, &ids).map_err(|e| e.to_string())?;
     println!(
         "wrote ca.pem, ca.key.pem (keep it secret) and node-<id>.pem / node-<id>.key.pem for \
