@@ -8,7 +8,10 @@
 //! | `DELETE /v1/kv/{key}` | 200 `{"index": N, "deleted": bool}` |
 //! | `POST /v1/kv/{key}/cas` with `{"expected": "old" or null, "new": "value"}` | 200 `{"swapped": true, ...}` or 409 `{"swapped": false, "current": ...}` |
 //! | `GET /v1/kv?prefix=P&limit=N&consistency=...` | 200 `{"entries": [{"key", "value"}], "more": bool}` |
-//! | `GET /v1/status`, `GET /v1/members` | JSON |
+//! | `GET /v1/status` | JSON: role, term, indexes, membership, snapshot, per-follower progress |
+//! | `GET /v1/members`, `POST /v1/members`, `POST /v1/members/{id}/promote`, `DELETE /v1/members/{id}` | membership (see [`admin`]) |
+//! | `POST /v1/leader/transfer` with `{"to": N}` | 200 `{"leader": N}` (see [`admin`]) |
+//! | `POST /v1/snapshot` | this node takes a snapshot: 200 `{"index", "term", "bytes"}` |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /healthz`, `GET /readyz` | 200 or 503 with JSON |
 //!
@@ -26,8 +29,11 @@
 //! where the leader answers from its lease; a 400 elsewhere), `log` (the read is a command in
 //! the log) or `stale` (this node's copy).
 
+pub mod admin;
+
 use crate::command::{Answer, Command};
-use crate::config::{Member, StorageKind, TransportKind};
+use crate::config::{StorageKind, TransportKind};
+use crate::members::AddressBook;
 use crate::metrics::{Failure, Metrics, Operation};
 use crate::state::KvState;
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
@@ -59,6 +65,8 @@ pub struct Limits {
     pub scan_bytes_max: u32,
     /// How long a request waits for its command to apply.
     pub request_timeout: Duration,
+    /// How long an admin request waits for a leader to be known.
+    pub leader_wait: Duration,
     /// Whether the node serves `consistency=lease` (its leader reads from a lease).
     pub lease_reads: bool,
 }
@@ -109,8 +117,10 @@ pub struct AppContext {
     pub metrics: Arc<Metrics>,
     /// Input limits and the request timeout.
     pub limits: Limits,
-    /// The configured members.
-    pub members: Vec<Member>,
+    /// Where every member is reached.
+    pub address_book: Arc<AddressBook>,
+    /// The HTTP client that forwards admin requests to the leader.
+    pub http: reqwest::Client,
     /// This node.
     pub node: NodeInfo,
     /// Readiness, kept by the node's status watcher.
@@ -137,7 +147,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    /// An error with this status, code (the `error` field) and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -147,12 +158,20 @@ impl ApiError {
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    /// A 400 `bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
-    fn applied(mut self, applied: &'static str) -> ApiError {
+    /// Says whether the request took effect: `"no"` or `"unknown"`.
+    pub fn applied(mut self, applied: &'static str) -> ApiError {
         self.applied = Some(applied);
+        self
+    }
+
+    /// Adds the fields of `extra` (a JSON object) to the body.
+    pub fn with_fields(mut self, extra: Value) -> ApiError {
+        self.extra = Some(extra);
         self
     }
 
@@ -277,7 +296,7 @@ pub fn router(context: Arc<AppContext>) -> Router {
         .route("/v1/kv/{key}/cas", post(cas_key).layer(cas_body))
         .route("/v1/kv", get(scan))
         .route("/v1/status", get(status))
-        .route("/v1/members", get(members))
+        .merge(admin::routes())
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -290,7 +309,8 @@ async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "no_such_endpoint",
-        "no such endpoint; see /v1/kv/{key}, /v1/kv?prefix=, /v1/status, /v1/members, /metrics",
+        "no such endpoint; see /v1/kv/{key}, /v1/kv?prefix=, /v1/status, /v1/members, \
+         /v1/leader/transfer, /v1/snapshot, /metrics",
     )
 }
 
@@ -414,7 +434,7 @@ impl AppContext {
 }
 
 /// Maps a Raft failure to an HTTP answer. `write` tells whether an unknown outcome matters.
-fn node_error(error: NodeError, write: bool) -> ApiError {
+pub fn node_error(error: NodeError, write: bool) -> ApiError {
     let unavailable =
         |code, message: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message);
     match error {
@@ -719,6 +739,10 @@ pub fn status_json(context: &AppContext) -> Value {
                 "pipelined": peer.pipelined,
                 "inflight_messages": peer.inflight_messages,
                 "inflight_bytes": peer.inflight_bytes,
+                "learner": peer.learner,
+                "snapshot_sent": peer.snapshot_sent.map(|(acknowledged, total)| {
+                    json!({"acknowledged_bytes": acknowledged, "total_bytes": total})
+                }),
             })
         })
         .collect();
@@ -738,6 +762,13 @@ pub fn status_json(context: &AppContext) -> Value {
         "last_index": status.last_index.0,
         "persisted_index": status.persisted_index.0,
         "voters": status.voters.iter().map(|id| id.0).collect::<Vec<_>>(),
+        "membership": admin::membership_json(&status.membership),
+        "membership_index": status.membership_index.0,
+        "first_index": status.first_index.0,
+        "snapshot": status.snapshot.map(|(index, bytes)| json!({"index": index.0, "bytes": bytes})),
+        "snapshot_receiving": status.snapshot_receiving.map(|(received, total)| {
+            json!({"received_bytes": received, "total_bytes": total})
+        }),
         "progress": progress,
         "ready": context.readiness.is_ready(),
         "storage": context.node.storage.to_string(),
@@ -750,10 +781,6 @@ pub fn status_json(context: &AppContext) -> Value {
 
 async fn status(State(context): Context) -> Json<Value> {
     Json(status_json(&context))
-}
-
-async fn members(State(context): Context) -> Json<Value> {
-    Json(json!({"members": context.members}))
 }
 
 async fn metrics(State(context): Context) -> Response {

@@ -346,7 +346,8 @@ impl NodeConfig {
             return Err("--initial-cluster is required (1=HOST:PORT,2=HOST:PORT,...)".into());
         }
         let listed = members.iter().any(|m| m.id == self.id);
-        if !listed && !(self.join && self.peer_address.is_some()) {
+        let joins_with_own_address = self.join && self.peer_address.is_some();
+        if !(listed || joins_with_own_address) {
             return Err(format!(
                 "node {} is not in --initial-cluster (a node that joins may give \
                  --peer-address instead)",

@@ -18,7 +18,8 @@
 //! | [`command`] | the commands in the log (put, delete, compare-and-swap, get, scan) and their encoding |
 //! | [`state`] | the map, in memory or in RocksDB with the applied index written in the same batch; building and installing snapshots |
 //! | [`snapshot`] | the snapshot format: length-prefixed records, checked on install |
-//! | [`api`] | the HTTP/JSON API and its errors |
+//! | [`api`] | the HTTP/JSON API and its errors; [`api::admin`]: membership, leadership transfer, snapshots |
+//! | [`members`] | where each member is reached, and the transport's peers kept in step with membership |
 //! | [`node`] | composing storage, transport, Raft and HTTP into a running node, and its shutdown |
 //! | [`config`] | flags and TOML settings, with every limit named |
 //! | [`metrics`] | Prometheus counters and histograms |
@@ -43,6 +44,7 @@ pub mod client;
 pub mod command;
 pub mod config;
 pub mod local_cluster;
+pub mod members;
 pub mod metrics;
 pub mod node;
 pub mod snapshot;

@@ -9,6 +9,7 @@
 
 use crate::api::{self, AppContext, Limits, NodeInfo, Readiness};
 use crate::config::{NodeConfig, StorageKind, TransportKind};
+use crate::members::{AddressBook, PeerTransport};
 use crate::metrics::Metrics;
 use crate::state::{KvState, KvStateMachine};
 use raft_core::runtime::{RaftNode, RuntimeOptions};
@@ -77,17 +78,15 @@ fn open_state(config: &NodeConfig) -> Result<Arc<KvState>, String> {
     }))
 }
 
-/// Binds the transport the configuration names, with every peer's address.
-async fn bind_transport(config: &NodeConfig) -> Result<Arc<dyn Network>, String> {
+/// Binds the transport the configuration names, with `peers`; also returns it as itself, so
+/// peers can be added and removed at run time.
+async fn bind_transport(
+    config: &NodeConfig,
+    peers: std::collections::HashMap<NodeId, SocketAddr>,
+) -> Result<(Arc<dyn Network>, PeerTransport), String> {
     let cluster = ClusterId(config.cluster_id);
     let node = NodeId(config.id);
     let listen = config.peer_listen_address()?;
-    let peers: std::collections::HashMap<NodeId, SocketAddr> = config
-        .members()?
-        .into_iter()
-        .filter(|m| m.id != config.id)
-        .map(|m| (NodeId(m.id), m.peer_address))
-        .collect();
     let tls = config.tls_paths()?;
     Ok(match config.transport {
         TransportKind::Tcp => {
@@ -101,7 +100,8 @@ async fn bind_transport(config: &NodeConfig) -> Result<Arc<dyn Network>, String>
             let transport = raft_transport_tcp::TcpTransport::bind(tcp)
                 .await
                 .map_err(|e| format!("binding the TCP transport on {listen}: {e}"))?;
-            Arc::new(transport)
+            let transport = Arc::new(transport);
+            (transport.clone(), PeerTransport::Tcp(transport))
         }
         TransportKind::Quic => {
             let paths = tls.ok_or("QUIC needs TLS files")?;
@@ -118,7 +118,8 @@ async fn bind_transport(config: &NodeConfig) -> Result<Arc<dyn Network>, String>
             let transport = raft_transport_quic::QuicTransport::bind(quic)
                 .await
                 .map_err(|e| format!("binding the QUIC transport on {listen}: {e}"))?;
-            Arc::new(transport)
+            let transport = Arc::new(transport);
+            (transport.clone(), PeerTransport::Quic(transport))
         }
     })
 }
@@ -143,7 +144,16 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
     let metrics = Arc::new(Metrics::default());
     let (store, rocks_store) = open_log_store(&config)?;
     let state = open_state(&config)?;
-    let network = bind_transport(&config).await?;
+    // Members added at run time are in the state; the transport knows them from the start.
+    let address_book = Arc::new(AddressBook::new(
+        config.id,
+        &config.members()?,
+        state.member_addresses(),
+    ));
+    let (network, peer_transport) = bind_transport(&config, address_book.peers()).await?;
+    address_book.attach(peer_transport);
+    let book = address_book.clone();
+    state.set_member_listener(Box::new(move |id, address| book.set(id, address)));
     let mut raft_config = config.raft_config();
     raft_config.seed = seed();
     let options = RuntimeOptions {
@@ -160,7 +170,13 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
         raft.clone(),
         readiness.clone(),
         metrics.clone(),
+        address_book.clone(),
     ));
+    let http = reqwest::Client::builder()
+        .timeout(config.request_timeout() + Duration::from_secs(1))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| format!("building the HTTP client for forwarding: {e}"))?;
     let context = Arc::new(AppContext {
         raft: raft.clone(),
         state,
@@ -171,9 +187,11 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
             scan_limit_max: config.scan_limit_max,
             scan_bytes_max: config.scan_bytes_max,
             request_timeout: config.request_timeout(),
+            leader_wait: Duration::from_millis(config.leader_wait_ms),
             lease_reads: config.lease_reads,
         },
-        members: config.members()?,
+        address_book,
+        http,
         node: NodeInfo {
             id: config.id,
             storage: config.storage,
@@ -263,18 +281,43 @@ pub async fn termination_signal() {
     }
 }
 
-/// Keeps readiness and the leader-change counter up to date from the node's status.
-async fn watch_status(raft: RaftNode, readiness: Arc<Readiness>, metrics: Arc<Metrics>) {
+/// Keeps readiness and the leader-change counter up to date from the node's status, and
+/// drops members from the transport once the membership in force removes them.
+async fn watch_status(
+    raft: RaftNode,
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+    address_book: Arc<AddressBook>,
+) {
     let mut status = raft.watch_status();
     let mut leader = None;
     // The commit index seen when a leader was first known after start.
     let mut catch_up_target = None;
+    let mut removed_seen = 0;
     loop {
-        // Only three fields are needed: no clone of the whole status on every commit.
-        let (current_leader, commit_index, applied_index) = {
+        // A few fields are needed: no clone of the whole status on every commit.
+        let (current_leader, commit_index, applied_index, removed) = {
             let current = status.borrow_and_update();
-            (current.leader, current.commit_index, current.applied_index)
+            // Only a committed membership: an uncommitted one may still be cut from the log.
+            // Committed removals are final (IDs are never reused), so the set only grows and
+            // its size tells news.
+            let committed = current.commit_index >= current.membership_index;
+            let removed = current.membership.removed.len();
+            let removed =
+                (committed && removed != removed_seen).then(|| current.membership.removed.clone());
+            (
+                current.leader,
+                current.commit_index,
+                current.applied_index,
+                removed,
+            )
         };
+        if let Some(removed) = removed {
+            removed_seen = removed.len();
+            for id in removed {
+                address_book.forget(id.0);
+            }
+        }
         if current_leader != leader {
             if leader.is_some() || current_leader.is_some() {
                 metrics.record_leader_change();

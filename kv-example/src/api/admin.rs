@@ -1,0 +1,533 @@
+//! The admin API: membership, leadership transfer and snapshots.
+//!
+//! | method and path | answer |
+//! | --- | --- |
+//! | `GET /v1/members` | 200: the membership this node has in force (see [`membership_json`]) |
+//! | `POST /v1/members` with `{"id": N, "peer_address": "host:port", "client_address": "host:port"}` | 200: the membership, with N a learner |
+//! | `POST /v1/members/{id}/promote` | 200: the membership, with the learner a voter |
+//! | `DELETE /v1/members/{id}` | 200: the membership without it |
+//! | `POST /v1/leader/transfer` with `{"to": N}` | 200 `{"leader": N}` once N leads |
+//! | `POST /v1/snapshot` | 200 `{"index", "term", "bytes"}`: *this* node's snapshot (never forwarded: each node compacts its own log) |
+//!
+//! Membership changes and transfers are carried out by the leader. Any other node forwards
+//! the request to the leader's HTTP address and returns its answer as it is; when it knows no
+//! leader within `leader_wait_ms` it answers 503 `no_leader`, and when the leader cannot be
+//! reached (or its address is unknown, or the request was already forwarded once) 503
+//! `not_leader` naming the leader in `"leader"`. Both say `"applied": "no"`, so a client
+//! tries another node.
+//!
+//! Adding a member takes its peer address (`peer_address`, or `addr`) unless the cluster
+//! already knows it, and optionally its HTTP address. The leader first commits the addresses
+//! through the log, so every member adds the new node to its transport (see
+//! [`crate::members`]), then adds the learner. Start the new node with `kvnode --join` first
+//! or after: the leader retries until it answers. Promote the learner once it has caught up
+//! (its `lag` in the leader's `/v1/status`), and one change at a time: each request returns
+//! once its change is committed (after the joint configuration when voters change).
+//!
+//! Refusals are 4xx with the protocol's reason as the message: an unknown member is 404
+//! `unknown_member`; a second change while one is in progress, removing the last voter, adding
+//! a member twice or reusing a removed ID is 409; an ID of 0 or a bad body is 400. A change
+//! that does not complete within `request_timeout_ms` is 503 `timeout` with
+//! `"applied": "unknown"`: it may still complete (see `GET /v1/members`).
+
+use super::{node_error, ApiError, AppContext, Context};
+use crate::command::{Answer, Command};
+use crate::snapshot::MemberAddress;
+use axum::body::Body;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use raft_core::protocol::{Status, TransferError};
+use raft_core::runtime::NodeError;
+use raft_core::{Membership, MembershipChange, MembershipError, NodeId};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The header a node sets on a request it forwards, with its ID: the leader that receives it
+/// never forwards it again (no loops while leadership moves).
+pub const FORWARDED_HEADER: &str = "x-kv-forwarded-by";
+
+/// The admin routes, merged into [`super::router`].
+pub fn routes() -> Router<Arc<AppContext>> {
+    Router::new()
+        .route("/v1/members", get(list_members).post(add_member))
+        .route("/v1/members/{id}", axum::routing::delete(remove_member))
+        .route("/v1/members/{id}/promote", post(promote_member))
+        .route("/v1/leader/transfer", post(transfer_leader))
+        .route("/v1/snapshot", post(snapshot))
+}
+
+fn ids(set: &BTreeSet<NodeId>) -> Vec<u64> {
+    set.iter().map(|id| id.0).collect()
+}
+
+/// A membership as JSON: `voters` (in a joint configuration, the incoming ones), `outgoing`
+/// (the voters being replaced; empty unless joint), `joint`, `learners`, `removed`.
+pub fn membership_json(membership: &Membership) -> Value {
+    json!({
+        "voters": ids(&membership.voters),
+        "outgoing": ids(&membership.outgoing),
+        "joint": membership.is_joint(),
+        "learners": ids(&membership.learners),
+        "removed": ids(&membership.removed),
+    })
+}
+
+/// The answer of `GET /v1/members` and of every change: the membership in force here, the
+/// index that set it and whether it is committed, the leader, and each member's role and
+/// addresses (`members`).
+pub fn members_json(context: &AppContext, status: &Status) -> Value {
+    let membership = &status.membership;
+    let members: Vec<Value> = membership
+        .members()
+        .into_iter()
+        .map(|id| {
+            let role = if membership.voters.contains(&id) {
+                "voter"
+            } else if membership.outgoing.contains(&id) {
+                "outgoing"
+            } else {
+                "learner"
+            };
+            let address = context.address_book.get(id.0);
+            json!({
+                "id": id.0,
+                "role": role,
+                "peer_address": address.as_ref().map(|a| a.peer_address.to_string()),
+                "client_address": address
+                    .and_then(|a| a.client_address)
+                    .map(|a| a.to_string()),
+            })
+        })
+        .collect();
+    let mut body = membership_json(membership);
+    body["leader"] = json!(status.leader.map(|id| id.0));
+    body["membership_index"] = json!(status.membership_index.0);
+    body["committed"] = json!(status.commit_index >= status.membership_index);
+    body["members"] = json!(members);
+    body
+}
+
+async fn list_members(State(context): Context) -> Json<Value> {
+    Json(members_json(&context, &context.raft.status()))
+}
+
+/// The body of `POST /v1/members`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddMemberBody {
+    id: u64,
+    #[serde(default, alias = "addr")]
+    peer_address: Option<SocketAddr>,
+    #[serde(default)]
+    client_address: Option<SocketAddr>,
+}
+
+/// The body of `POST /v1/leader/transfer`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferBody {
+    to: u64,
+}
+
+/// A request as received, kept whole so it can be forwarded unchanged.
+struct Received {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8], shape: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body must be JSON {shape}: {e}")))
+}
+
+fn parse_id(id: Result<Path<u64>, PathRejection>) -> Result<u64, ApiError> {
+    let Path(id) = id.map_err(|e| {
+        ApiError::bad_request(format!("the member ID must be a number: {}", e.body_text()))
+    })?;
+    Ok(id)
+}
+
+fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| ApiError::bad_request(format!("reading the body failed: {}", e.body_text())))
+}
+
+fn not_leader(leader: Option<u64>, why: &str) -> ApiError {
+    let message = match leader {
+        Some(leader) => format!("this node does not lead; the leader is {leader}: {why}"),
+        None => format!("this node does not lead and knows no leader: {why}"),
+    };
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", message)
+        .applied("no")
+        .with_fields(json!({"leader": leader}))
+}
+
+impl AppContext {
+    /// The leader, waiting up to `leader_wait` for one to be known.
+    async fn wait_for_leader(&self) -> Result<u64, ApiError> {
+        let mut status = self.raft.watch_status();
+        let known = tokio::time::timeout(
+            self.limits.leader_wait,
+            status.wait_for(|s| s.leader.is_some()),
+        )
+        .await;
+        match known {
+            Ok(Ok(status)) => Ok(status.leader.expect("waited for a leader").0),
+            Ok(Err(_)) => Err(node_error(
+                NodeError::Stopped(self.raft.stopped_reason().unwrap_or_default()),
+                false,
+            )),
+            Err(_) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_leader",
+                format!(
+                    "no leader was known within leader_wait_ms ({} ms); nothing was changed; \
+                     retry",
+                    self.limits.leader_wait.as_millis()
+                ),
+            )
+            .applied("no")),
+        }
+    }
+
+    /// `None` when this node leads (carry the request out here); otherwise the leader's
+    /// answer to the forwarded request.
+    async fn forward_unless_leader(
+        &self,
+        request: &Received,
+    ) -> Result<Option<Response>, ApiError> {
+        let leader = self.wait_for_leader().await?;
+        if leader == self.node.id {
+            return Ok(None);
+        }
+        if request.headers.contains_key(FORWARDED_HEADER) {
+            return Err(not_leader(
+                Some(leader),
+                "the request was forwarded already",
+            ));
+        }
+        let Some(address) = self.address_book.get(leader).and_then(|a| a.client_address) else {
+            return Err(not_leader(
+                Some(leader),
+                "its HTTP address is unknown here; ask it directly",
+            ));
+        };
+        let path = request
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let url = format!("http://{address}{path}");
+        let mut forwarded = self
+            .http
+            .request(request.method.clone(), &url)
+            .header(FORWARDED_HEADER, self.node.id.to_string())
+            .body(request.body.clone());
+        if let Some(kind) = request.headers.get(header::CONTENT_TYPE) {
+            forwarded = forwarded.header(header::CONTENT_TYPE, kind);
+        }
+        let response = match forwarded.send().await {
+            Ok(response) => response,
+            Err(error) if error.is_connect() => {
+                return Err(not_leader(
+                    Some(leader),
+                    &format!("forwarding to {url} failed: {error}"),
+                ))
+            }
+            Err(error) => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "forward_failed",
+                    format!("forwarding to the leader {leader} at {url} failed: {error}"),
+                )
+                .applied("unknown"))
+            }
+        };
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|error| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "forward_failed",
+                format!("reading the leader's answer from {url} failed: {error}"),
+            )
+            .applied("unknown")
+        })?;
+        let mut answer = Response::new(Body::from(bytes));
+        *answer.status_mut() = status;
+        answer.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+        Ok(Some(answer))
+    }
+
+    /// Carries out a membership change here (the leader) within the request timeout.
+    async fn change_membership(&self, change: MembershipChange) -> Result<Response, ApiError> {
+        let request = self.raft.change_membership(change);
+        match tokio::time::timeout(self.limits.request_timeout, request).await {
+            Ok(Ok(_)) => Ok(Json(members_json(self, &self.raft.status())).into_response()),
+            Ok(Err(NodeError::Membership(error))) => Err(membership_error(error)),
+            Ok(Err(error)) => Err(node_error(error, true)),
+            Err(_) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!(
+                    "the membership change was not committed within request_timeout_ms ({} ms); \
+                     it may still be: see GET /v1/members",
+                    self.limits.request_timeout.as_millis()
+                ),
+            )
+            .applied("unknown")),
+        }
+    }
+
+    /// Commits member `id`'s addresses through the log, so every node can reach it.
+    async fn register_address(&self, id: u64, address: MemberAddress) -> Result<(), ApiError> {
+        let command = Command::SetMemberAddress { id, address };
+        let proposal = self.raft.propose(command.encode());
+        let answer = match tokio::time::timeout(self.limits.request_timeout, proposal).await {
+            Ok(Ok(bytes)) => Answer::decode(&bytes).map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "bad_answer",
+                    e.to_string(),
+                )
+            })?,
+            Ok(Err(error)) => return Err(node_error(error, true)),
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "timeout",
+                    "the member's address was not committed within request_timeout_ms; the \
+                     member was not added",
+                )
+                .applied("unknown"))
+            }
+        };
+        match answer {
+            Answer::MemberAddressSet { .. } => Ok(()),
+            other => Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "unexpected_answer",
+                format!("the state machine answered {other:?}"),
+            )),
+        }
+    }
+}
+
+/// A refused membership change as an HTTP answer, with the protocol's reason.
+fn membership_error(error: MembershipError) -> ApiError {
+    let message = error.to_string();
+    let (status, code) = match &error {
+        MembershipError::NotLeader(leader) => {
+            return not_leader(leader.map(|id| id.0), "leadership moved; retry")
+        }
+        MembershipError::UnknownNode(_) => (StatusCode::NOT_FOUND, "unknown_member"),
+        MembershipError::ChangeInProgress => (StatusCode::CONFLICT, "change_in_progress"),
+        MembershipError::TransferInProgress => (StatusCode::CONFLICT, "transfer_in_progress"),
+        MembershipError::AlreadyMember(_) => (StatusCode::CONFLICT, "already_member"),
+        MembershipError::AlreadyVoter(_) => (StatusCode::CONFLICT, "already_voter"),
+        MembershipError::IdRemoved(_) => (StatusCode::CONFLICT, "id_removed"),
+        MembershipError::NoVotersLeft => (StatusCode::CONFLICT, "no_voters_left"),
+        MembershipError::InvalidId(_) => (StatusCode::BAD_REQUEST, "invalid_id"),
+        MembershipError::Empty | MembershipError::Duplicate(_) => {
+            (StatusCode::BAD_REQUEST, "bad_request")
+        }
+    };
+    ApiError::new(status, code, message).applied("no")
+}
+
+/// A failed transfer as an HTTP answer.
+fn transfer_error(error: NodeError) -> ApiError {
+    let NodeError::Transfer(error) = error else {
+        return node_error(error, false);
+    };
+    let message = error.to_string();
+    match error {
+        TransferError::NotLeader { leader } => {
+            not_leader(leader.map(|id| id.0), "leadership moved; retry")
+        }
+        TransferError::NotAVoter(_) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "not_a_voter", message)
+        }
+        TransferError::InProgress(_) => {
+            ApiError::new(StatusCode::CONFLICT, "transfer_in_progress", message)
+        }
+        TransferError::TimedOut(_) | TransferError::OtherLeader { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "transfer_failed", message)
+        }
+    }
+}
+
+async fn add_member(
+    State(context): Context,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = read_body(body)?;
+    let shape = r#"{"id": N, "peer_address": "host:port", "client_address": "host:port"}"#;
+    let request: AddMemberBody = parse_body(&body, shape)?;
+    let received = Received {
+        method,
+        uri,
+        headers,
+        body,
+    };
+    if let Some(answer) = context.forward_unless_leader(&received).await? {
+        return Ok(answer);
+    }
+    let change = MembershipChange::add_learner(NodeId(request.id));
+    // Refuse early what the protocol would, before writing the address.
+    context
+        .raft
+        .status()
+        .membership
+        .apply(&change)
+        .map_err(membership_error)?;
+    let known = context.address_book.get(request.id);
+    let address = match (request.peer_address, known) {
+        (Some(peer_address), known) => Some(MemberAddress {
+            peer_address,
+            client_address: request
+                .client_address
+                .or(known.and_then(|k| k.client_address)),
+        }),
+        (None, Some(_)) if request.client_address.is_none() => None,
+        (None, Some(known)) => Some(MemberAddress {
+            peer_address: known.peer_address,
+            client_address: request.client_address,
+        }),
+        (None, None) => {
+            return Err(ApiError::bad_request(format!(
+                "peer_address is required: the cluster does not know where node {} listens",
+                request.id
+            )))
+        }
+    };
+    if let Some(address) = address {
+        context.register_address(request.id, address).await?;
+    }
+    context.change_membership(change).await
+}
+
+async fn promote_member(
+    State(context): Context,
+    id: Result<Path<u64>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = parse_id(id)?;
+    let received = Received {
+        method,
+        uri,
+        headers,
+        body: Bytes::new(),
+    };
+    if let Some(answer) = context.forward_unless_leader(&received).await? {
+        return Ok(answer);
+    }
+    context
+        .change_membership(MembershipChange::promote(NodeId(id)))
+        .await
+}
+
+async fn remove_member(
+    State(context): Context,
+    id: Result<Path<u64>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = parse_id(id)?;
+    let received = Received {
+        method,
+        uri,
+        headers,
+        body: Bytes::new(),
+    };
+    if let Some(answer) = context.forward_unless_leader(&received).await? {
+        return Ok(answer);
+    }
+    context
+        .change_membership(MembershipChange::remove(NodeId(id)))
+        .await
+}
+
+async fn transfer_leader(
+    State(context): Context,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = read_body(body)?;
+    let request: TransferBody = parse_body(&body, r#"{"to": N}"#)?;
+    if request.to == 0 {
+        return Err(ApiError::bad_request(
+            "node 0 is not a node; give the ID of a voter",
+        ));
+    }
+    let received = Received {
+        method,
+        uri,
+        headers,
+        body,
+    };
+    if let Some(answer) = context.forward_unless_leader(&received).await? {
+        return Ok(answer);
+    }
+    let transfer = context.raft.transfer_leadership(NodeId(request.to));
+    match tokio::time::timeout(context.limits.request_timeout, transfer).await {
+        Ok(Ok(())) => Ok(Json(json!({"leader": request.to})).into_response()),
+        Ok(Err(error)) => Err(transfer_error(error)),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the transfer did not finish within request_timeout_ms; see GET /v1/status",
+        )
+        .applied("unknown")),
+    }
+}
+
+async fn snapshot(State(context): Context) -> Result<Response, ApiError> {
+    if context.raft.status().applied_index.0 == 0 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "nothing_applied",
+            "this node has applied nothing yet, so there is nothing to snapshot",
+        ));
+    }
+    let request = context.raft.snapshot();
+    match tokio::time::timeout(context.limits.request_timeout, request).await {
+        Ok(Ok(meta)) => Ok(Json(json!({
+            "node": context.node.id,
+            "index": meta.last_index.0,
+            "term": meta.last_term.0,
+            "bytes": meta.data_bytes,
+        }))
+        .into_response()),
+        Ok(Err(NodeError::Snapshot(why))) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "snapshot_failed",
+            format!("no snapshot taken: {why}"),
+        )),
+        Ok(Err(error)) => Err(node_error(error, false)),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the snapshot was not finished within request_timeout_ms; it may still finish",
+        )),
+    }
+}
