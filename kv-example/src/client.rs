@@ -236,23 +236,138 @@ impl KvClient {
 
     /// Every endpoint's `/v1/status`, in endpoint order (no fail-over: each is asked).
     pub async fn status_all(&self) -> Vec<(String, Result<Value, String>)> {
+        self.ask_each(Method::GET, "/v1/status").await
+    }
+
+    /// Sends the same request to every endpoint in turn (no fail-over) and returns each JSON
+    /// answer; a non-2xx answer is an error with its message.
+    async fn ask_each(&self, method: Method, path: &str) -> Vec<(String, Result<Value, String>)> {
         let mut out = Vec::new();
         for endpoint in &self.endpoints {
             let result = async {
                 let response = self
                     .http
-                    .get(format!("{endpoint}/v1/status"))
+                    .request(method.clone(), format!("{endpoint}{path}"))
                     .send()
                     .await
                     .map_err(|e| e.to_string())?;
+                let status = response.status();
                 let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-                Ok(parse_json(&bytes))
+                if status.is_success() {
+                    Ok(parse_json(&bytes))
+                } else {
+                    Err(server_error(status, &bytes).to_string())
+                }
             }
             .await;
             out.push((endpoint.clone(), result));
         }
         out
     }
+
+    /// The membership (`GET /v1/members`): voters, learners, joint, removed, the leader, and
+    /// each member's addresses.
+    pub async fn members(&self) -> Result<Value, ClientError> {
+        self.send_ok(Method::GET, "/v1/members", None).await
+    }
+
+    /// Adds node `id` as a learner, telling the cluster where it listens for peers (required
+    /// unless the cluster knows) and serves HTTP. Returns the new membership.
+    pub async fn add_member(
+        &self,
+        id: u64,
+        peer_address: Option<&str>,
+        client_address: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut body = serde_json::json!({"id": id});
+        if let Some(address) = peer_address {
+            body["peer_address"] = address.into();
+        }
+        if let Some(address) = client_address {
+            body["client_address"] = address.into();
+        }
+        self.send_ok(Method::POST, "/v1/members", Some(Body::Json(body)))
+            .await
+    }
+
+    /// Promotes the learner `id` to voter. Returns the new membership.
+    pub async fn promote_member(&self, id: u64) -> Result<Value, ClientError> {
+        let path = format!("/v1/members/{id}/promote");
+        self.send_ok(Method::POST, &path, None).await
+    }
+
+    /// Removes member `id`. Returns the new membership.
+    pub async fn remove_member(&self, id: u64) -> Result<Value, ClientError> {
+        let path = format!("/v1/members/{id}");
+        self.send_ok(Method::DELETE, &path, None).await
+    }
+
+    /// Hands leadership to the voter `to`; returns once it leads.
+    pub async fn transfer_leader(&self, to: u64) -> Result<Value, ClientError> {
+        let body = serde_json::json!({"to": to});
+        self.send_ok(Method::POST, "/v1/leader/transfer", Some(Body::Json(body)))
+            .await
+    }
+
+    /// Has the first endpoint that answers take a snapshot of its own state (`index`, `term`,
+    /// `bytes`, `node`).
+    pub async fn snapshot(&self) -> Result<Value, ClientError> {
+        self.send_ok(Method::POST, "/v1/snapshot", None).await
+    }
+
+    /// Has every endpoint take a snapshot, in endpoint order.
+    pub async fn snapshot_all(&self) -> Vec<(String, Result<Value, String>)> {
+        self.ask_each(Method::POST, "/v1/snapshot").await
+    }
+}
+
+/// A membership answer (`GET /v1/members` or a change) as text: one line per member with its
+/// role and addresses, then the voters, learners and removed members.
+pub fn members_text(members: &Value) -> String {
+    let list = |name: &str| {
+        members[name]
+            .as_array()
+            .map(|ids| {
+                ids.iter()
+                    .map(Value::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
+    let mut rows = vec![["ID", "ROLE", "PEER", "HTTP"].map(String::from).to_vec()];
+    for member in members["members"].as_array().into_iter().flatten() {
+        let text = |name: &str| member[name].as_str().unwrap_or("-").to_string();
+        let mut role = text("role");
+        if member["id"] == members["leader"] {
+            role.push_str(" (leader)");
+        }
+        rows.push(vec![
+            member["id"].to_string(),
+            role,
+            text("peer_address"),
+            text("client_address"),
+        ]);
+    }
+    let mut out = format_table(&rows);
+    out.push_str(&format!(
+        "voters [{}]{} learners [{}] removed [{}]; set at index {}{}\n",
+        list("voters"),
+        if members["joint"] == true {
+            format!(" joint with outgoing [{}]", list("outgoing"))
+        } else {
+            String::new()
+        },
+        list("learners"),
+        list("removed"),
+        members["membership_index"],
+        if members["committed"] == true {
+            ""
+        } else {
+            " (not committed yet)"
+        },
+    ));
+    out
 }
 
 /// A request body.
@@ -274,44 +389,99 @@ fn server_error(status: StatusCode, bytes: &[u8]) -> ClientError {
     }
 }
 
-/// The cluster status as a text table, one row per endpoint.
+/// `part` of `total` bytes as a percentage.
+fn percent(part: &Value, total: &Value) -> String {
+    let (part, total) = (part.as_u64().unwrap_or(0), total.as_u64().unwrap_or(0));
+    format!("{}%", (part * 100).checked_div(total).unwrap_or(100))
+}
+
+/// A leader's follower progress: `n2:0` (entries behind), `n4(learner):3`, and for a
+/// follower receiving a snapshot `n3:snapshot 40%`.
+fn progress_cell(status: &Value) -> String {
+    let peers = status["progress"].as_array().into_iter().flatten();
+    peers
+        .map(|p| {
+            let learner = if p["learner"] == true {
+                "(learner)"
+            } else {
+                ""
+            };
+            let sent = &p["snapshot_sent"];
+            if sent.is_object() {
+                let done = percent(&sent["acknowledged_bytes"], &sent["total_bytes"]);
+                format!("n{}{learner}:snapshot {done}", p["id"])
+            } else {
+                format!("n{}{learner}:{}", p["id"], p["lag"])
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The latest snapshot (`index/bytes`, `-` for none), and one being received.
+fn snapshot_cell(status: &Value) -> String {
+    let snapshot = &status["snapshot"];
+    let mut cell = if snapshot.is_object() {
+        format!("{}/{}B", snapshot["index"], snapshot["bytes"])
+    } else {
+        "-".to_string()
+    };
+    let receiving = &status["snapshot_receiving"];
+    if receiving.is_object() {
+        let done = percent(&receiving["received_bytes"], &receiving["total_bytes"]);
+        cell.push_str(&format!(" (receiving {done})"));
+    }
+    cell
+}
+
+/// The cluster status as a text table, one row per endpoint, then the membership the first
+/// answering node has in force. `SNAPSHOT` is the latest snapshot's index and size; `LAG`
+/// (a leader's row) is each follower's distance, or its snapshot transfer's progress.
 pub fn status_table(statuses: &[(String, Result<Value, String>)]) -> String {
     let mut rows = vec![[
-        "ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST", "READY", "LAG",
+        "ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "FIRST", "LAST",
+        "SNAPSHOT", "READY", "LAG",
     ]
     .map(String::from)
     .to_vec()];
     for (endpoint, result) in statuses {
         let row = match result {
-            Ok(s) => {
-                let lag = s["progress"]
-                    .as_array()
-                    .map(|peers| {
-                        peers
-                            .iter()
-                            .map(|p| format!("n{}:{}", p["id"], p["lag"]))
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    })
-                    .unwrap_or_default();
-                vec![
-                    endpoint.clone(),
-                    s["id"].to_string(),
-                    s["role"].as_str().unwrap_or("?").to_string(),
-                    s["term"].to_string(),
-                    s["leader"].to_string(),
-                    s["commit_index"].to_string(),
-                    s["applied_index"].to_string(),
-                    s["last_index"].to_string(),
-                    s["ready"].to_string(),
-                    lag,
-                ]
-            }
+            Ok(s) => vec![
+                endpoint.clone(),
+                s["id"].to_string(),
+                s["role"].as_str().unwrap_or("?").to_string(),
+                s["term"].to_string(),
+                s["leader"].to_string(),
+                s["commit_index"].to_string(),
+                s["applied_index"].to_string(),
+                s["first_index"].to_string(),
+                s["last_index"].to_string(),
+                snapshot_cell(s),
+                s["ready"].to_string(),
+                progress_cell(s),
+            ],
             Err(error) => vec![endpoint.clone(), format!("unreachable: {error}")],
         };
         rows.push(row);
     }
-    format_table(&rows)
+    let mut out = format_table(&rows);
+    let first = statuses.iter().find_map(|(_, s)| s.as_ref().ok());
+    if let Some(membership) = first.map(|s| &s["membership"]).filter(|m| m.is_object()) {
+        let list = |name: &str| {
+            let ids = membership[name].as_array().into_iter().flatten();
+            ids.map(Value::to_string).collect::<Vec<_>>().join(",")
+        };
+        out.push_str(&format!("membership: voters [{}]", list("voters")));
+        if membership["joint"] == true {
+            out.push_str(&format!(" joint with outgoing [{}]", list("outgoing")));
+        }
+        out.push_str(&format!(
+            " learners [{}] removed [{}]\n",
+            list("learners"),
+            list("removed")
+        ));
+    }
+    out
 }
 
 /// Left-aligned columns separated by two spaces.

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use kv_example::bench::{self, BenchResult, Workload};
-use kv_example::client::{status_table, ClientError, KvClient};
+use kv_example::client::{members_text, status_table, ClientError, KvClient};
 use kv_example::config::{StorageKind, TransportKind};
 use kv_example::local_cluster::{fresh_temp_dir, ClusterSpec, LocalCluster};
 use std::io::Read;
@@ -80,8 +80,56 @@ enum Commands {
     },
     /// A table of every endpoint's status.
     Status,
+    /// Cluster membership: list, add (a node started with `kvnode --join`), promote, remove.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Leadership: hand it to another voter.
+    #[command(subcommand)]
+    Leader(LeaderCommand),
+    /// Have a node take a snapshot of its state and compact its log.
+    Snapshot {
+        /// Every endpoint, each its own snapshot (default: the first that answers).
+        #[arg(long)]
+        all: bool,
+    },
     /// Run a load and report throughput and latency.
     Bench(BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    /// The members, their roles and addresses.
+    List,
+    /// Add node ID as a learner (start it with `kvnode --join` before or after).
+    Add {
+        /// The new node's ID (never used before in this cluster).
+        id: u64,
+        /// Where it listens for peers (host:port); required unless the cluster knows.
+        #[arg(long)]
+        peer_address: Option<String>,
+        /// Where it serves HTTP (host:port), so followers can forward to it when it leads.
+        #[arg(long)]
+        client_address: Option<String>,
+    },
+    /// Make the learner ID a voter (once it has caught up: see `kvctl status`).
+    Promote {
+        /// The learner's ID.
+        id: u64,
+    },
+    /// Remove member ID from the cluster.
+    Remove {
+        /// The member's ID.
+        id: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum LeaderCommand {
+    /// Hand leadership to the voter ID and wait until it leads.
+    Transfer {
+        /// The voter's ID.
+        id: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -244,6 +292,48 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let statuses = client()?.status_all().await;
             print!("{}", status_table(&statuses));
             if statuses.iter().all(|(_, s)| s.is_err()) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Commands::Member(command) => {
+            let client = client()?;
+            let members = match command {
+                MemberCommand::List => client.members().await,
+                MemberCommand::Add {
+                    id,
+                    peer_address,
+                    client_address,
+                } => {
+                    let (peer, http) = (peer_address.as_deref(), client_address.as_deref());
+                    client.add_member(id, peer, http).await
+                }
+                MemberCommand::Promote { id } => client.promote_member(id).await,
+                MemberCommand::Remove { id } => client.remove_member(id).await,
+            };
+            print!("{}", members_text(&members.map_err(show)?));
+        }
+        Commands::Leader(LeaderCommand::Transfer { id }) => {
+            client()?.transfer_leader(id).await.map_err(show)?;
+            println!("node {id} leads");
+        }
+        Commands::Snapshot { all } => {
+            let answers = match all {
+                true => client()?.snapshot_all().await,
+                false => {
+                    let answer = client()?.snapshot().await.map_err(show)?;
+                    vec![(String::new(), Ok(answer))]
+                }
+            };
+            for (endpoint, answer) in &answers {
+                match answer {
+                    Ok(meta) => println!(
+                        "node {}: snapshot at index {} (term {}, {} bytes)",
+                        meta["node"], meta["index"], meta["term"], meta["bytes"]
+                    ),
+                    Err(error) => eprintln!("{endpoint}: {error}"),
+                }
+            }
+            if answers.iter().any(|(_, a)| a.is_err()) {
                 return Ok(ExitCode::FAILURE);
             }
         }
