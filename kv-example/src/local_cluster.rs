@@ -7,6 +7,14 @@
 //! with SIGTERM. Each child's log goes to `<data dir>/node-<id>.log`. Unless the flags say
 //! otherwise, each child gets `--worker-threads` = cores / members (at least 1), since the
 //! members share the machine's cores.
+//!
+//! [`LocalCluster::add_member`] prepares a node that joins later (`--join`, with a
+//! certificate from the cluster's CA for QUIC); the caller starts it and adds it through the
+//! admin API. Every member's `--initial-cluster` lists every member the cluster has prepared,
+//! so a restarted original member also knows where joined members listen. Its voters from
+//! that list matter only for a node whose storage holds no membership: a memory node that
+//! restarts after the voters changed should be restarted as joining
+//! ([`LocalCluster::set_joining`]).
 
 use crate::config::{StorageKind, TransportKind};
 use std::fs::OpenOptions;
@@ -47,6 +55,8 @@ pub struct LocalMember {
     pub client_address: SocketAddr,
     /// Flags that replace the spec's `extra_args` for this member, when set.
     extra_args: Option<Vec<String>>,
+    /// Started with `--join`: it waits to be added to the running cluster.
+    joining: bool,
     child: Option<Child>,
 }
 
@@ -128,6 +138,7 @@ impl LocalCluster {
                 peer_address: SocketAddr::from(([127, 0, 0, 1], peer_ports[i])),
                 client_address: SocketAddr::from(([127, 0, 0, 1], client_ports[i])),
                 extra_args: None,
+                joining: false,
                 child: None,
             })
             .collect();
@@ -193,6 +204,9 @@ impl LocalCluster {
             args.push("--tls-dir".into());
             args.push(self.spec.data_dir.join("tls").display().to_string());
         }
+        if member.joining {
+            args.push("--join".into());
+        }
         let extra = member.extra_args.as_ref().unwrap_or(&self.spec.extra_args);
         if !extra.iter().any(|flag| flag == "--worker-threads") {
             // Nodes that share the machine's cores run better without more threads than
@@ -205,6 +219,35 @@ impl LocalCluster {
         }
         args.extend(extra.iter().cloned());
         args
+    }
+
+    /// Prepares a new member that joins the running cluster: free ports, a certificate
+    /// (QUIC), `--join` in its flags. Returns its ID (the next after the last member); start
+    /// it with [`LocalCluster::start_member`] and add it through the admin API.
+    pub fn add_member(&mut self) -> io::Result<u64> {
+        let id = self.members.len() as u64 + 1;
+        let quic = self.spec.transport == TransportKind::Quic;
+        let peer_port = free_ports(1, quic)?[0];
+        let client_port = free_ports(1, false)?[0];
+        if quic {
+            let folder = self.spec.data_dir.join("tls");
+            raft_transport_quic::generate_node_certificate(&folder, raft_core::NodeId(id))
+                .map_err(|e| io::Error::other(e.to_string()))?;
+        }
+        self.members.push(LocalMember {
+            id,
+            peer_address: SocketAddr::from(([127, 0, 0, 1], peer_port)),
+            client_address: SocketAddr::from(([127, 0, 0, 1], client_port)),
+            extra_args: None,
+            joining: true,
+            child: None,
+        });
+        Ok(id)
+    }
+
+    /// Whether member `id` starts with `--join` from its next start on.
+    pub fn set_joining(&mut self, id: u64, joining: bool) {
+        self.members[(id - 1) as usize].joining = joining;
     }
 
     /// Replaces the spec's `extra_args` for member `id` from its next start on.

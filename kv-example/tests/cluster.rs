@@ -257,3 +257,325 @@ async fn rocksdb_tcp_survives_leader_kill_and_restart() {
 async fn rocksdb_quic_survives_leader_kill_and_restart() {
     run(StorageKind::Rocksdb, TransportKind::Quic).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Membership changes and snapshots.
+
+/// The flags of the membership clusters: the usual ones, and a snapshot every 20 applied
+/// entries keeping 5 below it, so the leader's log is soon compacted past a lagging node.
+fn snapshot_spec(storage: StorageKind, transport: TransportKind) -> ClusterSpec {
+    let mut spec = spec(storage, transport);
+    spec.data_dir = fresh_temp_dir(&format!("kv-members-{storage}-{transport}")).unwrap();
+    spec.extra_args.extend(
+        [
+            "--snapshot-interval-entries",
+            "20",
+            "--snapshot-tail-entries",
+            "5",
+        ]
+        .into_iter()
+        .map(String::from),
+    );
+    spec
+}
+
+fn number(status: &Value, name: &str) -> u64 {
+    status[name].as_u64().unwrap_or(0)
+}
+
+/// The value of an unlabelled metric on node `id`.
+async fn metric(cluster: &LocalCluster, id: u64, name: &str) -> Result<u64, String> {
+    let text = reqwest::get(format!("{}/metrics", cluster.endpoint(id)))
+        .await
+        .map_err(|e| e.to_string())?
+        .text()
+        .await
+        .map_err(|e| e.to_string())?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .ok_or_else(|| format!("node {id}: no {name} in /metrics"))
+}
+
+/// Waits until node `id` has applied everything node `leader` had committed when asked.
+async fn catch_up(cluster: &LocalCluster, id: u64, leader: u64) -> Result<Value, String> {
+    let target = number(&status(&cluster.endpoint(leader)).await?, "commit_index");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(s) = status(&cluster.endpoint(id)).await {
+            if number(&s, "applied_index") >= target {
+                return Ok(s);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("node {id} did not apply {target} within 30 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Writes `count` keys `prefix/NNN` through `through`, in turn, and records them.
+async fn write_keys(
+    cluster: &LocalCluster,
+    through: &[u64],
+    prefix: &str,
+    count: usize,
+    acknowledged: &mut BTreeMap<String, String>,
+) -> Result<(), String> {
+    for i in 0..count {
+        let node = through[i % through.len()];
+        let (key, value) = (
+            format!("{prefix}/{i:03}"),
+            format!("{prefix}-{i}-via-{node}"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        put_acknowledged(&client(cluster.endpoint(node)), &key, &value, deadline).await?;
+        acknowledged.insert(key, value);
+    }
+    Ok(())
+}
+
+/// Node `id`'s own copy (stale reads) holds every acknowledged write.
+async fn check_copy(
+    cluster: &LocalCluster,
+    id: u64,
+    acknowledged: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let reader = client(cluster.endpoint(id));
+    for (key, value) in acknowledged {
+        let read = reader
+            .get(key, "stale")
+            .await
+            .map_err(|e| format!("stale read of {key} from node {id}: {e}"))?;
+        if read.as_deref() != Some(value.as_bytes()) {
+            return Err(format!("node {id}: {key} is {read:?}, expected {value}"));
+        }
+    }
+    Ok(())
+}
+
+fn ids(members: &Value, name: &str) -> Vec<u64> {
+    let list = members[name].as_array().into_iter().flatten();
+    list.filter_map(Value::as_u64).collect()
+}
+
+/// 1. A follower killed while the leader compacts restarts behind the compacted log and
+///    catches up by installing a snapshot: its status shows a snapshot and a first index past
+///    1, its metrics count the install, and its copy holds every write.
+async fn lagging_follower_installs_a_snapshot(
+    cluster: &mut LocalCluster,
+    acknowledged: &mut BTreeMap<String, String>,
+) -> Result<u64, String> {
+    let leader = leader(cluster, None).await?;
+    write_keys(cluster, &[1, 2, 3], "early", 10, acknowledged).await?;
+    let lagging = (1..=3).find(|id| *id != leader).expect("a follower");
+    let stopped_at = number(&catch_up(cluster, lagging, leader).await?, "applied_index");
+    cluster.kill(lagging).map_err(|e| e.to_string())?;
+    let survivors: Vec<u64> = (1..=3).filter(|id| *id != lagging).collect();
+    // More writes than the leader keeps in flight to one follower (256 appends): appends sent
+    // before the compaction wait in the leader's transport queue and reach the follower when it
+    // comes back, so the gap must be wider than those for the follower to need a snapshot.
+    write_keys(cluster, &survivors, "while-down", 300, acknowledged).await?;
+    let leader = leader_of(cluster, &survivors).await?;
+    let leader_status = status(&cluster.endpoint(leader)).await?;
+    if number(&leader_status, "first_index") <= stopped_at + 1 {
+        return Err(format!(
+            "the leader's log was not compacted past {stopped_at}: {leader_status}"
+        ));
+    }
+    cluster.start_member(lagging).map_err(|e| e.to_string())?;
+    let caught_up = catch_up(cluster, lagging, leader).await?;
+    let snapshot_index = caught_up["snapshot"]["index"].as_u64().unwrap_or(0);
+    if snapshot_index <= stopped_at || number(&caught_up, "first_index") <= 1 {
+        return Err(format!(
+            "node {lagging} caught up without a snapshot past {stopped_at}: {caught_up}"
+        ));
+    }
+    if metric(cluster, lagging, "kv_snapshots_installed_total").await? == 0 {
+        return Err(format!(
+            "node {lagging} (stopped at {stopped_at}) installed no snapshot: {caught_up}; the \
+             leader {leader} was {leader_status}"
+        ));
+    }
+    check_copy(cluster, lagging, acknowledged).await?;
+    tracing_free_log(&format!(
+        "node {lagging} stopped at {stopped_at}, installed a snapshot at {snapshot_index}"
+    ));
+    Ok(leader)
+}
+
+/// The leader among `candidates`, as one of them reports it.
+async fn leader_of(cluster: &LocalCluster, candidates: &[u64]) -> Result<u64, String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        for id in candidates {
+            if let Ok(s) = status(&cluster.endpoint(*id)).await {
+                if let Some(leader) = s["leader"].as_u64() {
+                    return Ok(leader);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err("no leader within 10 s".into())
+}
+
+/// 2. A node started with `--join` is added as a learner through a follower (which forwards
+///    to the leader), catches up from a snapshot, is promoted through itself, takes writes,
+///    and becomes leader by transfer.
+async fn joining_node_is_added_and_promoted(
+    cluster: &mut LocalCluster,
+    leader: u64,
+    acknowledged: &mut BTreeMap<String, String>,
+) -> Result<u64, String> {
+    let new = cluster.add_member().map_err(|e| e.to_string())?;
+    cluster.start_member(new).map_err(|e| e.to_string())?;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let (peer, http) = {
+        let member = &cluster.members()[(new - 1) as usize];
+        (
+            member.peer_address.to_string(),
+            member.client_address.to_string(),
+        )
+    };
+    let added = client(cluster.endpoint(follower))
+        .add_member(new, Some(&peer), Some(&http))
+        .await
+        .map_err(|e| format!("adding node {new}: {e}"))?;
+    if ids(&added, "learners") != [new] {
+        return Err(format!("node {new} is not the learner: {added}"));
+    }
+    let caught_up = catch_up(cluster, new, leader).await?;
+    if metric(cluster, new, "kv_snapshots_installed_total").await? == 0 {
+        return Err(format!(
+            "node {new} caught up without a snapshot: {caught_up}"
+        ));
+    }
+    let promoted = client(cluster.endpoint(new))
+        .promote_member(new)
+        .await
+        .map_err(|e| format!("promoting node {new}: {e}"))?;
+    if ids(&promoted, "voters") != [1, 2, 3, new] || !ids(&promoted, "learners").is_empty() {
+        return Err(format!("node {new} is not a voter: {promoted}"));
+    }
+    write_keys(cluster, &[new], "joined", 10, acknowledged).await?;
+    catch_up(cluster, new, leader).await?;
+    check_copy(cluster, new, acknowledged).await?;
+    client(cluster.endpoint(follower))
+        .transfer_leader(new)
+        .await
+        .map_err(|e| format!("transferring leadership to {new}: {e}"))?;
+    let now = status(&cluster.endpoint(new)).await?;
+    if now["role"] != "leader" {
+        return Err(format!(
+            "node {new} does not lead after the transfer: {now}"
+        ));
+    }
+    Ok(new)
+}
+
+/// 3. An original member is removed: the rest go on taking writes, and it stops receiving
+///    (nothing written after the removal reaches its copy).
+async fn removed_node_stops_receiving(
+    cluster: &mut LocalCluster,
+    leader: u64,
+    acknowledged: &mut BTreeMap<String, String>,
+) -> Result<(), String> {
+    let removed = (1..=3)
+        .find(|id| *id != leader)
+        .expect("an original follower");
+    let remaining: Vec<u64> = (1..=leader.max(3))
+        .filter(|id| *id != removed && cluster.is_running(*id))
+        .collect();
+    let after = client(cluster.endpoint(remaining[0]))
+        .remove_member(removed)
+        .await
+        .map_err(|e| format!("removing node {removed}: {e}"))?;
+    if ids(&after, "voters").contains(&removed) || !ids(&after, "removed").contains(&removed) {
+        return Err(format!("node {removed} is still a member: {after}"));
+    }
+    let mut late = BTreeMap::new();
+    write_keys(cluster, &remaining, "after-removal", 10, &mut late).await?;
+    for id in &remaining {
+        catch_up(cluster, *id, leader).await?;
+        check_copy(cluster, *id, &late).await?;
+    }
+    acknowledged.extend(late.clone());
+    // Give it time it would have needed to receive the writes, had it still been sent them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reader = client(cluster.endpoint(removed));
+    for key in late.keys() {
+        let read = reader.get(key, "stale").await.map_err(|e| e.to_string())?;
+        if read.is_some() {
+            return Err(format!("the removed node {removed} received {key}"));
+        }
+    }
+    let commit = number(&status(&cluster.endpoint(leader)).await?, "commit_index");
+    let removed_status = status(&cluster.endpoint(removed)).await?;
+    if number(&removed_status, "applied_index") >= commit {
+        return Err(format!(
+            "the removed node kept up to {commit}: {removed_status}"
+        ));
+    }
+    Ok(())
+}
+
+async fn membership_scenario(cluster: &mut LocalCluster) -> Result<(), String> {
+    cluster.wait_ready(READY_TIMEOUT).await?;
+    let mut acknowledged = BTreeMap::new();
+    let leader = lagging_follower_installs_a_snapshot(cluster, &mut acknowledged).await?;
+    let new_leader = joining_node_is_added_and_promoted(cluster, leader, &mut acknowledged).await?;
+    removed_node_stops_receiving(cluster, new_leader, &mut acknowledged).await?;
+    // 4. Every node, the removed one included, stops cleanly.
+    for (id, exit) in cluster
+        .stop(Duration::from_secs(15))
+        .map_err(|e| e.to_string())?
+    {
+        let exit = exit.ok_or(format!("node {id} was not running"))?;
+        if !exit.success() {
+            return Err(format!("node {id} exited with {exit} after SIGTERM"));
+        }
+    }
+    Ok(())
+}
+
+async fn run_membership(storage: StorageKind, transport: TransportKind) {
+    let started = Instant::now();
+    let mut cluster = LocalCluster::start(snapshot_spec(storage, transport)).expect("nodes start");
+    if let Err(error) = membership_scenario(&mut cluster).await {
+        for member in cluster.members() {
+            eprintln!(
+                "----- node {} log (tail) -----\n{}",
+                member.id,
+                cluster.log_tail(member.id, 40)
+            );
+        }
+        panic!("{storage}+{transport} membership: {error}");
+    }
+    let data_dir = cluster.spec().data_dir.clone();
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(data_dir);
+    eprintln!(
+        "{storage}+{transport} membership: passed in {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rocksdb_tcp_snapshots_and_membership_changes() {
+    run_membership(StorageKind::Rocksdb, TransportKind::Tcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mem_quic_snapshots_and_membership_changes() {
+    run_membership(StorageKind::Mem, TransportKind::Quic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mem_tcp_snapshots_and_membership_changes() {
+    run_membership(StorageKind::Mem, TransportKind::Tcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rocksdb_quic_snapshots_and_membership_changes() {
+    run_membership(StorageKind::Rocksdb, TransportKind::Quic).await;
+}
