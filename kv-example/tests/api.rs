@@ -10,9 +10,13 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 fn cluster(extra_args: &[&str]) -> LocalCluster {
+    cluster_of(3, extra_args)
+}
+
+fn cluster_of(nodes: u64, extra_args: &[&str]) -> LocalCluster {
     LocalCluster::start(ClusterSpec {
         kvnode: env!("CARGO_BIN_EXE_kvnode").into(),
-        nodes: 3,
+        nodes,
         storage: StorageKind::Mem,
         transport: TransportKind::Tcp,
         data_dir: fresh_temp_dir("kv-api-test").unwrap(),
@@ -188,6 +192,28 @@ async fn every_endpoint_answers_as_documented() {
         .await
         .1;
     assert_eq!(members["members"].as_array().unwrap().len(), 3);
+    assert_eq!(members["voters"], json!([1, 2, 3]), "{members}");
+    assert_eq!(members["leader"], leader);
+    assert_eq!(members["committed"], true);
+    for field in [
+        "membership",
+        "first_index",
+        "snapshot",
+        "snapshot_receiving",
+    ] {
+        assert!(
+            leader_status.get(field).is_some(),
+            "/v1/status lacks {field}"
+        );
+    }
+    assert_eq!(leader_status["membership"]["voters"], json!([1, 2, 3]));
+    assert_eq!(leader_status["progress"][0]["learner"], false);
+    let snapshot = call(Method::POST, &format!("{two}/v1/snapshot"), None).await;
+    assert_eq!(snapshot.0, StatusCode::OK, "{}", snapshot.1);
+    assert_eq!(snapshot.1["node"], 2, "a snapshot is the asked node's own");
+    assert!(snapshot.1["index"].as_u64().unwrap() > 0);
+    let two_status = call(Method::GET, &format!("{two}/v1/status"), None).await.1;
+    assert_eq!(two_status["snapshot"]["index"], snapshot.1["index"]);
     assert_eq!(
         members["members"][1]["client_address"],
         cluster.members()[1].client_address.to_string()
@@ -209,6 +235,12 @@ async fn every_endpoint_answers_as_documented() {
         "raft_log_last_index",
         "raft_peer_replication_lag_entries{peer=",
         "kv_request_seconds_count{op=\"put\"}",
+        "raft_log_first_index",
+        "raft_snapshot_index",
+        "raft_snapshot_bytes",
+        "raft_membership_voters 3",
+        "kv_snapshots_built_total",
+        "kv_snapshots_installed_total",
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }
@@ -417,5 +449,245 @@ async fn no_leader_is_a_bounded_503() {
         "may or may not have been applied",
     );
     assert_eq!(answer.1["applied"], "unknown");
+    finish(cluster);
+}
+
+async fn post_json(url: &str, body: Value) -> (StatusCode, Value) {
+    call_json(Method::POST, url, body).await
+}
+
+/// Waits until `check` holds for node `endpoint`'s answer to `path`, for up to `seconds`.
+async fn wait_for(endpoint: &str, path: &str, seconds: u64, check: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let answer = call(Method::GET, &format!("{endpoint}{path}"), None)
+            .await
+            .1;
+        if check(&answer) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never satisfied the check: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every admin refusal is a 4xx whose message is the protocol's reason, sent through a
+/// follower (which forwards to the leader and returns its answer): bad bodies, an unknown
+/// member, a member added twice, a voter promoted, a transfer to a non-voter, a second change
+/// while one is in progress. A change that cannot commit is a 503 that says it may still take
+/// effect, and with no leader an admin request is a bounded 503 that says nothing changed.
+///
+/// Long election timeouts (3-4 s) keep the leader in place for a moment after it loses its
+/// quorum, which is how a change is held in progress: node 4 (a learner nobody runs) is
+/// promoted while node 3 is down, so the joint configuration's new half has 2 of 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_refusals_are_4xx_with_the_reason() {
+    let mut cluster = cluster(&[
+        "--election-timeout-ticks-min",
+        "300",
+        "--election-timeout-ticks-max",
+        "400",
+        "--request-timeout-ms",
+        "1500",
+        "--leader-wait-ms",
+        "500",
+    ]);
+    cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let status = call(
+        Method::GET,
+        &format!("{}/v1/status", cluster.endpoint(1)),
+        None,
+    )
+    .await;
+    let leader = status.1["leader"].as_u64().expect("a leader");
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let (follower, doomed) = (followers[0], followers[1]);
+    let node = cluster.endpoint(follower);
+    let members = format!("{node}/v1/members");
+
+    let answer = call(Method::POST, &members, Some(b"{not json".to_vec())).await;
+    assert_error(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "must be JSON",
+    );
+    let answer = post_json(&members, json!({"id": 4, "colour": "blue"})).await;
+    assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "colour");
+    let answer = post_json(&members, json!({"id": 4})).await;
+    assert_error(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "peer_address is required",
+    );
+    let answer = post_json(&members, json!({"id": 0, "peer_address": "127.0.0.1:9"})).await;
+    assert_error(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "invalid_id",
+        "node id n0 is not allowed",
+    );
+    let answer = post_json(&members, json!({"id": 2, "peer_address": "127.0.0.1:9"})).await;
+    assert_error(
+        &answer,
+        StatusCode::CONFLICT,
+        "already_member",
+        "node n2 is already a member",
+    );
+    let answer = call(Method::POST, &format!("{members}/9/promote"), None).await;
+    assert_error(
+        &answer,
+        StatusCode::NOT_FOUND,
+        "unknown_member",
+        "node n9 is not a member",
+    );
+    let answer = call(Method::POST, &format!("{members}/2/promote"), None).await;
+    assert_error(
+        &answer,
+        StatusCode::CONFLICT,
+        "already_voter",
+        "node n2 is already a voter",
+    );
+    let answer = call(Method::POST, &format!("{members}/two/promote"), None).await;
+    assert_error(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "must be a number",
+    );
+    let answer = call(Method::DELETE, &format!("{members}/9"), None).await;
+    assert_error(
+        &answer,
+        StatusCode::NOT_FOUND,
+        "unknown_member",
+        "node n9 is not a member",
+    );
+    let transfer = format!("{node}/v1/leader/transfer");
+    let answer = post_json(&transfer, json!({"to": 9})).await;
+    assert_error(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "not_a_voter",
+        "n9 is not a voting member",
+    );
+    let answer = post_json(&transfer, json!({"node": 2})).await;
+    assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "to");
+    // A request that was already forwarded is not forwarded again: the answer names the leader.
+    let answer = Client::new()
+        .post(format!("{members}/9/promote"))
+        .header("x-kv-forwarded-by", "7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(
+        (body["error"].as_str(), body["leader"].as_u64()),
+        (Some("not_leader"), Some(leader))
+    );
+    assert_eq!(body["applied"], "no");
+
+    // Node 4 is added (nothing runs there), then promoted while node 3 is down: the joint
+    // configuration cannot commit, so a second change is refused while it is in progress.
+    let port = kv_example::local_cluster::free_ports(1, false).unwrap()[0];
+    let added = post_json(
+        &members,
+        json!({"id": 4, "peer_address": format!("127.0.0.1:{port}")}),
+    )
+    .await;
+    assert_eq!(added.0, StatusCode::OK, "{}", added.1);
+    assert_eq!(added.1["learners"], json!([4]));
+    cluster.kill(doomed).unwrap();
+    let leader_endpoint = cluster.endpoint(leader);
+    let promote_url = format!("{leader_endpoint}/v1/members/4/promote");
+    let promote = tokio::spawn(async move { call(Method::POST, &promote_url, None).await });
+    wait_for(&leader_endpoint, "/v1/members", 5, |m| m["joint"] == true).await;
+    let answer = call(Method::DELETE, &format!("{members}/4"), None).await;
+    assert_error(
+        &answer,
+        StatusCode::CONFLICT,
+        "change_in_progress",
+        "another membership change is in progress",
+    );
+    let answer = post_json(&members, json!({"id": 5, "peer_address": "127.0.0.1:9"})).await;
+    assert_error(
+        &answer,
+        StatusCode::CONFLICT,
+        "change_in_progress",
+        "another membership change is in progress",
+    );
+    let answer = promote.await.unwrap();
+    assert_error(
+        &answer,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "timeout",
+        "it may still be",
+    );
+    assert_eq!(answer.1["applied"], "unknown");
+
+    // The leader steps down (check_quorum), and no leader can be elected: a bounded 503.
+    wait_for(&node, "/v1/status", 20, |s| s["leader"].is_null()).await;
+    let started = Instant::now();
+    let answer = call(Method::POST, &format!("{members}/4/promote"), None).await;
+    assert_error(
+        &answer,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_leader",
+        "nothing was changed",
+    );
+    assert_eq!(answer.1["applied"], "no");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    finish(cluster);
+}
+
+/// One voter: removing it is refused; a learner added (with `addr`, the short name) and
+/// removed leaves its ID retired, so adding it again or promoting it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_voter_and_removed_ids_are_refused() {
+    let cluster = cluster_of(1, &[]);
+    cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let node = cluster.endpoint(1);
+    let members = format!("{node}/v1/members");
+    let answer = call(Method::DELETE, &format!("{members}/1"), None).await;
+    assert_error(
+        &answer,
+        StatusCode::CONFLICT,
+        "no_voters_left",
+        "the change would leave no voter",
+    );
+    let added = post_json(
+        &members,
+        json!({"id": 2, "addr": "127.0.0.1:9", "client_address": "127.0.0.1:10"}),
+    )
+    .await;
+    assert_eq!(added.0, StatusCode::OK, "{}", added.1);
+    assert_eq!(added.1["members"][1]["peer_address"], "127.0.0.1:9");
+    assert_eq!(added.1["members"][1]["client_address"], "127.0.0.1:10");
+    assert_eq!(added.1["members"][1]["role"], "learner");
+    let removed = call(Method::DELETE, &format!("{members}/2"), None).await;
+    assert_eq!(removed.0, StatusCode::OK, "{}", removed.1);
+    assert_eq!(removed.1["removed"], json!([2]));
+    let answer = post_json(&members, json!({"id": 2, "peer_address": "127.0.0.1:9"})).await;
+    assert_error(
+        &answer,
+        StatusCode::CONFLICT,
+        "id_removed",
+        "node id n2 was removed and cannot be reused",
+    );
+    let answer = call(Method::POST, &format!("{members}/2/promote"), None).await;
+    assert_error(
+        &answer,
+        StatusCode::NOT_FOUND,
+        "unknown_member",
+        "node n2 is not a member",
+    );
     finish(cluster);
 }
