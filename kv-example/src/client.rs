@@ -530,6 +530,67 @@ mod tests {
         assert_eq!(encode_key("é"), "%C3%A9");
     }
 
+    /// The status table shows snapshots, learners and snapshot transfers, then the membership.
+    #[test]
+    fn status_table_shows_snapshots_and_membership() {
+        let leader = serde_json::json!({
+            "id": 1, "role": "leader", "term": 2, "leader": 1, "commit_index": 90,
+            "applied_index": 90, "first_index": 61, "last_index": 90, "ready": true,
+            "snapshot": {"index": 80, "bytes": 4096}, "snapshot_receiving": null,
+            "membership": {"voters": [1, 2], "outgoing": [], "joint": false, "learners": [3],
+                "removed": [4]},
+            "progress": [
+                {"id": 2, "lag": 0, "learner": false, "snapshot_sent": null},
+                {"id": 3, "lag": 90, "learner": true,
+                    "snapshot_sent": {"acknowledged_bytes": 1024, "total_bytes": 4096}},
+            ],
+        });
+        let table = status_table(&[
+            ("http://a".into(), Ok(leader)),
+            ("http://b".into(), Err("refused".into())),
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].contains("FIRST") && lines[0].contains("SNAPSHOT"),
+            "{table}"
+        );
+        assert!(lines[1].contains(" 61 "), "{table}");
+        assert!(lines[1].contains("80/4096B"), "{table}");
+        assert!(
+            lines[1].ends_with("n2:0 n3(learner):snapshot 25%"),
+            "{table}"
+        );
+        assert!(lines[2].contains("unreachable: refused"), "{table}");
+        assert_eq!(
+            lines[3],
+            "membership: voters [1,2] learners [3] removed [4]"
+        );
+    }
+
+    /// A membership answer lists each member with its role and addresses, the leader marked.
+    #[test]
+    fn members_text_marks_the_leader() {
+        let members = serde_json::json!({
+            "leader": 2, "voters": [1, 2], "outgoing": [1, 2, 3], "joint": true, "learners": [],
+            "removed": [], "membership_index": 7, "committed": false,
+            "members": [
+                {"id": 1, "role": "voter", "peer_address": "h:1", "client_address": null},
+                {"id": 2, "role": "voter", "peer_address": "h:2", "client_address": "h:8002"},
+                {"id": 3, "role": "outgoing", "peer_address": "h:3", "client_address": null},
+            ],
+        });
+        let text = members_text(&members);
+        assert!(text.contains("2   voter (leader)  h:2   h:8002"), "{text}");
+        assert!(text.contains("3   outgoing        h:3   -"), "{text}");
+        assert!(
+            text.ends_with(
+                "voters [1,2] joint with outgoing [1,2,3] learners [] removed []; set at index \
+                 7 (not committed yet)\n"
+            ),
+            "{text}"
+        );
+    }
+
     /// Columns line up and unreachable rows do not widen the columns.
     #[test]
     fn table_aligns_columns() {

@@ -8,8 +8,27 @@
 //!   [`api`]. `kvnode demo` starts a local three-node cluster; `kvnode certs` writes TLS
 //!   certificates for QUIC (or TLS over TCP).
 //! - **`kvctl`** is the client ([`client`]): `put`, `get`, `del`, `cas`, `scan`, `status`, with
-//!   fail-over between endpoints, and `bench` ([`bench`]) for load against a running cluster or
-//!   a fresh local one per backend combination.
+//!   fail-over between endpoints, and `bench` ([`bench`](mod@bench)) for load against a running cluster or
+//!   a fresh local one per backend combination. `member list|add|promote|remove`,
+//!   `leader transfer` and `snapshot` drive the admin API ([`api::admin`]).
+//!
+//! # Snapshots and membership
+//!
+//! Each node snapshots its state every `--snapshot-interval-entries` applied entries (or on
+//! `POST /v1/snapshot`) and compacts its log, keeping `--snapshot-tail-entries`; a follower
+//! behind the compacted log receives the leader's snapshot in chunks of
+//! `--snapshot-chunk-bytes-max` ([`state`] streams both ways, [`snapshot`] is the format). A
+//! node joins a running cluster by starting with `--join` and being added as a learner, then
+//! promoted; the cluster learns its addresses through the log ([`members`]):
+//!
+//! ```text
+//! kvnode --id 4 --join --initial-cluster 1=h1:7001,2=h2:7001,3=h3:7001,4=h4:7001 \
+//!        --client-address h4:8001 --data-dir data/4
+//! kvctl member add 4 --peer-address h4:7001 --client-address h4:8001
+//! kvctl status                      # wait until n4(learner) shows a lag near 0
+//! kvctl member promote 4
+//! kvctl member remove 2             # then stop node 2's process
+//! ```
 //!
 //! The pieces:
 //!

@@ -13,8 +13,20 @@
 //!
 //! When the replicated address and a flag disagree, the replicated one wins: it is newer.
 //! A node removed from the cluster is removed from the transport once the membership that
-//! removes it is in force here ([`AddressBook::forget`]), and never added again: IDs are
-//! never reused.
+//! removes it is committed ([`AddressBook::forget`]), and never added again: IDs are never
+//! reused.
+//!
+//! Restrictions:
+//! - A member's address is set when it is added; moving a member to another address means
+//!   removing it and adding a node under a new ID.
+//! - A node with memory storage restarts empty, so until it has replayed the log it knows
+//!   only the addresses in its flags, and a leader it does not know is refused. Restart it
+//!   with every current member in `--initial-cluster`, and with `--join` once the voters
+//!   differ from the cluster's first ones (its empty log must not make it believe the old
+//!   voters). RocksDB nodes need neither.
+//! - A removed node does not always learn that it was removed (the entry that removes it may
+//!   never reach it). Until its process is stopped it keeps trying to reach the others, which
+//!   refuse it (a warning in their logs each time).
 
 use crate::config::Member;
 use crate::snapshot::MemberAddress;

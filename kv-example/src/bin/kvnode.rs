@@ -255,6 +255,8 @@ fn print_welcome(
          \n  {kvctl} --endpoints {endpoints} put greeting hello\
          \n  {kvctl} --endpoints {endpoints} get greeting\
          \n  {kvctl} --endpoints {endpoints} status\
+         \n  {kvctl} --endpoints {endpoints} member list\
+         \n  {kvctl} --endpoints {endpoints} snapshot --all\
          \n  {kvctl} --endpoints {endpoints} bench --clients 16 --ops 5000\
          \n\nPress Ctrl-C to stop the cluster."
     );
