@@ -109,6 +109,12 @@ impl KvClient {
         &self.endpoints
     }
 
+    /// The endpoint that answered last (the first endpoint before any answer). With one
+    /// request at a time, it is the endpoint that gave the last answer.
+    pub fn last_endpoint(&self) -> &str {
+        &self.endpoints[self.preferred.load(Ordering::Relaxed)]
+    }
+
     /// Sends a request, failing over as the module docs say. Returns the status and body of the
     /// first answer that is not a retryable 503.
     async fn send(

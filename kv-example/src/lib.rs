@@ -8,9 +8,11 @@
 //!   [`api`]. `kvnode demo` starts a local three-node cluster; `kvnode certs` writes TLS
 //!   certificates for QUIC (or TLS over TCP).
 //! - **`kvctl`** is the client ([`client`]): `put`, `get`, `del`, `cas`, `scan`, `status`, with
-//!   fail-over between endpoints, and `bench` ([`bench`](mod@bench)) for load against a running cluster or
-//!   a fresh local one per backend combination. `member list|add|promote|remove`,
-//!   `leader transfer` and `snapshot` drive the admin API ([`api::admin`]).
+//!   fail-over between endpoints; `bench` ([`bench`](mod@bench)) for load against a running
+//!   cluster or a fresh local one per backend combination; `failover` ([`failover`]), which
+//!   kills a local cluster's leader again and again and measures how long writes stop.
+//!   `member list|add|promote|remove`, `leader transfer` and `snapshot` drive the admin API
+//!   ([`api::admin`]).
 //!
 //! # Snapshots and membership
 //!
@@ -62,6 +64,7 @@ pub mod bench;
 pub mod client;
 pub mod command;
 pub mod config;
+pub mod failover;
 pub mod local_cluster;
 pub mod members;
 pub mod metrics;

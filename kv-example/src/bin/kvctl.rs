@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use kv_example::bench::{self, BenchResult, Workload};
 use kv_example::client::{members_text, status_table, ClientError, KvClient};
 use kv_example::config::{StorageKind, TransportKind};
+use kv_example::failover::{self, FailoverResult, FailoverSettings};
 use kv_example::local_cluster::{fresh_temp_dir, ClusterSpec, LocalCluster};
 use std::io::Read;
 use std::path::PathBuf;
@@ -94,6 +95,63 @@ enum Commands {
     },
     /// Run a load and report throughput and latency.
     Bench(BenchArgs),
+    /// Kill the leader of a fresh local 3-node cluster again and again while writers write
+    /// through every node; report the time from each kill to the first write committed by a
+    /// new leader (p50/p90/p99/max).
+    Failover(FailoverArgs),
+}
+
+#[derive(clap::Args)]
+struct FailoverArgs {
+    /// Leader kills per cluster.
+    #[arg(long, default_value_t = 50)]
+    rounds: u32,
+    /// Concurrent writers, spread over the endpoints (each fails over as `kvctl put` does).
+    #[arg(long, default_value_t = 6)]
+    writers: usize,
+    /// The combinations, e.g. rocksdb+tcp,mem+quic (one cluster each, in turn).
+    #[arg(long, value_delimiter = ',', default_value = "rocksdb+tcp")]
+    combinations: Vec<String>,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 64)]
+    value_size: usize,
+    /// A writer's pause after a failed write.
+    #[arg(long, default_value_t = 10)]
+    retry_pause_ms: u64,
+    /// Steady writing between a restarted node's catch-up and the next kill.
+    #[arg(long, default_value_t = 300)]
+    settle_ms: u64,
+    /// A round fails when no new leader's write is acknowledged within this time.
+    #[arg(long, default_value_t = 10_000)]
+    round_timeout_ms: u64,
+    /// How long a restarted node may take to catch up.
+    #[arg(long, default_value_t = 60_000)]
+    catch_up_timeout_ms: u64,
+    /// The longest random pause before a kill, so kills fall anywhere between heartbeats.
+    #[arg(long, default_value_t = 50)]
+    kill_jitter_ms: u64,
+    /// Seeds the pauses before kills (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The kvnode executable (default: next to kvctl).
+    #[arg(long)]
+    kvnode: Option<PathBuf>,
+    /// Keep each cluster's data folder (node logs included) instead of removing it.
+    #[arg(long)]
+    keep_data: bool,
+    /// The nodes' RUST_LOG, e.g. `info,raft_transport_tcp=debug` to see dials and reconnects.
+    #[arg(long, default_value = "info")]
+    node_log: String,
+    /// Write the results as JSON here.
+    #[arg(long, default_value = "kvctl-failover.json")]
+    json: PathBuf,
+    /// No line per round.
+    #[arg(long)]
+    quiet: bool,
+    /// Flags for every kvnode, after `--` (e.g. `-- --leader-wait-ms 500`). Default: none,
+    /// so nodes run with kvnode's defaults (10 ms ticks, 150-300 ms election timeout).
+    #[arg(last = true)]
+    node_flags: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -338,6 +396,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
         }
         Commands::Bench(args) => bench_command(args, cli.endpoints).await?,
+        Commands::Failover(args) => return failover_command(args, timeout).await,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -357,6 +416,95 @@ fn parse_combination(text: &str) -> Result<(StorageKind, TransportKind), String>
         other => return Err(format!("unknown transport {other:?}")),
     };
     Ok((storage, transport))
+}
+
+/// The kvnode next to this kvctl, unless a path is given.
+fn kvnode_path(given: &Option<PathBuf>) -> Result<PathBuf, String> {
+    match given {
+        Some(path) => Ok(path.clone()),
+        None => Ok(std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("kvnode")),
+    }
+}
+
+async fn failover_command(args: FailoverArgs, timeout: Duration) -> Result<ExitCode, String> {
+    let settings = FailoverSettings {
+        rounds: args.rounds,
+        writers: args.writers,
+        value_bytes: args.value_size,
+        request_timeout_ms: timeout.as_millis() as u64,
+        retry_pause_ms: args.retry_pause_ms,
+        settle_ms: args.settle_ms,
+        round_timeout_ms: args.round_timeout_ms,
+        catch_up_timeout_ms: args.catch_up_timeout_ms,
+        kill_jitter_ms: args.kill_jitter_ms,
+        seed: args.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        }),
+    };
+    settings.validate()?;
+    let kvnode = kvnode_path(&args.kvnode)?;
+    let mut results: Vec<FailoverResult> = Vec::new();
+    for combination in &args.combinations {
+        let (storage, transport) = parse_combination(combination)?;
+        let label = format!("{storage}+{transport}");
+        let data_dir = fresh_temp_dir("kvctl-failover").map_err(|e| e.to_string())?;
+        let spec = ClusterSpec {
+            kvnode: kvnode.clone(),
+            nodes: 3,
+            storage,
+            transport,
+            data_dir: data_dir.clone(),
+            extra_args: args.node_flags.clone(),
+            log_filter: args.node_log.clone(),
+        };
+        let mut cluster = LocalCluster::start(spec)
+            .map_err(|e| format!("starting {} ({label}): {e}", kvnode.display()))?;
+        cluster.wait_ready(Duration::from_secs(60)).await?;
+        eprintln!(
+            "{label}: {} rounds, {} writers, seed {}; node logs in {}",
+            settings.rounds,
+            settings.writers,
+            settings.seed,
+            data_dir.display()
+        );
+        let quiet = args.quiet;
+        let rounds = settings.rounds;
+        let report = |round: &failover::Round| {
+            if !quiet {
+                eprintln!("{label}: {}", failover::round_line(round, rounds));
+            }
+        };
+        let result = failover::run(&mut cluster, &label, &settings, report).await;
+        let _ = cluster.stop(Duration::from_secs(10));
+        if !args.keep_data && result.as_ref().is_ok_and(|r| r.stopped.is_none()) {
+            let _ = std::fs::remove_dir_all(&data_dir);
+        }
+        results.push(result?);
+    }
+    print!("{}", failover::table(&results));
+    for result in &results {
+        for sample in &result.error_samples {
+            eprintln!("{}: failed write sample: {sample}", result.label);
+        }
+        if let Some(why) = &result.stopped {
+            eprintln!("{}: {why}", result.label);
+        }
+    }
+    let json = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
+    std::fs::write(&args.json, json).map_err(|e| format!("{}: {e}", args.json.display()))?;
+    println!("results: {}", args.json.display());
+    let broken = results
+        .iter()
+        .any(|r| r.stopped.is_some() || r.rounds.iter().any(|round| round.error.is_some()));
+    Ok(if broken {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn bench_command(args: BenchArgs, endpoints: Vec<String>) -> Result<(), String> {
@@ -382,12 +530,7 @@ async fn bench_command(args: BenchArgs, endpoints: Vec<String>) -> Result<(), St
         } else {
             args.combinations.clone()
         };
-        let kvnode = match &args.kvnode {
-            Some(path) => path.clone(),
-            None => std::env::current_exe()
-                .map_err(|e| e.to_string())?
-                .with_file_name("kvnode"),
-        };
+        let kvnode = kvnode_path(&args.kvnode)?;
         for combination in combinations {
             let (storage, transport) = parse_combination(&combination)?;
             let label = format!("{storage}+{transport}");
