@@ -139,10 +139,23 @@ impl RawNode {
             return;
         }
         if !self.membership().is_voter(self.id) {
-            // Removed: the change is done and committed; the rest elect a new leader.
+            // Removed: the change is done and committed. The most up-to-date voter is told to
+            // campaign at once (as in a leadership transfer), so the cluster does not wait an
+            // election timeout for a new leader.
             tracing::info!(id = %self.id, "this leader was removed from the voters; stepping down");
             let term = self.term;
             self.broadcast_append();
+            let last = self.log.last_index();
+            let successor = self
+                .membership()
+                .voters
+                .iter()
+                .filter_map(|id| self.progress.get(id).map(|p| (p.match_index, *id)))
+                .filter(|(matched, _)| *matched == last)
+                .max();
+            if let Some((_, successor)) = successor {
+                self.send(successor, crate::message::MessageBody::TimeoutNow);
+            }
             self.become_follower(term, None);
         }
     }

@@ -359,7 +359,11 @@ impl RawNode {
         if message.to != self.id || message.from == self.id {
             return;
         }
-        if self.membership().removed.contains(&message.from) {
+        // The leader of this term that removed itself hands over with one last TimeoutNow.
+        let handover = message.body == MessageBody::TimeoutNow
+            && message.term == self.term
+            && self.leader == Some(message.from);
+        if self.membership().removed.contains(&message.from) && !handover {
             // A removed node changes nothing here. One that still leads an old term (it never
             // learned of its removal) is told the newer term, so it steps down.
             if message.term < self.term {
