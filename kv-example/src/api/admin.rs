@@ -54,6 +54,10 @@ use std::sync::Arc;
 /// never forwards it again (no loops while leadership moves).
 pub const FORWARDED_HEADER: &str = "x-kv-forwarded-by";
 
+/// How long a change refused by a leader not yet ready (see
+/// `AppContext::change_when_leader_ready`) waits before it is asked again.
+const LEADER_READY_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The admin routes, merged into [`super::router`].
 pub fn routes() -> Router<Arc<AppContext>> {
     Router::new()
@@ -272,7 +276,7 @@ impl AppContext {
 
     /// Carries out a membership change here (the leader) within the request timeout.
     async fn change_membership(&self, change: MembershipChange) -> Result<Response, ApiError> {
-        let request = self.raft.change_membership(change);
+        let request = self.change_when_leader_ready(change);
         match tokio::time::timeout(self.limits.request_timeout, request).await {
             Ok(Ok(_)) => Ok(Json(members_json(self, &self.raft.status())).into_response()),
             Ok(Err(NodeError::Membership(error))) => Err(membership_error(error)),
@@ -287,6 +291,27 @@ impl AppContext {
                 ),
             )
             .applied("unknown")),
+        }
+    }
+
+    /// Asks for the change; while the protocol answers `ChangeInProgress` although no change
+    /// is pending (a leader elected a moment ago first commits an entry of its own term, as
+    /// after a transfer), asks again shortly. The caller bounds the wait.
+    async fn change_when_leader_ready(
+        &self,
+        change: MembershipChange,
+    ) -> Result<Membership, NodeError> {
+        loop {
+            let result = self.raft.change_membership(change.clone()).await;
+            let status = self.raft.status();
+            let settled =
+                !status.membership.is_joint() && status.commit_index >= status.membership_index;
+            match result {
+                Err(NodeError::Membership(MembershipError::ChangeInProgress)) if settled => {
+                    tokio::time::sleep(LEADER_READY_RETRY).await;
+                }
+                other => return other,
+            }
         }
     }
 
