@@ -725,10 +725,13 @@ impl StateMachine for KvStateMachine {
         let applied = reader
             .await
             .map_err(|e| StateMachineError(format!("the snapshot reader failed: {e}")))??;
-        assert_eq!(
-            applied, expected,
-            "the state changed while a snapshot was built"
-        );
+        if applied != expected {
+            // The runtime never applies during a build; refuse the snapshot rather than store
+            // one whose index could be wrong (a failed build is retried later, not fatal).
+            return Err(StateMachineError(format!(
+                "the state moved from {expected} to {applied} while a snapshot was built"
+            )));
+        }
         self.metrics
             .record_snapshot_built(out.written_bytes(), started.elapsed());
         Ok(())
