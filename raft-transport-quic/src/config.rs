@@ -49,7 +49,8 @@ pub struct QuicConfig {
     pub keep_alive_interval: Duration,
     /// First wait before redialling a peer after a failure.
     pub reconnect_delay_min: Duration,
-    /// Longest wait between redials; the wait doubles up to it, with jitter.
+    /// Longest wait between redials; the wait doubles up to it, with jitter. Keep it below
+    /// the election timeout: messages (votes too) wait for the redial.
     pub reconnect_delay_max: Duration,
     /// How long `shutdown` lets tasks finish on their own before aborting them.
     pub shutdown_grace: Duration,
@@ -75,7 +76,9 @@ impl QuicConfig {
             idle_timeout: Duration::from_secs(10),
             keep_alive_interval: Duration::from_secs(2),
             reconnect_delay_min: Duration::from_millis(20),
-            reconnect_delay_max: Duration::from_secs(2),
+            // Below the default minimum election timeout (150 ms): a restarted peer is
+            // redialled before the cluster would elect without it (etcd redials every 100 ms).
+            reconnect_delay_max: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(2),
         }
     }

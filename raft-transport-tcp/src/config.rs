@@ -38,6 +38,7 @@ pub struct TcpConfig {
     /// First wait before redialling a peer after a failure.
     pub reconnect_delay_min: Duration,
     /// Longest wait between redials; the wait doubles from the minimum up to it, with jitter.
+    /// Keep it below the election timeout: messages (votes too) wait for the redial.
     pub reconnect_delay_max: Duration,
     /// How long `shutdown` lets tasks finish on their own before aborting them.
     pub shutdown_grace: Duration,
@@ -73,7 +74,9 @@ impl TcpConfig {
             handshake_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             reconnect_delay_min: Duration::from_millis(20),
-            reconnect_delay_max: Duration::from_secs(2),
+            // Below the default minimum election timeout (150 ms): a restarted peer is
+            // redialled before the cluster would elect without it (etcd redials every 100 ms).
+            reconnect_delay_max: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(2),
             tls: None,
         }
