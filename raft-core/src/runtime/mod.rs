@@ -330,6 +330,19 @@ impl RaftNode {
         self.stopped.borrow().clone()
     }
 
+    /// Waits until the node stops (shut down, or failed) and returns why. Prefer this to
+    /// waiting for [`RaftNode::watch_status`] to close: a status receiver wakes on every
+    /// commit, this future wakes once.
+    pub async fn stopped(&self) -> String {
+        let mut stopped = self.stopped.clone();
+        let reason = match stopped.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            // The driver ended without saying why (it panicked): the sender was dropped.
+            Err(_) => self.stopped_reason(),
+        };
+        reason.unwrap_or_else(|| "the raft driver ended".to_string())
+    }
+
     /// Waits until the node has applied at least `index` (or stopped).
     pub async fn wait_applied(&self, index: LogIndex) -> Result<(), NodeError> {
         let mut status = self.status.clone();
