@@ -637,8 +637,8 @@ async fn previous_snapshot_stays_readable() {
     assert!(store.stopped_reason().is_none());
 }
 
-/// Proves concurrent finishes publish exactly one latest: the highest index, with two files
-/// left, whatever order the sinks finish in.
+/// Proves concurrent finishes publish exactly one latest: the highest index, with at most two
+/// files left, whatever order the sinks finish in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_finishes_keep_the_highest() {
     let directory = tempfile::tempdir().unwrap();
@@ -660,9 +660,14 @@ async fn concurrent_finishes_keep_the_highest() {
     }
     let latest = store.snapshot().await.unwrap().expect("a snapshot");
     assert_eq!(latest.last_index, LogIndex(16));
+    // The highest is the newest file. One older file stays beside it when one was published
+    // before it; when 16 finished first, every other finish was superseded and left nothing.
     let names = snapshot_file_names(&store);
-    assert_eq!(names.len(), 2, "{names:?}");
-    assert!(names[1].contains(&format!("{:020}", 16)), "{names:?}");
+    assert!((1..=2).contains(&names.len()), "{names:?}");
+    assert!(
+        names.last().unwrap().contains(&format!("{:020}", 16)),
+        "{names:?}"
+    );
     let data = snapshot_data(16, 20_016);
     assert_eq!(store.read_snapshot(&latest, 0, 30_000).await.unwrap(), data);
 }
