@@ -3,7 +3,7 @@
 //!
 //! A snapshot is a byte stream the [`StateMachine`](crate::StateMachine) writes and reads, plus
 //! [`SnapshotMeta`]: the last index and term it covers, the membership at that index, its
-//! length and its CRC-32. The [`LogStore`](crate::LogStore) keeps it (a sink while it is
+//! length and its CRC-32. The [`LogStore`] keeps it (a sink while it is
 //! written, then the latest complete snapshot). Neither side ever holds a whole snapshot in
 //! memory: the state machine writes through a [`SnapshotWriter`] and reads through a
 //! [`SnapshotReader`], both of which move at most one chunk at a time, and a leader streams it
@@ -72,7 +72,7 @@ pub fn checksum(data: &[u8]) -> u32 {
     crc32fast::hash(data)
 }
 
-/// A snapshot being written into a [`LogStore`](crate::LogStore). Dropping it unfinished
+/// A snapshot being written into a [`LogStore`]. Dropping it unfinished
 /// discards what was written.
 #[async_trait]
 pub trait SnapshotSink: Send {
