@@ -453,19 +453,13 @@ async fn promote_member(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(id)?;
     let received = Received {
         method,
         uri,
         headers,
         body: Bytes::new(),
     };
-    if let Some(answer) = context.forward_unless_leader(&received).await? {
-        return Ok(answer);
-    }
-    context
-        .change_membership(MembershipChange::promote(NodeId(id)))
-        .await
+    change_named_member(&context, id, received, MembershipChange::promote).await
 }
 
 async fn remove_member(
@@ -475,19 +469,28 @@ async fn remove_member(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(id)?;
     let received = Received {
         method,
         uri,
         headers,
         body: Bytes::new(),
     };
+    change_named_member(&context, id, received, MembershipChange::remove).await
+}
+
+/// A change that the path alone names (promote, remove): forwarded to the leader when this
+/// node does not lead, carried out here otherwise.
+async fn change_named_member(
+    context: &AppContext,
+    id: Result<Path<u64>, PathRejection>,
+    received: Received,
+    change: fn(NodeId) -> MembershipChange,
+) -> Result<Response, ApiError> {
+    let id = parse_id(id)?;
     if let Some(answer) = context.forward_unless_leader(&received).await? {
         return Ok(answer);
     }
-    context
-        .change_membership(MembershipChange::remove(NodeId(id)))
-        .await
+    context.change_membership(change(NodeId(id))).await
 }
 
 async fn transfer_leader(

@@ -310,12 +310,6 @@ impl RaftLog {
         self.applied = self.applied.max(index);
     }
 
-    /// A snapshot installed in the state machine: everything up to `index` is applied.
-    pub(crate) fn snapshot_applied(&mut self, index: LogIndex) {
-        assert!(index <= self.applying);
-        self.applied = self.applied.max(index);
-    }
-
     pub(crate) fn has_unwritten(&self) -> bool {
         self.truncate_pending.is_some() || self.unwritten_from <= self.last_index()
     }

@@ -57,8 +57,11 @@ pub(super) struct Receiving {
 /// A received snapshot between its last write and its installation in the state machine.
 #[derive(Clone, Debug)]
 pub(super) enum Install {
-    /// Its writes go out in the ready numbered here (0: the next ready).
-    Writing { meta: SnapshotMeta, ready: u64 },
+    /// Its writes go out in the ready numbered here (`None`: the next ready, not taken yet).
+    Writing {
+        meta: SnapshotMeta,
+        ready: Option<u64>,
+    },
     /// Durable: the state machine may install it.
     Durable(SnapshotMeta),
 }
@@ -391,7 +394,7 @@ impl RawNode {
         self.purge_to = Some(self.purge_to.map_or(index, |p| p.max(index)));
         self.snapshot = Some(meta.clone());
         self.snapshot_next_auto = index.0 + self.config.snapshot_interval_entries;
-        self.install = Some(Install::Writing { meta, ready: 0 });
+        self.install = Some(Install::Writing { meta, ready: None });
         let match_index = self.log.last_index();
         self.send(
             from,
@@ -402,7 +405,7 @@ impl RawNode {
 
     /// The state machine installed the snapshot handed out in [`super::Ready::install_snapshot`].
     pub fn snapshot_installed(&mut self, index: LogIndex) {
-        self.log.snapshot_applied(index);
+        self.log.applied_to(index);
     }
 
     /// Ready-time: a durable received snapshot for the state machine to install.
@@ -419,7 +422,7 @@ impl RawNode {
     /// Storage acknowledged ready `number`: a snapshot written in it is now durable.
     pub(super) fn install_persisted(&mut self, number: u64) {
         if let Some(Install::Writing { meta, ready }) = &self.install {
-            if *ready != 0 && *ready <= number {
+            if ready.is_some_and(|ready| ready <= number) {
                 self.install = Some(Install::Durable(meta.clone()));
             }
         }
@@ -428,9 +431,7 @@ impl RawNode {
     /// Ready-time: the ready being built carries the install's writes.
     pub(super) fn install_written_in(&mut self, number: u64) {
         if let Some(Install::Writing { ready, .. }) = &mut self.install {
-            if *ready == 0 {
-                *ready = number;
-            }
+            ready.get_or_insert(number);
         }
     }
 

@@ -1646,17 +1646,7 @@ impl Cluster {
     /// Delivers every message in flight now (whatever its delivery time), in order, and
     /// returns those that reached their receiver. Messages they cause stay in flight.
     pub fn deliver_all(&mut self) -> Vec<Message> {
-        let keys: Vec<(u64, u64)> = self.in_flight.keys().copied().collect();
-        let mut delivered = Vec::new();
-        for key in keys {
-            let envelope = self.in_flight.remove(&key).expect("listed above");
-            let message = envelope.message.clone();
-            if self.deliver(envelope) {
-                delivered.push(message);
-            }
-            self.after_step();
-        }
-        delivered
+        self.deliver_matching(|_| true)
     }
 
     /// Delivers the messages in flight that `filter` picks (in order), leaving the others in
