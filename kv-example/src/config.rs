@@ -122,6 +122,12 @@ pub struct NodeConfig {
     pub http_connections_max: usize,
     /// Client proposals queued for the Raft driver before requests wait.
     pub proposal_queue_max: usize,
+    /// Appends the leader keeps unacknowledged per follower. One (the default) makes the
+    /// leader gather everything proposed during a follower's round trip into its next append:
+    /// fewer, larger appends and syncs. On this project's 2-core benchmark machine that gave
+    /// about 10% more writes per second at 64 clients than etcd's 256 (the `raft-core`
+    /// default), at equal single-client latency. Raise it for links with a long round trip.
+    pub inflight_messages_max: usize,
     /// Serve linearizable reads on the leader from a lease (no heartbeat round per read), and
     /// accept `consistency=lease`. Assumes clocks drift apart by less than a quarter of the
     /// election timeout.
@@ -179,6 +185,7 @@ impl Default for NodeConfig {
             scan_bytes_max: 4 << 20,
             http_connections_max: 1024,
             proposal_queue_max: 4096,
+            inflight_messages_max: 1,
             lease_reads: false,
             worker_threads: 0,
             quic_idle_timeout_ms: 10_000,
@@ -380,6 +387,7 @@ impl NodeConfig {
             ("scan_bytes_max", u64::from(self.scan_bytes_max)),
             ("http_connections_max", self.http_connections_max as u64),
             ("proposal_queue_max", self.proposal_queue_max as u64),
+            ("inflight_messages_max", self.inflight_messages_max as u64),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -438,6 +446,7 @@ impl NodeConfig {
         config.snapshot_interval_entries = self.snapshot_interval_entries;
         config.snapshot_tail_entries = self.snapshot_tail_entries;
         config.snapshot_chunk_bytes_max = self.snapshot_chunk_bytes_max;
+        config.inflight_messages_max = self.inflight_messages_max;
         config
     }
 }
@@ -523,6 +532,9 @@ pub struct NodeFlags {
     /// Proposals queued for the Raft driver (default 4096).
     #[arg(long)]
     pub proposal_queue_max: Option<usize>,
+    /// Unacknowledged appends per follower (default 1; raise it for long round trips).
+    #[arg(long)]
+    pub inflight_messages_max: Option<usize>,
     /// Serve leader reads from a lease and accept consistency=lease (assumes bounded clock
     /// drift).
     #[arg(long)]
@@ -570,7 +582,7 @@ impl NodeFlags {
                 cluster_id, tick_ms, election_timeout_ticks_min, election_timeout_ticks_max,
                 heartbeat_interval_ticks, leader_wait_ms, request_timeout_ms, key_bytes_max,
                 value_bytes_max, scan_limit_max, scan_bytes_max, http_connections_max,
-                proposal_queue_max, worker_threads, quic_idle_timeout_ms,
+                proposal_queue_max, inflight_messages_max, worker_threads, quic_idle_timeout_ms,
                 snapshot_interval_entries, snapshot_tail_entries, snapshot_chunk_bytes_max],
             optional: [client_address, peer_address, tls_dir, tls_ca, tls_cert, tls_key]);
         if flags.lease_reads {
@@ -612,6 +624,7 @@ mod tests {
         );
         assert_eq!(config.members().unwrap().len(), 3);
         assert_eq!(config.raft_config().proposal_wait_ticks, 200);
+        assert_eq!(config.raft_config().inflight_messages_max, 1);
     }
 
     type Change = Box<dyn Fn(&mut NodeConfig)>;
@@ -630,6 +643,10 @@ mod tests {
             (Box::new(|c| c.transport = TransportKind::Quic), "QUIC"),
             (Box::new(|c| c.tls_ca = Some("ca.pem".into())), "all three"),
             (Box::new(|c| c.value_bytes_max = 0), "value_bytes_max"),
+            (
+                Box::new(|c| c.inflight_messages_max = 0),
+                "inflight_messages_max",
+            ),
             (
                 Box::new(|c| c.election_timeout_ticks_min = 2),
                 "election_timeout_ticks_min",

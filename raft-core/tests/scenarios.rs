@@ -1117,3 +1117,30 @@ fn leadership_transfer_to_an_isolated_target_times_out_and_the_leader_resumes() 
     applied_at(&cluster, put);
     assert_eq!(cluster.kv(2).get("x").map(|v| &v[..]), Some(&b"1"[..]));
 }
+
+/// With one append in flight per follower, a follower whose ack reaches the leader after the
+/// entry committed (on the other follower's ack) still learns the commit index right away, from
+/// an empty append sent on its ack, not from the next heartbeat. (A lost commit index here once
+/// cost a forwarded write a whole heartbeat interval.)
+#[test]
+fn a_follower_acking_after_the_commit_learns_it_without_a_heartbeat() {
+    let mut cluster = Cluster::builder(3)
+        .config(|c| c.inflight_messages_max = 1)
+        .build();
+    cluster.campaign(1);
+    cluster.stabilize();
+    let put = cluster.propose_kv(1, &KvInput::put("x", "1"));
+    cluster.deliver_all(); // the appends to 2 and 3
+                           // n2's ack commits the entry while n3's ack is still on its way.
+    cluster.deliver_matching(|m| m.from == NodeId(2));
+    let committed = cluster.node(1).commit_index();
+    assert!(
+        committed >= cluster.node(1).last_index(),
+        "n2's ack commits"
+    );
+    assert!(cluster.outcome(put).is_some(), "the leader applied it");
+    // No ticks from here on, so no heartbeat can carry the commit index.
+    cluster.stabilize();
+    assert_eq!(cluster.node(3).commit_index(), committed);
+    assert_eq!(cluster.node(2).commit_index(), committed);
+}

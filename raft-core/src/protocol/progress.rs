@@ -112,6 +112,11 @@ pub(crate) struct Progress {
     pub(crate) stalled_heartbeats: u32,
     /// In `Snapshot`: the transfer.
     pub(crate) snapshot: Option<SnapshotSend>,
+    /// The highest commit index the follower can have learned from what was sent to it: an
+    /// append tells it `min(leader commit, last index the message covers)`. When the leader's
+    /// commit index passes it, an ack is followed by an empty append, so a follower whose ack
+    /// came in after the commit still learns of it without waiting for a heartbeat.
+    pub(crate) sent_commit: LogIndex,
 }
 
 impl Progress {
@@ -125,7 +130,19 @@ impl Progress {
             recent_active: true,
             stalled_heartbeats: 0,
             snapshot: None,
+            sent_commit: LogIndex(0),
         }
+    }
+
+    /// Records that the follower was sent `commit` as the leader's commit index.
+    pub(crate) fn commit_sent(&mut self, commit: LogIndex) {
+        self.sent_commit = self.sent_commit.max(commit);
+    }
+
+    /// True when an empty append would tell the follower a higher commit index than it was
+    /// sent so far (it can learn at most up to the last entry it was sent).
+    pub(crate) fn can_bump_commit(&self, committed: LogIndex) -> bool {
+        committed.min(self.next_index.prev()) > self.sent_commit
     }
 
     pub(crate) fn is_paused(&self, messages_max: usize, bytes_max: usize) -> bool {
@@ -161,6 +178,8 @@ impl Progress {
     pub(crate) fn become_probe(&mut self) {
         self.snapshot = None;
         self.state = ReplicationState::Probe;
+        // The follower may have restarted and forgotten its commit index.
+        self.sent_commit = LogIndex(0);
         self.next_index = self.match_index.next();
         self.probe_sent = false;
         self.stalled_heartbeats = 0;

@@ -89,6 +89,9 @@ impl RawNode {
             .map(|(id, p)| (*id, p.match_index.min(committed)))
             .collect();
         for (to, commit) in heartbeats {
+            if let Some(progress) = self.progress.get_mut(&to) {
+                progress.commit_sent(commit);
+            }
             self.send(to, MessageBody::Heartbeat { commit, read_seq });
         }
     }
@@ -125,7 +128,8 @@ impl RawNode {
                 return;
             }
             let next = progress.next_index;
-            if next > last && !(allow_empty && first) {
+            let committed = self.log.committed;
+            if next > last && !(first && (allow_empty || progress.can_bump_commit(committed))) {
                 return;
             }
             first = false;
@@ -158,14 +162,14 @@ impl RawNode {
                     None => false,
                 },
             };
-            let leader_commit = self.log.committed;
+            progress.commit_sent(committed.min(sent_last.unwrap_or(prev_log_index)));
             self.send(
                 to,
                 MessageBody::Append {
                     prev_log_index,
                     prev_log_term,
                     entries,
-                    leader_commit,
+                    leader_commit: committed,
                 },
             );
             if !keep_going {
