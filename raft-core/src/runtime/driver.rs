@@ -183,6 +183,7 @@ impl Driver {
         tokio::pin!(progress_signal);
         loop {
             let mut ticked = false;
+            let mut stepped = false;
             tokio::select! {
                 biased;
                 _ = &mut shutdown_signal => return Exit::Shutdown,
@@ -193,13 +194,28 @@ impl Driver {
                     ticked = true;
                 }
                 message = self.inbox.recv() => match message {
-                    Some(message) => self.step_messages(message),
+                    Some(message) => {
+                        self.raw.step(message);
+                        stepped = true;
+                    }
                     None => return Exit::Shutdown,
                 },
                 proposal = self.proposals.recv() => match proposal {
-                    Some(proposal) => self.take_proposals(proposal),
+                    Some(proposal) => {
+                        self.propose(proposal);
+                        stepped = true;
+                    }
                     None => return Exit::Shutdown,
                 },
+            }
+            if stepped {
+                // The task that queued this item woke the driver, and tokio runs a task woken
+                // that way next, ahead of every other ready task. Yielding once lets the other
+                // ready tasks (the HTTP requests and connections of this node) queue their
+                // proposals and messages first, so they join this ready: one forward, append
+                // and write for all of them instead of one per request.
+                tokio::task::yield_now().await;
+                self.step_queued();
             }
             if let Some(why) = self.shared.failure() {
                 return Exit::Failed(why);
@@ -223,24 +239,15 @@ impl Driver {
         }
     }
 
-    fn step_messages(&mut self, first: Message) {
-        self.raw.step(first);
-        for _ in 1..self.options.step_batch_max {
+    /// Steps the messages and proposals queued now, up to `step_batch_max` of each, so they
+    /// join one ready.
+    fn step_queued(&mut self) {
+        for _ in 0..self.options.step_batch_max {
             match self.inbox.try_recv() {
                 Ok(message) => self.raw.step(message),
                 Err(_) => break,
             }
         }
-        // Proposals that arrived meanwhile join the same ready.
-        self.drain_proposals();
-    }
-
-    fn take_proposals(&mut self, first: ProposalRequest) {
-        self.propose(first);
-        self.drain_proposals();
-    }
-
-    fn drain_proposals(&mut self) {
         for _ in 0..self.options.step_batch_max {
             match self.proposals.try_recv() {
                 Ok(request) => self.propose(request),
