@@ -11,7 +11,7 @@ use crate::api::{self, AppContext, Limits, NodeInfo, Readiness};
 use crate::config::{NodeConfig, StorageKind, TransportKind};
 use crate::members::{AddressBook, PeerTransport};
 use crate::metrics::Metrics;
-use crate::state::{KvState, KvStateMachine};
+use crate::state::{KvState, KvStateMachine, WAL_FLUSH_INTERVAL};
 use raft_core::runtime::{RaftNode, RuntimeOptions};
 use raft_core::wire::ClusterId;
 use raft_core::{LogStore, Network, NodeId};
@@ -34,6 +34,9 @@ pub struct RunningNode {
     pub client_address: SocketAddr,
     server: tokio::task::JoinHandle<io::Result<()>>,
     watcher: tokio::task::JoinHandle<()>,
+    /// RocksDB state only.
+    wal_flusher: Option<tokio::task::JoinHandle<()>>,
+    state: Arc<KvState>,
     stop_http: Arc<tokio::sync::Notify>,
 }
 
@@ -185,6 +188,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
         .map_err(|e| format!("starting raft: {e}"))?;
     let readiness = Arc::new(Readiness::default());
     let (term_sender, terms) = tokio::sync::watch::channel(raft.status().term);
+    let wal_flusher = matches!(config.storage, StorageKind::Rocksdb)
+        .then(|| tokio::spawn(flush_wal_periodically(Arc::downgrade(&state))));
     let watcher = tokio::spawn(watch_status(
         raft.clone(),
         readiness.clone(),
@@ -199,7 +204,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
         .map_err(|e| format!("building the HTTP client for forwarding: {e}"))?;
     let context = Arc::new(AppContext {
         raft: raft.clone(),
-        state,
+        state: state.clone(),
         metrics,
         limits: Limits {
             key_bytes_max: config.key_bytes_max,
@@ -243,8 +248,24 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
         client_address,
         server,
         watcher,
+        wal_flusher,
+        state,
         stop_http,
     })
+}
+
+/// Hands the state's buffered WAL to its file every [`WAL_FLUSH_INTERVAL`], which bounds the
+/// applies a killed process loses (see [`crate::state`]). Ends once the state is dropped.
+async fn flush_wal_periodically(state: std::sync::Weak<KvState>) {
+    let mut ticker = tokio::time::interval(WAL_FLUSH_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(state) = state.upgrade() else { return };
+        if let Err(error) = state.flush_wal() {
+            tracing::warn!(%error, "flushing the state's WAL buffer");
+        }
+    }
 }
 
 impl RunningNode {
@@ -259,6 +280,15 @@ impl RunningNode {
         self.raft.shutdown().await;
         self.watcher.abort();
         let _ = self.watcher.await;
+        if let Some(flusher) = self.wal_flusher {
+            flusher.abort();
+            let _ = flusher.await;
+        }
+        // Nothing applies any more: what is buffered goes to the file now, so a restart
+        // replays nothing even if the database is never closed.
+        if let Err(error) = self.state.flush_wal() {
+            tracing::warn!(%error, "flushing the state's WAL buffer at shutdown");
+        }
         tracing::info!("node stopped");
     }
 }

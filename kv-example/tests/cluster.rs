@@ -11,6 +11,7 @@ use bytes::Bytes;
 use kv_example::client::KvClient;
 use kv_example::config::{StorageKind, TransportKind};
 use kv_example::local_cluster::{fresh_temp_dir, ClusterSpec, LocalCluster};
+use kv_example::state::WAL_FLUSH_INTERVAL;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -102,6 +103,9 @@ async fn scenario(cluster: &mut LocalCluster) -> Result<(), String> {
         acknowledged.insert(key, value);
     }
     // 2. Kill the leader; a new one takes over and takes writes through both survivors.
+    // First let its state's WAL buffer reach the file (every WAL_FLUSH_INTERVAL), so that
+    // check_replay can show the restart replays none of the writes above.
+    tokio::time::sleep(WAL_FLUSH_INTERVAL * 3).await;
     let old_leader = leader(cluster, None).await?;
     cluster.kill(old_leader).map_err(|e| e.to_string())?;
     let killed_at = Instant::now();
