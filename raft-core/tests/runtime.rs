@@ -41,6 +41,8 @@ fn options() -> RuntimeOptions {
 }
 
 struct Cluster {
+    /// Adjusts each node's configuration.
+    tune: fn(&mut Config),
     router: LocalRouter,
     voters: Vec<NodeId>,
     stores: Vec<MemLogStore>,
@@ -50,8 +52,13 @@ struct Cluster {
 
 impl Cluster {
     async fn start(size: u64) -> Cluster {
+        Cluster::start_tuned(size, |_| {}).await
+    }
+
+    async fn start_tuned(size: u64, tune: fn(&mut Config)) -> Cluster {
         let voters: Vec<NodeId> = (1..=size).map(NodeId).collect();
         let mut cluster = Cluster {
+            tune,
             router: LocalRouter::new(),
             stores: voters.iter().map(|_| MemLogStore::new()).collect(),
             machines: voters.iter().map(|_| Recorder::default()).collect(),
@@ -69,6 +76,7 @@ impl Cluster {
         let id = self.voters[position];
         let mut config = Config::new(id, self.voters.clone());
         config.seed = 42 + position as u64;
+        (self.tune)(&mut config);
         self.machines[position] = Recorder::default();
         let node = RaftNode::start(
             config,
@@ -157,6 +165,38 @@ async fn writes_through_every_node_apply_in_one_order_everywhere() {
             "node {position} diverged"
         );
     }
+    cluster.shutdown().await;
+}
+
+/// A leader lets its own log write wait (up to `leader_write_delay_max`) while its new entries
+/// have not reached every follower it pipelines to. With one append in flight per follower
+/// (so that the write does wait) and a follower cut off, the entries reach only the other one:
+/// the leader must still make every write durable, or nothing commits. Each write commits,
+/// and the live follower applies them all in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_with_a_silent_follower_still_makes_its_writes_durable() {
+    let cluster = Cluster::start_tuned(3, |config| config.inflight_messages_max = 1).await;
+    let leader = cluster.leader().await;
+    propose(cluster.node(leader), "warm-up")
+        .await
+        .expect("commits");
+    cluster.router.isolate(cluster.voters[(leader + 1) % 3]);
+    let mut expected = vec![Bytes::from("warm-up")];
+    for i in 0..30 {
+        let command = format!("w{i}");
+        propose(cluster.node(leader), &command)
+            .await
+            .expect("commits with the leader and the live follower");
+        expected.push(Bytes::from(command));
+    }
+    let live = (leader + 2) % 3;
+    let commit = cluster.node(leader).status().commit_index;
+    tokio::time::timeout(TIMEOUT, cluster.node(live).wait_applied(commit))
+        .await
+        .expect("the live follower applies in time")
+        .expect("it runs");
+    let applied: Vec<Bytes> = cluster.applied(live).into_iter().map(|(_, c)| c).collect();
+    assert_eq!(applied, expected);
     cluster.shutdown().await;
 }
 

@@ -71,6 +71,16 @@ pub(super) struct DriverParts {
 
 pub(super) struct Driver {
     raw: RawNode,
+    /// Followers the leader pipelines to that answered since the tick before last (or have
+    /// nothing in flight), counted at each tick: a leader's new entries have reached them all
+    /// after this many appends. A follower that went silent drops out within two ticks, so
+    /// the leader stops waiting for appends to it.
+    pipelined_peers: usize,
+    /// Each pipelined follower's match index at the last tick, to tell which still answer.
+    match_at_tick: HashMap<NodeId, LogIndex>,
+    /// Appends carrying entries sent since the leader last handed entries to the writer
+    /// without letting it wait.
+    appends_since_write: usize,
     options: RuntimeOptions,
     network: Arc<dyn Network>,
     inbox: mpsc::Receiver<Message>,
@@ -130,6 +140,7 @@ impl Driver {
             parts.network.clone(),
             write_queue,
             shared.clone(),
+            parts.options.leader_write_delay_max,
         ));
         let applier = Applier {
             state_machine: parts.state_machine,
@@ -141,6 +152,9 @@ impl Driver {
         let applier = tokio::spawn(applier.run(apply_queue));
         Driver {
             raw: parts.raw,
+            pipelined_peers: 0,
+            match_at_tick: HashMap::new(),
+            appends_since_write: 0,
             options: parts.options,
             network: parts.network,
             inbox: parts.inbox,
@@ -404,6 +418,7 @@ impl Driver {
     /// Carries out one ready in the documented order: independent messages now; the write
     /// (and the messages behind it) to the writer; committed entries to the applier.
     async fn handle_ready(&mut self, ready: Ready) -> Result<(), String> {
+        let deferrable = self.leader_write_may_wait(&ready);
         for message in ready.messages {
             send(&*self.network, message);
         }
@@ -439,6 +454,7 @@ impl Driver {
         {
             let job = WriteJob {
                 number: ready.number,
+                deferrable,
                 snapshot_writes: ready.snapshot_writes,
                 purge_to: ready.purge_to,
                 write: ready.write,
@@ -484,6 +500,36 @@ impl Driver {
         Ok(())
     }
 
+    /// Whether this ready's write may wait for a later one (see
+    /// [`RuntimeOptions::leader_write_delay_max`]): a leader's plain append of entries that
+    /// have not yet gone to every pipelined follower. A write that may not wait takes every
+    /// queued one with it, so the count of appends starts again.
+    fn leader_write_may_wait(&mut self, ready: &Ready) -> bool {
+        let leading = self.raw.role() == crate::protocol::Role::Leader
+            && !self.options.leader_write_delay_max.is_zero();
+        if leading {
+            self.appends_since_write += ready
+                .messages
+                .iter()
+                .filter(|m| matches!(&m.body, MessageBody::Append { entries, .. } if !entries.is_empty()))
+                .count();
+        }
+        let plain_append = !ready.write.entries.is_empty()
+            && ready.write.truncate_from.is_none()
+            && ready.messages_after_write.is_empty()
+            && ready.snapshot_writes.is_empty()
+            && ready.purge_to.is_none();
+        let may_wait = leading && plain_append && self.appends_since_write < self.pipelined_peers;
+        let writes = !ready.write.is_empty()
+            || !ready.messages_after_write.is_empty()
+            || !ready.snapshot_writes.is_empty()
+            || ready.purge_to.is_some();
+        if !leading || (writes && !may_wait) {
+            self.appends_since_write = 0;
+        }
+        may_wait
+    }
+
     fn publish_status(&mut self, ticked: bool) {
         let changed = {
             let current = self.status.borrow();
@@ -494,7 +540,21 @@ impl Driver {
                 || current.applied_index != self.last_applied
         };
         if changed || ticked {
-            self.status.send_replace(self.raw.status());
+            let status = self.raw.status();
+            if ticked {
+                let previous = std::mem::take(&mut self.match_at_tick);
+                self.pipelined_peers = 0;
+                for peer in status.progress.iter().filter(|p| p.pipelined) {
+                    let answered = previous
+                        .get(&peer.id)
+                        .is_none_or(|before| peer.match_index > *before);
+                    if answered || peer.inflight_messages == 0 {
+                        self.pipelined_peers += 1;
+                    }
+                    self.match_at_tick.insert(peer.id, peer.match_index);
+                }
+            }
+            self.status.send_replace(status);
         }
     }
 

@@ -6,7 +6,9 @@
 //!   batches, sends the messages that depend on nothing local, and hands each ready's write to
 //!   the writer and its committed entries to the applier;
 //! - the *writer* makes writes durable in order, merging all queued writes into one store call
-//!   (group commit), then sends the messages that waited for them and reports back;
+//!   (group commit), then sends the messages that waited for them and reports back; a leader's
+//!   write of entries that have not reached all its followers yet may wait a moment for the
+//!   next one ([`RuntimeOptions::leader_write_delay_max`]);
 //! - the *applier* applies committed entries in order and answers each proposer.
 
 mod applier;
@@ -49,6 +51,14 @@ pub struct RuntimeOptions {
     /// Snapshot chunks queued to be read from the store and sent; past it a chunk is dropped
     /// (the leader resends it).
     pub snapshot_send_queue_max: usize,
+    /// How long a leader may hold back its own log write while the new entries in it have not
+    /// yet gone out to every follower it pipelines to (zero: write at once). A commit needs a
+    /// majority, and the followers' writes start only when the entries reach them; a leader
+    /// write started with the last of those sends is still durable before their acks arrive,
+    /// so commits come as soon, with one leader sync per round of appends instead of one per
+    /// batch of proposals. The bound covers a follower that stopped answering; tokio's timer
+    /// rounds it up to the next millisecond.
+    pub leader_write_delay_max: Duration,
 }
 
 impl Default for RuntimeOptions {
@@ -61,6 +71,7 @@ impl Default for RuntimeOptions {
             write_queue_readies_max: 256,
             apply_queue_batches_max: 256,
             snapshot_send_queue_max: 64,
+            leader_write_delay_max: Duration::from_millis(1),
         }
     }
 }

@@ -11,11 +11,16 @@ use crate::storage::{LogStore, LogWrite};
 use crate::types::LogIndex;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// One ready's write and the messages that may leave only once it is durable.
 pub(super) struct WriteJob {
     pub(super) number: u64,
+    /// A leader's write of entries not yet sent to every follower it pipelines to: it may
+    /// wait, up to `leader_write_delay_max`, for a job that is not (see [`super::RuntimeOptions`]).
+    pub(super) deferrable: bool,
     /// Received snapshot data, written before everything else.
     pub(super) snapshot_writes: Vec<SnapshotWrite>,
     /// Purge the log up to here, after the snapshot writes and before `write`.
@@ -39,6 +44,7 @@ pub(super) async fn run(
     network: Arc<dyn Network>,
     mut jobs: mpsc::Receiver<WriteJob>,
     shared: Arc<Shared>,
+    leader_write_delay_max: Duration,
 ) {
     let mut receiving: Option<Receiving> = None;
     while let Some(first) = jobs.recv().await {
@@ -46,6 +52,16 @@ pub(super) async fn run(
         for _ in 1..MERGED_WRITES_MAX {
             let Ok(job) = jobs.try_recv() else { break };
             batch.push(job);
+        }
+        if batch.iter().all(|job| job.deferrable) {
+            let deadline = Instant::now() + leader_write_delay_max;
+            while batch.len() < MERGED_WRITES_MAX && batch.iter().all(|job| job.deferrable) {
+                match tokio::time::timeout_at(deadline, jobs.recv()).await {
+                    Ok(Some(job)) => batch.push(job),
+                    // Waited long enough, or the driver stopped: write what there is.
+                    Ok(None) | Err(_) => break,
+                }
+            }
         }
         let number = batch.last().expect("one job at least").number;
         let mut merged = LogWrite::default();
