@@ -71,10 +71,10 @@ pub(super) struct DriverParts {
 
 pub(super) struct Driver {
     raw: RawNode,
-    /// Followers the leader pipelines to that answered since the tick before last (or have
-    /// nothing in flight), counted at each tick: a leader's new entries have reached them all
-    /// after this many appends. A follower that went silent drops out within two ticks, so
-    /// the leader stops waiting for appends to it.
+    /// Followers the leader pipelines to that answered since the tick before (or have nothing
+    /// in flight), counted at each tick: a leader's new entries have reached them all after
+    /// this many appends. A follower that went silent drops out at the next tick, so the
+    /// leader stops waiting for appends to it.
     pipelined_peers: usize,
     /// Each pipelined follower's match index at the last tick, to tell which still answer.
     match_at_tick: HashMap<NodeId, LogIndex>,
@@ -419,6 +419,7 @@ impl Driver {
     /// (and the messages behind it) to the writer; committed entries to the applier.
     async fn handle_ready(&mut self, ready: Ready) -> Result<(), String> {
         let deferrable = self.leader_write_may_wait(&ready);
+        let write_job = needs_write_job(&ready);
         for message in ready.messages {
             send(&*self.network, message);
         }
@@ -447,11 +448,7 @@ impl Driver {
             }
         }
         self.release_reads();
-        if !ready.write.is_empty()
-            || !ready.messages_after_write.is_empty()
-            || !ready.snapshot_writes.is_empty()
-            || ready.purge_to.is_some()
-        {
+        if write_job {
             let job = WriteJob {
                 number: ready.number,
                 deferrable,
@@ -520,11 +517,7 @@ impl Driver {
             && ready.snapshot_writes.is_empty()
             && ready.purge_to.is_none();
         let may_wait = leading && plain_append && self.appends_since_write < self.pipelined_peers;
-        let writes = !ready.write.is_empty()
-            || !ready.messages_after_write.is_empty()
-            || !ready.snapshot_writes.is_empty()
-            || ready.purge_to.is_some();
-        if !leading || (writes && !may_wait) {
+        if !leading || (needs_write_job(ready) && !may_wait) {
             self.appends_since_write = 0;
         }
         may_wait
@@ -615,6 +608,15 @@ impl Driver {
             tracing::error!(%why, "raft node stopped after a failure");
         }
     }
+}
+
+/// True when a ready has something for the writer: a write, messages that wait for one, or
+/// snapshot data and purges.
+fn needs_write_job(ready: &Ready) -> bool {
+    !ready.write.is_empty()
+        || !ready.messages_after_write.is_empty()
+        || !ready.snapshot_writes.is_empty()
+        || ready.purge_to.is_some()
 }
 
 pub(super) fn send(network: &dyn Network, message: Message) {
