@@ -21,8 +21,8 @@
 //! fills, when the node calls [`KvState::flush_wal`] (every [`WAL_FLUSH_INTERVAL`]) and when
 //! the database closes: one write per interval instead of one per batch, as etcd commits its
 //! backend every 100 ms. A killed process loses at most the applies of the last interval,
-//! which the runtime replays from the log. A batch that scans after a write is split at the scan, each part
-//! with its own applied index, so a scan sees every earlier write of its batch.
+//! which the runtime replays from the log. A batch that scans after a write is split at the
+//! scan, each part with its own applied index, so a scan sees every earlier write of its batch.
 //!
 //! Invariant: the applied index only grows, and the stored data is exactly the effect of the
 //! log's commands up to it.
