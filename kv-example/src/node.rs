@@ -254,16 +254,23 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
     })
 }
 
-/// Hands the state's buffered WAL to its file every [`WAL_FLUSH_INTERVAL`], which bounds the
-/// applies a killed process loses (see [`crate::state`]). Ends once the state is dropped.
+/// Hands the state's buffered WAL to its file every [`WAL_FLUSH_INTERVAL`] in which something
+/// was applied, which bounds the applies a killed process loses (see [`crate::state`]). Ends
+/// once the state is dropped.
 async fn flush_wal_periodically(state: std::sync::Weak<KvState>) {
     let mut ticker = tokio::time::interval(WAL_FLUSH_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flushed_at = None;
     loop {
         ticker.tick().await;
         let Some(state) = state.upgrade() else { return };
-        if let Err(error) = state.flush_wal() {
-            tracing::warn!(%error, "flushing the state's WAL buffer");
+        let applied = state.applied_index();
+        if flushed_at == Some(applied) {
+            continue; // an idle node has nothing buffered
+        }
+        match state.flush_wal() {
+            Ok(()) => flushed_at = Some(applied),
+            Err(error) => tracing::warn!(%error, "flushing the state's WAL buffer"),
         }
     }
 }

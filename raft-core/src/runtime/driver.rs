@@ -502,14 +502,11 @@ impl Driver {
     /// have not yet gone to every pipelined follower. A write that may not wait takes every
     /// queued one with it, so the count of appends starts again.
     fn leader_write_may_wait(&mut self, ready: &Ready) -> bool {
-        let leading = self.raw.role() == crate::protocol::Role::Leader
-            && !self.options.leader_write_delay_max.is_zero();
+        let leading =
+            self.raw.role() == Role::Leader && !self.options.leader_write_delay_max.is_zero();
         if leading {
-            self.appends_since_write += ready
-                .messages
-                .iter()
-                .filter(|m| matches!(&m.body, MessageBody::Append { entries, .. } if !entries.is_empty()))
-                .count();
+            self.appends_since_write +=
+                ready.messages.iter().filter(|m| carries_entries(m)).count();
         }
         let plain_append = !ready.write.entries.is_empty()
             && ready.write.truncate_from.is_none()
@@ -521,6 +518,22 @@ impl Driver {
             self.appends_since_write = 0;
         }
         may_wait
+    }
+
+    /// Counts, once per tick, the pipelined followers that answered since the last tick (or
+    /// have nothing in flight): see `pipelined_peers`.
+    fn count_pipelined_peers(&mut self, status: &Status) {
+        let previous = std::mem::take(&mut self.match_at_tick);
+        self.pipelined_peers = 0;
+        for peer in status.progress.iter().filter(|p| p.pipelined) {
+            let answered = previous
+                .get(&peer.id)
+                .is_none_or(|before| peer.match_index > *before);
+            if answered || peer.inflight_messages == 0 {
+                self.pipelined_peers += 1;
+            }
+            self.match_at_tick.insert(peer.id, peer.match_index);
+        }
     }
 
     fn publish_status(&mut self, ticked: bool) {
@@ -535,17 +548,7 @@ impl Driver {
         if changed || ticked {
             let status = self.raw.status();
             if ticked {
-                let previous = std::mem::take(&mut self.match_at_tick);
-                self.pipelined_peers = 0;
-                for peer in status.progress.iter().filter(|p| p.pipelined) {
-                    let answered = previous
-                        .get(&peer.id)
-                        .is_none_or(|before| peer.match_index > *before);
-                    if answered || peer.inflight_messages == 0 {
-                        self.pipelined_peers += 1;
-                    }
-                    self.match_at_tick.insert(peer.id, peer.match_index);
-                }
+                self.count_pipelined_peers(&status);
             }
             self.status.send_replace(status);
         }
@@ -608,6 +611,11 @@ impl Driver {
             tracing::error!(%why, "raft node stopped after a failure");
         }
     }
+}
+
+/// True for an append that carries entries (not one that only tells the commit index).
+fn carries_entries(message: &Message) -> bool {
+    matches!(&message.body, MessageBody::Append { entries, .. } if !entries.is_empty())
 }
 
 /// True when a ready has something for the writer: a write, messages that wait for one, or
