@@ -428,14 +428,18 @@ impl NodeConfig {
 
     /// The protocol's configuration for this node.
     pub fn raft_config(&self) -> raft_core::Config {
-        let voters = match self.join {
+        let initial = match self.join {
             // A joining node learns the membership from the leader once added.
-            true => Vec::new(),
-            false => parse_members(&self.initial_cluster)
-                .map(|members| members.keys().copied().collect())
-                .unwrap_or_default(),
+            true => BTreeMap::new(),
+            false => parse_members(&self.initial_cluster).unwrap_or_default(),
         };
-        let mut config = raft_core::Config::new(NodeId(self.id), voters);
+        let mut config = raft_core::Config::new(NodeId(self.id), initial.keys().copied().collect());
+        // Recorded in the first membership, so nodes that join later learn where the first
+        // voters listen (raft_core::Network::members_changed).
+        config.initial_nodes = initial
+            .iter()
+            .map(|(id, address)| (*id, raft_core::NodeMeta::at(address.to_string())))
+            .collect();
         config.election_timeout_ticks_min = self.election_timeout_ticks_min;
         config.election_timeout_ticks_max = self.election_timeout_ticks_max;
         config.heartbeat_interval_ticks = self.heartbeat_interval_ticks;
