@@ -266,6 +266,11 @@ struct ReadParams {
     consistency: Option<String>,
 }
 
+/// Writes take no query parameters: an unknown one (`?ttl=5`) is refused, not ignored.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WriteParams {}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ScanParams {
@@ -312,7 +317,12 @@ pub fn router(context: Arc<AppContext>) -> Router {
         .with_state(context)
 }
 
-async fn not_found() -> ApiError {
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    // `/v1/kv/{key}` does not match an empty key: say what is wrong with it.
+    let path = uri.path();
+    if path == "/v1/kv/" || path == "/v1/kv//cas" {
+        return ApiError::bad_request("the key is empty");
+    }
     ApiError::new(
         StatusCode::NOT_FOUND,
         "no_such_endpoint",
@@ -571,11 +581,13 @@ fn unexpected(answer: Answer) -> ApiError {
 async fn put_key(
     State(context): Context,
     key: Result<Path<String>, PathRejection>,
+    params: Result<Query<WriteParams>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let result = async {
         let key = context.check_key(key)?;
+        params.map_err(|e| ApiError::bad_request(e.body_text()))?;
         let value = body.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 context.value_too_large(context.limits.value_bytes_max + 1)
@@ -643,10 +655,12 @@ async fn get_key(
 async fn delete_key(
     State(context): Context,
     key: Result<Path<String>, PathRejection>,
+    params: Result<Query<WriteParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let result = async {
         let key = context.check_key(key)?;
+        params.map_err(|e| ApiError::bad_request(e.body_text()))?;
         match context
             .propose(Operation::Delete, Command::Delete { key })
             .await?

@@ -298,6 +298,18 @@ async fn bad_input_gets_a_4xx_json_error() {
     assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "unknown");
     let answer = call(Method::GET, &kv("k?colour=blue"), None).await;
     assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "colour");
+    // Writes take no query parameters: one they do not know is refused, not ignored.
+    let answer = call(Method::PUT, &kv("k?ttl=5"), Some(b"v".to_vec())).await;
+    assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "ttl");
+    let answer = call(Method::DELETE, &kv("k?ttl=5"), None).await;
+    assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "ttl");
+    // An empty key is bad input, not an unknown endpoint.
+    for method in [Method::GET, Method::PUT, Method::DELETE] {
+        let answer = call(method, &kv(""), Some(b"v".to_vec())).await;
+        assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "empty");
+    }
+    let answer = call(Method::POST, &kv("/cas"), Some(b"{}".to_vec())).await;
+    assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "empty");
 
     let cas = kv("k/cas");
     let answer = call(Method::POST, &cas, Some(b"{not json".to_vec())).await;
