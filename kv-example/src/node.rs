@@ -1,9 +1,10 @@
 //! Composing a node: storage and transport picked at run time as trait objects, the Raft node,
-//! the state machine, the HTTP server with a bounded number of connections, and an orderly
-//! shutdown.
+//! the state machine, the HTTP server (with its connection limit and timeouts, see
+//! [`crate::http_server`]), and an orderly shutdown.
 //!
 //! Shutdown order (SIGTERM, Ctrl-C, or the future given to [`run`]): the HTTP server stops
-//! accepting and finishes the requests in flight (each bounded by `request_timeout_ms`), then
+//! accepting, closes its idle connections and finishes the requests in flight (each bounded by
+//! `http_body_read_timeout_ms` and `request_timeout_ms`), then
 //! the Raft node stops (pending proposals fail, queued log writes finish, the transport
 //! closes), then the stores close (RocksDB's writer thread finishes and joins).
 
@@ -18,13 +19,9 @@ use raft_core::{LogStore, Network, NodeId};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpListener;
 
 /// A running node's handles, for tests and for the binary's shutdown.
 pub struct RunningNode {
@@ -231,16 +228,13 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
     });
     let stop_http = Arc::new(tokio::sync::Notify::new());
     let stop = stop_http.clone();
-    let listener = LimitedListener {
-        inner: listener,
-        permits: Arc::new(Semaphore::new(config.http_connections_max)),
-    };
     let router = api::router(context);
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.notified().await })
-            .await
-    });
+    let server = tokio::spawn(crate::http_server::serve(
+        listener,
+        router,
+        config.http_limits(),
+        async move { stop.notified().await },
+    ));
     tracing::info!(id = config.id, %client_address, storage = %config.storage,
         transport = %config.transport, "node started");
     Ok(RunningNode {
@@ -392,94 +386,5 @@ async fn watch_status(
             readiness.set(false);
             return;
         }
-    }
-}
-
-/// A TCP listener that serves at most `http_connections_max` connections at once: it waits
-/// for a free slot before accepting, so further clients wait in the listen backlog.
-struct LimitedListener {
-    inner: TcpListener,
-    permits: Arc<Semaphore>,
-}
-
-/// An accepted connection holding its slot until it closes.
-struct LimitedStream {
-    stream: TcpStream,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl axum::serve::Listener for LimitedListener {
-    type Io = LimitedStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (LimitedStream, SocketAddr) {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the connection semaphore is never closed");
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, address)) => {
-                    // Small requests and answers: do not wait to fill a segment.
-                    let _ = stream.set_nodelay(true);
-                    let stream = LimitedStream {
-                        stream,
-                        _permit: permit,
-                    };
-                    return (stream, address);
-                }
-                Err(error) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    tracing::warn!(%error, "accepting an HTTP connection failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-}
-
-impl AsyncRead for LimitedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        buffer: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(context, buffer)
-    }
-}
-
-impl AsyncWrite for LimitedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(context, data)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        buffers: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(context, buffers)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(context)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(context)
     }
 }
