@@ -19,7 +19,9 @@
 //! and values are JSON strings when they are UTF-8, else `key_base64` / `value_base64`.
 //!
 //! Every error is JSON: `{"error": "<code>", "message": "<what was wrong>"}`, plus
-//! `"applied": "no" | "unknown"` for requests that reached Raft. Bad input is a 4xx; no leader
+//! `"applied": "no" | "unknown"` for requests that reached Raft; those of the HTTP layer too
+//! (408 `body_read_timeout`, 414 `uri_too_long`, 431 `headers_too_large`, see
+//! [`crate::http_server`]). Bad input is a 4xx; no leader
 //! within `leader_wait_ms`, an overloaded or stopped node, or no answer within
 //! `request_timeout_ms` is a 503. A 503 with `"applied": "unknown"` means the write may or may
 //! not have taken effect. A write sent to a follower, whose leader is replaced before it

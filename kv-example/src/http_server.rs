@@ -233,21 +233,38 @@ impl Registry {
     fn admit(&self, id: u64, connection: Arc<Connection>, limits: &HttpLimits) -> bool {
         let mut open = self.open();
         assert!(open.len() <= limits.connections_max);
-        if open.len() == limits.connections_max {
-            let oldest_not_busy = open
-                .iter()
-                .find(|(_, held)| held.close_unless_busy(limits, None))
-                .map(|(id, held)| (*id, held.clone()));
-            let Some((closed_id, closed)) = oldest_not_busy else {
-                return false;
-            };
-            open.remove(&closed_id);
-            closed.wake.notify_one();
+        if open.len() == limits.connections_max
+            && !Registry::close_oldest_not_busy(&mut open, limits)
+        {
+            return false;
         }
         let previous = open.insert(id, connection);
         assert!(previous.is_none(), "connection IDs are never reused");
         assert!(open.len() <= limits.connections_max);
         true
+    }
+
+    /// Closes the oldest connection without a request in progress, if there is one.
+    fn close_oldest_not_busy(
+        open: &mut BTreeMap<u64, Arc<Connection>>,
+        limits: &HttpLimits,
+    ) -> bool {
+        let oldest_not_busy = open
+            .iter()
+            .find(|(_, held)| held.close_unless_busy(limits, None))
+            .map(|(id, held)| (*id, held.clone()));
+        let Some((id, closed)) = oldest_not_busy else {
+            return false;
+        };
+        open.remove(&id);
+        // Its task drops it, which closes the socket.
+        closed.wake.notify_one();
+        true
+    }
+
+    /// Frees a file descriptor when the process has none left to accept with.
+    fn make_room(&self, limits: &HttpLimits) -> bool {
+        Registry::close_oldest_not_busy(&mut self.open(), limits)
     }
 
     fn remove(&self, id: u64) {
@@ -280,9 +297,14 @@ pub async fn serve(
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(error) => {
-                // Out of file descriptors and the like: wait instead of spinning.
-                tracing::warn!(%error, "accepting an HTTP connection failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Out of file descriptors (the process limit is below http_connections_max):
+                // close an idle connection, as the limit would, so new clients still get in.
+                let out_of_files =
+                    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                let made_room = out_of_files && registry.make_room(&limits);
+                tracing::warn!(%error, made_room, "accepting an HTTP connection failed");
+                // Give the closed connection's task time to drop its socket; do not spin.
+                tokio::time::sleep(Duration::from_millis(if made_room { 1 } else { 50 })).await;
                 continue;
             }
         };

@@ -151,9 +151,59 @@ fn seed() -> u64 {
     nanos ^ (u64::from(std::process::id()) << 32)
 }
 
+/// Open files a node needs besides its HTTP connections: the listeners, peers, and the
+/// stores' files.
+const OPEN_FILES_BESIDES_CONNECTIONS: libc::rlim_t = 512;
+
+/// Raises this process's soft limit on open files to its hard limit. Each HTTP connection takes
+/// one, and a common default soft limit (1024) is below `http_connections_max` (1024) plus the
+/// node's own files; there, accepting fails (the server then closes an idle connection to make
+/// room, at a cost). Warns when even the hard limit is short.
+fn raise_open_files_limit(connections_max: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        tracing::warn!(error = %io::Error::last_os_error(), "reading the open-file limit");
+        return;
+    }
+    // An unlimited hard limit is not a valid soft one for open files; Linux caps it at 2^20.
+    let wanted = limit.rlim_max.min(1 << 20);
+    if limit.rlim_cur < wanted {
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::info!(
+                from = limit.rlim_cur,
+                to = wanted,
+                "raised the open-file limit"
+            );
+            limit = raised;
+        } else {
+            let error = io::Error::last_os_error();
+            tracing::warn!(%error, "raising the open-file limit");
+        }
+    }
+    let needed = connections_max as libc::rlim_t + OPEN_FILES_BESIDES_CONNECTIONS;
+    if limit.rlim_cur < needed {
+        tracing::warn!(
+            open_files_max = limit.rlim_cur,
+            needed,
+            "the open-file limit is below http_connections_max plus the node's own files: \
+             raise it (ulimit -n) or lower --http-connections-max"
+        );
+    }
+}
+
 /// Starts a node: stores, transport, Raft, the status watcher and the HTTP server.
 pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
     config.validate()?;
+    raise_open_files_limit(config.http_connections_max);
     let client_address = config.client_listen_address()?;
     let listener = TcpListener::bind(client_address)
         .await

@@ -289,3 +289,82 @@ async fn a_new_client_is_served_past_the_connection_limit() {
     );
     finish(cluster);
 }
+
+/// Starts a node under `ulimit <limit_flags> 300` (open files), opens 600 idle connections,
+/// checks that a new client's PUT and GET are answered within a second each, and returns the
+/// node's log without its colour codes.
+async fn serve_with_few_files(limit_flags: &str) -> String {
+    const CONNECTIONS: usize = 600;
+    let folder = fresh_temp_dir("kv-edge-files").unwrap();
+    let wrapper = folder.join("kvnode-few-files");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nulimit {limit_flags} 300 || exit 1\nexec {} \"$@\"\n",
+            env!("CARGO_BIN_EXE_kvnode")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let cluster = LocalCluster::start(ClusterSpec {
+        kvnode: wrapper,
+        nodes: 1,
+        storage: StorageKind::Mem,
+        transport: TransportKind::Tcp,
+        data_dir: folder.join("cluster"),
+        extra_args: Vec::new(),
+        log_filter: "info".into(),
+    })
+    .expect("the node starts");
+    cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let node = address(&cluster);
+    let mut crowd = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        crowd.push(TcpStream::connect(node).await.expect("the node accepts"));
+    }
+    let http = reqwest::Client::new();
+    let url = format!("http://{node}/v1/kv/fresh");
+    let put = tokio::time::timeout(Duration::from_secs(1), http.put(&url).body("v").send())
+        .await
+        .expect("the PUT is answered within 1 s")
+        .unwrap();
+    assert_eq!(put.status(), reqwest::StatusCode::OK);
+    let get = tokio::time::timeout(Duration::from_secs(1), http.get(&url).send())
+        .await
+        .expect("the GET is answered within 1 s")
+        .unwrap();
+    assert_eq!(get.bytes().await.unwrap().as_ref(), b"v");
+    let mut log = cluster.log_tail(1, 50);
+    while let Some(start) = log.find('\u{1b}') {
+        let end = log[start..]
+            .find('m')
+            .map_or(log.len(), |at| start + at + 1);
+        log.replace_range(start..end, "");
+    }
+    drop(crowd);
+    drop(cluster);
+    std::fs::remove_dir_all(folder).expect("the test folder is removed");
+    log
+}
+
+/// A node whose process may open fewer files than `http_connections_max` (300, soft and hard,
+/// against 1,024) still serves a new client while 600 idle connections are open: when
+/// accepting fails for want of a file, it closes its oldest idle connection to make room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_client_is_served_when_the_node_is_out_of_files() {
+    let log = serve_with_few_files("-n").await;
+    assert!(log.contains("made_room=true"), "{log}");
+}
+
+/// A node started with a low soft limit on open files (300) raises it to the hard limit, so it
+/// holds its connections without running out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_raises_its_soft_open_file_limit() {
+    let log = serve_with_few_files("-Sn").await;
+    assert!(log.contains("raised the open-file limit from=300"), "{log}");
+    assert!(!log.contains("Too many open files"), "{log}");
+}
