@@ -48,7 +48,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -101,6 +101,74 @@ impl fmt::Display for BodyReadTimeout {
 }
 
 impl std::error::Error for BodyReadTimeout {}
+
+/// Why the node closed a connection, as the `reason` label of
+/// `kv_http_connections_closed_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Idle past `http_keep_alive_idle_timeout_ms`.
+    IdleTimeout,
+    /// Headers not complete within `http_header_read_timeout_ms`.
+    HeaderTimeout,
+    /// A body not complete within `http_body_read_timeout_ms` (answered 408).
+    BodyTimeout,
+    /// The oldest without a request in progress, to make room for a new one at
+    /// `http_connections_max`.
+    Limit,
+    /// The oldest without a request in progress, because the process ran out of files.
+    OutOfFiles,
+    /// A new connection closed at once: every held one had a request in progress.
+    AllBusy,
+}
+
+impl CloseReason {
+    /// Every reason, in metric order.
+    pub const ALL: [CloseReason; 6] = [
+        CloseReason::IdleTimeout,
+        CloseReason::HeaderTimeout,
+        CloseReason::BodyTimeout,
+        CloseReason::Limit,
+        CloseReason::OutOfFiles,
+        CloseReason::AllBusy,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::HeaderTimeout => "header_timeout",
+            CloseReason::BodyTimeout => "body_timeout",
+            CloseReason::Limit => "limit",
+            CloseReason::OutOfFiles => "out_of_files",
+            CloseReason::AllBusy => "all_busy",
+        }
+    }
+}
+
+/// The HTTP server's counters, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct HttpCounters {
+    /// Connections held now.
+    open: AtomicU64,
+    /// Connections the node closed, by [`CloseReason`].
+    closed: [AtomicU64; CloseReason::ALL.len()],
+}
+
+impl HttpCounters {
+    /// Connections held now.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections the node closed for `reason` since it started.
+    pub fn closed(&self, reason: CloseReason) -> u64 {
+        self.closed[reason as usize].load(Ordering::Relaxed)
+    }
+
+    fn record_close(&self, reason: CloseReason) {
+        self.closed[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// Where a connection is; see the module docs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,8 +262,13 @@ impl Connection {
     }
 
     /// Closes the connection unless a request is in progress; with `only_if_expired`, only if
-    /// its phase has also timed out by `now`. Returns whether it is closed.
-    fn close_unless_busy(&self, limits: &HttpLimits, only_if_expired: Option<Instant>) -> bool {
+    /// its phase has also timed out by `now`. Returns the phase it was closed from (`Closed` if
+    /// it was already), or `None` if it stays open.
+    fn close_unless_busy(
+        &self,
+        limits: &HttpLimits,
+        only_if_expired: Option<Instant>,
+    ) -> Option<Phase> {
         let mut phase = self.phase();
         let expired = |since: Instant, timeout: Duration| {
             only_if_expired.is_none_or(|now| since + timeout <= now)
@@ -206,22 +279,26 @@ impl Connection {
             Phase::Idle { since } => expired(since, limits.keep_alive_idle_timeout),
             Phase::ReadingHeaders { since } => expired(since, limits.header_read_timeout),
         };
-        if close {
-            *phase = Phase::Closed;
-        }
-        close
+        close.then(|| std::mem::replace(&mut *phase, Phase::Closed))
     }
 }
 
 /// The connections a node holds, oldest first (IDs are given in accept order).
 ///
 /// Invariant: at most `connections_max` entries.
-#[derive(Default)]
 struct Registry {
     open: Mutex<BTreeMap<u64, Arc<Connection>>>,
+    counters: Arc<HttpCounters>,
 }
 
 impl Registry {
+    fn new(counters: Arc<HttpCounters>) -> Registry {
+        Registry {
+            open: Mutex::default(),
+            counters,
+        }
+    }
+
     fn open(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Connection>>> {
         self.open
             .lock()
@@ -233,30 +310,39 @@ impl Registry {
     fn admit(&self, id: u64, connection: Arc<Connection>, limits: &HttpLimits) -> bool {
         let mut open = self.open();
         assert!(open.len() <= limits.connections_max);
-        if open.len() == limits.connections_max
-            && !Registry::close_oldest_not_busy(&mut open, limits)
-        {
-            return false;
+        if open.len() == limits.connections_max {
+            if !self.close_oldest_not_busy(&mut open, limits) {
+                self.counters.record_close(CloseReason::AllBusy);
+                return false;
+            }
+            self.counters.record_close(CloseReason::Limit);
         }
         let previous = open.insert(id, connection);
         assert!(previous.is_none(), "connection IDs are never reused");
         assert!(open.len() <= limits.connections_max);
+        self.counters
+            .open
+            .store(open.len() as u64, Ordering::Relaxed);
         true
     }
 
     /// Closes the oldest connection without a request in progress, if there is one.
     fn close_oldest_not_busy(
+        &self,
         open: &mut BTreeMap<u64, Arc<Connection>>,
         limits: &HttpLimits,
     ) -> bool {
         let oldest_not_busy = open
             .iter()
-            .find(|(_, held)| held.close_unless_busy(limits, None))
+            .find(|(_, held)| held.close_unless_busy(limits, None).is_some())
             .map(|(id, held)| (*id, held.clone()));
         let Some((id, closed)) = oldest_not_busy else {
             return false;
         };
         open.remove(&id);
+        self.counters
+            .open
+            .store(open.len() as u64, Ordering::Relaxed);
         // Its task drops it, which closes the socket.
         closed.wake.notify_one();
         true
@@ -264,25 +350,35 @@ impl Registry {
 
     /// Frees a file descriptor when the process has none left to accept with.
     fn make_room(&self, limits: &HttpLimits) -> bool {
-        Registry::close_oldest_not_busy(&mut self.open(), limits)
+        let made_room = self.close_oldest_not_busy(&mut self.open(), limits);
+        if made_room {
+            self.counters.record_close(CloseReason::OutOfFiles);
+        }
+        made_room
     }
 
     fn remove(&self, id: u64) {
-        self.open().remove(&id);
+        let mut open = self.open();
+        open.remove(&id);
+        self.counters
+            .open
+            .store(open.len() as u64, Ordering::Relaxed);
     }
 }
 
 /// Serves `router` on `listener` until `stop` resolves, then stops accepting, closes the
 /// connections that have no request in progress, lets the busy ones finish their request, and
 /// returns once every connection is closed.
+/// `counters` are kept up to date for `/metrics`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
+    counters: Arc<HttpCounters>,
     stop: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let limits = Arc::new(limits);
-    let registry = Arc::new(Registry::default());
+    let registry = Arc::new(Registry::new(counters));
     let (stopping_sender, stopping) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut next_id = 0u64;
@@ -384,11 +480,24 @@ async fn serve_connection(
         // Closed by the registry, timed out, or the server stops: unless a request is in
         // progress, the connection ends here (dropping it closes the socket).
         let only_if_expired = (!stop).then(Instant::now);
-        if connection.close_unless_busy(&limits, only_if_expired) {
+        if let Some(closed_from) = connection.close_unless_busy(&limits, only_if_expired) {
+            let timed_out = match closed_from {
+                _ if stop => None,
+                Phase::Idle { .. } => Some(CloseReason::IdleTimeout),
+                Phase::ReadingHeaders { .. } => Some(CloseReason::HeaderTimeout),
+                // Closed by the registry, which counted it.
+                Phase::Closed | Phase::Busy { .. } => None,
+            };
+            if let Some(reason) = timed_out {
+                registry.counters.record_close(reason);
+            }
             break;
         }
-        let close_after_answer = stop || connection.body_timed_out.load(Ordering::Acquire);
-        if close_after_answer && !draining {
+        let body_timed_out = connection.body_timed_out.load(Ordering::Acquire);
+        if body_timed_out && !draining {
+            registry.counters.record_close(CloseReason::BodyTimeout);
+        }
+        if (stop || body_timed_out) && !draining {
             // Hyper finishes the request in progress, then closes.
             served.as_mut().graceful_shutdown();
             draining = true;
@@ -661,7 +770,7 @@ mod tests {
     fn the_oldest_connection_not_busy_makes_room() {
         let limits = limits(3);
         let now = Instant::now();
-        let registry = Registry::default();
+        let registry = Registry::new(Arc::default());
         let held: Vec<Arc<Connection>> = (0..3).map(|_| Arc::new(Connection::new(now))).collect();
         for (id, connection) in held.iter().enumerate() {
             assert!(registry.admit(id as u64, connection.clone(), &limits));
@@ -677,8 +786,11 @@ mod tests {
         let ids: Vec<u64> = registry.open().keys().copied().collect();
         assert_eq!(ids, [0, 3, 4]);
 
+        assert_eq!(registry.counters.closed(CloseReason::Limit), 2);
+        assert_eq!(registry.counters.open(), 3);
+
         // Every one busy: the new one is refused.
-        let registry = Registry::default();
+        let registry = Registry::new(Arc::default());
         for id in 0..3 {
             let connection = Arc::new(Connection::new(now));
             assert!(connection.begin_request());
@@ -686,6 +798,7 @@ mod tests {
         }
         assert!(!registry.admit(3, Arc::new(Connection::new(now)), &limits));
         assert_eq!(registry.open().len(), 3);
+        assert_eq!(registry.counters.closed(CloseReason::AllBusy), 1);
     }
 
     /// A phase expires after its own timeout: idle after the keep-alive one, reading headers
@@ -700,21 +813,25 @@ mod tests {
             Some(start + Duration::from_secs(60))
         );
         let at = |seconds| Some(start + Duration::from_secs(seconds));
-        assert!(!connection.close_unless_busy(&limits, at(59)));
+        assert_eq!(connection.close_unless_busy(&limits, at(59)), None);
         let first_byte = start + Duration::from_secs(1);
         connection.received(first_byte);
         assert_eq!(connection.deadline(&limits), at(6));
-        assert!(!connection.close_unless_busy(&limits, at(5)));
+        assert_eq!(connection.close_unless_busy(&limits, at(5)), None);
         assert!(connection.begin_request());
         assert_eq!(connection.deadline(&limits), None);
-        assert!(!connection.close_unless_busy(&limits, at(1000)));
-        assert!(
-            !connection.close_unless_busy(&limits, None),
-            "not even forced"
+        assert_eq!(connection.close_unless_busy(&limits, at(1000)), None);
+        assert_eq!(
+            connection.close_unless_busy(&limits, None),
+            None,
+            "not forced"
         );
         let answered = start + Duration::from_secs(7);
         connection.end_request(answered);
         assert_eq!(connection.deadline(&limits), at(67));
-        assert!(connection.close_unless_busy(&limits, at(67)));
+        assert_eq!(
+            connection.close_unless_busy(&limits, at(67)),
+            Some(Phase::Idle { since: answered })
+        );
     }
 }

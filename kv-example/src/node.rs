@@ -210,6 +210,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
         .map_err(|e| format!("binding the HTTP API on {client_address}: {e}"))?;
     let client_address = listener.local_addr().map_err(|e| e.to_string())?;
     let metrics = Arc::new(Metrics::default());
+    let http_counters = metrics.http.clone();
     let (store, rocks_store) = open_log_store(&config)?;
     let state = open_state(&config)?;
     // Members added at run time are in the state; the transport knows them from the start.
@@ -283,6 +284,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
         listener,
         router,
         config.http_limits(),
+        http_counters,
         async move { stop.notified().await },
     ));
     tracing::info!(id = config.id, %client_address, storage = %config.storage,

@@ -65,6 +65,24 @@ async fn read_until_closed(
     )
 }
 
+/// The value of one line of the node's `/metrics`, e.g.
+/// `kv_http_connections_closed_total{reason="limit"}`.
+async fn metric(cluster: &LocalCluster, line: &str) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", cluster.endpoint(1)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|row| row.strip_prefix(line)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("/metrics lacks {line}:\n{text}"))
+}
+
+fn closed_for(reason: &str) -> String {
+    format!("kv_http_connections_closed_total{{reason=\"{reason}\"}}")
+}
+
 /// Reads one response whose body has a `content-length`, and returns it whole.
 async fn read_response(stream: &mut TcpStream) -> String {
     let mut received = Vec::new();
@@ -139,6 +157,8 @@ async fn a_slow_client_is_closed_after_its_timeout() {
         );
     }
     println!("closed after: headers {headers:?}, silent {idle:?}, kept alive {kept:?}");
+    assert_eq!(metric(&cluster, &closed_for("header_timeout")).await, 1);
+    assert!(metric(&cluster, &closed_for("idle_timeout")).await >= 2);
     finish(cluster);
 }
 
@@ -166,6 +186,7 @@ async fn a_slow_body_is_a_408_and_applies_nothing() {
     let url = format!("{}/v1/kv/slow", cluster.endpoint(1));
     let read = reqwest::get(&url).await.unwrap();
     assert_eq!(read.status(), reqwest::StatusCode::NOT_FOUND);
+    assert_eq!(metric(&cluster, &closed_for("body_timeout")).await, 1);
     finish(cluster);
 }
 
@@ -283,6 +304,10 @@ async fn a_new_client_is_served_past_the_connection_limit() {
     };
     assert!(open + 2 <= LIMIT, "{open} of the crowd are still open");
     assert!(open >= LIMIT / 2, "only {open} of the crowd are still open");
+    let held = metric(&cluster, "kv_http_connections_open").await;
+    assert!(held <= LIMIT as u64, "{held}");
+    let closed = metric(&cluster, &closed_for("limit")).await;
+    assert!(closed >= (CONNECTIONS + 3 - LIMIT) as u64, "{closed}");
     println!(
         "{CONNECTIONS} connections opened in {opened_in:?}; PUT {put_took:?}, GET \
          {get_took:?}; {open} of them still open"
