@@ -434,3 +434,41 @@ async fn hyper_answers_malformed_http_and_closes() {
     );
     finish(cluster);
 }
+
+/// When every connection the node holds is mid-request, a new one is closed at once, and the
+/// busy ones are not cut: their requests complete afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_connections_busy_closes_the_new_one_not_a_busy_one() {
+    let cluster = one_node(&["--http-connections-max", "2"]);
+    cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let node = address(&cluster);
+    let mut busy = Vec::new();
+    for key in ["first", "second"] {
+        let mut stream = TcpStream::connect(node).await.unwrap();
+        let head =
+            format!("PUT /v1/kv/{key} HTTP/1.1\r\nhost: node\r\ncontent-length: 4\r\n\r\nab");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        busy.push(stream);
+    }
+    // Let the node read both heads, so both are busy.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut refused = TcpStream::connect(node).await.unwrap();
+    let _ = refused
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: node\r\n\r\n")
+        .await;
+    let (_, answer) = read_until_closed(&mut refused, Instant::now(), Duration::from_secs(2)).await;
+    assert_eq!(answer, "", "closed without an answer");
+    for stream in &mut busy {
+        stream.write_all(b"cd").await.unwrap();
+        let answer = read_response(stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    drop(busy);
+    // Both busy connections are idle now: a new client gets in, making room.
+    let read = reqwest::get(format!("{}/v1/kv/second", cluster.endpoint(1)))
+        .await
+        .unwrap();
+    assert_eq!(read.bytes().await.unwrap().as_ref(), b"abcd");
+    assert_eq!(metric(&cluster, &closed_for("all_busy")).await, 1);
+    finish(cluster);
+}
