@@ -494,14 +494,16 @@ async fn serve_connection(
             break;
         }
         let body_timed_out = connection.body_timed_out.load(Ordering::Acquire);
-        if body_timed_out && !draining {
-            registry.counters.record_close(CloseReason::BodyTimeout);
-        }
         if (stop || body_timed_out) && !draining {
             // Hyper finishes the request in progress, then closes.
             served.as_mut().graceful_shutdown();
             draining = true;
         }
+    }
+    // Counted here: hyper may close the connection itself in the poll that ran out the body's
+    // time, before the loop above sees it.
+    if connection.body_timed_out.load(Ordering::Acquire) {
+        registry.counters.record_close(CloseReason::BodyTimeout);
     }
     registry.remove(id);
 }
