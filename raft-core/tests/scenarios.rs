@@ -1144,3 +1144,46 @@ fn a_follower_acking_after_the_commit_learns_it_without_a_heartbeat() {
     assert_eq!(cluster.node(3).commit_index(), committed);
     assert_eq!(cluster.node(2).commit_index(), committed);
 }
+
+/// A storage error must stop the node before anything that waited for the write leaves (the
+/// driver fail-stops, as etcd's and TigerBeetle's do): n2's write of its vote for n1 fails, so
+/// n2 stops and its vote never leaves; n1 still wins with n3's. Restarted from its disk, n2
+/// holds neither the vote nor the failed write's term, and rejoins as a follower of n1.
+#[test]
+fn a_failed_write_stops_the_node_before_its_vote_leaves() {
+    let mut cluster = Cluster::builder(3).config(|c| c.pre_vote = false).build();
+    cluster.fail_next_write(2);
+    cluster.campaign(1);
+    let delivered = cluster.deliver_all(); // the vote requests
+    assert_eq!(delivered.len(), 2);
+    assert!(!cluster.is_up(2), "n2 fail-stopped on its write");
+    let votes: Vec<NodeId> = cluster
+        .in_flight()
+        .iter()
+        .filter(|m| {
+            matches!(
+                m.body,
+                MessageBody::VoteResponse {
+                    pre_vote: false,
+                    granted: true
+                }
+            )
+        })
+        .map(|m| m.from)
+        .collect();
+    assert_eq!(votes, [NodeId(3)], "only n3's vote leaves");
+    assert_eq!(cluster.durable(2).hard_state, HardState::default());
+    cluster.stabilize();
+    assert_eq!(cluster.leader(), Some(NodeId(1)));
+    assert_eq!(cluster.stats().writes_failed, 1);
+
+    cluster.restart(2);
+    let heartbeat = cluster.node(1).config().heartbeat_interval_ticks;
+    cluster.tick(1, heartbeat); // n1 finds n2 again
+    cluster.stabilize();
+    let put = cluster.propose_kv(1, &KvInput::put("x", "1"));
+    cluster.stabilize();
+    applied_at(&cluster, put);
+    assert_eq!(cluster.node(2).leader(), Some(NodeId(1)));
+    assert_eq!(cluster.kv(2).get("x").map(|v| &v[..]), Some(&b"1"[..]));
+}
