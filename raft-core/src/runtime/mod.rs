@@ -189,6 +189,8 @@ pub struct RaftNode {
     shutdown: Arc<tokio::sync::Notify>,
     driver: Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>,
     stopped: watch::Receiver<Option<String>>,
+    /// `Config::promotion_lag_entries_max`, for [`RaftNode::wait_caught_up`].
+    promotion_lag_entries_max: u64,
 }
 
 impl RaftNode {
@@ -210,6 +212,7 @@ impl RaftNode {
         let restore =
             restore_from(&store, &mut *state_machine, config.snapshot_chunk_bytes_max).await?;
         let applied = restore.applied;
+        let promotion_lag_entries_max = config.promotion_lag_entries_max;
         let raw = RawNode::new(config.clone(), restore).map_err(|e| NodeError::Config(e.0))?;
         let (inbound, inbox) = Inbound::channel(config.id, options.inbox_messages_max);
         network.start(inbound).await.map_err(NodeError::Network)?;
@@ -237,6 +240,7 @@ impl RaftNode {
             shutdown,
             driver: Arc::new(tokio::sync::Mutex::new(Some(handle))),
             stopped,
+            promotion_lag_entries_max,
         })
     }
 
@@ -287,8 +291,9 @@ impl RaftNode {
     /// Changes the members (on the leader; a follower answers
     /// [`MembershipError::NotLeader`] naming the leader). Returns the new membership once the
     /// change is committed, after the joint configuration when voters change. A learner added
-    /// here catches up from the log or a snapshot; promote it once its match index is near the
-    /// leader's (see [`Status::progress`]).
+    /// here catches up from the log or a snapshot; promote it once it has caught up
+    /// ([`RaftNode::wait_caught_up`]): a promotion of a learner that lags is refused with
+    /// [`MembershipError::NotCaughtUp`].
     pub async fn change_membership(
         &self,
         change: MembershipChange,
@@ -307,6 +312,54 @@ impl RaftNode {
             .await
             .map(|s| s.membership.clone());
         done.map_err(|_| self.stopped_error())
+    }
+
+    /// Waits, on the leader, until learner `id` has caught up enough to be promoted (it answered
+    /// and holds the log within `Config::promotion_lag_entries_max` entries of the leader's
+    /// last index), for at most `within`. Then a promotion is accepted unless it fell behind
+    /// again meanwhile. Fails with [`MembershipError::NotCaughtUp`] (the latest figures) when
+    /// `within` runs out, [`MembershipError::UnknownNode`] when `id` is not a learner, or
+    /// [`MembershipError::NotLeader`] when this node does not lead.
+    pub async fn wait_caught_up(&self, id: NodeId, within: Duration) -> Result<(), NodeError> {
+        let lag_entries_max = self.promotion_lag_entries_max;
+        let verdict = |s: &Status| -> Option<Result<(), MembershipError>> {
+            if s.leader != Some(s.id) {
+                return Some(Err(MembershipError::NotLeader(s.leader)));
+            }
+            if !s.membership.learners.contains(&id) {
+                return Some(Err(MembershipError::UnknownNode(id)));
+            }
+            let match_index = s
+                .progress
+                .iter()
+                .find(|p| p.id == id)
+                .map_or(LogIndex(0), |p| p.match_index);
+            let caught_up = match_index > LogIndex(0)
+                && s.last_index.0.saturating_sub(match_index.0) <= lag_entries_max;
+            caught_up.then_some(Ok(()))
+        };
+        let mut status = self.status.clone();
+        let waited = tokio::time::timeout(within, status.wait_for(|s| verdict(s).is_some())).await;
+        match waited {
+            Ok(Ok(status)) => verdict(&status)
+                .expect("wait_for returned on a verdict")
+                .map_err(NodeError::Membership),
+            Ok(Err(_)) => Err(self.stopped_error()),
+            Err(_) => {
+                let status = self.status();
+                let match_index = status
+                    .progress
+                    .iter()
+                    .find(|p| p.id == id)
+                    .map_or(LogIndex(0), |p| p.match_index);
+                Err(NodeError::Membership(MembershipError::NotCaughtUp {
+                    id,
+                    match_index,
+                    last_index: status.last_index,
+                    lag_entries_max,
+                }))
+            }
+        }
     }
 
     /// Takes a snapshot now and compacts the log (keeping `Config::snapshot_tail_entries`);

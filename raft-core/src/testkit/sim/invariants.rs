@@ -29,8 +29,8 @@
 //!   back (term, commit) and never changes its vote within a term.
 //! - **Durability before promises**: checked on every message as it leaves (sent at once,
 //!   released after a write, or a snapshot chunk), against the sender's disk at that moment:
-//!   no message carries a term the sender's durable hard state has not reached (pre-vote
-//!   requests and granted pre-votes excepted: their term is only a proposal); a vote request,
+//!   no message carries a term the sender's durable hard state has not reached (pre-votes,
+//!   forwards and read requests and their answers excepted: they promise nothing); a vote request,
 //!   a granted vote and every leader message (appends, heartbeats, snapshot chunks,
 //!   `TimeoutNow`) need that term's vote durable too; an append acknowledgement needs the
 //!   entries it acknowledges durable, and a snapshot answer the bytes it counts as received.
@@ -317,7 +317,8 @@ impl Invariants {
         }
         if reference.data() != kv.data() {
             self.fail(format_args!(
-                "{node} installed a snapshot at {at} whose state differs from the committed log                  applied up to it"
+                "{node} installed a snapshot at {at} whose state differs from the committed log \
+                 applied up to it"
             ));
         }
         let watch = self.nodes.entry(node).or_default();
@@ -501,15 +502,21 @@ impl Invariants {
     ) {
         let node = message.from;
         let durable = disk.hard_state;
-        let speculative = matches!(
+        // Messages a crash of their sender right after sending changes nothing of: pre-votes
+        // (their term is only a proposal) and forwarding and read requests and answers. The
+        // term they carry is one the sender neither voted nor led in, so a receiver that
+        // adopts it loses nothing. Every other message rests on its term (written down here,
+        // apart from the protocol's own `Promise`, so the two are checked against each other).
+        let promises_nothing = matches!(
             message.body,
             MessageBody::VoteRequest { pre_vote: true, .. }
-                | MessageBody::VoteResponse {
-                    pre_vote: true,
-                    granted: true
-                }
+                | MessageBody::VoteResponse { pre_vote: true, .. }
+                | MessageBody::Forward { .. }
+                | MessageBody::ForwardResponse { .. }
+                | MessageBody::ReadIndexRequest { .. }
+                | MessageBody::ReadIndexResponse { .. }
         );
-        if !speculative && message.term > durable.term {
+        if !promises_nothing && message.term > durable.term {
             self.fail(format_args!(
                 "{node} sent {} in {} while its durable hard state is {durable:?}",
                 ShowMessage(message),

@@ -60,8 +60,9 @@
 //!
 //! **As a randomized run** ([`run`]): [`SimOptions::from_seed`] picks the cluster size (1, 2,
 //! 3 or 5 voters, often with spare nodes that join as learners and are promoted), a fault mix
-//! and a disk (slow fsyncs, failing writes) from the seed; closed-loop clients send puts, gets and compare-and-swaps to random
-//! nodes while the seed drops, duplicates, delays and reorders messages, cuts links both ways
+//! and a disk (slow fsyncs, failing writes) from the seed; closed-loop clients send puts,
+//! gets and compare-and-swaps to random nodes while the seed drops, duplicates, delays and
+//! reorders messages (some outliving a crash of their sender or receiver), cuts links both ways
 //! or one way, crashes and restarts nodes, and asks the leader to hand leadership to another
 //! voter (sometimes cutting the old leader off as the target campaigns). Gets go through the
 //! log or, in a share the seed picks, are read without it ([`Cluster::read_kv`]: ReadIndex,
