@@ -484,11 +484,21 @@ pub fn run(options: &SimOptions) -> RunReport {
 /// What a driver timer means.
 #[derive(Clone, Copy, Debug)]
 enum Event {
-    Issue { client: usize },
-    Timeout { op: usize },
+    Issue {
+        client: usize,
+    },
+    Timeout {
+        op: usize,
+    },
     Fault,
     Heal(CutId),
     Restart(NodeId),
+    /// Probe the lease of a leader just cut off (see [`LEASE_PROBE_MS`]).
+    LeaseProbe {
+        node: NodeId,
+        term: Term,
+        until_ms: u64,
+    },
     EndFaults,
 }
 
@@ -550,6 +560,10 @@ struct TransferWatch {
     /// nothing of the new term, the hardest case for its reads.
     cut_off_source: bool,
 }
+
+/// How long the driver probes the lease of a leader it cut off: past the longest lease and the
+/// followers' vote promise.
+const LEASE_PROBE_MS: u64 = 600;
 
 /// The client reserved for the liveness phase's fresh write.
 const FRESH_CLIENT: usize = usize::MAX;
@@ -695,6 +709,11 @@ impl<'a> Driver<'a> {
             Event::Fault => {}
             Event::Heal(cut) => self.cluster.heal(cut),
             Event::Restart(node) => self.cluster.restart(node),
+            Event::LeaseProbe {
+                node,
+                term,
+                until_ms,
+            } => self.probe_lease(node, term, until_ms),
             Event::EndFaults => self.end_faults(),
         }
     }
@@ -926,6 +945,18 @@ impl<'a> Driver<'a> {
                     let cut = self.cluster.isolate(leader);
                     self.partitions += 1;
                     self.schedule_heal(cut);
+                    if self.options.config.lease_reads {
+                        let term = self.cluster.node(leader).term();
+                        let until_ms = now + LEASE_PROBE_MS;
+                        self.schedule(
+                            now,
+                            Event::LeaseProbe {
+                                node: leader,
+                                term,
+                                until_ms,
+                            },
+                        );
+                    }
                 }
             }
             4 => self.cluster.heal_all(),
@@ -1174,6 +1205,32 @@ impl<'a> Driver<'a> {
             TransferEnd::Superseded => "superseded",
         };
         *self.transfer_ends.entry(name).or_default() += 1;
+    }
+
+    /// While `node` still leads `term`, cut off, asks it for a read every tick until
+    /// `until_ms`: reads nobody waits for, whose only use is the simulator's stale-read check.
+    /// The end of a lease is where a lease longer than the followers' vote promise shows (a
+    /// new leader has committed while the old one still serves from its lease), and a client
+    /// rarely asks at that very moment.
+    fn probe_lease(&mut self, node: NodeId, term: Term, until_ms: u64) {
+        let now = self.cluster.now_ms();
+        if now > until_ms || !self.cluster.is_up(node) {
+            return;
+        }
+        let raw = self.cluster.node(node);
+        if raw.role() != Role::Leader || raw.term() != term {
+            return;
+        }
+        let key = format!("k{}", self.client_rng.below(self.options.keys as u64));
+        self.cluster.read_kv(node, &key);
+        self.schedule(
+            now + self.options.tick_ms,
+            Event::LeaseProbe {
+                node,
+                term,
+                until_ms,
+            },
+        );
     }
 
     fn schedule_heal(&mut self, cut: CutId) {
