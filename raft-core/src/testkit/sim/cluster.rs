@@ -125,8 +125,8 @@ impl NetworkFaults {
 
 /// How long a disk takes to make a write durable: a delay in `[write_delay_ms_min,
 /// write_delay_ms_max]` virtual milliseconds, writes completing in order; with
-/// `slow_write_probability` an fsync stalls for up to `slow_write_ms_max` instead (the writes
-/// queued behind it wait too). With `write_fail_probability` a write fails: nothing of it
+/// `slow_write_probability` an fsync stalls for `[slow_write_ms_min, slow_write_ms_max]`
+/// instead (the writes queued behind it wait too). With `write_fail_probability` a write fails: nothing of it
 /// becomes durable and the node fail-stops, as a driver must on a storage error (it releases
 /// none of the write's messages and never reports it persisted); it restarts from its disk
 /// after up to `fail_restart_ms_max`.
@@ -138,6 +138,8 @@ pub struct DiskTiming {
     pub write_delay_ms_max: u64,
     /// Chance that a write stalls.
     pub slow_write_probability: f64,
+    /// Shortest stall, in virtual milliseconds.
+    pub slow_write_ms_min: u64,
     /// Longest stall, in virtual milliseconds.
     pub slow_write_ms_max: u64,
     /// Chance that a write fails.
@@ -152,6 +154,7 @@ impl DiskTiming {
         write_delay_ms_min: 0,
         write_delay_ms_max: 0,
         slow_write_probability: 0.0,
+        slow_write_ms_min: 0,
         slow_write_ms_max: 0,
         write_fail_probability: 0.0,
         fail_restart_ms_max: 0,
@@ -890,11 +893,9 @@ impl Cluster {
             0
         } else if self.disk_rng.chance(self.disk.slow_write_probability) {
             self.stats.writes_slow += 1;
-            let slowest = self
-                .disk
-                .slow_write_ms_max
-                .max(self.disk.write_delay_ms_max);
-            self.disk_rng.between(self.disk.write_delay_ms_max, slowest)
+            let disk = self.disk;
+            let slowest = disk.slow_write_ms_max.max(disk.slow_write_ms_min);
+            self.disk_rng.between(disk.slow_write_ms_min, slowest)
         } else {
             self.disk_rng
                 .between(self.disk.write_delay_ms_min, self.disk.write_delay_ms_max)

@@ -277,6 +277,7 @@ fn disk_faults(rng: &mut SimRng, faults: &mut FaultRates, config: &Config) {
     let heartbeat_ms = u64::from(config.heartbeat_interval_ticks) * TICK_MS;
     if rng.chance(0.5) {
         faults.disk.slow_write_probability = rng.between(2, 20) as f64 / 100.0;
+        faults.disk.slow_write_ms_min = heartbeat_ms;
         faults.disk.slow_write_ms_max = heartbeat_ms * rng.between(1, 4);
     }
     if rng.chance(0.2) {
