@@ -204,9 +204,9 @@ impl std::error::Error for ConfigError {}
 mod tests {
     use super::*;
 
-    /// Issue 12, scenario 3: `protocol/reads.rs` calls a lease of `election_timeout_ticks_min
-    /// - 1` ticks unsafe even with clocks in step (a follower's promise may end a tick early);
-    /// the configuration refuses it.
+    /// Issue 12, scenario 3: `protocol/reads.rs` calls a lease as long as one tick less than
+    /// the minimum election timeout unsafe even with clocks in step (a follower's promise may
+    /// end a tick early); the configuration refuses it.
     #[test]
     fn a_lease_as_long_as_the_vote_promise_is_refused() {
         let mut config = Config::new(NodeId(1), vec![NodeId(1)]);
