@@ -126,10 +126,10 @@ impl NetworkFaults {
 /// How long a disk takes to make a write durable: a delay in `[write_delay_ms_min,
 /// write_delay_ms_max]` virtual milliseconds, writes completing in order; with
 /// `slow_write_probability` an fsync stalls for `[slow_write_ms_min, slow_write_ms_max]`
-/// instead (the writes queued behind it wait too). With `write_fail_probability` a write fails: nothing of it
-/// becomes durable and the node fail-stops, as a driver must on a storage error (it releases
-/// none of the write's messages and never reports it persisted); it restarts from its disk
-/// after up to `fail_restart_ms_max`.
+/// instead (the writes queued behind it wait too). With `write_fail_probability` a write
+/// fails: nothing of it becomes durable and the node fail-stops, as a driver must on a
+/// storage error (it releases none of the write's messages and never reports it persisted);
+/// it restarts from its disk after up to `fail_restart_ms_max`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DiskTiming {
     /// Fastest write.

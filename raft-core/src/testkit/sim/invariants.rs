@@ -36,6 +36,8 @@
 //!   entries it acknowledges durable, and a snapshot answer the bytes it counts as received.
 //!   A node that fail-stops on a write error releases nothing of that write; since durable
 //!   state never goes back, nothing it promised before was undurable.
+//! - **Lease safety**: while a leader would serve reads from its lease, no leader of a later
+//!   term has committed anything (checked after every step, reads or not).
 //! - **No acknowledged write lost**: no durable store ever drops a committed entry, and at the
 //!   end of a run every log holds every entry whose proposer was told it applied.
 
@@ -96,6 +98,8 @@ pub(crate) struct Invariants {
     /// Invariant: `committed.len() <= backed` once every claim is observed; no node claims
     /// or applies beyond it.
     backed: LogIndex,
+    /// The latest term whose leader committed an entry, and that entry's index.
+    newest_commit: (Term, LogIndex),
 }
 
 impl Invariants {
@@ -110,6 +114,7 @@ impl Invariants {
             nodes: BTreeMap::new(),
             acknowledged: Vec::new(),
             backed: LogIndex(0),
+            newest_commit: (Term(0), LogIndex(0)),
         }
     }
 
@@ -335,13 +340,33 @@ impl Invariants {
         self.acknowledged.push((index, term));
     }
 
-    /// After every step: leaders, commit indexes, leader completeness.
-    pub(crate) fn after_step<'a>(&mut self, nodes: impl Iterator<Item = (NodeId, &'a RawNode)>) {
-        for (id, raw) in nodes {
+    /// After every step: leaders, commit indexes, leader completeness, then leases.
+    pub(crate) fn after_step<'a>(
+        &mut self,
+        nodes: impl Iterator<Item = (NodeId, &'a RawNode)> + Clone,
+    ) {
+        for (id, raw) in nodes.clone() {
             self.observe_commit(id, raw);
             if raw.role() == Role::Leader {
                 self.observe_leader(id, raw);
             }
+        }
+        for (id, raw) in nodes {
+            self.check_lease(id, raw);
+        }
+    }
+
+    /// Lease safety, apart from any read: while a leader would serve reads from its lease, no
+    /// leader of a later term may have committed anything (its lease rests on a majority that
+    /// promised not to vote for as long). A lease read at that moment could miss that entry.
+    fn check_lease(&self, node: NodeId, raw: &RawNode) {
+        let (newest_term, index) = self.newest_commit;
+        if newest_term > raw.term() && raw.serves_reads_from_lease() {
+            self.fail(format_args!(
+                "lease: {node}, leader of {}, would serve reads from its lease, yet the leader \
+                 of {newest_term} has committed {index}",
+                raw.term()
+            ));
         }
     }
 
@@ -449,6 +474,9 @@ impl Invariants {
             }
             None => {
                 assert_eq!(k, self.committed.len(), "a node commits its log in order");
+                if now_term >= self.newest_commit.0 {
+                    self.newest_commit = (now_term, entry.index);
+                }
                 self.committed.push(Committed {
                     term: entry.term,
                     payload: entry.payload.clone(),

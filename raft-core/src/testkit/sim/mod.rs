@@ -94,7 +94,8 @@
 //! life (a restart lowers them: the commit index is saved lazily and the state machine is in
 //! memory); the durable hard state never going back; every message that leaves (at once,
 //! after a write, or a snapshot chunk) promising only durable state: its term, the vote it
-//! rests on, the entries or snapshot bytes it acknowledges; no committed entry ever removed
+//! rests on, the entries or snapshot bytes it acknowledges; no leader serving reads from its
+//! lease once a leader of a later term has committed; no committed entry ever removed
 //! from a disk, every acknowledged write on every disk at the end, and every pair of nodes
 //! that applied as far holding the same state; no
 //! read without the log given a read index below an entry known committed when it was asked
