@@ -1071,6 +1071,46 @@ fn leadership_transfer_brings_a_lagging_target_up_to_date_first() {
     assert_eq!(cluster.kv(3).get("x").map(|v| &v[..]), Some(&b"4"[..]));
 }
 
+/// Thesis §3.10: a leader hands over with one `TimeoutNow`, however many answers its target
+/// sends once caught up (a second would start a needless election after the first). n3's
+/// answer to x=1 is held back and duplicated; the transfer starts, both copies arrive: the
+/// first shows n3 caught up and sends `TimeoutNow`, the second sends nothing. (cargo-mutants
+/// found that nothing checked this.)
+#[test]
+fn a_transfer_sends_one_timeout_now() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    cluster.stabilize();
+    cluster.propose_kv(1, &KvInput::put("x", "1"));
+    cluster.deliver_all(); // the appends: the answers are in flight
+    let is_ack_from_3 = |m: &Message| {
+        m.from == NodeId(3)
+            && matches!(
+                m.body,
+                MessageBody::AppendResponse(AppendResponse::Accepted { .. })
+            )
+    };
+    cluster.deliver_matching(|m| m.from == NodeId(2)); // x=1 commits with n2
+    assert_eq!(cluster.duplicate_in_flight(is_ack_from_3), 1);
+
+    cluster
+        .transfer_leadership(1, 3)
+        .expect("n1 leads, n3 is a voter");
+    assert!(
+        !cluster.in_flight().iter().any(is_timeout_now),
+        "n1 has not yet heard that n3 holds x=1"
+    );
+    assert_eq!(cluster.deliver_matching(is_ack_from_3).len(), 2);
+    let timeout_nows = cluster
+        .in_flight()
+        .iter()
+        .filter(|m| is_timeout_now(m))
+        .count();
+    assert_eq!(timeout_nows, 1, "{:?}", cluster.in_flight());
+    cluster.stabilize();
+    assert_eq!(cluster.leader(), Some(NodeId(3)));
+}
+
 /// A target that cannot be reached never takes over: after an election timeout n1 gives up
 /// (`TransferError::TimedOut`), resumes leading in the same term, and takes proposals again.
 #[test]
