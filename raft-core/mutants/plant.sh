@@ -29,7 +29,11 @@ else
     done
 fi
 
-mkdir -p "$logs"
+mkdir -p "$logs" "$CARGO_TARGET_DIR"
+# Cargo names a workspace's artifacts by paths relative to the workspace root: two scratch
+# copies sharing a target directory overwrite each other's builds. One run at a time.
+exec 9>"$CARGO_TARGET_DIR/plant.lock"
+flock 9
 
 # Runs one test target of the scratch copy; prints how it caught the bug ("-" if it did not):
 # the failing seed and the first violation, or the failing tests.
