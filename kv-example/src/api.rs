@@ -541,6 +541,10 @@ pub fn node_error(error: NodeError, write: bool) -> ApiError {
             let outcome = if write { "unknown" } else { "no" };
             unavailable("stopped", format!("{error}")).applied(outcome)
         }
+        // The node was not running when asked: the request never reached it.
+        error @ NodeError::NotRunning(_) => {
+            unavailable("stopped", format!("{error}")).applied("no")
+        }
         other => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

@@ -368,8 +368,40 @@ async fn a_storage_failure_stops_the_node_and_acknowledges_nothing() {
     let error = propose(&node, "after")
         .await
         .expect_err("a stopped node refuses");
-    assert!(matches!(error, NodeError::Stopped(_)), "got {error}");
+    assert!(matches!(error, NodeError::NotRunning(_)), "got {error}");
+    assert!(
+        error.is_definite(),
+        "it never reached the protocol: {error}"
+    );
+    assert!(error.to_string().contains("disk on fire"), "{error}");
     node.shutdown().await;
+}
+
+/// Issue 14: every call on a node that has already stopped says that it certainly did nothing
+/// (`is_definite`), so a caller may retry it elsewhere without risking a second application.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_on_a_stopped_node_is_definitely_refused() {
+    let node = RaftNode::start(
+        Config::new(NodeId(1), vec![NodeId(1)]),
+        options(),
+        Arc::new(MemLogStore::new()),
+        Box::new(Recorder::default()),
+        LocalRouter::new().network(NodeId(1)),
+    )
+    .await
+    .unwrap();
+    propose(&node, "fine").await.expect("commits alone");
+    node.shutdown().await;
+    let refused = |error: NodeError| {
+        assert!(matches!(error, NodeError::NotRunning(_)), "got {error}");
+        assert!(error.is_definite(), "{error}");
+    };
+    refused(propose(&node, "after").await.unwrap_err());
+    refused(node.read_index().await.unwrap_err());
+    refused(node.snapshot().await.unwrap_err());
+    refused(node.transfer_leadership(NodeId(1)).await.unwrap_err());
+    let change = raft_core::MembershipChange::add_learner(NodeId(2));
+    refused(node.change_membership(change).await.unwrap_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

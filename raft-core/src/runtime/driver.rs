@@ -575,6 +575,11 @@ impl Driver {
             Exit::Failed(why) => why.clone(),
         };
         self.stopped.send_replace(Some(reason.clone()));
+        // Requests still queued never reached the protocol: they certainly did nothing.
+        self.proposals.close();
+        while let Ok(request) = self.proposals.try_recv() {
+            request.refuse(|| NodeError::NotRunning(reason.clone()));
+        }
         // A stopped node leads nothing and knows no leader.
         self.status.send_modify(|status| {
             status.role = crate::protocol::Role::Follower;

@@ -109,9 +109,13 @@ pub enum NodeError {
     Membership(MembershipError),
     /// A snapshot could not be taken.
     Snapshot(String),
-    /// The node has stopped: shut down, or failed (fail-stop) on a storage or state machine
-    /// error, which is given.
+    /// The node stopped (shut down, or failed on a storage or state machine error, which is
+    /// given) while the request was in its hands: a command may or may not have been applied.
     Stopped(String),
+    /// The node was not running when asked (shut down, or failed: the reason is given), so
+    /// the request never reached the protocol: a command certainly was not and will not be
+    /// applied.
+    NotRunning(String),
     /// Starting failed: the configuration or options are invalid.
     Config(String),
     /// Starting failed: the store could not be read.
@@ -130,6 +134,9 @@ impl fmt::Display for NodeError {
             NodeError::Membership(error) => write!(f, "{error}"),
             NodeError::Snapshot(why) => write!(f, "no snapshot taken: {why}"),
             NodeError::Stopped(why) => write!(f, "the raft node has stopped: {why}"),
+            NodeError::NotRunning(why) => {
+                write!(f, "the raft node is not running ({why}); nothing was done")
+            }
             NodeError::Config(why) => write!(f, "invalid node settings: {why}"),
             NodeError::Storage(error) => write!(f, "{error}"),
             NodeError::StateMachine(error) => write!(f, "{error}"),
@@ -147,6 +154,8 @@ impl NodeError {
             NodeError::Propose(error) => error.is_definite(),
             // A stopped node may have replicated the command before it stopped.
             NodeError::Stopped(_) => false,
+            // The request never reached the protocol.
+            NodeError::NotRunning(_) => true,
             _ => true,
         }
     }
@@ -154,6 +163,27 @@ impl NodeError {
 
 type Responder = oneshot::Sender<Result<Bytes, NodeError>>;
 type ReadResponder = oneshot::Sender<Result<LogIndex, NodeError>>;
+
+impl ProposalRequest {
+    /// Answers a request the driver never handed to the protocol.
+    fn refuse(self, error: impl Fn() -> NodeError) {
+        match self {
+            ProposalRequest::Propose { responder, .. }
+            | ProposalRequest::ChangeMembership { responder, .. } => {
+                let _ = responder.send(Err(error()));
+            }
+            ProposalRequest::Read { responder } => {
+                let _ = responder.send(Err(error()));
+            }
+            ProposalRequest::Transfer { responder, .. } => {
+                let _ = responder.send(Err(error()));
+            }
+            ProposalRequest::Snapshot { responder } => {
+                let _ = responder.send(Err(error()));
+            }
+        }
+    }
+}
 
 /// A client request on its way to the driver.
 enum ProposalRequest {
@@ -250,9 +280,7 @@ impl RaftNode {
     pub async fn propose(&self, command: Bytes) -> Result<Bytes, NodeError> {
         let (responder, answer) = oneshot::channel();
         let request = ProposalRequest::Propose { command, responder };
-        if self.proposals.send(request).await.is_err() {
-            return Err(self.stopped_error());
-        }
+        self.submit(request).await?;
         answer.await.unwrap_or_else(|_| Err(self.stopped_error()))
     }
 
@@ -264,14 +292,7 @@ impl RaftNode {
     /// index. Returns the read index.
     pub async fn read_index(&self) -> Result<LogIndex, NodeError> {
         let (responder, answer) = oneshot::channel();
-        if self
-            .proposals
-            .send(ProposalRequest::Read { responder })
-            .await
-            .is_err()
-        {
-            return Err(self.stopped_error());
-        }
+        self.submit(ProposalRequest::Read { responder }).await?;
         answer.await.unwrap_or_else(|_| Err(self.stopped_error()))
     }
 
@@ -282,9 +303,7 @@ impl RaftNode {
     pub async fn transfer_leadership(&self, target: NodeId) -> Result<(), NodeError> {
         let (responder, answer) = oneshot::channel();
         let request = ProposalRequest::Transfer { target, responder };
-        if self.proposals.send(request).await.is_err() {
-            return Err(self.stopped_error());
-        }
+        self.submit(request).await?;
         answer.await.unwrap_or_else(|_| Err(self.stopped_error()))
     }
 
@@ -300,9 +319,7 @@ impl RaftNode {
     ) -> Result<Membership, NodeError> {
         let (responder, answer) = oneshot::channel();
         let request = ProposalRequest::ChangeMembership { change, responder };
-        if self.proposals.send(request).await.is_err() {
-            return Err(self.stopped_error());
-        }
+        self.submit(request).await?;
         answer.await.unwrap_or_else(|_| Err(self.stopped_error()))?;
         // The first entry applied; with a joint configuration the leader (this one or the
         // next) appends the final one on its own.
@@ -367,14 +384,7 @@ impl RaftNode {
     /// returns that one.
     pub async fn snapshot(&self) -> Result<SnapshotMeta, NodeError> {
         let (responder, answer) = oneshot::channel();
-        if self
-            .proposals
-            .send(ProposalRequest::Snapshot { responder })
-            .await
-            .is_err()
-        {
-            return Err(self.stopped_error());
-        }
+        self.submit(ProposalRequest::Snapshot { responder }).await?;
         answer.await.unwrap_or_else(|_| Err(self.stopped_error()))
     }
 
@@ -427,6 +437,24 @@ impl RaftNode {
                 tracing::error!(%error, "raft driver task failed");
             }
         }
+    }
+
+    /// Hands a request to the driver; a node that is not running refuses it, definitely.
+    async fn submit(&self, request: ProposalRequest) -> Result<(), NodeError> {
+        if self.stopped.borrow().is_some() {
+            return Err(self.not_running_error());
+        }
+        self.proposals
+            .send(request)
+            .await
+            .map_err(|_| self.not_running_error())
+    }
+
+    fn not_running_error(&self) -> NodeError {
+        NodeError::NotRunning(
+            self.stopped_reason()
+                .unwrap_or_else(|| "shut down".to_string()),
+        )
     }
 
     fn stopped_error(&self) -> NodeError {
