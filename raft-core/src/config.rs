@@ -70,6 +70,18 @@ pub struct Config {
     /// Ticks a leader waits for a follower to acknowledge a snapshot chunk before it resends
     /// from the last acknowledged byte (a lost chunk or connection).
     pub snapshot_resend_ticks: u32,
+    /// Client sessions the session table holds (see [`crate::sessions`]); a new session in a
+    /// full table evicts the one whose last command is oldest in the log. Every forwarded
+    /// proposal takes one, so this also bounds how late a duplicated forward is still caught.
+    /// Must be the same on every node.
+    pub sessions_max: usize,
+    /// A session whose last command is more than this many entries behind the command being
+    /// applied expires. Must be the same on every node.
+    pub session_idle_entries_max: u64,
+    /// Largest state machine answer a session keeps for a retry; a retry of a command with a
+    /// longer answer gets "applied once, answer not kept". 0 keeps none. Must be the same on
+    /// every node.
+    pub session_result_bytes_max: usize,
 }
 
 /// Ticks are 10 ms in the runtime by default, so these defaults give a 150–300 ms election
@@ -102,6 +114,9 @@ impl Config {
             snapshot_chunk_bytes_max: 1 << 20,
             snapshot_inflight_chunks_max: 4,
             snapshot_resend_ticks: 30,
+            sessions_max: 1 << 14,
+            session_idle_entries_max: 1_000_000,
+            session_result_bytes_max: 1024,
         }
     }
 
@@ -156,6 +171,7 @@ impl Config {
                 self.snapshot_inflight_chunks_max,
             ),
             ("snapshot_resend_ticks", self.snapshot_resend_ticks as usize),
+            ("sessions_max", self.sessions_max),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -170,6 +186,9 @@ impl Config {
                 "read_lease_ticks ({}) must be below election_timeout_ticks_min ({})",
                 self.read_lease_ticks, self.election_timeout_ticks_min
             ));
+        }
+        if self.session_idle_entries_max == 0 {
+            return fail("session_idle_entries_max must be at least 1".into());
         }
         if self.proposal_wait_ticks == 0 {
             return fail("proposal_wait_ticks must be at least 1".into());
