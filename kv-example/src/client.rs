@@ -341,9 +341,17 @@ impl KvClient {
             .await
     }
 
-    /// Promotes the learner `id` to voter. Returns the new membership.
-    pub async fn promote_member(&self, id: u64) -> Result<Value, ClientError> {
-        let path = format!("/v1/members/{id}/promote");
+    /// Promotes the learner `id` to voter, the leader first waiting up to `wait` for it to
+    /// catch up when given. Returns the new membership.
+    pub async fn promote_member(
+        &self,
+        id: u64,
+        wait: Option<std::time::Duration>,
+    ) -> Result<Value, ClientError> {
+        let path = match wait {
+            Some(wait) => format!("/v1/members/{id}/promote?wait_ms={}", wait.as_millis()),
+            None => format!("/v1/members/{id}/promote"),
+        };
         self.send_ok(Method::POST, &path, None).await
     }
 

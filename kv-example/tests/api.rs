@@ -591,8 +591,8 @@ async fn admin_refusals_are_4xx_with_the_reason() {
     );
     assert_eq!(body["applied"], "no");
 
-    // Node 4 is added (nothing runs there), then promoted while node 3 is down: the joint
-    // configuration cannot commit, so a second change is refused while it is in progress.
+    // Node 4 is added (nothing runs there). Promoting it is refused: it never caught up
+    // (waiting for it first runs out, too), and nothing changes.
     let port = kv_example::local_cluster::free_ports(1, false).unwrap()[0];
     let added = post_json(
         &members,
@@ -601,18 +601,42 @@ async fn admin_refusals_are_4xx_with_the_reason() {
     .await;
     assert_eq!(added.0, StatusCode::OK, "{}", added.1);
     assert_eq!(added.1["learners"], json!([4]));
+    for query in ["", "?wait_ms=300"] {
+        let answer = call(Method::POST, &format!("{members}/4/promote{query}"), None).await;
+        assert_error(
+            &answer,
+            StatusCode::CONFLICT,
+            "not_caught_up",
+            "learner n4 has not caught up",
+        );
+        assert_eq!(answer.1["applied"], "no");
+    }
+    let answer = call(Method::POST, &format!("{members}/4/promote?ttl=5"), None).await;
+    assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "wait_ms");
+    let unchanged = call(Method::GET, &members, None).await;
+    assert_eq!(unchanged.1["learners"], json!([4]), "{}", unchanged.1);
+
+    // With node 3 down, removing the other follower goes through a joint configuration whose
+    // new half ({leader, doomed}) cannot commit, so a second change is refused while it is in
+    // progress.
     cluster.kill(doomed).unwrap();
     let leader_endpoint = cluster.endpoint(leader);
-    let promote_url = format!("{leader_endpoint}/v1/members/4/promote");
-    let promote = tokio::spawn(async move { call(Method::POST, &promote_url, None).await });
+    let remove_url = format!("{leader_endpoint}/v1/members/{follower}");
+    let remove = tokio::spawn(async move { call(Method::DELETE, &remove_url, None).await });
     wait_for(&leader_endpoint, "/v1/members", 5, |m| m["joint"] == true).await;
-    let answer = call(Method::DELETE, &format!("{members}/4"), None).await;
+    let answer = call(
+        Method::DELETE,
+        &format!("{leader_endpoint}/v1/members/4"),
+        None,
+    )
+    .await;
     assert_error(
         &answer,
         StatusCode::CONFLICT,
         "change_in_progress",
         "another membership change is in progress",
     );
+    let members = format!("{leader_endpoint}/v1/members");
     let answer = post_json(&members, json!({"id": 5, "peer_address": "127.0.0.1:9"})).await;
     assert_error(
         &answer,
@@ -620,7 +644,7 @@ async fn admin_refusals_are_4xx_with_the_reason() {
         "change_in_progress",
         "another membership change is in progress",
     );
-    let answer = promote.await.unwrap();
+    let answer = remove.await.unwrap();
     assert_error(
         &answer,
         StatusCode::SERVICE_UNAVAILABLE,

@@ -455,7 +455,7 @@ async fn joining_node_is_added_and_promoted(
         ));
     }
     let promoted = client(cluster.endpoint(new))
-        .promote_member(new)
+        .promote_member(new, Some(Duration::from_secs(10)))
         .await
         .map_err(|e| format!("promoting node {new}: {e}"))?;
     if ids(&promoted, "voters") != [1, 2, 3, new] || !ids(&promoted, "learners").is_empty() {

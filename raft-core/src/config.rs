@@ -48,6 +48,11 @@ pub struct Config {
     pub proposal_wait_ticks: u32,
     /// Committed entries handed to the state machine in one batch.
     pub apply_batch_entries_max: usize,
+    /// A learner is promoted to voter only once it answered the leader and holds the log up to
+    /// at most this many entries behind the leader's last index (etcd refuses to promote a
+    /// learner that is not ready, too). Otherwise the promotion is refused with
+    /// [`crate::membership::MembershipError::NotCaughtUp`].
+    pub promotion_lag_entries_max: u64,
     /// Serve reads on the leader from a lease instead of a heartbeat round. Needs
     /// `check_quorum`, and assumes clocks drift apart by less than the gap between
     /// `read_lease_ticks` and `election_timeout_ticks_min` (see `protocol` reads).
@@ -106,6 +111,7 @@ impl Config {
             pending_proposals_max: 1 << 16,
             proposal_wait_ticks: 60,
             apply_batch_entries_max: 4096,
+            promotion_lag_entries_max: 1000,
             lease_reads: false,
             read_lease_ticks: 11,
             pending_reads_max: 1 << 16,
@@ -181,10 +187,14 @@ impl Config {
         if self.lease_reads && !self.check_quorum {
             return fail("lease_reads needs check_quorum: without it a deposed leader could serve stale reads".into());
         }
-        if self.read_lease_ticks >= self.election_timeout_ticks_min {
+        // Ticks are whole steps, so a follower's promise may end a tick early: a lease is
+        // safe only if it ends before `election_timeout_ticks_min - 1` of any follower's ticks
+        // (see the `protocol` module's reads section).
+        if u64::from(self.read_lease_ticks) + 1 >= u64::from(self.election_timeout_ticks_min) {
             return fail(format!(
-                "read_lease_ticks ({}) must be below election_timeout_ticks_min ({})",
-                self.read_lease_ticks, self.election_timeout_ticks_min
+                "read_lease_ticks ({}) must be below election_timeout_ticks_min - 1 ({}): a longer lease can outlast the followers' vote promise",
+                self.read_lease_ticks,
+                self.election_timeout_ticks_min.saturating_sub(1)
             ));
         }
         if self.session_idle_entries_max == 0 {
@@ -208,3 +218,22 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12, scenario 3: `protocol/reads.rs` calls a lease as long as one tick less than
+    /// the minimum election timeout unsafe even with clocks in step (a follower's promise may
+    /// end a tick early); the configuration refuses it.
+    #[test]
+    fn a_lease_as_long_as_the_vote_promise_is_refused() {
+        let mut config = Config::new(NodeId(1), vec![NodeId(1)]);
+        config.lease_reads = true;
+        config.read_lease_ticks = config.election_timeout_ticks_min - 1;
+        let error = config.validate().expect_err("unsafe lease accepted");
+        assert!(error.0.contains("read_lease_ticks"), "{error}");
+        config.read_lease_ticks = config.election_timeout_ticks_min - 2;
+        assert_eq!(config.validate(), Ok(()));
+    }
+}

@@ -135,6 +135,7 @@
 //! // then becomes a voter.
 //! let second = start(2, Vec::new()).await?;
 //! first.change_membership(MembershipChange::add_learner(NodeId(2))).await?;
+//! first.wait_caught_up(NodeId(2), std::time::Duration::from_secs(5)).await?;
 //! let members = first.change_membership(MembershipChange::promote(NodeId(2))).await?;
 //! assert_eq!(members.voters.len(), 2);
 //! assert_eq!(first.propose(Bytes::from("de")).await?, Bytes::from("5"));

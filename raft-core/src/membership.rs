@@ -307,6 +307,21 @@ pub enum MembershipError {
     Duplicate(NodeId),
     /// The change would leave no voter.
     NoVotersLeft,
+    /// The learner to promote has not caught up with the leader's log: it holds entries up to
+    /// `match_index` (0: it never answered), the leader's log ends at `last_index`, and a
+    /// learner may be promoted only within `lag_entries_max` entries of it
+    /// ([`crate::Config::promotion_lag_entries_max`]). A voter that cannot keep up would make
+    /// the cluster one failure closer to losing its majority.
+    NotCaughtUp {
+        /// The learner.
+        id: NodeId,
+        /// The highest index the leader knows the learner holds.
+        match_index: LogIndex,
+        /// The leader's last index.
+        last_index: LogIndex,
+        /// The distance allowed.
+        lag_entries_max: u64,
+    },
 }
 
 impl fmt::Display for MembershipError {
@@ -334,6 +349,17 @@ impl fmt::Display for MembershipError {
             MembershipError::InvalidId(id) => write!(f, "node id {id} is not allowed"),
             MembershipError::Duplicate(id) => write!(f, "node {id} appears twice"),
             MembershipError::NoVotersLeft => write!(f, "the change would leave no voter"),
+            MembershipError::NotCaughtUp {
+                id,
+                match_index,
+                last_index,
+                lag_entries_max,
+            } => write!(
+                f,
+                "learner {id} has not caught up: it holds entries up to {match_index} of the \
+                 leader's {last_index}, and a promotion needs it within {lag_entries_max} entries \
+                 (and to have answered at least once)"
+            ),
         }
     }
 }

@@ -215,3 +215,45 @@ impl Message {
         }
     }
 }
+
+/// What a message relies on being durable at its sender before it may leave. The protocol
+/// sorts messages by this (not by the sender's role) into [`crate::protocol::Ready::messages`]
+/// and [`crate::protocol::Ready::messages_after_write`], and simulators check it on every
+/// message that leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Promise {
+    /// Nothing: pre-votes (their term is only a proposal), forwarding and read requests and
+    /// their answers. A crash of the sender right after sending changes nothing they said.
+    Nothing,
+    /// The sender's term and vote: appends, heartbeats, snapshot chunks and TimeoutNow from a
+    /// leader, real vote requests, refused votes and heartbeat answers. A term that is not
+    /// durable may be lived again, differently, after a crash.
+    Term,
+    /// Everything the sender's store was asked to write so far: a granted vote, and answers
+    /// to appends and snapshot chunks (the leader counts them toward commits).
+    Writes,
+}
+
+impl MessageBody {
+    /// What this message relies on being durable at its sender.
+    pub fn promise(&self) -> Promise {
+        match self {
+            MessageBody::VoteRequest { pre_vote: true, .. }
+            | MessageBody::VoteResponse { pre_vote: true, .. }
+            | MessageBody::ReadIndexRequest { .. }
+            | MessageBody::ReadIndexResponse { .. }
+            | MessageBody::Forward { .. }
+            | MessageBody::ForwardResponse { .. } => Promise::Nothing,
+            MessageBody::VoteResponse { granted: true, .. }
+            | MessageBody::AppendResponse(_)
+            | MessageBody::SnapshotResponse { .. } => Promise::Writes,
+            MessageBody::VoteRequest { .. }
+            | MessageBody::VoteResponse { .. }
+            | MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::HeartbeatResponse { .. }
+            | MessageBody::TimeoutNow
+            | MessageBody::SnapshotChunk { .. } => Promise::Term,
+        }
+    }
+}

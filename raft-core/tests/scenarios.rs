@@ -1144,3 +1144,103 @@ fn a_follower_acking_after_the_commit_learns_it_without_a_heartbeat() {
     assert_eq!(cluster.node(3).commit_index(), committed);
     assert_eq!(cluster.node(2).commit_index(), committed);
 }
+
+/// Issue 12, scenario 3: the lease promise holds however a node learns of a higher term. n1
+/// leads and is cut off from n3; n3 wins a pre-vote and campaigns for term+1, and its vote
+/// request to n2 is held back. n2 then pre-votes; n3's rejection of it (carrying term+1) is
+/// held back too. n1's heartbeat reaches n2, so n1 holds a lease. The rejection arrives: n2
+/// adopts term+1 with no leader. Then n3's vote request arrives. n2 heard n1 a moment ago and
+/// must refuse; granting let n3 commit x=2 while n1 served x=1 from its lease.
+#[test]
+fn a_late_pre_vote_rejection_does_not_break_the_lease() {
+    let mut cluster = leased_cluster();
+    let term = cluster.node(1).term();
+    cluster.cut_one_way(1, 3);
+    cluster.cut_one_way(3, 1);
+    let min = cluster.node(1).config().election_timeout_ticks_min;
+    // n2 has not heard from n1 for a minimum election timeout (n1's clock stands still), so it
+    // grants n3's pre-vote; n3 campaigns and its vote request to n2 is held back.
+    cluster.tick(2, min);
+    cluster.drop_in_flight(|m| m.from == NodeId(2));
+    cluster.campaign(3);
+    cluster.deliver_all(); // pre-vote to n2
+    cluster.deliver_all(); // its grant back to n3, which campaigns
+    assert_eq!(cluster.node(3).role(), Role::Candidate);
+    assert_eq!(cluster.node(3).term(), term.next());
+    let is_vote_request = |m: &Message| {
+        m.to == NodeId(2)
+            && matches!(
+                m.body,
+                MessageBody::VoteRequest {
+                    pre_vote: false,
+                    ..
+                }
+            )
+    };
+    assert_eq!(
+        cluster
+            .in_flight()
+            .iter()
+            .filter(|m| is_vote_request(m))
+            .count(),
+        1
+    );
+
+    // n2 pre-votes; n3's rejection (term + 1) is held back; n1 ignores it (its own lease).
+    cluster.campaign(2);
+    assert_eq!(cluster.node(2).role(), Role::PreCandidate);
+    cluster.deliver_matching(|m| m.from == NodeId(2));
+    let is_rejection = |m: &Message| {
+        m.from == NodeId(3)
+            && m.to == NodeId(2)
+            && matches!(m.body, MessageBody::VoteResponse { pre_vote: true, .. })
+    };
+    assert_eq!(
+        cluster
+            .in_flight()
+            .iter()
+            .filter(|m| is_rejection(m))
+            .count(),
+        1
+    );
+
+    // n1's heartbeat round reaches n2, which answers: n1 holds a lease from here on.
+    let heartbeat = cluster.node(1).config().heartbeat_interval_ticks;
+    cluster.tick(1, heartbeat);
+    cluster.deliver_matching(|m| m.from == NodeId(1) && m.to == NodeId(2));
+    assert_eq!(cluster.node(2).leader(), Some(NodeId(1)));
+    cluster.deliver_matching(|m| m.from == NodeId(2) && m.to == NodeId(1));
+    cluster.cut_one_way(2, 1); // n1 hears nothing more
+    let leased = cluster.read_kv(1, "x");
+    assert_eq!(
+        read_answer(&cluster, leased),
+        Some((LogIndex(2), KvOutput::found("1"))),
+        "n1 serves from its lease"
+    );
+
+    // The late rejection, then n3's vote request.
+    cluster.deliver_matching(is_rejection);
+    assert_eq!(
+        cluster.node(2).term(),
+        term.next(),
+        "n2 adopts the higher term"
+    );
+    cluster.deliver_matching(is_vote_request);
+    cluster.stabilize();
+    assert_ne!(
+        cluster.node(3).role(),
+        Role::Leader,
+        "n2 heard n1 within the minimum election timeout and must not vote"
+    );
+    let put = cluster.propose_kv(3, &KvInput::put("x", "2"));
+    cluster.stabilize();
+    let served = cluster.read_kv(1, "x");
+    assert_eq!(
+        read_answer(&cluster, served),
+        Some((LogIndex(2), KvOutput::found("1")))
+    );
+    assert!(
+        !matches!(cluster.outcome(put), Some(ProposalOutcome::Applied { .. })),
+        "nothing commits while n1's lease runs"
+    );
+}

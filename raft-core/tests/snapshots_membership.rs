@@ -489,3 +489,42 @@ fn a_pre_candidate_forgets_the_old_leader_so_the_cluster_is_not_left_without_one
     }
     panic!("n2 and n3 never elected a leader");
 }
+
+/// Issue 12, scenario 5: promoting a learner that never caught up is refused (as etcd does),
+/// with the reason, and changes nothing; once it has caught up the same promotion goes through.
+/// A voter that never connected leaves the cluster one failure from unavailability.
+#[test]
+fn a_learner_that_has_not_caught_up_cannot_be_promoted() {
+    let mut cluster = Cluster::builder(3).spare_nodes(1).build();
+    elect(&mut cluster, 1);
+    let cut = cluster.isolate(4);
+    let add = cluster
+        .change_membership(1, &MembershipChange::add_learner(NodeId(4)))
+        .unwrap();
+    cluster.stabilize();
+    heartbeat_rounds(&mut cluster, 1, 2);
+    assert!(applied(&cluster, add));
+    let before = cluster.node(1).membership().clone();
+    let last_index = cluster.node(1).last_index();
+    assert_eq!(
+        cluster.change_membership(1, &MembershipChange::promote(NodeId(4))),
+        Err(MembershipError::NotCaughtUp {
+            id: NodeId(4),
+            match_index: LogIndex(0),
+            last_index,
+            lag_entries_max: cluster.node(1).config().promotion_lag_entries_max,
+        })
+    );
+    assert_eq!(cluster.node(1).membership(), &before, "nothing changed");
+    assert_eq!(cluster.node(1).last_index(), last_index, "nothing appended");
+
+    cluster.heal(cut);
+    heartbeat_rounds(&mut cluster, 1, 2);
+    let promote = cluster
+        .change_membership(1, &MembershipChange::promote(NodeId(4)))
+        .expect("a caught-up learner is promoted");
+    cluster.stabilize();
+    heartbeat_rounds(&mut cluster, 1, 2);
+    assert!(applied(&cluster, promote));
+    assert!(cluster.node(1).membership().is_voter(NodeId(4)));
+}

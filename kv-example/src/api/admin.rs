@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | `GET /v1/members` | 200: the membership this node has in force (see [`membership_json`]) |
 //! | `POST /v1/members` with `{"id": N, "peer_address": "host:port", "client_address": "host:port"}` | 200: the membership, with N a learner |
-//! | `POST /v1/members/{id}/promote` | 200: the membership, with the learner a voter |
+//! | `POST /v1/members/{id}/promote[?wait_ms=N]` | 200: the membership, with the learner a voter; with `wait_ms`, the leader first waits up to N ms (at most 600000) for the learner to catch up |
 //! | `DELETE /v1/members/{id}` | 200: the membership without it |
 //! | `POST /v1/leader/transfer` with `{"to": N}` | 200 `{"leader": N}` once N leads |
 //! | `POST /v1/snapshot` | 200 `{"index", "term", "bytes"}`: *this* node's snapshot (never forwarded: each node compacts its own log) |
@@ -21,8 +21,10 @@
 //! through the log, so every member adds the new node to its transport (see
 //! [`crate::members`]), then adds the learner. Start the new node with `kvnode --join` first
 //! or after: the leader retries until it answers. Promote the learner once it has caught up
-//! (its `lag` in the leader's `/v1/status`), and one change at a time: each request returns
-//! once its change is committed (after the joint configuration when voters change).
+//! (its `lag` in the leader's `/v1/status`; a learner that never answered or lags more than
+//! `promotion_lag_entries_max` entries is refused with 409 `not_caught_up`, and `wait_ms` waits
+//! for it first), and one change at a time: each request returns once its change is committed
+//! (after the joint configuration when voters change).
 //!
 //! Refusals are 4xx with the protocol's reason as the message: an unknown member is 404
 //! `unknown_member`; a second change while one is in progress, removing the last voter, adding
@@ -49,6 +51,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The header a node sets on a request it forwards, with its ID: the leader that receives it
 /// never forwards it again (no loops while leadership moves).
@@ -363,6 +366,7 @@ fn membership_error(error: MembershipError) -> ApiError {
         MembershipError::AlreadyVoter(_) => (StatusCode::CONFLICT, "already_voter"),
         MembershipError::IdRemoved(_) => (StatusCode::CONFLICT, "id_removed"),
         MembershipError::NoVotersLeft => (StatusCode::CONFLICT, "no_voters_left"),
+        MembershipError::NotCaughtUp { .. } => (StatusCode::CONFLICT, "not_caught_up"),
         MembershipError::InvalidId(_) => (StatusCode::BAD_REQUEST, "invalid_id"),
         MembershipError::Empty | MembershipError::Duplicate(_) => {
             (StatusCode::BAD_REQUEST, "bad_request")
@@ -453,13 +457,58 @@ async fn promote_member(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let wait = promote_wait(&uri)?;
     let received = Received {
         method,
         uri,
         headers,
         body: Bytes::new(),
     };
-    change_named_member(&context, id, received, MembershipChange::promote).await
+    let id = parse_id(id)?;
+    if let Some(answer) = context.forward_unless_leader(&received).await? {
+        return Ok(answer);
+    }
+    if let Some(wait) = wait {
+        match context.raft.wait_caught_up(NodeId(id), wait).await {
+            Ok(()) => {}
+            Err(NodeError::Membership(error)) => return Err(membership_error(error)),
+            Err(error) => return Err(node_error(error, true)),
+        }
+    }
+    context
+        .change_membership(MembershipChange::promote(NodeId(id)))
+        .await
+}
+
+/// The longest `wait_ms` a promotion may ask for.
+const PROMOTE_WAIT_MS_MAX: u64 = 600_000;
+
+/// The `wait_ms` of a promotion: how long the leader waits for the learner to catch up.
+fn promote_wait(uri: &Uri) -> Result<Option<Duration>, ApiError> {
+    let Some(query) = uri.query() else {
+        return Ok(None);
+    };
+    let mut wait = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name != "wait_ms" {
+            return Err(ApiError::bad_request(format!(
+                "unknown query parameter {name:?} (promote takes wait_ms)"
+            )));
+        }
+        let ms: u64 = value.parse().map_err(|_| {
+            ApiError::bad_request(format!(
+                "wait_ms must be a number of milliseconds, not {value:?}"
+            ))
+        })?;
+        if ms > PROMOTE_WAIT_MS_MAX {
+            return Err(ApiError::bad_request(format!(
+                "wait_ms {ms} is above the limit of {PROMOTE_WAIT_MS_MAX}"
+            )));
+        }
+        wait = Some(Duration::from_millis(ms));
+    }
+    Ok(wait)
 }
 
 async fn remove_member(

@@ -174,10 +174,14 @@ enum MemberCommand {
         #[arg(long)]
         client_address: Option<String>,
     },
-    /// Make the learner ID a voter (once it has caught up: see `kvctl status`).
+    /// Make the learner ID a voter. A learner that has not caught up is refused (409
+    /// not_caught_up); `--wait` lets the leader wait for it first.
     Promote {
         /// The learner's ID.
         id: u64,
+        /// Wait up to this many seconds (default 30) for the learner to catch up.
+        #[arg(long, num_args = 0..=1, default_missing_value = "30", value_name = "SECONDS")]
+        wait: Option<u64>,
     },
     /// Remove member ID from the cluster.
     Remove {
@@ -374,7 +378,10 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     let (peer, http) = (peer_address.as_deref(), client_address.as_deref());
                     client.add_member(id, peer, http).await
                 }
-                MemberCommand::Promote { id } => client.promote_member(id).await,
+                MemberCommand::Promote { id, wait } => {
+                    let wait = wait.map(std::time::Duration::from_secs);
+                    client.promote_member(id, wait).await
+                }
                 MemberCommand::Remove { id } => client.remove_member(id).await,
             };
             print!("{}", members_text(&members.map_err(show)?));

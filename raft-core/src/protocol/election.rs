@@ -12,17 +12,7 @@ impl RawNode {
             MessageBody::VoteRequest {
                 pre_vote, transfer, ..
             } => {
-                // CheckQuorum: a node that heard from a live leader within the minimum election
-                // timeout ignores elections, so a partitioned node cannot depose that leader.
-                let min = self.config.election_timeout_ticks_min;
-                // With lease reads, a node that just (re)started may have promised a leader its
-                // lease before crashing: it waits out one minimum timeout too.
-                // A transfer was asked for by the leader itself: its lease does not stand.
-                let in_lease = self.config.check_quorum
-                    && !transfer
-                    && ((self.leader.is_some() && self.election_elapsed < min)
-                        || (self.config.lease_reads && self.now < u64::from(min)));
-                if in_lease {
+                if self.vote_promised_to_leader(transfer) {
                     return false;
                 }
                 if !pre_vote {
@@ -47,6 +37,25 @@ impl RawNode {
                 true
             }
         }
+    }
+
+    /// CheckQuorum's promise: a node that heard from a live leader within the minimum
+    /// election timeout votes for no one else (real vote or pre-vote), so a partitioned node
+    /// cannot depose that leader and a leader's read lease holds. It holds however the node
+    /// learned of a newer term meanwhile (a late answer carrying it makes the node forget the
+    /// leader, not the promise). With lease reads, a node that just (re)started may have made
+    /// that promise before crashing: it waits out one minimum timeout too. A transfer was
+    /// asked for by the leader itself: its lease does not stand.
+    pub(super) fn vote_promised_to_leader(&self, transfer: bool) -> bool {
+        let min = self.config.election_timeout_ticks_min;
+        let heard_recently = self
+            .leader_heard_at
+            .is_some_and(|at| self.now - at < u64::from(min));
+        self.config.check_quorum
+            && !transfer
+            && ((self.leader.is_some() && self.election_elapsed < min)
+                || heard_recently
+                || (self.config.lease_reads && self.now < u64::from(min)))
     }
 
     /// A message carries a lower term: most are dropped, some answered so the sender learns
@@ -79,10 +88,15 @@ impl RawNode {
         pre_vote: bool,
         last_log_index: LogIndex,
         last_log_term: Term,
+        transfer: bool,
     ) {
-        let can_vote = self.vote == Some(from)
-            || (self.vote.is_none() && self.leader.is_none())
-            || (pre_vote && request_term > self.term);
+        // A repeated request from the node this one already voted for gets the same answer:
+        // that vote is durable and was given outside any lease.
+        let promised = self.vote != Some(from) && self.vote_promised_to_leader(transfer);
+        let can_vote = !promised
+            && (self.vote == Some(from)
+                || (self.vote.is_none() && self.leader.is_none())
+                || (pre_vote && request_term > self.term));
         let granted = can_vote && self.log.is_up_to_date(last_log_index, last_log_term);
         if granted && !pre_vote {
             // Recorded before the answer leaves: the answer waits for the hard state write.

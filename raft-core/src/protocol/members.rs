@@ -68,10 +68,34 @@ impl RawNode {
             return Err(MembershipError::ChangeInProgress);
         }
         let next = self.membership().apply(change)?;
+        for id in &change.promote {
+            self.check_caught_up(*id)?;
+        }
         let index = self.append_membership(next);
         self.proposals.place(index, self.term, id);
         self.assert_invariants();
         Ok(())
+    }
+
+    /// Leader: refuses to promote a learner that never answered or lags too far behind.
+    fn check_caught_up(&self, id: NodeId) -> Result<(), MembershipError> {
+        let match_index = self
+            .progress
+            .get(&id)
+            .map_or(LogIndex(0), |p| p.match_index);
+        let last_index = self.log.last_index();
+        let lag_entries_max = self.config.promotion_lag_entries_max;
+        let caught_up =
+            match_index > LogIndex(0) && last_index.0 - match_index.0 <= lag_entries_max;
+        if caught_up {
+            return Ok(());
+        }
+        Err(MembershipError::NotCaughtUp {
+            id,
+            match_index,
+            last_index,
+            lag_entries_max,
+        })
     }
 
     /// Leader: appends a membership entry, which is in force at once.

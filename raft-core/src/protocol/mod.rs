@@ -9,14 +9,18 @@
 //! inputs always give the same outputs: one seed replays a whole simulated cluster.
 //!
 //! Handling a `Ready` (the runtime in [`crate::runtime`] does exactly this):
-//! 1. send `messages` (they depend on nothing local: a leader's appends and heartbeats);
+//! 1. send `messages` (they rely on nothing that is not durable yet: see
+//!    [`Promise`](crate::message::Promise));
 //! 2. make `write` durable in the log store, in `number` order with earlier readies;
 //! 3. send `messages_after_write` (votes and acknowledgements that promise durable state);
 //! 4. call [`RawNode::persisted`] with the ready's `number`;
 //! 5. apply `committed` in order and call [`RawNode::applied`]; report `failed_proposals`.
 //!
 //! A leader may send its appends before its own write is durable (step 1 before step 2); it
-//! counts itself toward a commit majority only once step 4 says the entries are durable.
+//! counts itself toward a commit majority only once step 4 says the entries are durable. No
+//! message that carries a term ever leaves before that term is durable: a leader elected within
+//! one step (a single voter) or before its candidate write was acknowledged finds its appends
+//! in `messages_after_write`. Forwards and read requests promise nothing and never wait.
 
 mod election;
 mod log;
@@ -36,7 +40,7 @@ pub use transfer::TransferError;
 
 use crate::config::{Config, ConfigError};
 use crate::membership::Membership;
-use crate::message::{Message, MessageBody};
+use crate::message::{Message, MessageBody, Promise};
 use crate::snapshot::SnapshotMeta;
 use crate::storage::LogWrite;
 use crate::types::{Entry, HardState, LogIndex, NodeId, ProposalId, Term};
@@ -93,7 +97,8 @@ pub struct Ready {
     pub number: u64,
     /// What to make durable.
     pub write: LogWrite,
-    /// Messages that may be sent at once.
+    /// Messages that may be sent at once: they promise nothing, or only a term that is
+    /// already durable ([`Promise`](crate::message::Promise)).
     pub messages: Vec<Message>,
     /// Messages that may be sent only once `write` (and every earlier ready's) is durable.
     pub messages_after_write: Vec<Message>,
@@ -215,6 +220,10 @@ pub struct RawNode {
     leader: Option<NodeId>,
     log: RaftLog,
     rng: Rng,
+    /// The tick at which this node last heard from a leader (an append, heartbeat or snapshot
+    /// chunk of its term). Unlike `leader`, a newer term does not clear it: the vote promise
+    /// of CheckQuorum runs from here (see `vote_promised_to_leader`).
+    leader_heard_at: Option<u64>,
     /// Ticks since this node last reset its election clock (heard from a leader, voted, or,
     /// for a leader, since its last quorum check).
     election_elapsed: u32,
@@ -240,6 +249,12 @@ pub struct RawNode {
     messages_after_write: Vec<Message>,
     /// The hard state last handed to storage.
     hard_state_written: HardState,
+    /// The ready whose write carries the current term and vote (0: they came from storage).
+    /// Until it is persisted no message leaves ahead of a write: every message carries the
+    /// term, and a term that is not durable may be won again, differently, after a crash.
+    term_written_in: u64,
+    /// The highest ready number storage has made durable (with every earlier one).
+    persisted_number: u64,
     ready_number: u64,
     /// Readies handed out whose writes storage has not acknowledged: (number, last entry).
     unacknowledged_writes: VecDeque<(u64, Option<(LogIndex, Term)>)>,
@@ -308,6 +323,7 @@ impl RawNode {
             leader: None,
             log: RaftLog::restore(offset, offset_term, entries, hard_state.commit, applied),
             rng,
+            leader_heard_at: None,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             election_timeout: 0,
@@ -323,6 +339,8 @@ impl RawNode {
             messages: Vec::new(),
             messages_after_write: Vec::new(),
             hard_state_written: hard_state,
+            term_written_in: 0,
+            persisted_number: 0,
             ready_number: 0,
             unacknowledged_writes: VecDeque::new(),
             snapshot: restore.snapshot,
@@ -379,6 +397,15 @@ impl RawNode {
             self.answer_stale_term(&message);
             return;
         }
+        if matches!(
+            message.body,
+            MessageBody::Append { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::SnapshotChunk { .. }
+        ) {
+            // Only the leader of this term sends these: the vote promise runs from here.
+            self.leader_heard_at = Some(self.now);
+        }
         match message.body {
             MessageBody::ReadIndexRequest { id } => {
                 self.handle_read_index_request(message.from, id)
@@ -390,13 +417,14 @@ impl RawNode {
                 pre_vote,
                 last_log_index,
                 last_log_term,
-                ..
+                transfer,
             } => self.handle_vote_request(
                 message.from,
                 message.term,
                 pre_vote,
                 last_log_index,
                 last_log_term,
+                transfer,
             ),
             MessageBody::SnapshotResponse {
                 last_index,
@@ -438,6 +466,12 @@ impl RawNode {
 
     /// Storage made the write of ready `number` (and all earlier ones) durable.
     pub fn persisted(&mut self, number: u64) {
+        assert!(
+            number <= self.ready_number,
+            "ready {number} was never handed out (last {})",
+            self.ready_number
+        );
+        self.persisted_number = self.persisted_number.max(number);
         let mut last = None;
         while let Some(&(n, entry)) = self.unacknowledged_writes.front() {
             if n > number {
@@ -508,6 +542,10 @@ impl RawNode {
             self.hard_state_written = hard_state;
         }
         self.ready_number += 1;
+        if vote_changed {
+            self.term_written_in = self.ready_number;
+        }
+        let (messages, messages_after_write) = self.take_messages();
         let mut last_written = entries.last().map(|e| (e.index, e.term));
         if installing {
             self.install_written_in(self.ready_number);
@@ -539,14 +577,38 @@ impl RawNode {
                 entries,
                 hard_state: save_hard_state.then_some(hard_state),
             },
-            messages: std::mem::take(&mut self.messages),
-            messages_after_write: std::mem::take(&mut self.messages_after_write),
+            messages,
+            messages_after_write,
             committed,
             failed_proposals: std::mem::take(&mut self.proposals.failures),
             reads: std::mem::take(&mut self.reads.ready),
             failed_reads: std::mem::take(&mut self.reads.failures),
             transfer_failed: self.transfer_failed.take(),
         }
+    }
+
+    /// Splits the queued messages into those that may leave at once and those that wait for
+    /// the ready's write, by what each promises ([`Promise`]): a message that relies on the
+    /// term waits while the ready that wrote the current term and vote is not durable.
+    fn take_messages(&mut self) -> (Vec<Message>, Vec<Message>) {
+        let term_durable = self.persisted_number >= self.term_written_in;
+        let mut after_write = Vec::new();
+        let mut now = Vec::new();
+        for message in std::mem::take(&mut self.messages) {
+            match message.body.promise() {
+                Promise::Term if !term_durable => after_write.push(message),
+                Promise::Writes => unreachable!("queued apart by send_message"),
+                _ => now.push(message),
+            }
+        }
+        after_write.append(&mut self.messages_after_write);
+        assert!(
+            now.iter()
+                .all(|m| m.body.promise() == Promise::Nothing
+                    || (term_durable && m.term <= self.term)),
+            "a message leaves at once with a term that is not durable"
+        );
+        (now, after_write)
     }
 
     fn take_committed(&mut self) -> Vec<CommittedEntry> {
@@ -672,8 +734,9 @@ impl RawNode {
         self.membership().is_quorum(|id| id == me)
     }
 
-    /// Queues a message. A leader's messages go out at once; everyone else's wait for the
-    /// ready's write, since they may promise a vote or entries that must be durable first.
+    /// Queues a message. Those that promise writes (votes granted, acknowledgements) wait for
+    /// the ready's write; the rest may leave at once, once the term is durable for those that
+    /// carry it (see `take_messages`).
     fn send(&mut self, to: NodeId, body: MessageBody) {
         let message = Message {
             from: self.id,
@@ -685,10 +748,10 @@ impl RawNode {
     }
 
     fn send_message(&mut self, message: Message) {
-        if self.role == Role::Leader {
-            self.messages.push(message);
-        } else {
+        if message.body.promise() == Promise::Writes {
             self.messages_after_write.push(message);
+        } else {
+            self.messages.push(message);
         }
     }
 

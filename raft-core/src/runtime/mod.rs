@@ -199,6 +199,8 @@ pub struct RaftNode {
     shutdown: Arc<tokio::sync::Notify>,
     driver: Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>,
     stopped: watch::Receiver<Option<String>>,
+    /// `Config::promotion_lag_entries_max`, for [`RaftNode::wait_caught_up`].
+    promotion_lag_entries_max: u64,
 }
 
 impl RaftNode {
@@ -222,6 +224,7 @@ impl RaftNode {
         let (restore, sessions) =
             restore_from(&store, &mut *state_machine, chunk_bytes, limits).await?;
         let applied = restore.applied;
+        let promotion_lag_entries_max = config.promotion_lag_entries_max;
         let mut raw = RawNode::new(config.clone(), restore).map_err(|e| NodeError::Config(e.0))?;
         // Every forward travels in a one-off session, numbered from a random value per life.
         raw.set_forward_sessions(SessionId::random());
@@ -252,6 +255,7 @@ impl RaftNode {
             shutdown,
             driver: Arc::new(tokio::sync::Mutex::new(Some(handle))),
             stopped,
+            promotion_lag_entries_max,
         })
     }
 
@@ -346,8 +350,9 @@ impl RaftNode {
     /// Changes the members (on the leader; a follower answers
     /// [`MembershipError::NotLeader`] naming the leader). Returns the new membership once the
     /// change is committed, after the joint configuration when voters change. A learner added
-    /// here catches up from the log or a snapshot; promote it once its match index is near the
-    /// leader's (see [`Status::progress`]).
+    /// here catches up from the log or a snapshot; promote it once it has caught up
+    /// ([`RaftNode::wait_caught_up`]): a promotion of a learner that lags is refused with
+    /// [`MembershipError::NotCaughtUp`].
     pub async fn change_membership(
         &self,
         change: MembershipChange,
@@ -366,6 +371,54 @@ impl RaftNode {
             .await
             .map(|s| s.membership.clone());
         done.map_err(|_| self.stopped_error())
+    }
+
+    /// Waits, on the leader, until learner `id` has caught up enough to be promoted (it answered
+    /// and holds the log within `Config::promotion_lag_entries_max` entries of the leader's
+    /// last index), for at most `within`. Then a promotion is accepted unless it fell behind
+    /// again meanwhile. Fails with [`MembershipError::NotCaughtUp`] (the latest figures) when
+    /// `within` runs out, [`MembershipError::UnknownNode`] when `id` is not a learner, or
+    /// [`MembershipError::NotLeader`] when this node does not lead.
+    pub async fn wait_caught_up(&self, id: NodeId, within: Duration) -> Result<(), NodeError> {
+        let lag_entries_max = self.promotion_lag_entries_max;
+        let verdict = |s: &Status| -> Option<Result<(), MembershipError>> {
+            if s.leader != Some(s.id) {
+                return Some(Err(MembershipError::NotLeader(s.leader)));
+            }
+            if !s.membership.learners.contains(&id) {
+                return Some(Err(MembershipError::UnknownNode(id)));
+            }
+            let match_index = s
+                .progress
+                .iter()
+                .find(|p| p.id == id)
+                .map_or(LogIndex(0), |p| p.match_index);
+            let caught_up = match_index > LogIndex(0)
+                && s.last_index.0.saturating_sub(match_index.0) <= lag_entries_max;
+            caught_up.then_some(Ok(()))
+        };
+        let mut status = self.status.clone();
+        let waited = tokio::time::timeout(within, status.wait_for(|s| verdict(s).is_some())).await;
+        match waited {
+            Ok(Ok(status)) => verdict(&status)
+                .expect("wait_for returned on a verdict")
+                .map_err(NodeError::Membership),
+            Ok(Err(_)) => Err(self.stopped_error()),
+            Err(_) => {
+                let status = self.status();
+                let match_index = status
+                    .progress
+                    .iter()
+                    .find(|p| p.id == id)
+                    .map_or(LogIndex(0), |p| p.match_index);
+                Err(NodeError::Membership(MembershipError::NotCaughtUp {
+                    id,
+                    match_index,
+                    last_index: status.last_index,
+                    lag_entries_max,
+                }))
+            }
+        }
     }
 
     /// Takes a snapshot now and compacts the log (keeping `Config::snapshot_tail_entries`);

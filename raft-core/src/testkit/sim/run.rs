@@ -960,6 +960,7 @@ impl<'a> Driver<'a> {
             Err(
                 MembershipError::ChangeInProgress
                 | MembershipError::TransferInProgress
+                | MembershipError::NotCaughtUp { .. }
                 | MembershipError::NotLeader(_),
             ) => {}
             Err(error) => panic!("leader {leader} refused {change:?}: {error}"),

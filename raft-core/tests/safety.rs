@@ -1,0 +1,145 @@
+//! Safety holes found by review and by crashing real processes, one test each, replayed by hand
+//! against `RawNode` (the protocol with no IO) or the interactive simulator. Each failed on the
+//! code before its fix.
+
+use bytes::Bytes;
+use raft_core::membership::Membership;
+use raft_core::message::MessageBody;
+use raft_core::protocol::{RawNode, Ready, Restore, Role};
+use raft_core::{Config, Entry, EntryPayload, HardState, LogIndex, Message, NodeId, Term};
+
+/// A node's disk holding one membership entry (voters `voters`, learners `learners`), with
+/// `term` as its current term and a vote for itself.
+fn bootstrapped(voters: &[u64], learners: &[u64], term: u64) -> Restore {
+    let membership = Membership {
+        voters: voters.iter().copied().map(NodeId).collect(),
+        learners: learners.iter().copied().map(NodeId).collect(),
+        ..Membership::default()
+    };
+    Restore {
+        hard_state: HardState {
+            term: Term(term),
+            vote: Some(NodeId(voters[0])),
+            commit: LogIndex(1),
+        },
+        entries: vec![Entry {
+            term: Term(1),
+            index: LogIndex(1),
+            payload: EntryPayload::Membership(membership),
+        }],
+        snapshot: None,
+        applied: LogIndex(0),
+    }
+}
+
+fn node(id: u64, voters: &[u64], restore: Restore, seed: u64) -> RawNode {
+    let mut config = Config::new(NodeId(id), voters.iter().copied().map(NodeId).collect());
+    config.seed = seed;
+    RawNode::new(config, restore).expect("a valid node")
+}
+
+/// What a test harness with a disk that has not synced yet may send: `messages` at once.
+fn sent_at_once(ready: &Ready) -> Vec<Message> {
+    ready.messages.clone()
+}
+
+/// Issue 12, scenario 1. A one-voter cluster (the bootstrap path: one node, learners added)
+/// wins its election inside one step. Its appends and heartbeats carry the new term, which is
+/// only in that ready's write: if they left at once and the process died before the write was
+/// durable, the node would restart in the old term, win the same term again and write other
+/// entries under the same (index, term) as the ones the learner already holds. The rule: no
+/// message that carries a term leaves before that term and vote are durable.
+#[test]
+fn a_single_voter_leader_sends_nothing_of_its_new_term_before_the_term_is_durable() {
+    let mut leader = node(1, &[1], bootstrapped(&[1], &[2], 1), 7);
+    leader.campaign();
+    assert_eq!(leader.role(), Role::Leader, "one voter wins alone");
+    assert_eq!(leader.term(), Term(2));
+    leader.propose(raft_core::ProposalId(1), Bytes::from_static(b"first life"));
+    let ready = leader.ready();
+    let hard_state = ready.write.hard_state.expect("the new term is written");
+    assert_eq!(hard_state.term, Term(2));
+    let early: Vec<Message> = sent_at_once(&ready)
+        .into_iter()
+        .filter(|m| m.term >= Term(2))
+        .collect();
+    assert!(
+        early.is_empty(),
+        "messages of term 2 left before term 2 was durable: {early:?}"
+    );
+    assert!(
+        ready
+            .messages_after_write
+            .iter()
+            .any(|m| m.to == NodeId(2) && matches!(m.body, MessageBody::Append { .. })),
+        "the append to the learner waits for the write"
+    );
+
+    // Once the term is durable, the leader's messages go out at once again, ahead of its own
+    // writes (the usual leader optimisation).
+    leader.persisted(ready.number);
+    for _ in 0..leader.config().heartbeat_interval_ticks {
+        leader.tick();
+    }
+    let ready = leader.ready();
+    assert!(
+        ready
+            .messages
+            .iter()
+            .any(|m| m.to == NodeId(2) && matches!(m.body, MessageBody::Heartbeat { .. })),
+        "with its term durable, a leader sends at once: {:?}",
+        ready
+    );
+}
+
+/// The same scenario end to end: the leader dies before its first write is durable and comes
+/// back in the old term. Whatever left before the crash must not let the learner keep entries
+/// that the leader's second life writes differently.
+#[test]
+fn a_single_voter_leader_that_crashes_before_its_term_is_durable_cannot_fork_a_learner() {
+    let mut leader = node(1, &[1], bootstrapped(&[1], &[2], 1), 7);
+    let mut learner = node(2, &[], bootstrapped(&[1], &[2], 1), 7);
+    leader.campaign();
+    leader.propose(raft_core::ProposalId(1), Bytes::from_static(b"first life"));
+    let ready = leader.ready();
+    // The disk never finishes this write: the process dies. Only what left at once arrives.
+    for message in sent_at_once(&ready) {
+        learner.step(message);
+    }
+    let _ = learner.ready();
+
+    // Second life, from the disk as it was: term 1.
+    let mut leader = node(1, &[1], bootstrapped(&[1], &[2], 1), 8);
+    leader.campaign();
+    assert_eq!(leader.term(), Term(2), "the same term is won again");
+    leader.propose(raft_core::ProposalId(1), Bytes::from_static(b"second life"));
+    let mut ready = leader.ready();
+    for _ in 0..10 {
+        leader.persisted(ready.number);
+        let mut out = ready.messages;
+        out.extend(ready.messages_after_write);
+        for message in out {
+            learner.step(message);
+        }
+        let answer = learner.ready();
+        learner.persisted(answer.number);
+        let mut back = answer.messages;
+        back.extend(answer.messages_after_write);
+        for message in back {
+            leader.step(message);
+        }
+        ready = leader.ready();
+    }
+    for index in 1..=leader.last_index().0 {
+        let index = LogIndex(index);
+        assert_eq!(
+            leader.entry(index),
+            learner.entry(index),
+            "leader and learner disagree at {index}"
+        );
+    }
+    assert!(
+        learner.commit_index() >= LogIndex(3),
+        "the learner caught up"
+    );
+}
