@@ -9,7 +9,10 @@
 //!   (group commit), then sends the messages that waited for them and reports back; a leader's
 //!   write of entries that have not reached all its followers yet may wait a moment for the
 //!   next one ([`RuntimeOptions::leader_write_delay_max`]);
-//! - the *applier* applies committed entries in order and answers each proposer.
+//! - the *applier* applies committed entries in order and answers each proposer. Commands
+//!   proposed in a client session ([`RaftNode::propose_in_session`], and every forward)
+//!   pass the session table first, so each (session, sequence) reaches the state machine
+//!   once; the table rides at the head of every snapshot (see [`crate::sessions`]).
 
 mod applier;
 mod driver;
