@@ -236,4 +236,21 @@ mod tests {
         config.read_lease_ticks = config.election_timeout_ticks_min - 2;
         assert_eq!(config.validate(), Ok(()));
     }
+
+    /// A session table needs room for one session and a window of at least one entry; an
+    /// answer limit of 0 (keep no answers) is allowed.
+    #[test]
+    fn session_limits_are_validated() {
+        let mut config = Config::new(NodeId(1), vec![NodeId(1)]);
+        config.sessions_max = 0;
+        let error = config.validate().expect_err("no room for a session");
+        assert!(error.0.contains("sessions_max"), "{error}");
+        config.sessions_max = 1;
+        config.session_idle_entries_max = 0;
+        let error = config.validate().expect_err("no window");
+        assert!(error.0.contains("session_idle_entries_max"), "{error}");
+        config.session_idle_entries_max = 1;
+        config.session_result_bytes_max = 0;
+        assert_eq!(config.validate(), Ok(()));
+    }
 }
