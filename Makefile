@@ -2,7 +2,7 @@
 CARGO ?= cargo
 PROFILE := --release
 
-.PHONY: test demo deps fmt clippy bench
+.PHONY: test demo deps fmt clippy bench plant mutants
 
 # rocksdb's bindgen needs libclang; install it when missing (CI runs as root on a fresh machine).
 deps:
@@ -25,3 +25,20 @@ demo: deps
 
 bench:
 	$(CARGO) bench --workspace
+
+# Plants the classic Raft bugs of raft-core/mutants/*.patch one at a time in a scratch copy and
+# runs the simulation's default seeds and the scenario tests against each: every bug must be
+# caught (see raft-core/MUTANTS.md). Not part of `make test`: it rebuilds raft-core per bug.
+plant:
+	raft-core/mutants/plant.sh
+
+# Mutation testing of the protocol with cargo-mutants, the simulation and scenario tests as the
+# test command. Long (hundreds of mutants, each a rebuild and a simulation run); narrow it with
+# e.g. MUTANTS_FILES=raft-core/src/protocol/transfer.rs, add options with MUTANTS_ARGS (such as
+# "--output /tmp/mutants"). Survivors go in raft-core/MUTANTS.md.
+MUTANTS_FILES ?= raft-core/src/protocol/**/*.rs
+MUTANTS_ARGS ?=
+mutants:
+	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install --locked cargo-mutants
+	$(CARGO) mutants --package raft-core --file '$(MUTANTS_FILES)' --cargo-arg=--release \
+		$(MUTANTS_ARGS) -- --test simulation --test scenarios

@@ -886,10 +886,11 @@ fn a_lease_read_is_refused_after_the_lease_expired() {
 /// Why the lease assumes clocks that tick at close rates (`protocol` reads): if the followers'
 /// clocks run three times as fast as the leader's, they stop honouring the lease, elect a new
 /// leader and commit x=2 while the old leader's clock says its lease still runs, and its lease
-/// read is stale. The simulator catches it; the randomized simulation keeps clocks within the
-/// assumption (`lease_clock_margin_holds`).
+/// read would be stale. The simulator catches it once the new leader commits while n1's lease
+/// runs, before any read; the randomized simulation keeps clocks within the assumption
+/// (`lease_clock_margin_holds`).
 #[test]
-#[should_panic(expected = "stale read")]
+#[should_panic(expected = "would serve reads from its lease")]
 fn a_lease_read_is_stale_when_clocks_drift_past_the_assumption() {
     let mut cluster = leased_cluster();
     cluster.isolate(1);
@@ -1070,6 +1071,46 @@ fn leadership_transfer_brings_a_lagging_target_up_to_date_first() {
     assert_eq!(cluster.kv(3).get("x").map(|v| &v[..]), Some(&b"4"[..]));
 }
 
+/// Thesis §3.10: a leader hands over with one `TimeoutNow`, however many answers its target
+/// sends once caught up (a second would start a needless election after the first). n3's
+/// answer to x=1 is held back and duplicated; the transfer starts, both copies arrive: the
+/// first shows n3 caught up and sends `TimeoutNow`, the second sends nothing. (cargo-mutants
+/// found that nothing checked this.)
+#[test]
+fn a_transfer_sends_one_timeout_now() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    cluster.stabilize();
+    cluster.propose_kv(1, &KvInput::put("x", "1"));
+    cluster.deliver_all(); // the appends: the answers are in flight
+    let is_ack_from_3 = |m: &Message| {
+        m.from == NodeId(3)
+            && matches!(
+                m.body,
+                MessageBody::AppendResponse(AppendResponse::Accepted { .. })
+            )
+    };
+    cluster.deliver_matching(|m| m.from == NodeId(2)); // x=1 commits with n2
+    assert_eq!(cluster.duplicate_in_flight(is_ack_from_3), 1);
+
+    cluster
+        .transfer_leadership(1, 3)
+        .expect("n1 leads, n3 is a voter");
+    assert!(
+        !cluster.in_flight().iter().any(is_timeout_now),
+        "n1 has not yet heard that n3 holds x=1"
+    );
+    assert_eq!(cluster.deliver_matching(is_ack_from_3).len(), 2);
+    let timeout_nows = cluster
+        .in_flight()
+        .iter()
+        .filter(|m| is_timeout_now(m))
+        .count();
+    assert_eq!(timeout_nows, 1, "{:?}", cluster.in_flight());
+    cluster.stabilize();
+    assert_eq!(cluster.leader(), Some(NodeId(3)));
+}
+
 /// A target that cannot be reached never takes over: after an election timeout n1 gives up
 /// (`TransferError::TimedOut`), resumes leading in the same term, and takes proposals again.
 #[test]
@@ -1143,6 +1184,49 @@ fn a_follower_acking_after_the_commit_learns_it_without_a_heartbeat() {
     cluster.stabilize();
     assert_eq!(cluster.node(3).commit_index(), committed);
     assert_eq!(cluster.node(2).commit_index(), committed);
+}
+
+/// A storage error must stop the node before anything that waited for the write leaves (the
+/// driver fail-stops, as etcd's and TigerBeetle's do): n2's write of its vote for n1 fails, so
+/// n2 stops and its vote never leaves; n1 still wins with n3's. Restarted from its disk, n2
+/// holds neither the vote nor the failed write's term, and rejoins as a follower of n1.
+#[test]
+fn a_failed_write_stops_the_node_before_its_vote_leaves() {
+    let mut cluster = Cluster::builder(3).config(|c| c.pre_vote = false).build();
+    cluster.fail_next_write(2);
+    cluster.campaign(1);
+    let delivered = cluster.deliver_all(); // the vote requests
+    assert_eq!(delivered.len(), 2);
+    assert!(!cluster.is_up(2), "n2 fail-stopped on its write");
+    let votes: Vec<NodeId> = cluster
+        .in_flight()
+        .iter()
+        .filter(|m| {
+            matches!(
+                m.body,
+                MessageBody::VoteResponse {
+                    pre_vote: false,
+                    granted: true
+                }
+            )
+        })
+        .map(|m| m.from)
+        .collect();
+    assert_eq!(votes, [NodeId(3)], "only n3's vote leaves");
+    assert_eq!(cluster.durable(2).hard_state, HardState::default());
+    cluster.stabilize();
+    assert_eq!(cluster.leader(), Some(NodeId(1)));
+    assert_eq!(cluster.stats().writes_failed, 1);
+
+    cluster.restart(2);
+    let heartbeat = cluster.node(1).config().heartbeat_interval_ticks;
+    cluster.tick(1, heartbeat); // n1 finds n2 again
+    cluster.stabilize();
+    let put = cluster.propose_kv(1, &KvInput::put("x", "1"));
+    cluster.stabilize();
+    applied_at(&cluster, put);
+    assert_eq!(cluster.node(2).leader(), Some(NodeId(1)));
+    assert_eq!(cluster.kv(2).get("x").map(|v| &v[..]), Some(&b"1"[..]));
 }
 
 /// Issue 12, scenario 3: the lease promise holds however a node learns of a higher term. n1

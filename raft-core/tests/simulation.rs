@@ -1,5 +1,6 @@
-//! Randomized simulation of whole clusters: each seed picks 3 or 5 nodes and a fault mix,
-//! runs closed-loop clients through crashes, partitions and a lossy network, checks the Raft
+//! Randomized simulation of whole clusters: each seed picks 1, 2, 3 or 5 voters and a fault
+//! mix, runs closed-loop clients through crashes, partitions, a lossy network (whose messages
+//! outlive crashes), slow and failing disks and membership churn, checks the Raft
 //! invariants after every step, requires the cluster to settle once the faults stop, and checks
 //! the client history for linearizability (see `raft_core::testkit::sim`).
 //!
@@ -85,15 +86,16 @@ fn every_seed_keeps_the_invariants_settles_and_is_linearizable() {
     if reports.is_empty() {
         return; // replaying one seed: see replay_one_seed
     }
-    let three = reports.iter().filter(|r| r.nodes == 3).count();
-    let five = reports.iter().filter(|r| r.nodes == 5).count();
+    let size = |n: usize| reports.iter().filter(|r| r.nodes == n).count();
+    let (one, two, three, five) = (size(1), size(2), size(3), size(5));
     let steps: u64 = reports.iter().map(|r| r.steps).sum();
     let operations: usize = reports.iter().map(|r| r.operations).sum();
     let virtual_ms: u64 = reports.iter().map(|r| r.end_ms).sum();
     let liveness_max = reports.iter().map(|r| r.liveness_ms).max().unwrap_or(0);
     println!(
-        "{} seeds ({three} of 3 nodes, {five} of 5): {steps} steps, {operations} operations \
-         checked, {} virtual seconds; slowest liveness phase {liveness_max} ms",
+        "{} seeds ({one} of 1 voter, {two} of 2, {three} of 3, {five} of 5): {steps} steps, \
+         {operations} operations checked, {} virtual seconds; slowest liveness phase \
+         {liveness_max} ms",
         reports.len(),
         virtual_ms / 1000
     );
@@ -101,8 +103,11 @@ fn every_seed_keeps_the_invariants_settles_and_is_linearizable() {
     assert_eq!(reports.len(), expected);
     if expected >= 100 {
         assert!(
-            three > expected / 4 && five > expected / 4,
-            "3: {three}, 5: {five}"
+            three > expected / 4
+                && five > expected / 4
+                && one > expected / 20
+                && two > expected / 20,
+            "1: {one}, 2: {two}, 3: {three}, 5: {five}"
         );
     }
 }
@@ -166,6 +171,14 @@ fn membership_churned_and_snapshots_streamed() {
     let chunks = sum(|r| r.snapshot_chunks);
     let churned = reports.iter().filter(|r| r.membership_changes > 0).count();
     let seven = reports.iter().filter(|r| r.voters_max >= 7).count();
+    let down_to_one = reports
+        .iter()
+        .filter(|r| r.nodes > 1 && r.voters_min == 1)
+        .count();
+    let grew_from_one = reports
+        .iter()
+        .filter(|r| r.nodes == 1 && r.voters_max >= 3)
+        .count();
     let with_installs = reports.iter().filter(|r| r.snapshots_installed > 0).count();
     println!(
         "membership changes {changes} in {churned} runs ({seven} reached 7 voters); snapshots \
@@ -176,6 +189,12 @@ fn membership_churned_and_snapshots_streamed() {
         "too few runs churned: {churned}"
     );
     assert!(seven > 0, "no run grew to 7 voters");
+    println!(
+        "{down_to_one} runs shrank to one voter, {grew_from_one} grew from one voter to three \
+         or more"
+    );
+    assert!(down_to_one > 0, "no run shrank to one voter");
+    assert!(grew_from_one > 0, "no one-voter run grew through learners");
     assert!(
         with_installs > reports.len() / 10,
         "too few runs installed a snapshot: {with_installs}"
@@ -197,6 +216,9 @@ fn faults_actually_happened() {
     let duplicated = sum(|r| r.messages_duplicated);
     let reordered = sum(|r| r.messages_reordered);
     let cut = sum(|r| r.messages_cut);
+    let across_restarts = sum(|r| r.messages_across_restarts);
+    let slow = sum(|r| r.writes_slow);
+    let failed = sum(|r| r.writes_failed);
     let leader_changes = reports
         .iter()
         .map(|r| r.leader_terms.saturating_sub(1) as u64)
@@ -204,7 +226,8 @@ fn faults_actually_happened() {
     println!(
         "crashes {crashes}, partitions {partitions}, one-way cuts {one_way}, dropped \
          {dropped}, duplicated {duplicated}, reordered {reordered}, lost to cuts {cut}, \
-         leader changes {leader_changes}"
+         delivered across restarts {across_restarts}, slow writes {slow}, failed writes \
+         {failed}, leader changes {leader_changes}"
     );
     for (what, count) in [
         ("crashes", crashes),
@@ -214,6 +237,9 @@ fn faults_actually_happened() {
         ("duplicated messages", duplicated),
         ("reordered messages", reordered),
         ("messages lost to cuts", cut),
+        ("messages delivered across restarts", across_restarts),
+        ("slow writes", slow),
+        ("failed writes", failed),
         ("leader changes", leader_changes),
     ] {
         assert!(

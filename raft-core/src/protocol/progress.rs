@@ -60,6 +60,7 @@ impl Inflights {
         }
         self.queue.push_back((last, bytes));
         self.bytes += bytes;
+        self.assert_invariants();
     }
 
     /// Frees every append whose last index is at or below `index`.
@@ -71,6 +72,16 @@ impl Inflights {
             self.queue.pop_front();
             self.bytes -= bytes;
         }
+        self.assert_invariants();
+    }
+
+    /// The queue is bounded by `inflight_messages_max`, so the sum stays cheap.
+    fn assert_invariants(&self) {
+        debug_assert_eq!(
+            self.bytes,
+            self.queue.iter().map(|(_, bytes)| bytes).sum::<usize>(),
+            "inflight bytes must sum the queued appends"
+        );
     }
 
     pub(crate) fn clear(&mut self) {

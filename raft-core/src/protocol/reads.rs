@@ -174,6 +174,16 @@ impl RawNode {
         self.log.term(self.log.committed) == Some(self.term)
     }
 
+    /// True when this node, a leader of several voters, would answer a read from its lease
+    /// right now, without a heartbeat round. No leader of a later term can have committed
+    /// anything meanwhile (the simulator checks it after every step).
+    pub fn serves_reads_from_lease(&self) -> bool {
+        self.role == Role::Leader
+            && self.committed_in_current_term()
+            && !self.alone_is_quorum()
+            && self.lease_valid()
+    }
+
     fn lease_valid(&self) -> bool {
         self.config.lease_reads
             && !self.reads.lease_revoked

@@ -7,7 +7,7 @@ use super::rng::{mix, SimRng};
 use super::trace::{ShowEntries, ShowMessage, Trace, TRACE_BYTES_MAX_DEFAULT};
 use crate::config::Config;
 use crate::membership::{MembershipChange, MembershipError};
-use crate::message::{AppendResponse, Message, MessageBody};
+use crate::message::{Message, MessageBody};
 use crate::protocol::{
     ProposeError, RawNode, Ready, Restore, Role, SnapshotRequest, SnapshotWrite, TransferError,
 };
@@ -102,6 +102,11 @@ pub struct NetworkFaults {
     pub long_delay_probability: f64,
     /// Longest such delay, in virtual milliseconds.
     pub long_delay_ms_max: u64,
+    /// Chance that a message in flight to or from a node survives that node's crash (the
+    /// network does not know a process died): it arrives as scheduled, at the node's next
+    /// life if it has restarted by then (else it is lost), and with `duplicate_probability`
+    /// a second copy arrives up to `long_delay_ms_max` later. 0 drops every such message.
+    pub crash_survive_probability: f64,
 }
 
 impl NetworkFaults {
@@ -114,17 +119,46 @@ impl NetworkFaults {
         delay_ms_max: 0,
         long_delay_probability: 0.0,
         long_delay_ms_max: 0,
+        crash_survive_probability: 0.0,
     };
 }
 
 /// How long a disk takes to make a write durable: a delay in `[write_delay_ms_min,
-/// write_delay_ms_max]` virtual milliseconds, writes completing in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// write_delay_ms_max]` virtual milliseconds, writes completing in order; with
+/// `slow_write_probability` an fsync stalls for `[slow_write_ms_min, slow_write_ms_max]`
+/// instead (the writes queued behind it wait too). With `write_fail_probability` a write
+/// fails: nothing of it becomes durable and the node fail-stops, as a driver must on a
+/// storage error (it releases none of the write's messages and never reports it persisted);
+/// it restarts from its disk after up to `fail_restart_ms_max`.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DiskTiming {
     /// Fastest write.
     pub write_delay_ms_min: u64,
     /// Slowest write.
     pub write_delay_ms_max: u64,
+    /// Chance that a write stalls.
+    pub slow_write_probability: f64,
+    /// Shortest stall, in virtual milliseconds.
+    pub slow_write_ms_min: u64,
+    /// Longest stall, in virtual milliseconds.
+    pub slow_write_ms_max: u64,
+    /// Chance that a write fails.
+    pub write_fail_probability: f64,
+    /// Longest time a node that fail-stopped stays down.
+    pub fail_restart_ms_max: u64,
+}
+
+impl DiskTiming {
+    /// A disk that completes every write at once and never fails.
+    pub const INSTANT: DiskTiming = DiskTiming {
+        write_delay_ms_min: 0,
+        write_delay_ms_max: 0,
+        slow_write_probability: 0.0,
+        slow_write_ms_min: 0,
+        slow_write_ms_max: 0,
+        write_fail_probability: 0.0,
+        fail_restart_ms_max: 0,
+    };
 }
 
 /// A set of cut links made by [`Cluster::partition`], [`Cluster::isolate`] or
@@ -259,6 +293,13 @@ pub struct ClusterStats {
     pub messages_cut: u64,
     /// Messages lost because the sender or receiver crashed.
     pub messages_lost_to_crashes: u64,
+    /// Messages delivered to a later life of their receiver, or from an earlier life of
+    /// their sender, than the one they were sent to or from.
+    pub messages_across_restarts: u64,
+    /// Writes that stalled (a slow fsync).
+    pub writes_slow: u64,
+    /// Writes that failed (each fail-stopped its node).
+    pub writes_failed: u64,
     /// Writes that became durable.
     pub writes_completed: u64,
     /// Writes lost in crashes.
@@ -416,6 +457,8 @@ struct Envelope {
 #[derive(Debug)]
 struct PendingWrite {
     number: u64,
+    /// The disk will fail this write (the node fail-stops when it would complete).
+    fails: bool,
     snapshot_writes: Vec<SnapshotWrite>,
     purge_to: Option<LogIndex>,
     write: LogWrite,
@@ -425,8 +468,19 @@ struct PendingWrite {
 /// Something scheduled on the virtual clock other than a message.
 #[derive(Clone, Copy, Debug)]
 enum Timer {
-    Tick { node: NodeId, incarnation: u64 },
-    WriteDone { node: NodeId, incarnation: u64 },
+    Tick {
+        node: NodeId,
+        incarnation: u64,
+    },
+    WriteDone {
+        node: NodeId,
+        incarnation: u64,
+    },
+    /// A node that fail-stopped in life `incarnation - 1` comes back.
+    Restart {
+        node: NodeId,
+        incarnation: u64,
+    },
     Driver(u64),
 }
 
@@ -455,6 +509,8 @@ struct SimNode {
     restarts: u64,
     /// Role and term last seen, for the trace.
     seen: (Role, Term),
+    /// The next write that carries anything fails ([`Cluster::fail_next_write`]).
+    fail_next_write: bool,
 }
 
 /// What [`Cluster::step`] did.
@@ -522,10 +578,7 @@ impl Cluster {
             restores: BTreeMap::new(),
             timing: Timing::Manual,
             network: NetworkFaults::NONE,
-            disk: DiskTiming {
-                write_delay_ms_min: 0,
-                write_delay_ms_max: 0,
-            },
+            disk: DiskTiming::INSTANT,
             trace: false,
             trace_bytes_max: TRACE_BYTES_MAX_DEFAULT,
             replay_hint: "rerun the test that printed this".into(),
@@ -601,6 +654,7 @@ impl Cluster {
                 incarnation: 0,
                 restarts: 0,
                 seen: (Role::Follower, Term(0)),
+                fail_next_write: false,
             });
         }
         assert!(
@@ -743,18 +797,6 @@ impl Cluster {
     fn handle_ready(&mut self, k: usize, ready: Ready) {
         let id = self.nodes[k].id;
         self.record_ready(id, &ready);
-        for message in &ready.messages {
-            if let MessageBody::VoteResponse {
-                pre_vote: false,
-                granted: true,
-            } = message.body
-            {
-                self.fail(format_args!(
-                    "{id} sent a granted vote before its write: {}",
-                    ShowMessage(message)
-                ));
-            }
-        }
         if let Some(first) = ready.write.entries.first() {
             let raw = self.nodes[k]
                 .raw
@@ -765,6 +807,7 @@ impl Cluster {
                 .on_entries(id, previous, &ready.write.entries);
         }
         for message in ready.messages {
+            self.check_promises(k, &message);
             self.send(message);
         }
         for chunk in ready.snapshot_chunks {
@@ -774,12 +817,16 @@ impl Cluster {
             k,
             PendingWrite {
                 number: ready.number,
+                fails: false,
                 snapshot_writes: ready.snapshot_writes,
                 purge_to: ready.purge_to,
                 write: ready.write,
                 after_write: ready.messages_after_write,
             },
         );
+        if self.nodes[k].raw.is_none() {
+            return; // the write failed at once (manual timing) and the node fail-stopped
+        }
         if let Some(meta) = ready.install_snapshot {
             self.install_snapshot(k, meta);
         }
@@ -838,13 +885,24 @@ impl Cluster {
         });
     }
 
-    fn queue_write(&mut self, k: usize, pending: PendingWrite) {
-        let delay = if pending.write.is_empty() && pending.snapshot_writes.is_empty() {
+    fn queue_write(&mut self, k: usize, mut pending: PendingWrite) {
+        let empty = pending.write.is_empty()
+            && pending.snapshot_writes.is_empty()
+            && pending.purge_to.is_none();
+        let delay = if empty {
             0
+        } else if self.disk_rng.chance(self.disk.slow_write_probability) {
+            self.stats.writes_slow += 1;
+            let disk = self.disk;
+            let slowest = disk.slow_write_ms_max.max(disk.slow_write_ms_min);
+            self.disk_rng.between(disk.slow_write_ms_min, slowest)
         } else {
             self.disk_rng
                 .between(self.disk.write_delay_ms_min, self.disk.write_delay_ms_max)
         };
+        let planned = !empty && std::mem::take(&mut self.nodes[k].fail_next_write);
+        pending.fails =
+            planned || (!empty && self.disk_rng.chance(self.disk.write_fail_probability));
         let node = &mut self.nodes[k];
         if node.writes.len() >= WRITES_IN_FLIGHT_MAX {
             let id = node.id;
@@ -872,9 +930,15 @@ impl Cluster {
     fn complete_write(&mut self, k: usize) {
         let node = &mut self.nodes[k];
         let id = node.id;
-        let Some(pending) = node.writes.pop_front() else {
+        let Some(pending) = node.writes.front() else {
             self.fail(format_args!("{id} completed a write it never queued"));
         };
+        if pending.fails {
+            self.fail_stop(k);
+            return;
+        }
+        let node = &mut self.nodes[k];
+        let pending = node.writes.pop_front().expect("peeked above");
         for write in &pending.snapshot_writes {
             if write.offset == 0 {
                 node.receiving = Some((write.meta.clone(), Vec::new()));
@@ -945,6 +1009,7 @@ impl Cluster {
             self.invariants.on_durable_hard_state(id, hard_state);
             durable.hard_state = hard_state;
         }
+        self.invariants.on_durable_write(id, durable);
         self.stats.writes_completed += 1;
         if pending.purge_to.is_some() || !pending.snapshot_writes.is_empty() {
             self.stats.snapshot_writes += 1;
@@ -953,7 +1018,7 @@ impl Cluster {
             self.trace_line(format_args!("{id} write #{} durable", pending.number));
         }
         for message in pending.after_write {
-            self.check_promise(k, &message);
+            self.check_promises(k, &message);
             self.send(message);
         }
         if let Some(raw) = self.nodes[k].raw.as_mut() {
@@ -961,28 +1026,57 @@ impl Cluster {
         }
     }
 
-    /// A message that waited for a write may promise durable state: check it is durable.
-    fn check_promise(&self, k: usize, message: &Message) {
+    /// A message is about to leave node `k`: every promise it makes must be durable on its
+    /// disk now (see the invariants).
+    fn check_promises(&self, k: usize, message: &Message) {
         let node = &self.nodes[k];
-        match message.body {
-            MessageBody::VoteResponse {
-                pre_vote: false,
-                granted: true,
-            } => self.invariants.on_vote_sent(
-                node.id,
-                message.to,
-                message.term,
-                node.durable.hard_state,
-            ),
-            MessageBody::AppendResponse(AppendResponse::Accepted { match_index }) => {
-                self.invariants.on_append_acknowledged(
-                    node.id,
-                    match_index,
-                    node.durable.last_index(),
-                );
-            }
-            _ => {}
+        let receiving = node
+            .receiving
+            .as_ref()
+            .map(|(meta, data)| (meta, data.len()));
+        self.invariants
+            .on_message_sent(message, &node.durable, receiving);
+    }
+
+    /// The oldest write of node `k` failed: the node fail-stops. Nothing of the write is
+    /// durable; it and every write queued after it are lost with the messages they held back,
+    /// and the protocol never hears of them. The node restarts from its disk later.
+    fn fail_stop(&mut self, k: usize) {
+        let id = self.nodes[k].id;
+        let held_back: usize = self.nodes[k]
+            .writes
+            .iter()
+            .map(|w| w.after_write.len())
+            .sum();
+        self.trace_line(format_args!(
+            "{id} write #{} failed: fail-stop, {held_back} messages never sent",
+            self.nodes[k].writes.front().map_or(0, |w| w.number)
+        ));
+        self.stats.writes_failed += 1;
+        self.crash(id);
+        if self.timing == Timing::Manual {
+            return; // a scenario restarts it when it wants
         }
+        let wait = self
+            .disk_rng
+            .between(1, self.disk.fail_restart_ms_max.max(1));
+        let incarnation = self.nodes[k].incarnation;
+        self.add_timer(
+            self.now_ms + wait,
+            Timer::Restart {
+                node: id,
+                incarnation,
+            },
+        );
+    }
+
+    /// Makes the next write of `node` that carries anything fail: the node fail-stops when it
+    /// would complete (at once with manual timing), and stays down until restarted.
+    pub fn fail_next_write(&mut self, node: impl Into<NodeId>) {
+        let node = node.into();
+        let k = self.index_of(node);
+        self.trace_line(format_args!("{node}'s next write will fail"));
+        self.nodes[k].fail_next_write = true;
     }
 
     /// A leader's snapshot chunk: its bytes come from the node's disk, as a driver reads them
@@ -1005,6 +1099,7 @@ impl Cluster {
             }
         }
         self.stats.snapshot_chunks_sent += 1;
+        self.check_promises(k, &chunk);
         self.send(chunk);
     }
 
@@ -1087,6 +1182,10 @@ impl Cluster {
             return;
         };
         let id = self.nodes[k].id;
+        if let Some(raw) = self.nodes[k].raw.as_ref() {
+            // A commit raised in this very step is checked before anything applies it.
+            self.invariants.observe(id, raw);
+        }
         for item in committed {
             self.invariants.on_apply(id, &item.entry);
             let output = self.nodes[k].kv.apply(&item.entry);
@@ -1358,11 +1457,13 @@ impl Cluster {
         let from_life = self.nodes[self.index_of(message.from)].incarnation;
         let k = self.index_of(message.to);
         let receiver = &self.nodes[k];
-        let alive = receiver.raw.is_some() && receiver.incarnation == to_incarnation;
-        if !alive || from_life != from_incarnation {
+        if receiver.raw.is_none() {
             self.stats.messages_lost_to_crashes += 1;
             self.trace_line(format_args!("lost {}", ShowMessage(&message)));
             return false;
+        }
+        if receiver.incarnation != to_incarnation || from_life != from_incarnation {
+            self.stats.messages_across_restarts += 1;
         }
         self.stats.messages_delivered += 1;
         self.trace_line(format_args!("recv {}", ShowMessage(&message)));
@@ -1408,6 +1509,13 @@ impl Cluster {
                     if self.nodes[k].incarnation == incarnation && self.nodes[k].raw.is_some() {
                         self.complete_write(k);
                         self.process_ready(node);
+                    }
+                    Stepped::Internal
+                }
+                Timer::Restart { node, incarnation } => {
+                    // Unless it was restarted (and perhaps crashed again) meanwhile.
+                    if self.nodes[self.index_of(node)].incarnation == incarnation {
+                        self.restart(node);
                     }
                     Stepped::Internal
                 }
@@ -1811,6 +1919,10 @@ impl Cluster {
             return;
         }
         self.trace_line(format_args!("{node} crashes"));
+        if let Some(raw) = self.nodes[k].raw.as_ref() {
+            // What it did in this step counts (a commit its messages already carry).
+            self.invariants.observe(node, raw);
+        }
         let sim = &mut self.nodes[k];
         sim.raw = None;
         sim.incarnation += 1;
@@ -1819,10 +1931,7 @@ impl Cluster {
         sim.receiving = None;
         sim.kv = KvStore::default();
         self.stats.crashes += 1;
-        let before = self.in_flight.len();
-        self.in_flight
-            .retain(|_, e| e.message.from != node && e.message.to != node);
-        self.stats.messages_lost_to_crashes += (before - self.in_flight.len()) as u64;
+        self.messages_survive_crash(node);
         let lost: Vec<ProposalId> = self
             .pending
             .iter()
@@ -1844,6 +1953,40 @@ impl Cluster {
             self.finish_read(read, ProposalOutcome::Lost { node, at_ms });
         }
         self.after_step();
+    }
+
+    /// The network keeps each message in flight to or from crashed `node` with
+    /// `crash_survive_probability` (and sometimes a late copy of it); the others are lost.
+    fn messages_survive_crash(&mut self, node: NodeId) {
+        let network = self.network;
+        let touching: Vec<(u64, u64)> = self
+            .in_flight
+            .iter()
+            .filter(|(_, e)| e.message.from == node || e.message.to == node)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in touching {
+            if !self.network_rng.chance(network.crash_survive_probability) {
+                self.in_flight.remove(&key);
+                self.stats.messages_lost_to_crashes += 1;
+                continue;
+            }
+            if self.network_rng.chance(network.duplicate_probability) {
+                let copy = self.in_flight[&key].clone();
+                let late = self.network_rng.between(
+                    network.delay_ms_max,
+                    network.long_delay_ms_max.max(network.delay_ms_max),
+                );
+                self.stats.messages_duplicated += 1;
+                let at = (key.0.max(self.now_ms) + late, self.next_sequence());
+                self.in_flight.insert(at, copy);
+            }
+        }
+    }
+
+    /// Replaces the disk's behaviour from now on (writes queued keep their delays and fates).
+    pub fn set_disk(&mut self, disk: DiskTiming) {
+        self.disk = disk;
     }
 
     /// Restarts a crashed `node` from its disk, with a fresh seed.
@@ -2041,15 +2184,17 @@ impl Cluster {
                 .map(|n| (n.id, &n.durable)),
         );
         let live: Vec<&SimNode> = self.nodes.iter().filter(|n| n.raw.is_some()).collect();
-        for pair in live.windows(2) {
-            let (a, b) = (&pair[0].kv, &pair[1].kv);
-            if a.applied_index() == b.applied_index() && a != b {
-                self.fail(format_args!(
-                    "{} and {} applied up to {} yet hold different data",
-                    pair[0].id,
-                    pair[1].id,
-                    a.applied_index()
-                ));
+        for (position, first) in live.iter().enumerate() {
+            for second in &live[position + 1..] {
+                let (a, b) = (&first.kv, &second.kv);
+                if a.applied_index() == b.applied_index() && a != b {
+                    self.fail(format_args!(
+                        "{} and {} applied up to {} yet hold different data",
+                        first.id,
+                        second.id,
+                        a.applied_index()
+                    ));
+                }
             }
         }
     }

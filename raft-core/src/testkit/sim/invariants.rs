@@ -6,10 +6,20 @@
 //!   its payload and the term of the entry before it. A second entry under the same key must
 //!   agree on both. By induction on the index, two logs that agree on the term at an index then
 //!   agree on every entry before it, which is the property, without comparing whole logs.
+//! - **Commits a durable quorum backs**: what counts as committed is computed from the disks,
+//!   not from what nodes claim. For each node and each term its durable hard state has held,
+//!   `durable_in_term` keeps the highest index of an entry of that term that its durable log
+//!   held at the same time (history: it survives crashes and never shrinks). A leader of term
+//!   T may raise its commit index to `c` only when a quorum of its membership has
+//!   `durable_in_term[T] >= c`: then a majority holds the entry durably *and* took it while in
+//!   term T, so every later election meets one of them before it can pass T (Raft §5.4.3). A
+//!   durable majority alone is not enough: in Figure 8 an entry of term 2 sits on a majority
+//!   and is still overwritten. `backed` is the highest index so verified; a node that claims a
+//!   commit index beyond it (or applies an entry beyond it) is a violation at once.
 //! - **Leader Completeness**: `committed` is the cluster's committed log, each entry with the
-//!   term in which it was first seen committed. A leader of term T must hold every committed
-//!   entry first seen in a term up to T; each leader is checked once per entry (a leader never
-//!   rewrites its log, so an entry checked stays checked).
+//!   term of the leader that committed it. Every leader of that term or a later one must hold
+//!   it, whether it was elected before or after the commit; each leader is checked once per
+//!   entry (a leader never rewrites its log, so an entry checked stays checked).
 //! - **State Machine Safety**: `applied` is the first entry applied at each index, by any node,
 //!   across restarts; every later apply must match it. Each node applies without gaps.
 //! - **Monotonic indexes**: a node's commit and applied indexes never go back within one life.
@@ -17,25 +27,36 @@
 //!   protocol documents), so the durable one can lag the volatile one, and the state machine is
 //!   in memory, so applying restarts from index 1. The durable hard state itself never goes
 //!   back (term, commit) and never changes its vote within a term.
-//! - **Durability before promises**: a granted vote leaves only once the vote is durable, and
-//!   an append acknowledgement only once the entries it acknowledges are durable.
+//! - **Durability before promises**: checked on every message as it leaves (sent at once,
+//!   released after a write, or a snapshot chunk), against the sender's disk at that moment:
+//!   no message carries a term the sender's durable hard state has not reached (pre-votes,
+//!   forwards and read requests and their answers excepted: they promise nothing); a vote request,
+//!   a granted vote and every leader message (appends, heartbeats, snapshot chunks,
+//!   `TimeoutNow`) need that term's vote durable too; an append acknowledgement needs the
+//!   entries it acknowledges durable, and a snapshot answer the bytes it counts as received.
+//!   A node that fail-stops on a write error releases nothing of that write; since durable
+//!   state never goes back, nothing it promised before was undurable.
+//! - **Lease safety**: while a leader would serve reads from its lease, no leader of a later
+//!   term has committed anything (checked after every step, reads or not).
 //! - **No acknowledged write lost**: no durable store ever drops a committed entry, and at the
 //!   end of a run every log holds every entry whose proposer was told it applied.
 
 use super::cluster::DurableState;
 use super::kv::KvStore;
+use super::trace::ShowMessage;
+use crate::message::{AppendResponse, Message, MessageBody};
 use crate::protocol::{RawNode, Role};
 use crate::snapshot::SnapshotMeta;
 use crate::types::{Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-/// An entry of the committed log, with the term in which the cluster first knew it committed.
+/// An entry of the committed log, with the term of the leader that committed it.
 #[derive(Clone, Debug)]
 struct Committed {
     term: Term,
     payload: EntryPayload,
-    observed_in: Term,
+    committed_in: Term,
 }
 
 /// What the checker remembers about one node.
@@ -52,6 +73,10 @@ struct Watch {
     leader_term: Term,
     leader_checked: usize,
     durable: HardState,
+    /// For each term the durable hard state has held: the highest index of an entry of that
+    /// term held by the durable log at the same time. Invariant: never shrinks, kept across
+    /// crashes (it records what the disk once promised, not what it holds now).
+    durable_in_term: BTreeMap<Term, LogIndex>,
 }
 
 /// The checker. Panics on the first violation, naming the seed.
@@ -69,6 +94,12 @@ pub(crate) struct Invariants {
     nodes: BTreeMap<NodeId, Watch>,
     /// Entries whose proposer was told they applied: (index, term).
     acknowledged: Vec<(LogIndex, Term)>,
+    /// The highest index a leader committed with a durable quorum of its term behind it.
+    /// Invariant: `committed.len() <= backed` once every claim is observed; no node claims
+    /// or applies beyond it.
+    backed: LogIndex,
+    /// The latest term whose leader committed an entry, and that entry's index.
+    newest_commit: (Term, LogIndex),
 }
 
 impl Invariants {
@@ -82,6 +113,8 @@ impl Invariants {
             applied: Vec::new(),
             nodes: BTreeMap::new(),
             acknowledged: Vec::new(),
+            backed: LogIndex(0),
+            newest_commit: (Term(0), LogIndex(0)),
         }
     }
 
@@ -115,11 +148,43 @@ impl Invariants {
     }
 
     /// `node` starts from a preset durable state (a scenario's hand-made log).
+    /// Its commit index is taken as backed: the scenario vouches for it.
     pub(crate) fn on_preset(&mut self, node: NodeId, hard_state: HardState, entries: &[Entry]) {
         self.on_entries(node, Term(0), entries);
         let watch = self.nodes.entry(node).or_default();
         watch.durable = hard_state;
         watch.commit_max = hard_state.commit;
+        let last_term = entries.last().map_or(Term(0), |e| e.term);
+        if last_term == hard_state.term {
+            let last = entries.last().map_or(LogIndex(0), |e| e.index);
+            watch.durable_in_term.insert(hard_state.term, last);
+        }
+        self.backed = self.backed.max(hard_state.commit);
+    }
+
+    /// A write of `node` completed: `disk` is what it now holds. Records how far its durable
+    /// log holds entries of its durable term (see `durable_in_term`).
+    pub(crate) fn on_durable_write(&mut self, node: NodeId, disk: &DurableState) {
+        let term = disk.hard_state.term;
+        let last = disk.last_index();
+        let last_term = match disk.entries.last() {
+            Some(entry) => entry.term,
+            None if disk.snapshot_index() == last && last > LogIndex(0) => disk
+                .snapshot
+                .as_ref()
+                .map_or(Term(0), |(meta, _)| meta.last_term),
+            None => Term(0),
+        };
+        if last_term > term {
+            self.fail(format_args!(
+                "{node}'s disk holds {last}/{last_term}, of a term beyond its durable term {term}"
+            ));
+        }
+        if last_term == term && term > Term(0) {
+            let watch = self.nodes.entry(node).or_default();
+            let held = watch.durable_in_term.entry(term).or_insert(LogIndex(0));
+            *held = (*held).max(last);
+        }
     }
 
     /// Entries enter a node's log after the entry of term `previous_term` (Log Matching).
@@ -196,6 +261,12 @@ impl Invariants {
 
     /// `node` applies `entry`.
     pub(crate) fn on_apply(&mut self, node: NodeId, entry: &Entry) {
+        if entry.index > self.backed {
+            self.fail(format_args!(
+                "{node} applies {}/{} but no durable quorum backs a commit beyond {}",
+                entry.index, entry.term, self.backed
+            ));
+        }
         let watch = self.nodes.entry(node).or_default();
         if entry.index != watch.applied.next() {
             let applied = watch.applied;
@@ -252,7 +323,8 @@ impl Invariants {
         }
         if reference.data() != kv.data() {
             self.fail(format_args!(
-                "{node} installed a snapshot at {at} whose state differs from the committed log                  applied up to it"
+                "{node} installed a snapshot at {at} whose state differs from the committed log \
+                 applied up to it"
             ));
         }
         let watch = self.nodes.entry(node).or_default();
@@ -269,13 +341,33 @@ impl Invariants {
         self.acknowledged.push((index, term));
     }
 
-    /// After every step: leaders, commit indexes, leader completeness.
-    pub(crate) fn after_step<'a>(&mut self, nodes: impl Iterator<Item = (NodeId, &'a RawNode)>) {
-        for (id, raw) in nodes {
+    /// After every step: leaders, commit indexes, leader completeness, then leases.
+    pub(crate) fn after_step<'a>(
+        &mut self,
+        nodes: impl Iterator<Item = (NodeId, &'a RawNode)> + Clone,
+    ) {
+        for (id, raw) in nodes.clone() {
             self.observe_commit(id, raw);
             if raw.role() == Role::Leader {
                 self.observe_leader(id, raw);
             }
+        }
+        for (id, raw) in nodes {
+            self.check_lease(id, raw);
+        }
+    }
+
+    /// Lease safety, apart from any read: while a leader would serve reads from its lease, no
+    /// leader of a later term may have committed anything (its lease rests on a majority that
+    /// promised not to vote for as long). A lease read at that moment could miss that entry.
+    fn check_lease(&self, node: NodeId, raw: &RawNode) {
+        let (newest_term, index) = self.newest_commit;
+        if newest_term > raw.term() && raw.serves_reads_from_lease() {
+            self.fail(format_args!(
+                "lease: {node}, leader of {}, would serve reads from its lease, yet the leader \
+                 of {newest_term} has committed {index}",
+                raw.term()
+            ));
         }
     }
 
@@ -296,6 +388,10 @@ impl Invariants {
                 "{node}'s commit index went back from {from} to {to}"
             ));
         }
+        if to > self.backed {
+            self.check_backed(node, raw, to);
+        }
+        let watch = self.nodes.entry(node).or_default();
         watch.commit = to;
         watch.commit_max = watch.commit_max.max(to);
         let compacted = raw.first_index().prev();
@@ -325,6 +421,47 @@ impl Invariants {
         }
     }
 
+    /// `node` claims commit index `to`, beyond every commit verified so far: only the leader
+    /// of its term may (it may have stepped down in the same step, as a leader that removed
+    /// itself does once the change commits), and only when a quorum of its membership held
+    /// the entries up to `to` durably in its term (see `durable_in_term`). Raises `backed`.
+    fn check_backed(&mut self, node: NodeId, raw: &RawNode, to: LogIndex) {
+        if self.leaders.get(&raw.term()) != Some(&node) {
+            self.fail(format_args!(
+                "{node} ({:?} in {}) claims commit {to}, but no leader committed beyond {} with a \
+                 durable quorum",
+                raw.role(),
+                raw.term(),
+                self.backed
+            ));
+        }
+        let term = raw.term();
+        let held = |id: NodeId| {
+            self.nodes
+                .get(&id)
+                .and_then(|w| w.durable_in_term.get(&term))
+                .copied()
+                .unwrap_or(LogIndex(0))
+        };
+        let membership = raw.membership();
+        if !membership.is_quorum(|id| held(id) >= to) {
+            let holders: Vec<String> = membership
+                .all_voters()
+                .into_iter()
+                .map(|id| format!("{id}:{}", held(id)))
+                .collect();
+            self.fail(format_args!(
+                "{node}, leader of {term}, committed {to} ({:?}), but no quorum of its voters held \
+                 it durably in {term} (durable in {term}: {})",
+                raw.entry_term(to),
+                holders.join(" ")
+            ));
+        }
+        self.backed = to;
+    }
+
+    /// `now_term` is the term of the observing node: the leader that committed the entry, as
+    /// every commit beyond `backed` is a leader's (or a scenario's preset, in its own term).
     fn observe_committed_entry(&mut self, node: NodeId, entry: &Entry, now_term: Term) {
         let k = entry.index.0 as usize - 1;
         match self.committed.get(k) {
@@ -338,10 +475,13 @@ impl Invariants {
             }
             None => {
                 assert_eq!(k, self.committed.len(), "a node commits its log in order");
+                if now_term >= self.newest_commit.0 {
+                    self.newest_commit = (now_term, entry.index);
+                }
                 self.committed.push(Committed {
                     term: entry.term,
                     payload: entry.payload.clone(),
-                    observed_in: now_term,
+                    committed_in: now_term,
                 });
             }
         }
@@ -360,55 +500,118 @@ impl Invariants {
             watch.leader_term = term;
             watch.leader_checked = 0;
         }
+        // Entries committed by a leader of a later term do not bind this one (a stale leader
+        // may still be around); every other is checked, in any order of commit terms.
         while let Some(committed) = self.committed.get(watch.leader_checked) {
-            if committed.observed_in > term {
-                break;
-            }
             let index = LogIndex(watch.leader_checked as u64 + 1);
+            watch.leader_checked += 1;
+            if committed.committed_in > term {
+                continue;
+            }
             let held = raw.entry_term(index);
             let compacted = index < raw.first_index().prev();
             if !compacted && held != Some(committed.term) {
                 self.fail(format_args!(
                     "leader completeness: {node}, leader of {term}, lacks {index}/{} committed \
                      in {}",
-                    committed.term, committed.observed_in
+                    committed.term, committed.committed_in
                 ));
             }
-            watch.leader_checked += 1;
         }
     }
 
-    /// A granted vote for `candidate` in `term` is about to leave `node`, whose durable hard
-    /// state is `durable`.
-    pub(crate) fn on_vote_sent(
+    /// `message` is about to leave its sender, whose disk holds `disk` and, of a snapshot
+    /// being received, `receiving` (its meta and the bytes durable so far). Checks every
+    /// promise the message makes against that disk (see the module documentation).
+    pub(crate) fn on_message_sent(
         &self,
-        node: NodeId,
-        candidate: NodeId,
-        term: Term,
-        durable: HardState,
+        message: &Message,
+        disk: &DurableState,
+        receiving: Option<(&SnapshotMeta, usize)>,
     ) {
-        let promised =
-            durable.term > term || (durable.term == term && durable.vote == Some(candidate));
-        if !promised {
+        let node = message.from;
+        let durable = disk.hard_state;
+        // Messages a crash of their sender right after sending changes nothing of: pre-votes
+        // (their term is only a proposal) and forwarding and read requests and answers. The
+        // term they carry is one the sender neither voted nor led in, so a receiver that
+        // adopts it loses nothing. Every other message rests on its term (written down here,
+        // apart from the protocol's own `Promise`, so the two are checked against each other).
+        let promises_nothing = matches!(
+            message.body,
+            MessageBody::VoteRequest { pre_vote: true, .. }
+                | MessageBody::VoteResponse { pre_vote: true, .. }
+                | MessageBody::Forward { .. }
+                | MessageBody::ForwardResponse { .. }
+                | MessageBody::ReadIndexRequest { .. }
+                | MessageBody::ReadIndexResponse { .. }
+        );
+        if !promises_nothing && message.term > durable.term {
             self.fail(format_args!(
-                "{node} sent its {term} vote for {candidate} while its durable hard state is \
-                 {durable:?}"
+                "{node} sent {} in {} while its durable hard state is {durable:?}",
+                ShowMessage(message),
+                message.term
             ));
         }
-    }
-
-    /// An acknowledgement of entries up to `match_index` is about to leave `node`, whose
-    /// durable log ends at `durable_last`.
-    pub(crate) fn on_append_acknowledged(
-        &self,
-        node: NodeId,
-        match_index: LogIndex,
-        durable_last: LogIndex,
-    ) {
-        if match_index > durable_last {
-            self.fail(format_args!(
-                "{node} acknowledged entries up to {match_index} with only {durable_last} durable"
-            ));
+        // The vote this message stands on: the candidate's own, the one it grants, or the
+        // leader's for itself (a leader that could forget it might vote again in its term).
+        let voted_for = match &message.body {
+            MessageBody::VoteRequest {
+                pre_vote: false, ..
+            }
+            | MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::SnapshotChunk { .. }
+            | MessageBody::TimeoutNow => Some(node),
+            MessageBody::VoteResponse {
+                pre_vote: false,
+                granted: true,
+            } => Some(message.to),
+            _ => None,
+        };
+        if let Some(voted_for) = voted_for {
+            let promised = durable.term > message.term
+                || (durable.term == message.term && durable.vote == Some(voted_for));
+            if !promised {
+                self.fail(format_args!(
+                    "{node} sent {} resting on its {} vote for {voted_for}, while its durable \
+                     hard state is {durable:?}",
+                    ShowMessage(message),
+                    message.term
+                ));
+            }
+        }
+        match &message.body {
+            MessageBody::AppendResponse(AppendResponse::Accepted { match_index }) => {
+                let durable_last = disk.last_index();
+                if *match_index > durable_last {
+                    self.fail(format_args!(
+                        "{node} acknowledged entries up to {match_index} with only \
+                         {durable_last} durable"
+                    ));
+                }
+            }
+            MessageBody::SnapshotResponse {
+                last_index,
+                checksum,
+                received,
+                ..
+            } if *received > 0 => {
+                let same = |meta: &SnapshotMeta| {
+                    meta.last_index == *last_index && meta.checksum == *checksum
+                };
+                let held = match (receiving, &disk.snapshot) {
+                    (Some((meta, bytes)), _) if same(meta) => bytes as u64,
+                    (_, Some((meta, _))) if same(meta) => meta.data_bytes,
+                    _ => 0,
+                };
+                if *received > held {
+                    self.fail(format_args!(
+                        "{node} reported {received} bytes of the snapshot at {last_index} \
+                         received with {held} durable"
+                    ));
+                }
+            }
+            _ => {}
         }
     }
 

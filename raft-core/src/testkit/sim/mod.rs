@@ -8,9 +8,12 @@
 //! after a seeded delay, in order with earlier writes; only then do `messages_after_write`
 //! leave and [`RawNode::persisted`](crate::protocol::RawNode::persisted) hear of it; committed
 //! entries are applied to the state machine and their proposals answered. A crash drops the
-//! node's protocol state, its unfinished writes, its state machine and every message to or
-//! from it; a restart builds a new `RawNode` from what the disk holds, with a seed derived from
-//! (run seed, node, restart count), and the state machine replays the log.
+//! node's protocol state, its unfinished writes and its state machine; messages in flight to
+//! or from it survive with a seeded probability (arriving at its next life, sometimes twice)
+//! and are otherwise lost. A write may stall (a slow fsync) or fail: then the node fail-stops,
+//! releasing nothing of that write, and restarts later. A restart builds a new `RawNode` from
+//! what the disk holds, with a seed derived from (run seed, node, restart count), and the
+//! state machine replays the log.
 //!
 //! After every step, the [safety invariants](self#invariants) are checked; a violation panics
 //! with the seed and the command that replays it.
@@ -55,9 +58,11 @@
 //! assert_ne!(new_leader, NodeId(1));
 //! ```
 //!
-//! **As a randomized run** ([`run`]): [`SimOptions::from_seed`] picks the cluster size and a
-//! fault mix from the seed; closed-loop clients send puts, gets and compare-and-swaps to random
-//! nodes while the seed drops, duplicates, delays and reorders messages, cuts links both ways
+//! **As a randomized run** ([`run`]): [`SimOptions::from_seed`] picks the cluster size (1, 2,
+//! 3 or 5 voters, often with spare nodes that join as learners and are promoted), a fault mix
+//! and a disk (slow fsyncs, failing writes) from the seed; closed-loop clients send puts,
+//! gets and compare-and-swaps to random nodes while the seed drops, duplicates, delays and
+//! reorders messages (some outliving a crash of their sender or receiver), cuts links both ways
 //! or one way, crashes and restarts nodes, and asks the leader to hand leadership to another
 //! voter (sometimes cutting the old leader off as the target campaigns). Gets go through the
 //! log or, in a share the seed picks, are read without it ([`Cluster::read_kv`]: ReadIndex,
@@ -81,12 +86,18 @@
 //! # Invariants
 //!
 //! Checked after every step (see the checker for how each is kept cheap): at most one leader
-//! per term; Log Matching; every committed entry held by every later leader; no two nodes
-//! applying different entries at one index, across restarts too; commit and applied indexes
-//! never going back within a node's life (a restart lowers them: the commit index is saved
-//! lazily and the state machine is in memory); the durable hard state never going back; a vote
-//! or an append acknowledgement leaving only once what it promises is durable; no committed
-//! entry ever removed from a disk, and every acknowledged write on every disk at the end; no
+//! per term; Log Matching; a commit index raised only by a leader, and only as far as a quorum
+//! of its voters held durably in its term (computed from the disks, not from what nodes claim;
+//! a claim or an apply beyond that fails at once); every committed entry held by every leader
+//! of the term that committed it or a later one; no two nodes applying different entries at
+//! one index, across restarts too; commit and applied indexes never going back within a node's
+//! life (a restart lowers them: the commit index is saved lazily and the state machine is in
+//! memory); the durable hard state never going back; every message that leaves (at once,
+//! after a write, or a snapshot chunk) promising only durable state: its term, the vote it
+//! rests on, the entries or snapshot bytes it acknowledges; no leader serving reads from its
+//! lease once a leader of a later term has committed; no committed entry ever removed
+//! from a disk, every acknowledged write on every disk at the end, and every pair of nodes
+//! that applied as far holding the same state; no
 //! read without the log given a read index below an entry known committed when it was asked
 //! (a stale read); an abandoned leadership transfer reported only as a timeout by a leader
 //! still in its term, and none lasting past an election timeout.

@@ -20,11 +20,14 @@ use std::path::PathBuf;
 pub const DRIVER_TIMERS_MAX: usize = 1 << 16;
 /// The checker's search budget per key when the default budget did not decide a history.
 pub const CHECK_STEPS_RETRY_MAX: u64 = 50_000_000;
+/// Virtual milliseconds between two ticks in the runs [`SimOptions::from_seed`] makes.
+const TICK_MS: u64 = 10;
 /// Most client operations one run records (the checker's cost grows with them).
 pub const OPERATIONS_MAX: usize = 100_000;
 /// Most voters membership churn grows a cluster to.
 pub const VOTERS_MAX: usize = 7;
-/// Fewest voters membership churn shrinks a cluster to.
+/// Fewest voters membership churn shrinks a cluster to, on most seeds; the others (and every
+/// cluster that starts with fewer) may shrink to one voter and grow back through two.
 pub const VOTERS_MIN: usize = 3;
 
 /// How often each kind of fault happens, and how hard the network and disks are.
@@ -74,8 +77,12 @@ pub struct SimOptions {
     /// Voters the cluster starts with.
     pub nodes: usize,
     /// Nodes beyond the voters, outside the cluster until a membership change adds them.
-    /// Membership churn keeps the voters between 3 and [`VOTERS_MAX`].
+    /// Membership churn keeps the voters between `voters_min` and [`VOTERS_MAX`].
     pub spare_nodes: usize,
+    /// Fewest voters membership churn shrinks the cluster to: [`VOTERS_MIN`], or 1 (through
+    /// the one- and two-voter configurations, and the bootstrap path back: add learners,
+    /// promote them).
+    pub voters_min: usize,
     /// Name of the fault mix, for reports.
     pub profile: &'static str,
     /// Closed-loop clients, each with one operation in flight.
@@ -116,14 +123,17 @@ pub struct SimOptions {
 }
 
 impl SimOptions {
-    /// The run that `seed` names: 3 or 5 nodes and one of five fault mixes (calm, lossy,
-    /// partitions, crashes, chaos), with rates varied by the seed; then, from a stream of their
-    /// own (so the draws above stay the same): lease reads on half the seeds that have
-    /// CheckQuorum, the share of gets read without the log (none, half, most or all), and how
-    /// often leadership is transferred (never on a quarter of the seeds).
+    /// The run that `seed` names: 1, 2, 3 or 5 voters (one and two on a tenth of the seeds
+    /// each, always with spare nodes to add as learners and promote) and one of five fault
+    /// mixes (calm, lossy, partitions, crashes, chaos), with rates varied by the seed; then,
+    /// from streams of their own: lease reads on half the seeds that have CheckQuorum, the
+    /// share of gets read without the log (none, half, most or all), how often leadership is
+    /// transferred (never on a quarter of the seeds), snapshots and membership churn, and the
+    /// disk: slow fsyncs (a heartbeat interval or more) on half the seeds, failing writes on a
+    /// fifth.
     pub fn from_seed(seed: u64) -> SimOptions {
         let mut rng = SimRng::stream(seed, 100);
-        let nodes = if rng.chance(0.5) { 3 } else { 5 };
+        let nodes = [1, 2, 3, 5][rng.weighted(&[1, 1, 4, 4])];
         let profile = ["calm", "lossy", "partitions", "crashes", "chaos"][rng.below(5) as usize];
         let mut faults = fault_rates(&mut rng, profile, nodes);
         let mut config = protocol_settings(&mut rng, nodes);
@@ -144,16 +154,23 @@ impl SimOptions {
         config.snapshot_inflight_chunks_max = churn.between(1, 4) as usize;
         config.snapshot_resend_ticks = churn.between(5, 40) as u32;
         faults.snapshot_weight = churn.between(0, 2) as u32;
-        let spare_nodes = if churn.chance(0.6) {
+        let spare_nodes = if nodes < VOTERS_MIN || churn.chance(0.6) {
             faults.membership_weight = churn.between(1, 4) as u32;
             VOTERS_MAX + 2 - nodes
         } else {
             0
         };
+        let voters_min = if nodes < VOTERS_MIN || churn.chance(0.2) {
+            1
+        } else {
+            VOTERS_MIN
+        };
+        disk_faults(&mut SimRng::stream(seed, 103), &mut faults, &config);
         SimOptions {
             seed,
             nodes,
             spare_nodes,
+            voters_min,
             profile,
             config,
             clients: rng.between(3, 6) as usize,
@@ -162,7 +179,7 @@ impl SimOptions {
             liveness_ms_max: 10_000,
             client_timeout_ms: 1_500,
             client_think_ms_max: 40,
-            tick_ms: 10,
+            tick_ms: TICK_MS,
             tick_jitter_ms: 1,
             // 10 to 12 ms per tick: rates within 20% of each other, inside the lease's margin
             // (11 ticks of the slowest clock end before 14 of the fastest; see
@@ -190,10 +207,11 @@ fn fault_rates(rng: &mut SimRng, profile: &str, nodes: usize) -> FaultRates {
             delay_ms_max: rng.between(2, 8),
             long_delay_probability: 0.0,
             long_delay_ms_max: 0,
+            crash_survive_probability: rng.between(0, 10) as f64 / 10.0,
         },
         disk: DiskTiming {
-            write_delay_ms_min: 0,
             write_delay_ms_max: rng.between(1, 5),
+            ..DiskTiming::INSTANT
         },
         fault_interval_ms_min: 100,
         fault_interval_ms_max: 600,
@@ -208,7 +226,8 @@ fn fault_rates(rng: &mut SimRng, profile: &str, nodes: usize) -> FaultRates {
         snapshot_weight: 0,
         down_ms_max: 1500,
         cut_ms_max: 1500,
-        crashed_nodes_max: (nodes - 1) / 2,
+        // One- and two-voter clusters may lose their one node that matters, for a while.
+        crashed_nodes_max: ((nodes - 1) / 2).max(1),
     };
     let lossy = |faults: &mut FaultRates, rng: &mut SimRng| {
         faults.network.drop_probability = rng.between(1, 20) as f64 / 100.0;
@@ -250,6 +269,21 @@ fn fault_rates(rng: &mut SimRng, profile: &str, nodes: usize) -> FaultRates {
         }
     }
     faults
+}
+
+/// Slow fsyncs on half the seeds (a share of writes stalls for one to four heartbeat
+/// intervals), failing writes on a fifth (the node fail-stops and restarts from its disk).
+fn disk_faults(rng: &mut SimRng, faults: &mut FaultRates, config: &Config) {
+    let heartbeat_ms = u64::from(config.heartbeat_interval_ticks) * TICK_MS;
+    if rng.chance(0.5) {
+        faults.disk.slow_write_probability = rng.between(2, 20) as f64 / 100.0;
+        faults.disk.slow_write_ms_min = heartbeat_ms;
+        faults.disk.slow_write_ms_max = heartbeat_ms * rng.between(1, 4);
+    }
+    if rng.chance(0.2) {
+        faults.disk.write_fail_probability = rng.between(1, 10) as f64 / 1000.0;
+        faults.disk.fail_restart_ms_max = rng.between(20, 1_000);
+    }
 }
 
 /// Protocol settings varied by the seed: PreVote and CheckQuorum sometimes off, and sometimes
@@ -370,6 +404,14 @@ pub struct RunReport {
     pub messages_reordered: u64,
     /// Messages lost to cuts.
     pub messages_cut: u64,
+    /// Messages delivered across a restart of their sender or receiver.
+    pub messages_across_restarts: u64,
+    /// Writes that stalled for a slow fsync.
+    pub writes_slow: u64,
+    /// Writes that failed, fail-stopping their node.
+    pub writes_failed: u64,
+    /// Fewest voters at once (in the membership of any leader seen after a change).
+    pub voters_min: usize,
     /// Terms that had a leader.
     pub leader_terms: usize,
     /// Events processed.
@@ -443,11 +485,21 @@ pub fn run(options: &SimOptions) -> RunReport {
 /// What a driver timer means.
 #[derive(Clone, Copy, Debug)]
 enum Event {
-    Issue { client: usize },
-    Timeout { op: usize },
+    Issue {
+        client: usize,
+    },
+    Timeout {
+        op: usize,
+    },
     Fault,
     Heal(CutId),
     Restart(NodeId),
+    /// Probe the lease of a leader just cut off (see [`LEASE_PROBE_MS`]).
+    LeaseProbe {
+        node: NodeId,
+        term: Term,
+        until_ms: u64,
+    },
     EndFaults,
 }
 
@@ -510,6 +562,10 @@ struct TransferWatch {
     cut_off_source: bool,
 }
 
+/// How long the driver probes the lease of a leader it cut off: past the longest lease and the
+/// followers' vote promise.
+const LEASE_PROBE_MS: u64 = 600;
+
 /// The client reserved for the liveness phase's fresh write.
 const FRESH_CLIENT: usize = usize::MAX;
 
@@ -542,6 +598,7 @@ struct Driver<'a> {
     transfers_started: u64,
     refused_for_transfer: usize,
     voters_max: usize,
+    voters_min: usize,
 }
 
 impl<'a> Driver<'a> {
@@ -595,6 +652,7 @@ impl<'a> Driver<'a> {
             transfers_started: 0,
             refused_for_transfer: 0,
             voters_max: options.nodes,
+            voters_min: options.nodes,
         }
     }
 
@@ -652,6 +710,11 @@ impl<'a> Driver<'a> {
             Event::Fault => {}
             Event::Heal(cut) => self.cluster.heal(cut),
             Event::Restart(node) => self.cluster.restart(node),
+            Event::LeaseProbe {
+                node,
+                term,
+                until_ms,
+            } => self.probe_lease(node, term, until_ms),
             Event::EndFaults => self.end_faults(),
         }
     }
@@ -883,6 +946,18 @@ impl<'a> Driver<'a> {
                     let cut = self.cluster.isolate(leader);
                     self.partitions += 1;
                     self.schedule_heal(cut);
+                    if self.options.config.lease_reads {
+                        let term = self.cluster.node(leader).term();
+                        let until_ms = now + LEASE_PROBE_MS;
+                        self.schedule(
+                            now,
+                            Event::LeaseProbe {
+                                node: leader,
+                                term,
+                                until_ms,
+                            },
+                        );
+                    }
                 }
             }
             4 => self.cluster.heal_all(),
@@ -919,7 +994,7 @@ impl<'a> Driver<'a> {
     }
 
     /// Asks the leader for a random membership change that keeps the voters between
-    /// [`VOTERS_MIN`] and [`VOTERS_MAX`]: add a spare node as a learner, promote a learner
+    /// `voters_min` and [`VOTERS_MAX`]: add a spare node as a learner, promote a learner
     /// (sometimes removing a voter in the same joint change), remove a voter, or remove a
     /// learner.
     fn change_membership(&mut self) {
@@ -938,15 +1013,16 @@ impl<'a> Driver<'a> {
             .collect();
         let pick = |rng: &mut SimRng, list: &[NodeId]| list[rng.below(list.len() as u64) as usize];
         let mut change = MembershipChange::default();
+        let voters_min = self.options.voters_min;
         match self.fault_rng.weighted(&[3, 3, 2, 1]) {
             0 if !spares.is_empty() => change.add_learners.push(pick(&mut self.fault_rng, &spares)),
             1 if !learners.is_empty() && voters.len() < VOTERS_MAX => {
                 change.promote.push(pick(&mut self.fault_rng, &learners));
-                if voters.len() > VOTERS_MIN && self.fault_rng.chance(0.5) {
+                if voters.len() > voters_min && self.fault_rng.chance(0.5) {
                     change.remove.push(pick(&mut self.fault_rng, &voters));
                 }
             }
-            2 if voters.len() > VOTERS_MIN => {
+            2 if voters.len() > voters_min => {
                 change.remove.push(pick(&mut self.fault_rng, &voters))
             }
             3 if !learners.is_empty() => change.remove.push(pick(&mut self.fault_rng, &learners)),
@@ -956,6 +1032,8 @@ impl<'a> Driver<'a> {
             Ok(_) => {
                 let voters = self.cluster.node(leader).membership().all_voters().len();
                 self.voters_max = self.voters_max.max(voters);
+                let incoming = self.cluster.node(leader).membership().voters.len();
+                self.voters_min = self.voters_min.min(incoming);
             }
             Err(
                 MembershipError::ChangeInProgress
@@ -1130,6 +1208,32 @@ impl<'a> Driver<'a> {
         *self.transfer_ends.entry(name).or_default() += 1;
     }
 
+    /// While `node` still leads `term`, cut off, asks it for a read every tick until
+    /// `until_ms`: reads nobody waits for, whose only use is the simulator's stale-read check.
+    /// The end of a lease is where a lease longer than the followers' vote promise shows (a
+    /// new leader has committed while the old one still serves from its lease), and a client
+    /// rarely asks at that very moment.
+    fn probe_lease(&mut self, node: NodeId, term: Term, until_ms: u64) {
+        let now = self.cluster.now_ms();
+        if now > until_ms || !self.cluster.is_up(node) {
+            return;
+        }
+        let raw = self.cluster.node(node);
+        if raw.role() != Role::Leader || raw.term() != term {
+            return;
+        }
+        let key = format!("k{}", self.client_rng.below(self.options.keys as u64));
+        self.cluster.read_kv(node, &key);
+        self.schedule(
+            now + self.options.tick_ms,
+            Event::LeaseProbe {
+                node,
+                term,
+                until_ms,
+            },
+        );
+    }
+
     fn schedule_heal(&mut self, cut: CutId) {
         let at = self.cluster.now_ms() + self.fault_rng.between(20, self.options.faults.cut_ms_max);
         self.schedule(at, Event::Heal(cut));
@@ -1146,6 +1250,9 @@ impl<'a> Driver<'a> {
         for node in self.cluster.ids() {
             self.cluster.restart(node);
         }
+        let mut disk = self.options.faults.disk;
+        disk.write_fail_probability = 0.0; // writes queued now may still fail, once
+        self.cluster.set_disk(disk);
         let mut calm = self.options.faults.network;
         calm.drop_probability = 0.0;
         calm.duplicate_probability = 0.0;
@@ -1264,6 +1371,10 @@ impl<'a> Driver<'a> {
             messages_duplicated: stats.messages_duplicated,
             messages_reordered: stats.messages_reordered,
             messages_cut: stats.messages_cut,
+            messages_across_restarts: stats.messages_across_restarts,
+            writes_slow: stats.writes_slow,
+            writes_failed: stats.writes_failed,
+            voters_min: self.voters_min,
             leader_terms: self.cluster.leader_terms(),
             steps: stats.steps,
             membership_changes: stats.membership_changes,
