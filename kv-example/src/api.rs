@@ -28,6 +28,18 @@
 //! answers, gets that 503 as soon as a newer leader has committed, not after `leader_wait_ms`
 //! (see `AppContext::propose`): the client may retry on the new leader at once.
 //!
+//! Writes (`PUT`, `DELETE`, `POST .../cas`) take an optional `Request-Id` header: 1 to
+//! [`REQUEST_ID_BYTES_MAX`] visible ASCII characters, unique per write (`kvctl` sends 16 random
+//! hex digits). A write retried with the same request ID, on any node, after a timeout or a
+//! 503 with `"applied": "unknown"`, applies at most once and answers as the first one did (the
+//! same index, the same CAS outcome). The ID becomes a one-off Raft client session (see
+//! `raft_core::sessions`), so the guarantee holds while the cluster remembers the session: up
+//! to `sessions_max` more recent sessions and `session_idle_entries_max` entries. A retry of a
+//! write whose answer the cluster did not keep (over `session_result_bytes_max`, or applied
+//! before a node restarted) is a 410 `answer_not_kept` with `"applied": "yes"` and the index it
+//! applied at: it took effect once and will not again. Reusing an ID for a different write
+//! returns the first write's answer and changes nothing.
+//!
 //! Reads take `?consistency=` (see [`Consistency`]): `linearizable` (the default: the
 //! protocol's ReadIndex, no log entry), `lease` (only on nodes started with `--lease-reads`,
 //! where the leader answers from its lease; a 400 elsewhere), `log` (the read is a command in
@@ -42,14 +54,15 @@ use crate::metrics::{Failure, Metrics, Operation};
 use crate::state::KvState;
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use raft_core::protocol::{ProposeError, Role};
 use raft_core::runtime::{NodeError, RaftNode};
-use raft_core::Term;
+use raft_core::sessions::SessionError;
+use raft_core::{SessionId, Term};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -149,7 +162,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
-    /// For requests that reached Raft: "no" or "unknown".
+    /// For requests that reached Raft: "no", "unknown" or "yes".
     applied: Option<&'static str>,
     /// Extra fields for the body.
     extra: Option<Value>,
@@ -172,7 +185,7 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
-    /// Says whether the request took effect: `"no"` or `"unknown"`.
+    /// Says whether the request took effect: `"no"`, `"unknown"` or `"yes"`.
     pub fn applied(mut self, applied: &'static str) -> ApiError {
         self.applied = Some(applied);
         self
@@ -380,11 +393,28 @@ impl AppContext {
     /// So a forwarded command also ends, with the same unknown outcome, as soon as
     /// [`AppContext::forward_unanswerable`] shows that no answer can come any more; clients
     /// can retry on the new leader without waiting out `leader_wait_ms`.
-    async fn propose(&self, operation: Operation, command: Command) -> Result<Answer, ApiError> {
+    ///
+    /// A write with a request ID (`session`) goes in that one-off Raft session: a retry of it
+    /// applies once and answers as the first did.
+    async fn propose(
+        &self,
+        operation: Operation,
+        command: Command,
+        session: Option<SessionId>,
+    ) -> Result<Answer, ApiError> {
         self.metrics.record_proposal(operation);
         let write = command.is_write();
         let forwarded_in = self.follower_term();
-        let proposal = self.raft.propose(command.encode());
+        let proposal = async {
+            match session {
+                Some(session) => {
+                    self.raft
+                        .propose_in_session(session, 1, command.encode())
+                        .await
+                }
+                None => self.raft.propose(command.encode()).await,
+            }
+        };
         let outcome = async {
             match forwarded_in {
                 None => Some(proposal.await),
@@ -526,6 +556,19 @@ pub fn node_error(error: NodeError, write: bool) -> ApiError {
                 .into(),
         )
         .applied("unknown"),
+        NodeError::Session(SessionError::AnswerNotKept { index, .. }) => ApiError::new(
+            StatusCode::GONE,
+            "answer_not_kept",
+            format!(
+                "this request ID's write was applied once, at index {index}, and will not be \
+                 applied again; its answer was not kept"
+            ),
+        )
+        .applied("yes")
+        .with_fields(json!({"index": index.0})),
+        NodeError::Session(error @ SessionError::SequenceStale { .. }) => {
+            ApiError::new(StatusCode::CONFLICT, "sequence_stale", error.to_string()).applied("no")
+        }
         NodeError::Propose(ProposeError::OutcomeUnknown) => unavailable(
             "indeterminate",
             "leadership changed while the read was in flight; retry".into(),
@@ -584,14 +627,47 @@ fn unexpected(answer: Answer) -> ApiError {
     )
 }
 
+/// Longest `Request-Id` header accepted, in bytes.
+pub const REQUEST_ID_BYTES_MAX: usize = 128;
+
+/// The header that makes a write safe to retry (see the module docs).
+pub const REQUEST_ID_HEADER: &str = "request-id";
+
+/// The Raft session of a write's `Request-Id` header, if it has one: the ID's 64-bit FNV-1a
+/// hash, the same on every node (so a retry through any node finds the first copy).
+pub fn request_session(headers: &HeaderMap) -> Result<Option<SessionId>, ApiError> {
+    let Some(value) = headers.get(REQUEST_ID_HEADER) else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    if bytes.is_empty()
+        || bytes.len() > REQUEST_ID_BYTES_MAX
+        || !bytes.iter().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ApiError::bad_request(format!(
+            "the Request-Id header must be 1 to {REQUEST_ID_BYTES_MAX} visible ASCII \
+             characters; got {} bytes",
+            bytes.len()
+        )));
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    Ok(Some(SessionId(hash)))
+}
+
 async fn put_key(
     State(context): Context,
+    headers: HeaderMap,
     key: Result<Path<String>, PathRejection>,
     params: Result<Query<WriteParams>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let result = async {
+        let session = request_session(&headers)?;
         let key = context.check_key(key)?;
         params.map_err(|e| ApiError::bad_request(e.body_text()))?;
         let value = body.map_err(|e| {
@@ -602,7 +678,7 @@ async fn put_key(
             }
         })?;
         match context
-            .propose(Operation::Put, Command::Put { key, value })
+            .propose(Operation::Put, Command::Put { key, value }, session)
             .await?
         {
             Answer::Written { index } => Ok(Json(json!({"index": index})).into_response()),
@@ -628,7 +704,7 @@ async fn get_key(
         let value = match consistency {
             Consistency::Log => {
                 match context
-                    .propose(Operation::Get, Command::Get { key: key.clone() })
+                    .propose(Operation::Get, Command::Get { key: key.clone() }, None)
                     .await?
                 {
                     Answer::Value(value) => value,
@@ -660,15 +736,17 @@ async fn get_key(
 
 async fn delete_key(
     State(context): Context,
+    headers: HeaderMap,
     key: Result<Path<String>, PathRejection>,
     params: Result<Query<WriteParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let result = async {
+        let session = request_session(&headers)?;
         let key = context.check_key(key)?;
         params.map_err(|e| ApiError::bad_request(e.body_text()))?;
         match context
-            .propose(Operation::Delete, Command::Delete { key })
+            .propose(Operation::Delete, Command::Delete { key }, session)
             .await?
         {
             Answer::Deleted { index, existed } => {
@@ -683,11 +761,13 @@ async fn delete_key(
 
 async fn cas_key(
     State(context): Context,
+    headers: HeaderMap,
     key: Result<Path<String>, PathRejection>,
     body: Result<Json<CasBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let result = async {
+        let session = request_session(&headers)?;
         let key = context.check_key(key)?;
         let Json(body) = body.map_err(|e| match e {
             other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
@@ -715,7 +795,7 @@ async fn cas_key(
             expected: body.expected.map(Bytes::from),
             new: Bytes::from(body.new),
         };
-        match context.propose(Operation::Cas, command).await? {
+        match context.propose(Operation::Cas, command, session).await? {
             Answer::Cas {
                 index,
                 swapped: true,
@@ -783,7 +863,7 @@ async fn scan(
                     limit,
                     bytes_max,
                 };
-                match context.propose(Operation::Scan, command).await? {
+                match context.propose(Operation::Scan, command, None).await? {
                     Answer::Scan { entries, more } => (entries, more),
                     other => return Err(unexpected(other)),
                 }

@@ -4,6 +4,12 @@
 //! current one cannot be reached (nothing was sent) or answers 503 with `"applied": "no"` or
 //! without `applied` (nothing happened). A 503 with `"applied": "unknown"` is returned to the
 //! caller as it is: resending a write whose outcome is unknown is the caller's decision.
+//!
+//! A client made [`KvClient::with_request_ids`] (as `kvctl` is) sends every write with a new
+//! random `Request-Id` header and keeps it on that write's fail-over retries. The cluster
+//! applies such a write at most once however often it arrives, so such a client also moves on
+//! to the next endpoint after a 503 `"applied": "unknown"` or a timeout, and gets the first
+//! answer if the earlier attempt did apply.
 
 use bytes::Bytes;
 use reqwest::{Method, StatusCode};
@@ -66,6 +72,8 @@ pub struct KvClient {
     http: reqwest::Client,
     /// The endpoint to try first (the last that answered).
     preferred: AtomicUsize,
+    /// Send writes with a `Request-Id` header and retry unknown outcomes.
+    request_ids: bool,
 }
 
 /// Percent-encodes `key` as one path segment (everything but unreserved characters).
@@ -101,7 +109,16 @@ impl KvClient {
             endpoints,
             http,
             preferred: AtomicUsize::new(0),
+            request_ids: false,
         })
+    }
+
+    /// Sends every write with a new random `Request-Id`, reused on its fail-over retries; a
+    /// write whose outcome is unknown is then retried on the next endpoint too (see the module
+    /// docs).
+    pub fn with_request_ids(mut self) -> KvClient {
+        self.request_ids = true;
+        self
     }
 
     /// The endpoints, in order.
@@ -125,10 +142,19 @@ impl KvClient {
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let first = self.preferred.load(Ordering::Relaxed);
         let mut last_error = String::new();
+        let write = method != Method::GET && path.starts_with("/v1/kv");
+        // One ID per write, the same on every attempt: the cluster applies it once.
+        let request_id = (self.request_ids && write)
+            .then(|| format!("{:016x}", raft_core::SessionId::random().0));
+        // An unknown outcome kept while another endpoint is tried with the same request ID.
+        let mut unknown = None;
         for step in 0..self.endpoints.len() {
             let index = (first + step) % self.endpoints.len();
             let url = format!("{}{path}", self.endpoints[index]);
             let mut request = self.http.request(method.clone(), &url);
+            if let Some(id) = &request_id {
+                request = request.header("request-id", id);
+            }
             match &body {
                 Some(Body::Raw(bytes)) => request = request.body(bytes.clone()),
                 Some(Body::Json(value)) => request = request.json(value),
@@ -136,7 +162,9 @@ impl KvClient {
             }
             let response = match request.send().await {
                 Ok(response) => response,
-                Err(error) if error.is_connect() => {
+                Err(error)
+                    if error.is_connect() || (request_id.is_some() && error.is_timeout()) =>
+                {
                     last_error = format!("{url}: {error}");
                     continue;
                 }
@@ -153,11 +181,18 @@ impl KvClient {
                     last_error = format!("{url}: {}", json["message"].as_str().unwrap_or(""));
                     continue;
                 }
+                if request_id.is_some() {
+                    unknown = Some((status, bytes));
+                    continue;
+                }
             }
             self.preferred.store(index, Ordering::Relaxed);
             return Ok((status, bytes));
         }
-        Err(ClientError::Unavailable(last_error))
+        match unknown {
+            Some(answer) => Ok(answer),
+            None => Err(ClientError::Unavailable(last_error)),
+        }
     }
 
     async fn send_ok(
@@ -177,10 +212,20 @@ impl KvClient {
     /// Sets `key` to `value`; returns the log index it took.
     pub async fn put(&self, key: &str, value: Bytes) -> Result<u64, ClientError> {
         let path = format!("/v1/kv/{}", encode_key(key));
-        let body = self
+        match self
             .send_ok(Method::PUT, &path, Some(Body::Raw(value)))
-            .await?;
-        Ok(body["index"].as_u64().unwrap_or(0))
+            .await
+        {
+            Ok(body) => Ok(body["index"].as_u64().unwrap_or(0)),
+            // A retry of a PUT that applied earlier, whose answer (its index) was not kept:
+            // the server names the index anyway.
+            Err(ClientError::Server { status, body })
+                if status == StatusCode::GONE && body["applied"] == "yes" =>
+            {
+                Ok(body["index"].as_u64().unwrap_or(0))
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// Reads `key` (`consistency`: linearizable or stale); `None` when absent.

@@ -163,6 +163,14 @@ pub struct NodeConfig {
     /// Largest snapshot chunk sent to a follower in one message, in bytes (at most
     /// [`SNAPSHOT_CHUNK_BYTES_LIMIT`]).
     pub snapshot_chunk_bytes_max: usize,
+    /// Request IDs (Raft client sessions) the cluster remembers for retries; the least
+    /// recently used is forgotten first. Must be the same on every node.
+    pub sessions_max: usize,
+    /// Entries after which an unused request ID is forgotten. Must be the same on every node.
+    pub session_idle_entries_max: u64,
+    /// Largest answer kept for a retry, in bytes (a retry of a write with a longer answer gets
+    /// 410 `answer_not_kept`). Must be the same on every node.
+    pub session_result_bytes_max: usize,
     /// Join a running cluster: start with no voters and wait to be added (see the module
     /// docs). `initial_cluster` lists the running members' peer addresses.
     pub join: bool,
@@ -216,6 +224,9 @@ impl Default for NodeConfig {
             snapshot_interval_entries: 100_000,
             snapshot_tail_entries: 10_000,
             snapshot_chunk_bytes_max: 1 << 20,
+            sessions_max: 1 << 14,
+            session_idle_entries_max: 1_000_000,
+            session_result_bytes_max: 1024,
             join: false,
         }
     }
@@ -508,6 +519,9 @@ impl NodeConfig {
         config.snapshot_tail_entries = self.snapshot_tail_entries;
         config.snapshot_chunk_bytes_max = self.snapshot_chunk_bytes_max;
         config.inflight_messages_max = self.inflight_messages_max;
+        config.sessions_max = self.sessions_max;
+        config.session_idle_entries_max = self.session_idle_entries_max;
+        config.session_result_bytes_max = self.session_result_bytes_max;
         config
     }
 }
@@ -635,6 +649,16 @@ pub struct NodeFlags {
     /// Largest snapshot chunk sent to a follower, in bytes (default 1 MiB, at most 8 MiB).
     #[arg(long)]
     pub snapshot_chunk_bytes_max: Option<usize>,
+    /// Request IDs remembered for retries of writes (default 16384; the same on every node).
+    #[arg(long)]
+    pub sessions_max: Option<usize>,
+    /// Entries after which an unused request ID is forgotten (default 1000000; the same on
+    /// every node).
+    #[arg(long)]
+    pub session_idle_entries_max: Option<u64>,
+    /// Largest write answer kept for a retry, in bytes (default 1024; the same on every node).
+    #[arg(long)]
+    pub session_result_bytes_max: Option<usize>,
     /// Join a running cluster: --initial-cluster lists its members' peer addresses (and this
     /// node's), none is taken as a voter, and the node waits until a member adds it
     /// (`kvctl member add`).
@@ -665,7 +689,8 @@ impl NodeFlags {
                 http_header_read_timeout_ms, http_body_read_timeout_ms,
                 http_keep_alive_idle_timeout_ms, http_uri_bytes_max, http_header_bytes_max,
                 proposal_queue_max, inflight_messages_max, worker_threads, quic_idle_timeout_ms,
-                snapshot_interval_entries, snapshot_tail_entries, snapshot_chunk_bytes_max],
+                snapshot_interval_entries, snapshot_tail_entries, snapshot_chunk_bytes_max,
+                sessions_max, session_idle_entries_max, session_result_bytes_max],
             optional: [client_address, peer_address, tls_dir, tls_ca, tls_cert, tls_key]);
         if flags.lease_reads {
             config.lease_reads = true;
@@ -707,6 +732,20 @@ mod tests {
         assert_eq!(config.members().unwrap().len(), 3);
         assert_eq!(config.raft_config().proposal_wait_ticks, 200);
         assert_eq!(config.raft_config().inflight_messages_max, 1);
+        let mut tuned = three();
+        tuned.sessions_max = 7;
+        tuned.session_idle_entries_max = 70;
+        tuned.session_result_bytes_max = 700;
+        let raft = tuned.raft_config();
+        assert_eq!(
+            (
+                raft.sessions_max,
+                raft.session_idle_entries_max,
+                raft.session_result_bytes_max
+            ),
+            (7, 70, 700),
+            "the session limits reach the protocol"
+        );
     }
 
     type Change = Box<dyn Fn(&mut NodeConfig)>;
@@ -760,6 +799,11 @@ mod tests {
             (
                 Box::new(|c| c.value_bytes_max = 64 << 20),
                 "largest snapshot record",
+            ),
+            (Box::new(|c| c.sessions_max = 0), "sessions_max"),
+            (
+                Box::new(|c| c.session_idle_entries_max = 0),
+                "session_idle_entries_max",
             ),
             (
                 Box::new(|c| {

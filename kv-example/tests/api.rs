@@ -750,3 +750,105 @@ async fn last_voter_and_removed_ids_are_refused() {
     );
     finish(cluster);
 }
+
+/// Sends a request with a `Request-Id` header and returns the status and JSON body.
+async fn call_with_request_id(
+    method: Method,
+    url: &str,
+    request_id: &str,
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
+    let response = Client::new()
+        .request(method, url)
+        .header("request-id", request_id)
+        .body(body)
+        .send()
+        .await
+        .expect("the node answers");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A write retried with the request ID of one that already succeeded (as a client does after a
+/// timeout, to any node) gets the original answer and does not apply again: the PUT keeps its
+/// first index and does not overwrite the later write to the key, the CAS still reports its
+/// swap instead of failing its comparison against its own value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_retried_with_its_request_id_applies_once_with_the_first_answer() {
+    let cluster = cluster(&[]);
+    cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let [one, two, three] = [1, 2, 3].map(|id| cluster.endpoint(id));
+
+    let first = call_with_request_id(
+        Method::PUT,
+        &format!("{one}/v1/kv/retried"),
+        "put-1",
+        b"first".to_vec(),
+    )
+    .await;
+    assert_eq!(first.0, StatusCode::OK, "{}", first.1);
+    let index = first.1["index"].as_u64().expect("an index");
+    let later = call_with_request_id(
+        Method::PUT,
+        &format!("{two}/v1/kv/retried"),
+        "put-2",
+        b"later".to_vec(),
+    )
+    .await;
+    assert_eq!(later.0, StatusCode::OK, "{}", later.1);
+    for endpoint in [&one, &two, &three] {
+        let retried = call_with_request_id(
+            Method::PUT,
+            &format!("{endpoint}/v1/kv/retried"),
+            "put-1",
+            b"first".to_vec(),
+        )
+        .await;
+        assert_eq!(retried.0, StatusCode::OK, "{}", retried.1);
+        assert_eq!(
+            retried.1["index"].as_u64(),
+            Some(index),
+            "the original index"
+        );
+    }
+    let value = Client::new()
+        .get(format!("{three}/v1/kv/retried"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        value.bytes().await.unwrap().as_ref(),
+        b"later",
+        "the retried PUT did not apply again"
+    );
+
+    let cas = |endpoint: String| async move {
+        let response = Client::new()
+            .post(format!("{endpoint}/v1/kv/swapped/cas"))
+            .header("request-id", "cas-1")
+            .json(&json!({"expected": null, "new": "x"}))
+            .send()
+            .await
+            .expect("the node answers");
+        let status = response.status();
+        (
+            status,
+            response.json::<Value>().await.unwrap_or(Value::Null),
+        )
+    };
+    let swapped = cas(two.clone()).await;
+    assert_eq!(swapped.0, StatusCode::OK, "{}", swapped.1);
+    let again = cas(one.clone()).await;
+    assert_eq!(again, swapped, "the retried CAS answers its first outcome");
+
+    let bad = call_with_request_id(
+        Method::PUT,
+        &format!("{one}/v1/kv/retried"),
+        "",
+        b"x".to_vec(),
+    )
+    .await;
+    assert_eq!(bad.0, StatusCode::BAD_REQUEST, "{}", bad.1);
+    assert_eq!(bad.1["error"], "bad_request", "{}", bad.1);
+    finish(cluster);
+}

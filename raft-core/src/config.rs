@@ -80,6 +80,18 @@ pub struct Config {
     /// Ticks a leader waits for a follower to acknowledge a snapshot chunk before it resends
     /// from the last acknowledged byte (a lost chunk or connection).
     pub snapshot_resend_ticks: u32,
+    /// Client sessions the session table holds (see [`crate::sessions`]); a new session in a
+    /// full table evicts the one whose last command is oldest in the log. Every forwarded
+    /// proposal takes one, so this also bounds how late a duplicated forward is still caught.
+    /// Must be the same on every node.
+    pub sessions_max: usize,
+    /// A session whose last command is more than this many entries behind the command being
+    /// applied expires. Must be the same on every node.
+    pub session_idle_entries_max: u64,
+    /// Largest state machine answer a session keeps for a retry; a retry of a command with a
+    /// longer answer gets "applied once, answer not kept". 0 keeps none. Must be the same on
+    /// every node.
+    pub session_result_bytes_max: usize,
 }
 
 /// Ticks are 10 ms in the runtime by default, so these defaults give a 150–300 ms election
@@ -114,6 +126,9 @@ impl Config {
             snapshot_chunk_bytes_max: 1 << 20,
             snapshot_inflight_chunks_max: 4,
             snapshot_resend_ticks: 30,
+            sessions_max: 1 << 14,
+            session_idle_entries_max: 1_000_000,
+            session_result_bytes_max: 1024,
         }
     }
 
@@ -178,6 +193,7 @@ impl Config {
                 self.snapshot_inflight_chunks_max,
             ),
             ("snapshot_resend_ticks", self.snapshot_resend_ticks as usize),
+            ("sessions_max", self.sessions_max),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -196,6 +212,9 @@ impl Config {
                 self.read_lease_ticks,
                 self.election_timeout_ticks_min.saturating_sub(1)
             ));
+        }
+        if self.session_idle_entries_max == 0 {
+            return fail("session_idle_entries_max must be at least 1".into());
         }
         if self.proposal_wait_ticks == 0 {
             return fail("proposal_wait_ticks must be at least 1".into());
@@ -231,6 +250,23 @@ mod tests {
         let error = config.validate().expect_err("unsafe lease accepted");
         assert!(error.0.contains("read_lease_ticks"), "{error}");
         config.read_lease_ticks = config.election_timeout_ticks_min - 2;
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    /// A session table needs room for one session and a window of at least one entry; an
+    /// answer limit of 0 (keep no answers) is allowed.
+    #[test]
+    fn session_limits_are_validated() {
+        let mut config = Config::new(NodeId(1), vec![NodeId(1)]);
+        config.sessions_max = 0;
+        let error = config.validate().expect_err("no room for a session");
+        assert!(error.0.contains("sessions_max"), "{error}");
+        config.sessions_max = 1;
+        config.session_idle_entries_max = 0;
+        let error = config.validate().expect_err("no window");
+        assert!(error.0.contains("session_idle_entries_max"), "{error}");
+        config.session_idle_entries_max = 1;
+        config.session_result_bytes_max = 0;
         assert_eq!(config.validate(), Ok(()));
     }
 }

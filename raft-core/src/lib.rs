@@ -166,6 +166,9 @@
 //!    each entry that carries a proposal ID, and report progress with
 //!    [`protocol::RawNode::applied`]. Committed entries are handed out only once they are
 //!    durable locally, so a restarted node never has applied state beyond its log.
+//!    A [`EntryPayload::SessionCommand`] passes a [`sessions::SessionTable`] first: only
+//!    the first copy of each (session, sequence) reaches the state machine, and later copies
+//!    are answered from the table ([`runtime::RaftNode`] does this for every machine).
 //! 6. **Fail** each proposal in `ready.failed_proposals` with its error;
 //!    [`protocol::ProposeError::is_definite`] says whether the command may still apply.
 //! 7. **Snapshots**: before step 2, write `ready.snapshot_writes` into a store sink (the last
@@ -186,6 +189,7 @@ pub mod message;
 pub mod network;
 pub mod protocol;
 pub mod runtime;
+pub mod sessions;
 pub mod snapshot;
 pub mod state_machine;
 pub mod storage;
@@ -202,7 +206,10 @@ pub use network::{DeliverError, Inbound, Network, NetworkError, SendError};
 pub use snapshot::{SnapshotMeta, SnapshotReader, SnapshotSink, SnapshotWriter};
 pub use state_machine::{ApplyBatch, StateMachine, StateMachineError};
 pub use storage::{LogBounds, LogStore, LogWrite, StorageError};
-pub use types::{Entry, EntryPayload, HardState, LogIndex, NodeId, ProposalId, Term};
+pub use types::{
+    Entry, EntryPayload, HardState, LogIndex, NodeId, ProposalId, SessionCommand, SessionId,
+    SessionTag, Term,
+};
 
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -2,7 +2,7 @@
 //! which is what lets the leader pipeline appends without waiting for answers.
 
 use crate::snapshot::SnapshotMeta;
-use crate::types::{Entry, LogIndex, NodeId, ProposalId, Term};
+use crate::types::{Entry, LogIndex, NodeId, ProposalId, SessionTag, Term};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -147,6 +147,11 @@ pub struct ForwardedProposal {
     pub id: ProposalId,
     /// The command.
     pub data: Bytes,
+    /// The proposal's client session, if it has one: the leader appends it as a
+    /// [`crate::EntryPayload::SessionCommand`], so however often the network or a re-forward
+    /// delivers it, it takes effect once. A follower that forwards sessions
+    /// ([`crate::protocol::RawNode::set_forward_sessions`]) gives every forward one.
+    pub session: Option<SessionTag>,
 }
 
 /// Where the leader put a forwarded proposal.
@@ -180,7 +185,7 @@ impl Message {
             + match &self.body {
                 MessageBody::Append { entries, .. } => entries.iter().map(Entry::size_bytes).sum(),
                 MessageBody::Forward { proposals } => {
-                    proposals.iter().map(|p| p.data.len() + 16).sum()
+                    proposals.iter().map(|p| p.data.len() + 32).sum()
                 }
                 MessageBody::ForwardResponse { outcomes } => outcomes.len() * 24,
                 MessageBody::SnapshotChunk { meta, len, .. } => {

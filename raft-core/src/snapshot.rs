@@ -202,9 +202,16 @@ enum ReaderSource {
 /// What a state machine reads a snapshot from, a chunk at a time.
 pub struct SnapshotReader {
     source: ReaderSource,
+    /// Bytes taken from the source so far.
     offset: u64,
     total_bytes: u64,
     chunk_bytes: usize,
+    /// Bytes taken from the source but handed back (see `unread`): the next chunk.
+    pushback: Option<Bytes>,
+    /// Bytes at the head that the runtime read for itself (the session header of
+    /// [`crate::sessions`]); [`SnapshotReader::total_bytes`] leaves them out. Invariant: at
+    /// most `offset`.
+    base: u64,
 }
 
 impl SnapshotReader {
@@ -218,6 +225,8 @@ impl SnapshotReader {
             },
             offset: 0,
             chunk_bytes: chunk_bytes.max(1),
+            pushback: None,
+            base: 0,
         }
     }
 
@@ -228,16 +237,62 @@ impl SnapshotReader {
             source: ReaderSource::Memory(data),
             offset: 0,
             chunk_bytes: chunk_bytes.max(1),
+            pushback: None,
+            base: 0,
         }
     }
 
-    /// Length of the whole snapshot.
+    /// Length of the snapshot's data for the state machine (the whole stream, less the
+    /// runtime's session header when the runtime read one first).
     pub fn total_bytes(&self) -> u64 {
-        self.total_bytes
+        self.total_bytes - self.base
+    }
+
+    /// Bytes not yet handed out.
+    fn remaining_bytes(&self) -> u64 {
+        self.total_bytes - self.offset + self.pushback.as_ref().map_or(0, |b| b.len() as u64)
+    }
+
+    /// Reads up to `bytes` bytes (fewer only at the end), keeping the rest of the last chunk
+    /// for the next read.
+    pub(crate) async fn read_prefix(&mut self, bytes: usize) -> Result<Vec<u8>, StateMachineError> {
+        let mut prefix = Vec::with_capacity(bytes.min(self.chunk_bytes));
+        while prefix.len() < bytes {
+            let Some(mut chunk) = self.next_chunk().await? else {
+                break;
+            };
+            let want = bytes - prefix.len();
+            if chunk.len() > want {
+                self.unread(chunk.split_off(want));
+            }
+            prefix.extend_from_slice(&chunk);
+        }
+        Ok(prefix)
+    }
+
+    /// Hands `bytes`, just read, back: the next chunk returns them.
+    pub(crate) fn unread(&mut self, bytes: Bytes) {
+        assert!(
+            self.pushback.is_none(),
+            "one chunk is handed back at a time"
+        );
+        if !bytes.is_empty() {
+            self.pushback = Some(bytes);
+        }
+        assert!(self.remaining_bytes() <= self.total_bytes);
+    }
+
+    /// What was read so far belongs to the runtime: the state machine's data starts here.
+    pub(crate) fn start_state_machine_data(&mut self) {
+        self.base = self.total_bytes - self.remaining_bytes();
+        assert!(self.base <= self.offset);
     }
 
     /// The next chunk, or `None` at the end.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, StateMachineError> {
+        if let Some(chunk) = self.pushback.take() {
+            return Ok(Some(chunk));
+        }
         if self.offset >= self.total_bytes {
             return Ok(None);
         }
@@ -270,7 +325,7 @@ impl SnapshotReader {
     /// Reads everything left into one buffer: for state machines whose state is in memory
     /// anyway.
     pub async fn read_to_end(&mut self) -> Result<Vec<u8>, StateMachineError> {
-        let mut all = Vec::with_capacity((self.total_bytes - self.offset) as usize);
+        let mut all = Vec::with_capacity(self.remaining_bytes() as usize);
         while let Some(chunk) = self.next_chunk().await? {
             all.extend_from_slice(&chunk);
         }

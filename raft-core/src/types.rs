@@ -48,6 +48,61 @@ newtype_u64!(
     "p"
 );
 
+newtype_u64!(
+    /// A client session: the proposals made in one session carry increasing sequence numbers,
+    /// and the runtime applies each (session, sequence) at most once however often it reaches
+    /// the log (see [`crate::sessions`]). Pick one with [`SessionId::random`].
+    SessionId,
+    "s"
+);
+
+impl SessionId {
+    /// A new session ID, random enough that two clients (or two lives of one) never pick the
+    /// same. Not for the protocol, which takes no OS randomness: for clients and the runtime.
+    pub fn random() -> SessionId {
+        use std::hash::{BuildHasher, Hasher};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static DRAWN: AtomicU64 = AtomicU64::new(0);
+        // std's RandomState holds keys drawn from the OS; hashing a counter and the clock with
+        // a fresh one gives independent values without a dependency.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(DRAWN.fetch_add(1, Ordering::Relaxed));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+        hasher.write_u64(nanos);
+        SessionId(hasher.finish())
+    }
+}
+
+/// A proposal's place in its client session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SessionTag {
+    /// The session.
+    pub session: SessionId,
+    /// The proposal's sequence number in the session. A retry of a command reuses it; the next
+    /// command of the session takes a higher one.
+    pub sequence: u64,
+}
+
+impl fmt::Display for SessionTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.session, self.sequence)
+    }
+}
+
+/// A command proposed in a client session (see [`crate::sessions`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionCommand {
+    /// The session and the command's sequence number in it.
+    pub tag: SessionTag,
+    /// The opaque command for the state machine.
+    pub command: Bytes,
+}
+
+/// Bytes a [`SessionCommand`] counts for beyond its command (the session and sequence).
+pub const SESSION_TAG_BYTES: usize = 16;
+
 impl LogIndex {
     /// The index after this one.
     pub fn next(self) -> LogIndex {
@@ -78,6 +133,10 @@ pub enum EntryPayload {
     /// A new cluster membership, in force from the moment it is in a node's log (Raft thesis
     /// §4.1). State machines never see it.
     Membership(crate::membership::Membership),
+    /// A command proposed in a client session. The runtime hands the state machine its
+    /// command only the first time the entry's (session, sequence) is applied; a copy applied
+    /// again answers the first result instead (see [`crate::sessions`]).
+    SessionCommand(SessionCommand),
 }
 
 impl EntryPayload {
@@ -87,6 +146,7 @@ impl EntryPayload {
             EntryPayload::Blank => 0,
             EntryPayload::Command(data) => data.len(),
             EntryPayload::Membership(membership) => 16 * membership.members().len(),
+            EntryPayload::SessionCommand(command) => SESSION_TAG_BYTES + command.command.len(),
         }
     }
 }

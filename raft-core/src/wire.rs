@@ -84,8 +84,10 @@ use std::fmt;
 use std::ops::RangeInclusive;
 
 /// The format version this code writes and the only one it reads. Version 2: memberships
-/// (in entries and snapshot metas) record what is known of each member.
-pub const FORMAT_VERSION: u8 = 2;
+/// (in entries and snapshot metas) record what is known of each member. Version 3 added
+/// client sessions: the `session` of a forwarded proposal and the session command entry
+/// payload.
+pub const FORMAT_VERSION: u8 = 3;
 
 /// The `kind` byte of a handshake frame.
 pub const KIND_HANDSHAKE: u8 = 1;

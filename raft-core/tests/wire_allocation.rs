@@ -95,14 +95,17 @@ fn largest_allocation_while(decode: impl FnOnce()) -> usize {
 #[test]
 fn forged_byte_string_length_is_refused_before_allocating() {
     let _serial = SERIAL.lock().unwrap();
-    // One proposal with an empty command: the payload ends with the command's length, 0.
+    // One proposal with an empty command and no session: the payload ends with the command's
+    // length, 0, then the session's "none" tag, 0.
     let mut payload = payload_of(MessageBody::Forward {
         proposals: vec![ForwardedProposal {
             id: ProposalId(5),
             data: Default::default(),
+            session: None,
         }],
     });
-    assert_eq!(payload.pop(), Some(0));
+    assert_eq!(payload.pop(), Some(0), "the session's tag");
+    assert_eq!(payload.pop(), Some(0), "the command's length");
     payload.extend(varint_u64(1 << 30));
     let frame = message_frame(&payload);
     let mut result = None;

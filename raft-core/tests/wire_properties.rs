@@ -8,7 +8,10 @@ use raft_core::message::{
     AppendResponse, ForwardOutcome, ForwardRefusal, ForwardedProposal, MessageBody,
 };
 use raft_core::wire::{self, ClusterId, Frame, FrameError, Handshake};
-use raft_core::{Entry, EntryPayload, Lane, LogIndex, Message, NodeId, ProposalId, Term};
+use raft_core::{
+    Entry, EntryPayload, Lane, LogIndex, Message, NodeId, ProposalId, SessionCommand, SessionId,
+    SessionTag, Term,
+};
 
 const FRAME_BYTES_MAX: usize = 64 << 10;
 
@@ -28,10 +31,20 @@ fn data() -> impl Strategy<Value = Bytes> {
     proptest::collection::vec(any::<u8>(), 0..300).prop_map(Bytes::from)
 }
 
+fn session_tag() -> impl Strategy<Value = SessionTag> {
+    (any::<u64>(), any::<u64>()).prop_map(|(session, sequence)| SessionTag {
+        session: SessionId(session),
+        sequence,
+    })
+}
+
 fn entry() -> impl Strategy<Value = Entry> {
     let payload = prop_oneof![
         Just(EntryPayload::Blank),
-        data().prop_map(EntryPayload::Command)
+        data().prop_map(EntryPayload::Command),
+        (session_tag(), data()).prop_map(|(tag, command)| EntryPayload::SessionCommand(
+            SessionCommand { tag, command }
+        ))
     ];
     (term(), index(), payload).prop_map(|(term, index, payload)| Entry {
         term,
@@ -101,10 +114,13 @@ fn body() -> impl Strategy<Value = MessageBody> {
             }
         }),
         proptest::collection::vec(
-            (any::<u64>(), data()).prop_map(|(id, data)| ForwardedProposal {
-                id: ProposalId(id),
-                data,
-            }),
+            (any::<u64>(), data(), proptest::option::of(session_tag())).prop_map(
+                |(id, data, session)| ForwardedProposal {
+                    id: ProposalId(id),
+                    data,
+                    session,
+                }
+            ),
             0..8
         )
         .prop_map(|proposals| MessageBody::Forward { proposals }),

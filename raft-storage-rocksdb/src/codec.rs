@@ -5,7 +5,10 @@
 
 use bytes::Bytes;
 use raft_core::membership::Membership;
-use raft_core::{Entry, EntryPayload, HardState, LogBounds, LogIndex, NodeId, StorageError, Term};
+use raft_core::{
+    Entry, EntryPayload, HardState, LogBounds, LogIndex, NodeId, SessionCommand, SessionId,
+    SessionTag, StorageError, Term,
+};
 
 /// The column family holding the log: key = index, value = term and payload.
 pub(crate) const LOG_CF: &str = "log";
@@ -29,6 +32,10 @@ const PAYLOAD_BLANK: u8 = 0;
 const PAYLOAD_COMMAND: u8 = 1;
 /// A membership: its serde form, encoded by bincode 2 with the standard configuration.
 const PAYLOAD_MEMBERSHIP: u8 = 2;
+/// A command in a client session: session (8 bytes BE), sequence (8 bytes BE), the command.
+const PAYLOAD_SESSION_COMMAND: u8 = 3;
+/// The session and sequence before a session command's bytes.
+const SESSION_TAG_BYTES: usize = 16;
 /// Term (8 bytes) and payload kind (1 byte) before the payload.
 const ENTRY_HEADER_BYTES: usize = 9;
 const HARD_STATE_BYTES: usize = 25;
@@ -54,6 +61,7 @@ pub(crate) fn decode_log_key(key: &[u8]) -> Result<LogIndex, StorageError> {
 pub(crate) fn encode_entry(entry: &Entry) -> Vec<u8> {
     let payload_bytes = match &entry.payload {
         EntryPayload::Command(data) => data.len(),
+        EntryPayload::SessionCommand(command) => SESSION_TAG_BYTES + command.command.len(),
         _ => 0,
     };
     let mut value = Vec::with_capacity(ENTRY_HEADER_BYTES + payload_bytes);
@@ -63,6 +71,12 @@ pub(crate) fn encode_entry(entry: &Entry) -> Vec<u8> {
         EntryPayload::Command(data) => {
             value.push(PAYLOAD_COMMAND);
             value.extend_from_slice(data);
+        }
+        EntryPayload::SessionCommand(command) => {
+            value.push(PAYLOAD_SESSION_COMMAND);
+            value.extend_from_slice(&command.tag.session.0.to_be_bytes());
+            value.extend_from_slice(&command.tag.sequence.to_be_bytes());
+            value.extend_from_slice(&command.command);
         }
         EntryPayload::Membership(membership) => {
             value.push(PAYLOAD_MEMBERSHIP);
@@ -105,6 +119,23 @@ pub(crate) fn decode_entry(index: LogIndex, value: &[u8]) -> Result<Entry, Stora
         PAYLOAD_COMMAND => {
             EntryPayload::Command(Bytes::copy_from_slice(&value[ENTRY_HEADER_BYTES..]))
         }
+        PAYLOAD_SESSION_COMMAND => {
+            let payload = &value[ENTRY_HEADER_BYTES..];
+            if payload.len() < SESSION_TAG_BYTES {
+                return Err(corrupt(&format!(
+                    "a session command has {} bytes, fewer than its session and sequence",
+                    payload.len()
+                )));
+            }
+            let word = |at: usize| u64::from_be_bytes(payload[at..at + 8].try_into().expect("8"));
+            EntryPayload::SessionCommand(SessionCommand {
+                tag: SessionTag {
+                    session: SessionId(word(0)),
+                    sequence: word(8),
+                },
+                command: Bytes::copy_from_slice(&payload[SESSION_TAG_BYTES..]),
+            })
+        }
         PAYLOAD_MEMBERSHIP => EntryPayload::Membership(
             decode_serde::<Membership>(&value[ENTRY_HEADER_BYTES..])
                 .map_err(|why| corrupt(&format!("membership does not decode: {why}")))?,
@@ -124,6 +155,7 @@ pub(crate) fn check_entry(index: LogIndex, value: &[u8]) -> Result<(), StorageEr
         && match value[8] {
             PAYLOAD_BLANK => value.len() == ENTRY_HEADER_BYTES,
             PAYLOAD_COMMAND => true,
+            PAYLOAD_SESSION_COMMAND => value.len() >= ENTRY_HEADER_BYTES + SESSION_TAG_BYTES,
             // Rare and small: decoding it is the check.
             _ => false,
         };
@@ -233,6 +265,13 @@ mod tests {
             EntryPayload::Command(Bytes::from_static(b"x")),
             EntryPayload::Membership(joint_membership()),
             EntryPayload::Membership(Membership::default()),
+            EntryPayload::SessionCommand(SessionCommand {
+                tag: SessionTag {
+                    session: SessionId(u64::MAX - 3),
+                    sequence: 1 << 40,
+                },
+                command: Bytes::from_static(b"set x"),
+            }),
         ] {
             let entry = Entry {
                 term: Term(7),

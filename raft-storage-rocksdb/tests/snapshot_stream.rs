@@ -171,7 +171,9 @@ async fn a_large_snapshot_streams_to_a_new_node_without_being_held_in_memory() {
         .await
         .unwrap();
     let meta = nodes[0].snapshot().await.unwrap();
-    assert_eq!(meta.data_bytes, size + 8);
+    // The machine's bytes, after the runtime's session header (an empty session table).
+    let header_bytes = meta.data_bytes - (size + 8);
+    assert!((17..64).contains(&header_bytes), "{header_bytes}");
     let baseline = CURRENT.load(Ordering::Relaxed);
     PEAK.store(baseline, Ordering::Relaxed);
     let started = Instant::now();

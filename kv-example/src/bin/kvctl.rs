@@ -13,6 +13,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 /// The client of the replicated key-value service.
+///
+/// Every write (put, del, cas) is sent with a new random Request-Id header, which it keeps on
+/// its fail-over retries: if an attempt timed out or answered that the write may or may not
+/// have applied, the next endpoint is asked with the same ID, and the cluster applies the
+/// write at most once and answers as the first attempt did.
 #[derive(Parser)]
 #[command(name = "kvctl", version)]
 struct Cli {
@@ -271,7 +276,11 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
     let timeout = Duration::from_millis(cli.timeout_ms);
-    let client = || KvClient::new(cli.endpoints.clone(), timeout).map_err(|e| e.to_string());
+    let client = || {
+        KvClient::new(cli.endpoints.clone(), timeout)
+            .map(KvClient::with_request_ids)
+            .map_err(|e| e.to_string())
+    };
     let show = |e: ClientError| e.to_string();
     match cli.command {
         Commands::Put { key, value } => {

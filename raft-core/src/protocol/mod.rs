@@ -450,24 +450,11 @@ impl RawNode {
     /// Proposes a command. The outcome arrives later: the committed entry that carries `id`,
     /// or an entry in [`Ready::failed_proposals`].
     pub fn propose(&mut self, id: ProposalId, data: Bytes) {
-        if data.len() > self.config.proposal_bytes_max {
-            let limit = self.config.proposal_bytes_max;
-            let bytes = data.len();
-            self.proposals
-                .fail(id, ProposeError::TooLarge { bytes, limit });
-            return;
-        }
-        if let Some(transfer) = self.transfer {
-            self.proposals
-                .fail(id, ProposeError::TransferInProgress(transfer.target));
-            return;
-        }
-        if self.proposals.tracked() >= self.config.pending_proposals_max {
-            self.proposals.fail(id, ProposeError::TooManyPending);
-            return;
-        }
-        let deadline = self.now + u64::from(self.config.proposal_wait_ticks);
-        self.route_proposal(id, data, deadline);
+        let proposed = proposals::Proposed {
+            data,
+            session: None,
+        };
+        self.propose_command(id, proposed);
     }
 
     /// Starts an election now (as if the election timeout had passed).

@@ -2,7 +2,7 @@
 //! those placed in the log and waiting to be applied.
 
 use crate::message::ForwardOutcome;
-use crate::types::{Entry, LogIndex, NodeId, ProposalId, Term};
+use crate::types::{Entry, LogIndex, NodeId, ProposalId, SessionId, SessionTag, Term};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -77,11 +77,29 @@ impl fmt::Display for ProposeError {
 
 impl std::error::Error for ProposeError {}
 
+/// A command on its way into the log, with the client session it belongs to, if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Proposed {
+    pub(crate) data: Bytes,
+    /// Kept across forwards and re-forwards: every copy of the command that reaches a log
+    /// carries the same tag, so only the first one applied takes effect.
+    pub(crate) session: Option<SessionTag>,
+}
+
+/// A proposal waiting for a leader to be known.
+#[derive(Debug)]
+pub(crate) struct Waiting {
+    pub(crate) id: ProposalId,
+    pub(crate) proposed: Proposed,
+    /// The tick at which it fails `NoLeader`.
+    pub(crate) deadline: u64,
+}
+
 /// A forwarded proposal awaiting the leader's answer.
 #[derive(Debug)]
 struct Forwarded {
     proposal: ProposalId,
-    data: Bytes,
+    proposed: Proposed,
     deadline: u64,
 }
 
@@ -92,8 +110,8 @@ const FORWARD_DEDUPE_WINDOW_MAX: usize = 4096;
 /// `placed` until its outcome is reported, so `tracked()` bounds the memory they use.
 #[derive(Debug, Default)]
 pub(crate) struct Proposals {
-    /// Waiting for a leader to be known (or to become one): (id, command, deadline tick).
-    waiting: VecDeque<(ProposalId, Bytes, u64)>,
+    /// Waiting for a leader to be known (or to become one).
+    waiting: VecDeque<Waiting>,
     /// Forwarded to the leader and not answered yet, by forward key.
     forwarded: BTreeMap<u64, Forwarded>,
     /// Placed in the log at (index -> term, id), waiting for that index to apply.
@@ -107,6 +125,11 @@ pub(crate) struct Proposals {
     pub(crate) failures: Vec<(ProposalId, ProposeError)>,
     /// The current term.
     term: Term,
+    /// When set, the next session a forward without one gets: every forward then carries a
+    /// one-off session (sequence 1), so a duplicated or re-forwarded copy applies once.
+    /// Counts up from a value the driver draws at random each life, so no two lives and no two
+    /// nodes (with overwhelming probability) hand out the same session.
+    next_forward_session: Option<u64>,
     /// Proposals placed at an entry of an ended term, with the tick at which they end
     /// `OutcomeUnknown`. Such an entry may be neither committed nor written over for as long
     /// as the cluster is idle (the new leader's log may end before its index), and its
@@ -135,8 +158,17 @@ impl Proposals {
         self.failures.push((id, error));
     }
 
-    pub(crate) fn wait_for_leader(&mut self, id: ProposalId, data: Bytes, deadline: u64) {
-        self.waiting.push_back((id, data, deadline));
+    pub(crate) fn wait_for_leader(&mut self, id: ProposalId, proposed: Proposed, deadline: u64) {
+        self.waiting.push_back(Waiting {
+            id,
+            proposed,
+            deadline,
+        });
+    }
+
+    /// Every forward from now on carries a session, counting up from `first`.
+    pub(crate) fn set_forward_sessions(&mut self, first: SessionId) {
+        self.next_forward_session = Some(first.0);
     }
 
     /// True when waiting proposals can go somewhere: this node leads or knows the leader.
@@ -144,23 +176,39 @@ impl Proposals {
         !self.waiting.is_empty() && (role == super::Role::Leader || leader.is_some())
     }
 
-    pub(crate) fn take_waiting(&mut self) -> VecDeque<(ProposalId, Bytes, u64)> {
+    pub(crate) fn take_waiting(&mut self) -> VecDeque<Waiting> {
         std::mem::take(&mut self.waiting)
     }
 
-    /// Records a forward and returns its key.
-    pub(crate) fn forward(&mut self, proposal: ProposalId, data: Bytes, deadline: u64) -> u64 {
+    /// Records a forward and returns its key and the session it travels in (a new one-off
+    /// session when forward sessions are on and the proposal has none yet).
+    pub(crate) fn forward(&mut self, waiting: Waiting) -> (u64, Option<SessionTag>) {
+        let Waiting {
+            id: proposal,
+            mut proposed,
+            deadline,
+        } = waiting;
+        if proposed.session.is_none() {
+            if let Some(next) = self.next_forward_session.as_mut() {
+                proposed.session = Some(SessionTag {
+                    session: SessionId(*next),
+                    sequence: 1,
+                });
+                *next = next.wrapping_add(1);
+            }
+        }
+        let session = proposed.session;
         let key = self.next_forward_key;
         self.next_forward_key = self.next_forward_key.wrapping_add(1);
         self.forwarded.insert(
             key,
             Forwarded {
                 proposal,
-                data,
+                proposed,
                 deadline,
             },
         );
-        key
+        (key, session)
     }
 
     /// The leader's answer to a forward. A refusal by a node that is no longer leader puts
@@ -174,8 +222,10 @@ impl Proposals {
             // Already applied before the answer arrived: the result was not captured.
             Ok(_) => self.fail(forwarded.proposal, ProposeError::OutcomeUnknown),
             Err(crate::message::ForwardRefusal::NotLeader) => {
-                self.waiting
-                    .push_back((forwarded.proposal, forwarded.data, forwarded.deadline));
+                // Back to wait with its session: a copy the refusing node appended before it
+                // stepped down (or lost its memory of the forward in a restart) and this one,
+                // forwarded again, then apply once between them.
+                self.wait_for_leader(forwarded.proposal, forwarded.proposed, forwarded.deadline);
             }
             Err(crate::message::ForwardRefusal::UncommittedFull) => {
                 self.fail(forwarded.proposal, ProposeError::UncommittedFull)
@@ -183,7 +233,7 @@ impl Proposals {
             Err(crate::message::ForwardRefusal::TooLarge { limit }) => self.fail(
                 forwarded.proposal,
                 ProposeError::TooLarge {
-                    bytes: forwarded.data.len(),
+                    bytes: forwarded.proposed.data.len(),
                     limit: limit as usize,
                 },
             ),
@@ -237,11 +287,11 @@ impl Proposals {
     /// Fails waiting and forwarded proposals whose deadline has passed.
     pub(crate) fn expire(&mut self, now: u64) {
         let mut kept = VecDeque::with_capacity(self.waiting.len());
-        for (id, data, deadline) in self.waiting.drain(..) {
-            if deadline <= now {
-                self.failures.push((id, ProposeError::NoLeader));
+        for waiting in self.waiting.drain(..) {
+            if waiting.deadline <= now {
+                self.failures.push((waiting.id, ProposeError::NoLeader));
             } else {
-                kept.push_back((id, data, deadline));
+                kept.push_back(waiting);
             }
         }
         self.waiting = kept;
@@ -326,7 +376,7 @@ impl Proposals {
 
     /// Every tracked proposal fails with `OutcomeUnknown` (the node is shutting down).
     pub(crate) fn fail_all(&mut self) {
-        let waiting: Vec<_> = self.waiting.drain(..).map(|(id, _, _)| id).collect();
+        let waiting: Vec<_> = self.waiting.drain(..).map(|w| w.id).collect();
         for id in waiting {
             self.fail(id, ProposeError::NoLeader);
         }
@@ -346,13 +396,24 @@ mod tests {
     use super::*;
     use crate::message::ForwardOutcome;
 
+    fn waiting(id: u64, data: &'static [u8]) -> Waiting {
+        Waiting {
+            id: ProposalId(id),
+            proposed: Proposed {
+                data: Bytes::from_static(data),
+                session: None,
+            },
+            deadline: 100,
+        }
+    }
+
     /// Seed 49 of the simulation: a follower's forward was placed at i51/t1 by the old leader;
     /// the follower then led t2 and placed its own proposal at i51/t2. Both used to meet at one
     /// index: a panic on the leader path, a silently lost proposal on the forward path.
     #[test]
     fn a_proposal_displaced_at_its_index_ends_unknown() {
         let mut proposals = Proposals::new(1 << 32);
-        let key = proposals.forward(ProposalId(1), Bytes::from_static(b"a"), 100);
+        let (key, _) = proposals.forward(waiting(1, b"a"));
         let answer = ForwardOutcome {
             id: ProposalId(key),
             result: Ok((Term(1), LogIndex(51))),
@@ -365,7 +426,7 @@ mod tests {
         );
         assert_eq!(proposals.tracked(), 1);
 
-        let key = proposals.forward(ProposalId(3), Bytes::from_static(b"b"), 100);
+        let (key, _) = proposals.forward(waiting(3, b"b"));
         let answer = ForwardOutcome {
             id: ProposalId(key),
             result: Ok((Term(3), LogIndex(51))),
@@ -377,6 +438,39 @@ mod tests {
             "a forward answer displaces too, instead of losing the earlier proposal"
         );
         assert_eq!(proposals.tracked(), 1);
+    }
+
+    /// With forward sessions on, a forward without a session gets a new one-off session, and
+    /// keeps it when the leader refuses it and it is forwarded again: both copies then carry
+    /// one tag, so at most one applies. A proposal with a client session keeps that one.
+    #[test]
+    fn a_refused_forward_is_forwarded_again_in_the_same_session() {
+        let mut proposals = Proposals::new(1 << 32);
+        proposals.set_forward_sessions(SessionId(500));
+        let (key, session) = proposals.forward(waiting(1, b"a"));
+        let expected = SessionTag {
+            session: SessionId(500),
+            sequence: 1,
+        };
+        assert_eq!(session, Some(expected));
+        let refused = ForwardOutcome {
+            id: ProposalId(key),
+            result: Err(crate::message::ForwardRefusal::NotLeader),
+        };
+        proposals.forward_answered(&refused, LogIndex(0));
+        let again = proposals.take_waiting().pop_front().expect("waits again");
+        let (_, session_again) = proposals.forward(again);
+        assert_eq!(session_again, Some(expected), "the same session");
+
+        let (_, next) = proposals.forward(waiting(2, b"b"));
+        assert_eq!(next.map(|t| t.session), Some(SessionId(501)), "a new one");
+        let mut client = waiting(3, b"c");
+        let tag = SessionTag {
+            session: SessionId(9),
+            sequence: 4,
+        };
+        client.proposed.session = Some(tag);
+        assert_eq!(proposals.forward(client).1, Some(tag), "the client's own");
     }
 
     /// Seed 2532 of the simulation: a follower's forward was placed at i260/t7 by a leader

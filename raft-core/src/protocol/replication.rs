@@ -2,11 +2,14 @@
 //! follower's (the consistency check and its rejection hint), plus proposal routing.
 
 use super::progress::{Progress, ReplicationState};
+use super::proposals::Proposed;
 use super::{ProposeError, RawNode, Role};
 use crate::message::{
     AppendResponse, ForwardOutcome, ForwardRefusal, ForwardedProposal, MessageBody,
 };
-use crate::types::{Entry, EntryPayload, LogIndex, NodeId, ProposalId, Term};
+use crate::types::{
+    Entry, EntryPayload, LogIndex, NodeId, ProposalId, SessionCommand, SessionId, SessionTag, Term,
+};
 use bytes::Bytes;
 
 /// Heartbeat answers without progress, while appends are outstanding, after which a leader
@@ -294,9 +297,17 @@ impl RawNode {
 
     /// Appends a command as leader. Refused when the uncommitted log is full (but one entry
     /// is always allowed when nothing is uncommitted, so a large command cannot wedge it).
-    fn append_proposal(&mut self, data: Bytes) -> Result<(Term, LogIndex), ForwardRefusal> {
+    fn append_proposal(&mut self, proposed: Proposed) -> Result<(Term, LogIndex), ForwardRefusal> {
         assert_eq!(self.role, Role::Leader);
-        let bytes = data.len();
+        let payload = match proposed.session {
+            None => EntryPayload::Command(proposed.data),
+            Some(tag) => EntryPayload::SessionCommand(SessionCommand {
+                tag,
+                command: proposed.data,
+            }),
+        };
+        // Counted as the commit path subtracts it.
+        let bytes = payload.payload_bytes();
         if self.uncommitted_bytes > 0
             && self.uncommitted_bytes + bytes > self.config.uncommitted_bytes_max
         {
@@ -306,7 +317,7 @@ impl RawNode {
         self.log.append(Entry {
             term: self.term,
             index,
-            payload: EntryPayload::Command(data),
+            payload,
         });
         self.uncommitted_bytes += bytes;
         self.needs_broadcast = true;
@@ -329,7 +340,10 @@ impl RawNode {
                     limit: self.config.proposal_bytes_max as u64,
                 })
             } else {
-                self.append_proposal(proposal.data)
+                self.append_proposal(Proposed {
+                    data: proposal.data,
+                    session: proposal.session,
+                })
             };
             let outcome = ForwardOutcome {
                 id: proposal.id,
@@ -343,18 +357,59 @@ impl RawNode {
 
     // ----- proposals ----------------------------------------------------------------------
 
-    pub(super) fn route_proposal(&mut self, id: ProposalId, data: Bytes, deadline: u64) {
+    /// Proposes a command in a client session: it is appended as a
+    /// [`EntryPayload::SessionCommand`], so however often it (or a retry with the same
+    /// `session`) reaches the log, a runtime applies it once (see [`crate::sessions`]). The
+    /// outcome arrives as for [`RawNode::propose`].
+    pub fn propose_in_session(&mut self, id: ProposalId, session: SessionTag, data: Bytes) {
+        self.propose_command(
+            id,
+            Proposed {
+                data,
+                session: Some(session),
+            },
+        );
+    }
+
+    /// From now on every proposal this node forwards without a session of its own travels in
+    /// a new one-off session, numbered up from `first`: a forward that the network duplicates,
+    /// or that a leader refuses after appending it (it restarted and forgot the forward), then
+    /// still applies once. `first` must be random in every life of the node (the runtime draws
+    /// it with [`SessionId::random`]); entries in these sessions need a session-aware applier.
+    pub fn set_forward_sessions(&mut self, first: SessionId) {
+        self.proposals.set_forward_sessions(first);
+    }
+
+    /// The checks every proposal passes before it is routed.
+    pub(super) fn propose_command(&mut self, id: ProposalId, proposed: Proposed) {
+        if proposed.data.len() > self.config.proposal_bytes_max {
+            let limit = self.config.proposal_bytes_max;
+            let bytes = proposed.data.len();
+            self.proposals
+                .fail(id, ProposeError::TooLarge { bytes, limit });
+            return;
+        }
+        if let Some(transfer) = self.transfer {
+            self.proposals
+                .fail(id, ProposeError::TransferInProgress(transfer.target));
+            return;
+        }
+        if self.proposals.tracked() >= self.config.pending_proposals_max {
+            self.proposals.fail(id, ProposeError::TooManyPending);
+            return;
+        }
+        let deadline = self.now + u64::from(self.config.proposal_wait_ticks);
         if self.role == Role::Leader {
-            self.propose_as_leader(id, data);
+            self.propose_as_leader(id, proposed);
         } else {
             // Forwarded (or kept until a leader is known) when the ready is taken, so the
             // proposals of one step travel in one message.
-            self.proposals.wait_for_leader(id, data, deadline);
+            self.proposals.wait_for_leader(id, proposed, deadline);
         }
     }
 
-    fn propose_as_leader(&mut self, id: ProposalId, data: Bytes) {
-        match self.append_proposal(data) {
+    fn propose_as_leader(&mut self, id: ProposalId, proposed: Proposed) {
+        match self.append_proposal(proposed) {
             Ok((term, index)) => self.proposals.place(index, term, id),
             Err(_) => self.proposals.fail(id, ProposeError::UncommittedFull),
         }
@@ -365,15 +420,16 @@ impl RawNode {
     pub(super) fn flush_waiting_proposals(&mut self) {
         match (self.role, self.leader) {
             (Role::Leader, _) => {
-                for (id, data, _) in self.proposals.take_waiting() {
-                    self.propose_as_leader(id, data);
+                for waiting in self.proposals.take_waiting() {
+                    self.propose_as_leader(waiting.id, waiting.proposed);
                 }
             }
             (_, Some(leader)) => {
                 let waiting = self.proposals.take_waiting();
                 let mut batch = Vec::new();
                 let mut batch_bytes = 0;
-                for (id, data, deadline) in waiting {
+                for waiting in waiting {
+                    let data = waiting.proposed.data.clone();
                     if !batch.is_empty() && batch_bytes + data.len() > self.config.message_bytes_max
                     {
                         let proposals = std::mem::take(&mut batch);
@@ -381,10 +437,11 @@ impl RawNode {
                         batch_bytes = 0;
                     }
                     batch_bytes += data.len();
-                    let key = self.proposals.forward(id, data.clone(), deadline);
+                    let (key, session) = self.proposals.forward(waiting);
                     batch.push(ForwardedProposal {
                         id: ProposalId(key),
                         data,
+                        session,
                     });
                 }
                 if !batch.is_empty() {

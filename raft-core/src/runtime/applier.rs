@@ -1,13 +1,19 @@
 //! The applier task: applies committed entries to the state machine in order and answers
 //! each proposer with the machine's result; builds and installs snapshots between batches.
+//! Commands in client sessions pass the session table first (see [`crate::sessions`]): only
+//! a session's new commands reach the state machine, and the table travels at the head of
+//! every snapshot.
 
 use super::driver::Shared;
 use super::{NodeError, Responder};
 use crate::protocol::SnapshotRequest;
+use crate::sessions::{
+    self, SessionAnswer, SessionDecision, SessionError, SessionLimits, SessionTable,
+};
 use crate::snapshot::{SnapshotMeta, SnapshotReader, SnapshotWriter};
-use crate::state_machine::{ApplyBatch, StateMachine};
+use crate::state_machine::{ApplyBatch, StateMachine, StateMachineError};
 use crate::storage::LogStore;
-use crate::types::{Entry, EntryPayload, LogIndex};
+use crate::types::{Entry, EntryPayload, LogIndex, SessionTag};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -37,6 +43,58 @@ pub(super) struct Applier {
     pub(super) chunk_bytes: usize,
     /// The last index applied (or installed).
     pub(super) applied: LogIndex,
+    /// The session table. Invariant: at `applied` (`sessions.applied() == applied`).
+    pub(super) sessions: SessionTable,
+}
+
+/// A batch of entries after the session table: what goes to the state machine, and how the
+/// proposers of the commands that do not are answered.
+struct Filtered {
+    /// For the state machine, in log order.
+    commands: Vec<(LogIndex, Bytes)>,
+    /// Commands in sessions among `commands`: their answers go to the table.
+    session_applied: Vec<(LogIndex, SessionTag)>,
+    /// Copies of commands applied earlier in this batch: (index, first copy's index, tag);
+    /// they answer the first copy's answer.
+    duplicates_in_batch: Vec<(LogIndex, LogIndex, SessionTag)>,
+    /// Answers settled by the table alone, by index.
+    settled: HashMap<LogIndex, Result<Bytes, NodeError>>,
+}
+
+/// The session table a snapshot carries at its head (an empty one at the snapshot's index for
+/// a snapshot built before sessions existed), leaving `reader` at the state machine's data.
+pub(super) async fn read_sessions(
+    reader: &mut SnapshotReader,
+    meta: &SnapshotMeta,
+    limits: SessionLimits,
+) -> Result<SessionTable, StateMachineError> {
+    let mut table = sessions::read_snapshot_header(reader, limits)
+        .await?
+        .unwrap_or_else(|| SessionTable::new(limits));
+    if table.applied() > meta.last_index {
+        return Err(StateMachineError(format!(
+            "the snapshot at {} holds a session table at {}",
+            meta.last_index,
+            table.applied()
+        )));
+    }
+    table.passed(meta.last_index);
+    Ok(table)
+}
+
+/// Runs entries the state machine already holds through the session table alone, as
+/// `Applier::apply` would: the same sequences and evictions, but no answers.
+pub(super) fn replay_sessions<'a>(
+    table: &mut SessionTable,
+    entries: impl Iterator<Item = &'a Entry>,
+) {
+    for entry in entries {
+        if let EntryPayload::SessionCommand(command) = &entry.payload {
+            table.decide(entry.index, command.tag);
+        }
+        table.passed(entry.index);
+    }
+    table.forget_pending();
 }
 
 impl Applier {
@@ -100,13 +158,12 @@ impl Applier {
             return Ok(());
         };
         let last_index = last.index;
-        let commands: Vec<_> = entries
-            .into_iter()
-            .filter_map(|entry| match entry.payload {
-                EntryPayload::Command(data) => Some((entry.index, data)),
-                EntryPayload::Blank | EntryPayload::Membership(_) => None,
-            })
-            .collect();
+        let Filtered {
+            commands,
+            session_applied,
+            duplicates_in_batch,
+            settled,
+        } = self.filter_sessions(entries);
         let indexes: Vec<LogIndex> = commands.iter().map(|(index, _)| *index).collect();
         let batch = ApplyBatch {
             commands,
@@ -130,6 +187,30 @@ impl Applier {
                 return fail(&mut responders, why);
             }
             Ok(answers) => {
+                let answered: HashMap<LogIndex, &Bytes> = if session_applied.is_empty() {
+                    HashMap::new()
+                } else {
+                    indexes.iter().copied().zip(answers.iter()).collect()
+                };
+                for (index, tag) in session_applied {
+                    self.sessions.answered(index, tag, answered[&index]);
+                }
+                for (index, first, tag) in duplicates_in_batch {
+                    if let Some(responder) = responders.remove(&index) {
+                        let answer = answered.get(&first).map(|bytes| (*bytes).clone());
+                        let answer =
+                            answer.ok_or(NodeError::Session(SessionError::AnswerNotKept {
+                                tag,
+                                index: first,
+                            }));
+                        let _ = responder.send(answer);
+                    }
+                }
+                for (index, result) in settled {
+                    if let Some(responder) = responders.remove(&index) {
+                        let _ = responder.send(result);
+                    }
+                }
                 for (index, answer) in indexes.into_iter().zip(answers) {
                     if let Some(responder) = responders.remove(&index) {
                         let _ = responder.send(Ok(answer));
@@ -150,14 +231,74 @@ impl Applier {
         Ok(())
     }
 
+    /// Passes a batch's entries through the session table: the commands for the state
+    /// machine, and how the proposers of the others are answered.
+    fn filter_sessions(&mut self, entries: Vec<Entry>) -> Filtered {
+        assert_eq!(
+            self.sessions.applied(),
+            self.applied,
+            "the table is at the applied index"
+        );
+        let mut filtered = Filtered {
+            commands: Vec::with_capacity(entries.len()),
+            session_applied: Vec::new(),
+            duplicates_in_batch: Vec::new(),
+            settled: HashMap::new(),
+        };
+        for entry in entries {
+            let index = entry.index;
+            match entry.payload {
+                EntryPayload::Command(data) => filtered.commands.push((index, data)),
+                EntryPayload::SessionCommand(command) => {
+                    let tag = command.tag;
+                    let settled = match self.sessions.decide(index, tag) {
+                        SessionDecision::Apply => {
+                            filtered.commands.push((index, command.command));
+                            filtered.session_applied.push((index, tag));
+                            None
+                        }
+                        SessionDecision::Duplicate {
+                            index: first,
+                            answer,
+                        } => match answer {
+                            SessionAnswer::Kept(bytes) => Some(Ok(bytes)),
+                            SessionAnswer::NotKept => {
+                                Some(Err(NodeError::Session(SessionError::AnswerNotKept {
+                                    tag,
+                                    index: first,
+                                })))
+                            }
+                            SessionAnswer::Pending => {
+                                filtered.duplicates_in_batch.push((index, first, tag));
+                                None
+                            }
+                        },
+                        SessionDecision::Stale(error) => Some(Err(NodeError::Session(error))),
+                    };
+                    if let Some(result) = settled {
+                        filtered.settled.insert(index, result);
+                    }
+                }
+                EntryPayload::Blank | EntryPayload::Membership(_) => {}
+            }
+            self.sessions.passed(index);
+        }
+        filtered
+    }
+
     async fn install(&mut self, meta: SnapshotMeta) -> Result<(), String> {
         let mut reader = SnapshotReader::new(self.store.clone(), meta.clone(), self.chunk_bytes);
+        let limits = self.sessions.limits();
+        let sessions = read_sessions(&mut reader, &meta, limits)
+            .await
+            .map_err(|e| format!("installing the snapshot at {}: {e}", meta.last_index))?;
         self.state_machine
             .install_snapshot(&meta, &mut reader)
             .await
             .map_err(|e| format!("installing the snapshot at {}: {e}", meta.last_index))?;
         tracing::info!(index = %meta.last_index, bytes = meta.data_bytes, "installed a snapshot");
         self.applied = meta.last_index;
+        self.sessions = sessions;
         self.shared
             .applied_index
             .fetch_max(meta.last_index.0, Ordering::AcqRel);
@@ -178,6 +319,10 @@ impl Applier {
             .await
             .map_err(|e| format!("starting a snapshot: {e}"))?;
         let mut out = SnapshotWriter::new(sink, self.chunk_bytes);
+        assert_eq!(self.sessions.applied(), self.applied);
+        sessions::write_snapshot_header(&mut out, &self.sessions)
+            .await
+            .map_err(|e| e.to_string())?;
         self.state_machine
             .build_snapshot(&mut out)
             .await

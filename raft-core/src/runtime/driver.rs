@@ -67,6 +67,8 @@ pub(super) struct DriverParts {
     pub(super) stopped: watch::Sender<Option<String>>,
     pub(super) shutdown: Arc<Notify>,
     pub(super) applied: LogIndex,
+    /// The session table at `applied`.
+    pub(super) sessions: crate::sessions::SessionTable,
 }
 
 pub(super) struct Driver {
@@ -150,6 +152,7 @@ impl Driver {
             shared: shared.clone(),
             chunk_bytes: parts.raw.config().snapshot_chunk_bytes_max,
             applied: parts.applied,
+            sessions: parts.sessions,
         };
         let applier = tokio::spawn(applier.run(apply_queue));
         Driver {
@@ -277,9 +280,16 @@ impl Driver {
         let id = ProposalId(self.next_proposal);
         self.next_proposal += 1;
         match request {
-            ProposalRequest::Propose { command, responder } => {
+            ProposalRequest::Propose {
+                command,
+                session,
+                responder,
+            } => {
                 self.responders.insert(id, responder);
-                self.raw.propose(id, command);
+                match session {
+                    None => self.raw.propose(id, command),
+                    Some(tag) => self.raw.propose_in_session(id, tag, command),
+                }
             }
             ProposalRequest::Read { responder } => {
                 self.read_responders.insert(id, responder);

@@ -9,7 +9,10 @@
 //!   (group commit), then sends the messages that waited for them and reports back; a leader's
 //!   write of entries that have not reached all its followers yet may wait a moment for the
 //!   next one ([`RuntimeOptions::leader_write_delay_max`]);
-//! - the *applier* applies committed entries in order and answers each proposer.
+//! - the *applier* applies committed entries in order and answers each proposer. Commands
+//!   proposed in a client session ([`RaftNode::propose_in_session`], and every forward)
+//!   pass the session table first, so each (session, sequence) reaches the state machine
+//!   once; the table rides at the head of every snapshot (see [`crate::sessions`]).
 
 mod applier;
 mod driver;
@@ -19,11 +22,12 @@ use crate::config::Config;
 use crate::membership::{Membership, MembershipChange, MembershipError};
 use crate::network::{Inbound, Network, NetworkError};
 use crate::protocol::{ProposeError, RawNode, Restore, Status, TransferError};
+use crate::sessions::{SessionError, SessionLimits, SessionTable};
 use crate::snapshot::{SnapshotMeta, SnapshotReader};
 use crate::state_machine::{StateMachine, StateMachineError};
 use crate::storage::{LogStore, StorageError};
-use crate::types::LogIndex;
 use crate::types::NodeId;
+use crate::types::{LogIndex, SessionId, SessionTag};
 use bytes::Bytes;
 use std::fmt;
 use std::sync::Arc;
@@ -103,6 +107,10 @@ impl RuntimeOptions {
 pub enum NodeError {
     /// The protocol refused or lost the proposal; see [`ProposeError::is_definite`].
     Propose(ProposeError),
+    /// A proposal in a client session was not given its answer: it is older than the
+    /// session's last command (never applied), or it was applied once before and its answer
+    /// was not kept (see [`crate::sessions`]).
+    Session(SessionError),
     /// A leadership transfer failed.
     Transfer(TransferError),
     /// A membership change was refused.
@@ -130,6 +138,7 @@ impl fmt::Display for NodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NodeError::Propose(error) => write!(f, "{error}"),
+            NodeError::Session(error) => write!(f, "{error}"),
             NodeError::Transfer(error) => write!(f, "{error}"),
             NodeError::Membership(error) => write!(f, "{error}"),
             NodeError::Snapshot(why) => write!(f, "no snapshot taken: {why}"),
@@ -148,10 +157,13 @@ impl fmt::Display for NodeError {
 impl std::error::Error for NodeError {}
 
 impl NodeError {
-    /// True when the command certainly did not and will not take effect.
+    /// True when the command certainly did not and will not take effect. False for
+    /// [`SessionError::AnswerNotKept`]: that command certainly did take effect, once.
     pub fn is_definite(&self) -> bool {
         match self {
             NodeError::Propose(error) => error.is_definite(),
+            NodeError::Session(SessionError::SequenceStale { .. }) => true,
+            NodeError::Session(SessionError::AnswerNotKept { .. }) => false,
             // A stopped node may have replicated the command before it stopped.
             NodeError::Stopped(_) => false,
             // The request never reached the protocol.
@@ -190,6 +202,7 @@ enum ProposalRequest {
     /// A command to replicate.
     Propose {
         command: Bytes,
+        session: Option<SessionTag>,
         responder: Responder,
     },
     /// A linearizable read barrier.
@@ -239,11 +252,15 @@ impl RaftNode {
             .validate()
             .map_err(|error| NodeError::Config(error.0))?;
         let mut state_machine = state_machine;
-        let restore =
-            restore_from(&store, &mut *state_machine, config.snapshot_chunk_bytes_max).await?;
+        let limits = SessionLimits::from_config(&config);
+        let chunk_bytes = config.snapshot_chunk_bytes_max;
+        let (restore, sessions) =
+            restore_from(&store, &mut *state_machine, chunk_bytes, limits).await?;
         let applied = restore.applied;
         let promotion_lag_entries_max = config.promotion_lag_entries_max;
-        let raw = RawNode::new(config.clone(), restore).map_err(|e| NodeError::Config(e.0))?;
+        let mut raw = RawNode::new(config.clone(), restore).map_err(|e| NodeError::Config(e.0))?;
+        // Every forward travels in a one-off session, numbered from a random value per life.
+        raw.set_forward_sessions(SessionId::random());
         let (inbound, inbox) = Inbound::channel(config.id, options.inbox_messages_max);
         network.start(inbound).await.map_err(NodeError::Network)?;
         let (proposal_sender, proposal_receiver) = mpsc::channel(options.proposal_queue_max);
@@ -262,6 +279,7 @@ impl RaftNode {
             stopped: stopped_sender,
             shutdown: shutdown.clone(),
             applied,
+            sessions,
         });
         let handle = tokio::spawn(driver.run());
         Ok(RaftNode {
@@ -278,8 +296,52 @@ impl RaftNode {
     /// state machine's answer. On a follower the command is forwarded to the leader; the
     /// answer is the same as if the leader had been asked.
     pub async fn propose(&self, command: Bytes) -> Result<Bytes, NodeError> {
+        self.propose_tagged(command, None).await
+    }
+
+    /// Proposes a command in a client session (see [`crate::sessions`]): however often this
+    /// `(session, sequence)` reaches the log (a retry after a timeout, here or on another
+    /// node, or a copy the network duplicated), the state machine applies it once, and every
+    /// caller gets the first answer. A sequence below the session's last fails with
+    /// [`SessionError::SequenceStale`]; a retry whose first answer was not kept fails with
+    /// [`SessionError::AnswerNotKept`] (it applied once). Start a session with
+    /// [`SessionId::random`] and sequence 1; take the next sequence for the next command once
+    /// the previous one is answered or given up.
+    ///
+    /// ```
+    /// # use bytes::Bytes;
+    /// # use raft_core::{SessionId, runtime::{RaftNode, NodeError}};
+    /// # async fn example(node: &RaftNode) -> Result<(), NodeError> {
+    /// let session = SessionId::random();
+    /// let first = node.propose_in_session(session, 1, Bytes::from("add 5")).await;
+    /// // The answer was lost on the way (a timeout, say): retry with the same sequence.
+    /// let retried = node.propose_in_session(session, 1, Bytes::from("add 5")).await?;
+    /// assert_eq!(first.ok(), Some(retried)); // applied once either way
+    /// node.propose_in_session(session, 2, Bytes::from("add 7")).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn propose_in_session(
+        &self,
+        session: SessionId,
+        sequence: u64,
+        command: Bytes,
+    ) -> Result<Bytes, NodeError> {
+        self.propose_tagged(command, Some(SessionTag { session, sequence }))
+            .await
+    }
+
+    async fn propose_tagged(
+        &self,
+        command: Bytes,
+        session: Option<SessionTag>,
+    ) -> Result<Bytes, NodeError> {
         let (responder, answer) = oneshot::channel();
-        let request = ProposalRequest::Propose { command, responder };
+        let request = ProposalRequest::Propose {
+            command,
+            session,
+            responder,
+        };
         self.submit(request).await?;
         answer.await.unwrap_or_else(|_| Err(self.stopped_error()))
     }
@@ -468,12 +530,15 @@ impl RaftNode {
 /// Reads what the protocol needs to resume: the hard state, the snapshot, the log and the
 /// state machine's applied index, checked against each other. A state machine behind the
 /// snapshot installs it first; stale entries a crash left below an installed snapshot are
-/// dropped.
+/// dropped. Also rebuilds the session table at the applied index: from the snapshot's header,
+/// then the entries after it that the state machine already holds, replayed through the table
+/// alone (their answers are not known: see [`crate::sessions`]).
 async fn restore_from(
     store: &Arc<dyn LogStore>,
     state_machine: &mut dyn StateMachine,
     chunk_bytes: usize,
-) -> Result<Restore, NodeError> {
+    limits: SessionLimits,
+) -> Result<(Restore, SessionTable), NodeError> {
     let storage = NodeError::Storage;
     let hard_state = store.load_hard_state().await.map_err(storage)?;
     let snapshot = store.snapshot().await.map_err(storage)?;
@@ -525,9 +590,13 @@ async fn restore_from(
         .applied_index()
         .await
         .map_err(NodeError::StateMachine)?;
+    let mut sessions = SessionTable::new(limits);
     if let Some(snapshot) = &snapshot {
+        let mut reader = SnapshotReader::new(store.clone(), snapshot.clone(), chunk_bytes);
+        sessions = applier::read_sessions(&mut reader, snapshot, limits)
+            .await
+            .map_err(NodeError::StateMachine)?;
         if applied < snapshot.last_index {
-            let mut reader = SnapshotReader::new(store.clone(), snapshot.clone(), chunk_bytes);
             state_machine
                 .install_snapshot(snapshot, &mut reader)
                 .await
@@ -545,10 +614,17 @@ async fn restore_from(
             bounds.last
         ))));
     }
-    Ok(Restore {
+    let table_at = sessions.applied();
+    let replayed = entries
+        .iter()
+        .filter(|e| e.index > table_at && e.index <= applied);
+    applier::replay_sessions(&mut sessions, replayed);
+    sessions.passed(applied);
+    let restore = Restore {
         hard_state,
         snapshot,
         entries,
         applied,
-    })
+    };
+    Ok((restore, sessions))
 }

@@ -24,7 +24,8 @@
 //! - truncating past the last entry changes nothing; purging at or below the purge point changes
 //!   nothing; purging past the last entry empties the log and the next append starts right after
 //!   the purge point;
-//! - entries of every payload kind (blank, command, membership) read back exactly.
+//! - entries of every payload kind (blank, command, membership, session command) read back
+//!   exactly.
 //!
 //! For snapshots, the model holds the latest snapshot's meta and data, and every check compares
 //! `snapshot()` with it and reads its data back whole. Beyond the trait's documentation the
@@ -449,13 +450,14 @@ pub async fn rejected_write_group_changes_nothing<H: StoreHarness>(harness: &mut
 }
 
 /// Membership entries (a plain configuration, a joint one with learners and removed nodes, and
-/// one with large IDs) read back exactly among commands and blanks, appended alone, in a
-/// batch, and through a write group that truncates.
+/// one with large IDs) and session commands read back exactly among commands and blanks,
+/// appended alone, in a batch, and through a write group that truncates.
 pub async fn membership_entries_round_trip<H: StoreHarness>(harness: &mut H) {
     let mut session = Session::start(harness, "membership_entries_round_trip").await;
     let mut batch = entries(1..=6, 1);
     batch[1].payload = EntryPayload::Membership(Membership::new([NodeId(1)]));
     batch[3].payload = EntryPayload::Membership(joint_membership());
+    batch[4].payload = session_command(u64::MAX, 1 << 40, b"in a session");
     session.append(batch).await;
     let mut single = entries(7..=7, 1);
     single[0].payload = EntryPayload::Membership(Membership::new([NodeId(u64::MAX), NodeId(2)]));
@@ -463,6 +465,7 @@ pub async fn membership_entries_round_trip<H: StoreHarness>(harness: &mut H) {
     session.check_all_ranges(LogIndex(1)..LogIndex(8)).await;
     let mut replacement = entries(6..=8, 2);
     replacement[0].payload = EntryPayload::Membership(Membership::new([NodeId(4), NodeId(5)]));
+    replacement[1].payload = session_command(7, 1, b"");
     session
         .write(
             WritePath::Store,
@@ -860,6 +863,17 @@ fn snapshot_meta(index: u64, term: u64, data: &[u8]) -> SnapshotMeta {
         data_bytes: data.len() as u64,
         checksum: checksum(data),
     }
+}
+
+/// A command in session `session` at `sequence`.
+fn session_command(session: u64, sequence: u64, command: &'static [u8]) -> EntryPayload {
+    EntryPayload::SessionCommand(crate::types::SessionCommand {
+        tag: crate::types::SessionTag {
+            session: crate::types::SessionId(session),
+            sequence,
+        },
+        command: bytes::Bytes::from_static(command),
+    })
 }
 
 /// A joint configuration with every set of [`Membership`] in use.

@@ -136,6 +136,7 @@ impl Invariants {
             .iter()
             .filter_map(|c| match &c.payload {
                 EntryPayload::Command(data) => Some(data.clone()),
+                EntryPayload::SessionCommand(command) => Some(command.command.clone()),
                 EntryPayload::Blank | EntryPayload::Membership(_) => None,
             })
             .collect()

@@ -153,6 +153,14 @@ pub(crate) fn show_entries(f: &mut fmt::Formatter<'_>, entries: &[Entry]) -> fmt
             EntryPayload::Command(data) => {
                 write!(f, "{}/{} cmd {}B", entry.index, entry.term, data.len())?
             }
+            EntryPayload::SessionCommand(command) => write!(
+                f,
+                "{}/{} cmd {} {}B",
+                entry.index,
+                entry.term,
+                command.tag,
+                command.command.len()
+            )?,
         }
     }
     if entries.len() > SHOWN_MAX {
