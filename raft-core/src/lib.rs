@@ -27,8 +27,13 @@
 //! #[async_trait]
 //! impl StateMachine for Counter {
 //!     async fn apply(&mut self, _index: LogIndex, command: Bytes) -> Result<Bytes, StateMachineError> {
-//!         let text = std::str::from_utf8(&command).map_err(|e| StateMachineError(e.to_string()))?;
-//!         self.total += text.parse::<u64>().map_err(|e| StateMachineError(e.to_string()))?;
+//!         // A command the machine refuses is an answer, the same on every node, and the
+//!         // cluster goes on. `Err` is for a machine that cannot go on: the node stops.
+//!         let amount = std::str::from_utf8(&command).ok().and_then(|t| t.parse::<u64>().ok());
+//!         let Some(amount) = amount else {
+//!             return Ok(Bytes::from("refused: not a number"));
+//!         };
+//!         self.total += amount;
 //!         Ok(Bytes::from(self.total.to_string()))
 //!     }
 //! }
@@ -53,6 +58,8 @@
 //! // Any node takes writes: a follower forwards them to the leader.
 //! assert_eq!(nodes[0].propose(Bytes::from("5")).await?, Bytes::from("5"));
 //! assert_eq!(nodes[2].propose(Bytes::from("7")).await?, Bytes::from("12"));
+//! // A malformed command gets its refusal; nothing stops.
+//! assert_eq!(nodes[1].propose(Bytes::from("abc")).await?, Bytes::from("refused: not a number"));
 //!
 //! let leader = nodes[0].status().leader.expect("a leader was elected");
 //! println!("leader: {leader}");

@@ -6,9 +6,14 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::fmt;
 
-/// A failure inside a state machine. Applying is not allowed to fail in Raft (every node must
-/// reach the same state), so the runtime stops the node on this error (fail-stop) rather than
-/// skip an entry.
+/// A state machine that cannot go on: its disk failed, its state is damaged. Applying is not
+/// allowed to fail in Raft (every node must reach the same state), so the runtime stops the
+/// node on this error (fail-stop) rather than skip an entry; the entry is committed, so the
+/// node stops again at every restart until the machine is mended.
+///
+/// A command the machine *refuses* (it does not parse, the account has too little money) is
+/// not a failure: it is an answer, the same on every node. Return it as `Ok` with the refusal
+/// encoded in the answer bytes, and the cluster goes on serving.
 #[derive(Debug)]
 pub struct StateMachineError(pub String);
 
@@ -40,7 +45,8 @@ pub struct ApplyBatch {
 /// replay what is already applied).
 #[async_trait]
 pub trait StateMachine: Send + 'static {
-    /// Applies one committed command and returns the answer for its proposer.
+    /// Applies one committed command and returns the answer for its proposer. A refusal is an
+    /// answer (`Ok`); `Err` stops the node (see [`StateMachineError`]).
     async fn apply(&mut self, index: LogIndex, command: Bytes) -> Result<Bytes, StateMachineError>;
 
     /// Applies a batch in order and returns one answer per command. Override to make a batch

@@ -93,6 +93,13 @@ async fn a_joined_node_is_reached_through_the_address_in_the_membership() {
     n1.transfer_leadership(NodeId(2))
         .await
         .expect("node 2 leads");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while n3.status().leader != Some(NodeId(2)) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("node 2 reaches node 3, which it was never told of");
     n3.propose(Bytes::from("from three"))
         .await
         .expect("node 3 reaches the new leader");

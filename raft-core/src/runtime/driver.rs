@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::MissedTickBehavior;
+use tracing::Instrument;
 
 /// Progress the writer and applier report to the driver, without a queue: the latest value
 /// wins, and `notify` wakes the driver.
@@ -134,18 +135,21 @@ impl Driver {
         let (writes, write_queue) = mpsc::channel(parts.options.write_queue_readies_max);
         let (applies, apply_queue) = mpsc::channel(parts.options.apply_queue_batches_max);
         let (snapshot_chunks, chunk_queue) = mpsc::channel(parts.options.snapshot_send_queue_max);
-        tokio::spawn(send_snapshot_chunks(
-            parts.store.clone(),
-            parts.network.clone(),
-            chunk_queue,
-        ));
-        let writer = tokio::spawn(writer::run(
-            parts.store.clone(),
-            parts.network.clone(),
-            write_queue,
-            shared.clone(),
-            parts.options.leader_write_delay_max,
-        ));
+        // Spawned within the node's span (see `RaftNode::start`), which every task keeps.
+        tokio::spawn(
+            send_snapshot_chunks(parts.store.clone(), parts.network.clone(), chunk_queue)
+                .in_current_span(),
+        );
+        let writer = tokio::spawn(
+            writer::run(
+                parts.store.clone(),
+                parts.network.clone(),
+                write_queue,
+                shared.clone(),
+                parts.options.leader_write_delay_max,
+            )
+            .in_current_span(),
+        );
         let applier = Applier {
             state_machine: parts.state_machine,
             store: parts.store,
@@ -154,7 +158,7 @@ impl Driver {
             applied: parts.applied,
             sessions: parts.sessions,
         };
-        let applier = tokio::spawn(applier.run(apply_queue));
+        let applier = tokio::spawn(applier.run(apply_queue).in_current_span());
         Driver {
             raw: parts.raw,
             pipelined_peers: 0,

@@ -267,21 +267,25 @@ impl RaftNode {
         let (status_sender, status) = watch::channel(raw.status());
         let (stopped_sender, stopped) = watch::channel(None);
         let shutdown = Arc::new(tokio::sync::Notify::new());
-        let driver = driver::Driver::new(driver::DriverParts {
-            raw,
-            options,
-            store,
-            state_machine,
-            network,
-            inbox,
-            proposals: proposal_receiver,
-            status: status_sender,
-            stopped: stopped_sender,
-            shutdown: shutdown.clone(),
-            applied,
-            sessions,
+        // Every line the node's tasks log carries its ID: several nodes may share a process.
+        let span = tracing::info_span!("raft", node = %config.id);
+        let driver = span.in_scope(|| {
+            driver::Driver::new(driver::DriverParts {
+                raw,
+                options,
+                store,
+                state_machine,
+                network,
+                inbox,
+                proposals: proposal_receiver,
+                status: status_sender,
+                stopped: stopped_sender,
+                shutdown: shutdown.clone(),
+                applied,
+                sessions,
+            })
         });
-        let handle = tokio::spawn(driver.run());
+        let handle = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
         Ok(RaftNode {
             proposals: proposal_sender,
             status,
