@@ -19,7 +19,9 @@
 //! and values are JSON strings when they are UTF-8, else `key_base64` / `value_base64`.
 //!
 //! Every error is JSON: `{"error": "<code>", "message": "<what was wrong>"}`, plus
-//! `"applied": "no" | "unknown"` for requests that reached Raft. Bad input is a 4xx; no leader
+//! `"applied": "no" | "unknown"` for requests that reached Raft; those of the HTTP layer too
+//! (408 `body_read_timeout`, 414 `uri_too_long`, 431 `headers_too_large`, see
+//! [`crate::http_server`]). Bad input is a 4xx; no leader
 //! within `leader_wait_ms`, an overloaded or stopped node, or no answer within
 //! `request_timeout_ms` is a 503. A 503 with `"applied": "unknown"` means the write may or may
 //! not have taken effect. A write sent to a follower, whose leader is replaced before it
@@ -266,6 +268,11 @@ struct ReadParams {
     consistency: Option<String>,
 }
 
+/// Writes take no query parameters: an unknown one (`?ttl=5`) is refused, not ignored.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WriteParams {}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ScanParams {
@@ -312,7 +319,12 @@ pub fn router(context: Arc<AppContext>) -> Router {
         .with_state(context)
 }
 
-async fn not_found() -> ApiError {
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    // `/v1/kv/{key}` does not match an empty key: say what is wrong with it.
+    let path = uri.path();
+    if path == "/v1/kv/" || path == "/v1/kv//cas" {
+        return ApiError::bad_request("the key is empty");
+    }
     ApiError::new(
         StatusCode::NOT_FOUND,
         "no_such_endpoint",
@@ -571,11 +583,13 @@ fn unexpected(answer: Answer) -> ApiError {
 async fn put_key(
     State(context): Context,
     key: Result<Path<String>, PathRejection>,
+    params: Result<Query<WriteParams>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let result = async {
         let key = context.check_key(key)?;
+        params.map_err(|e| ApiError::bad_request(e.body_text()))?;
         let value = body.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 context.value_too_large(context.limits.value_bytes_max + 1)
@@ -643,10 +657,12 @@ async fn get_key(
 async fn delete_key(
     State(context): Context,
     key: Result<Path<String>, PathRejection>,
+    params: Result<Query<WriteParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let result = async {
         let key = context.check_key(key)?;
+        params.map_err(|e| ApiError::bad_request(e.body_text()))?;
         match context
             .propose(Operation::Delete, Command::Delete { key })
             .await?

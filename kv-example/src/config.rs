@@ -118,8 +118,23 @@ pub struct NodeConfig {
     pub scan_limit_max: u32,
     /// Most bytes of keys and values one scan returns.
     pub scan_bytes_max: u32,
-    /// HTTP connections served at once; more wait in the listen backlog.
+    /// HTTP connections a node holds at once. It keeps accepting past it: each new connection
+    /// closes the oldest one that has no request in progress (idle, or still sending its
+    /// headers); only when all are busy is the new one closed (see [`crate::http_server`]).
     pub http_connections_max: usize,
+    /// How long a request's headers may take to arrive, from their first byte, before the
+    /// connection is closed, in milliseconds.
+    pub http_header_read_timeout_ms: u64,
+    /// How long a request's body may take to arrive after its headers, in milliseconds; a
+    /// slower one is answered 408 and the connection closed.
+    pub http_body_read_timeout_ms: u64,
+    /// How long a connection may stay idle (before its first request, between requests)
+    /// before it is closed, in milliseconds.
+    pub http_keep_alive_idle_timeout_ms: u64,
+    /// Longest request target (path and query string), in bytes; a longer one is a 414.
+    pub http_uri_bytes_max: usize,
+    /// Most bytes of request headers (names, values, 4 per line); more is a 431.
+    pub http_header_bytes_max: usize,
     /// Client proposals queued for the Raft driver before requests wait.
     pub proposal_queue_max: usize,
     /// Appends the leader keeps unacknowledged per follower. One (the default) makes the
@@ -153,6 +168,10 @@ pub struct NodeConfig {
     pub join: bool,
 }
 
+/// The largest `http_uri_bytes_max` and `http_header_bytes_max`: a request head is buffered
+/// whole, once per connection.
+pub const HTTP_HEAD_BYTES_LIMIT: usize = 1 << 20;
+
 /// The largest `snapshot_chunk_bytes_max`: a chunk travels in one transport frame, which both
 /// transports cap at 16 MiB by default; half of it leaves room for the message around it.
 pub const SNAPSHOT_CHUNK_BYTES_LIMIT: usize = 8 << 20;
@@ -184,6 +203,11 @@ impl Default for NodeConfig {
             scan_limit_max: 1000,
             scan_bytes_max: 4 << 20,
             http_connections_max: 1024,
+            http_header_read_timeout_ms: 5_000,
+            http_body_read_timeout_ms: 10_000,
+            http_keep_alive_idle_timeout_ms: 60_000,
+            http_uri_bytes_max: 8 << 10,
+            http_header_bytes_max: 16 << 10,
             proposal_queue_max: 4096,
             inflight_messages_max: 1,
             lease_reads: false,
@@ -337,6 +361,18 @@ impl NodeConfig {
         Duration::from_millis(self.request_timeout_ms)
     }
 
+    /// The HTTP server's limits.
+    pub fn http_limits(&self) -> crate::http_server::HttpLimits {
+        crate::http_server::HttpLimits {
+            connections_max: self.http_connections_max,
+            header_read_timeout: Duration::from_millis(self.http_header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(self.http_body_read_timeout_ms),
+            keep_alive_idle_timeout: Duration::from_millis(self.http_keep_alive_idle_timeout_ms),
+            uri_bytes_max: self.http_uri_bytes_max,
+            header_bytes_max: self.http_header_bytes_max,
+        }
+    }
+
     /// The largest command a client request can produce: a compare-and-swap carries a key and
     /// two values.
     pub fn proposal_bytes_max(&self) -> usize {
@@ -386,12 +422,33 @@ impl NodeConfig {
             ("scan_limit_max", u64::from(self.scan_limit_max)),
             ("scan_bytes_max", u64::from(self.scan_bytes_max)),
             ("http_connections_max", self.http_connections_max as u64),
+            (
+                "http_header_read_timeout_ms",
+                self.http_header_read_timeout_ms,
+            ),
+            ("http_body_read_timeout_ms", self.http_body_read_timeout_ms),
+            (
+                "http_keep_alive_idle_timeout_ms",
+                self.http_keep_alive_idle_timeout_ms,
+            ),
             ("proposal_queue_max", self.proposal_queue_max as u64),
             ("inflight_messages_max", self.inflight_messages_max as u64),
         ];
         for (name, value) in positive {
             if value == 0 {
                 return Err(format!("{name} must be at least 1"));
+            }
+        }
+        // Room for a request line and the headers every client sends.
+        let head_limits = [
+            ("http_uri_bytes_max", self.http_uri_bytes_max, 256),
+            ("http_header_bytes_max", self.http_header_bytes_max, 1024),
+        ];
+        for (name, value, least) in head_limits {
+            if !(least..=HTTP_HEAD_BYTES_LIMIT).contains(&value) {
+                return Err(format!(
+                    "{name} ({value}) must be between {least} and {HTTP_HEAD_BYTES_LIMIT}"
+                ));
             }
         }
         if self.quic_idle_timeout_ms < 100 {
@@ -428,14 +485,18 @@ impl NodeConfig {
 
     /// The protocol's configuration for this node.
     pub fn raft_config(&self) -> raft_core::Config {
-        let voters = match self.join {
+        let initial = match self.join {
             // A joining node learns the membership from the leader once added.
-            true => Vec::new(),
-            false => parse_members(&self.initial_cluster)
-                .map(|members| members.keys().copied().collect())
-                .unwrap_or_default(),
+            true => BTreeMap::new(),
+            false => parse_members(&self.initial_cluster).unwrap_or_default(),
         };
-        let mut config = raft_core::Config::new(NodeId(self.id), voters);
+        let mut config = raft_core::Config::new(NodeId(self.id), initial.keys().copied().collect());
+        // Recorded in the first membership, so nodes that join later learn where the first
+        // voters listen (raft_core::Network::members_changed).
+        config.initial_nodes = initial
+            .iter()
+            .map(|(id, address)| (*id, raft_core::NodeMeta::at(address.to_string())))
+            .collect();
         config.election_timeout_ticks_min = self.election_timeout_ticks_min;
         config.election_timeout_ticks_max = self.election_timeout_ticks_max;
         config.heartbeat_interval_ticks = self.heartbeat_interval_ticks;
@@ -526,9 +587,28 @@ pub struct NodeFlags {
     /// Most bytes per scan (default 4 MiB).
     #[arg(long)]
     pub scan_bytes_max: Option<u32>,
-    /// HTTP connections served at once (default 1024).
+    /// HTTP connections held at once; past it, a new one closes the oldest without a request
+    /// in progress (default 1024).
     #[arg(long)]
     pub http_connections_max: Option<usize>,
+    /// Close a connection whose request headers take longer than this from their first byte,
+    /// in ms (default 5000).
+    #[arg(long)]
+    pub http_header_read_timeout_ms: Option<u64>,
+    /// Answer 408 and close when a request body takes longer than this after its headers, in
+    /// ms (default 10000).
+    #[arg(long)]
+    pub http_body_read_timeout_ms: Option<u64>,
+    /// Close a connection idle (before or between requests) for this long, in ms (default
+    /// 60000).
+    #[arg(long)]
+    pub http_keep_alive_idle_timeout_ms: Option<u64>,
+    /// Longest request target in bytes; longer is a 414 (default 8192).
+    #[arg(long)]
+    pub http_uri_bytes_max: Option<usize>,
+    /// Most bytes of request headers; more is a 431 (default 16384).
+    #[arg(long)]
+    pub http_header_bytes_max: Option<usize>,
     /// Proposals queued for the Raft driver (default 4096).
     #[arg(long)]
     pub proposal_queue_max: Option<usize>,
@@ -582,6 +662,8 @@ impl NodeFlags {
                 cluster_id, tick_ms, election_timeout_ticks_min, election_timeout_ticks_max,
                 heartbeat_interval_ticks, leader_wait_ms, request_timeout_ms, key_bytes_max,
                 value_bytes_max, scan_limit_max, scan_bytes_max, http_connections_max,
+                http_header_read_timeout_ms, http_body_read_timeout_ms,
+                http_keep_alive_idle_timeout_ms, http_uri_bytes_max, http_header_bytes_max,
                 proposal_queue_max, inflight_messages_max, worker_threads, quic_idle_timeout_ms,
                 snapshot_interval_entries, snapshot_tail_entries, snapshot_chunk_bytes_max],
             optional: [client_address, peer_address, tls_dir, tls_ca, tls_cert, tls_key]);
@@ -643,6 +725,26 @@ mod tests {
             (Box::new(|c| c.transport = TransportKind::Quic), "QUIC"),
             (Box::new(|c| c.tls_ca = Some("ca.pem".into())), "all three"),
             (Box::new(|c| c.value_bytes_max = 0), "value_bytes_max"),
+            (
+                Box::new(|c| c.http_header_read_timeout_ms = 0),
+                "http_header_read_timeout_ms",
+            ),
+            (
+                Box::new(|c| c.http_body_read_timeout_ms = 0),
+                "http_body_read_timeout_ms",
+            ),
+            (
+                Box::new(|c| c.http_keep_alive_idle_timeout_ms = 0),
+                "http_keep_alive_idle_timeout_ms",
+            ),
+            (
+                Box::new(|c| c.http_uri_bytes_max = 10),
+                "http_uri_bytes_max",
+            ),
+            (
+                Box::new(|c| c.http_header_bytes_max = 2 << 20),
+                "http_header_bytes_max",
+            ),
             (
                 Box::new(|c| c.inflight_messages_max = 0),
                 "inflight_messages_max",

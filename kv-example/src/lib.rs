@@ -41,6 +41,7 @@
 //! | [`snapshot`] | the snapshot format: length-prefixed records, checked on install |
 //! | [`api`] | the HTTP/JSON API and its errors; [`api::admin`]: membership, leadership transfer, snapshots |
 //! | [`members`] | where each member is reached, and the transport's peers kept in step with membership |
+//! | [`http_server`] | the HTTP connections: timeouts for slow and idle clients, the connection limit that closes the oldest idle connection rather than turning new clients away |
 //! | [`node`] | composing storage, transport, Raft and HTTP into a running node, and its shutdown |
 //! | [`config`] | flags and TOML settings, with every limit named |
 //! | [`metrics`] | Prometheus counters and histograms |
@@ -65,6 +66,7 @@ pub mod client;
 pub mod command;
 pub mod config;
 pub mod failover;
+pub mod http_server;
 pub mod local_cluster;
 pub mod members;
 pub mod metrics;

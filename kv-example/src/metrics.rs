@@ -2,9 +2,11 @@
 //! few atomics, no registry).
 
 use crate::api::Consistency;
+use crate::http_server::{CloseReason, HttpCounters};
 use raft_core::protocol::{Role, Status};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -141,6 +143,8 @@ pub struct Metrics {
     request_seconds: [Histogram; 5],
     /// Time to apply one batch to the state machine.
     apply_seconds: Histogram,
+    /// The HTTP server's connections.
+    pub http: Arc<HttpCounters>,
     /// Commands applied.
     applied_commands: AtomicU64,
     /// Leader changes this node has seen (a new leader known, or leadership lost).
@@ -262,7 +266,33 @@ impl Metrics {
         );
         let _ = writeln!(out, "raft_leader_changes_total {}", self.leader_changes());
         self.render_snapshots(&mut out);
+        self.render_http(&mut out);
         out
+    }
+
+    fn render_http(&self, out: &mut String) {
+        header(
+            out,
+            "kv_http_connections_open",
+            "gauge",
+            "HTTP connections held now (at most http_connections_max).",
+        );
+        let _ = writeln!(out, "kv_http_connections_open {}", self.http.open());
+        header(
+            out,
+            "kv_http_connections_closed_total",
+            "counter",
+            "HTTP connections the node closed, by reason: a timeout, the connection limit, out of \
+             files, or all connections busy.",
+        );
+        for reason in CloseReason::ALL {
+            let _ = writeln!(
+                out,
+                "kv_http_connections_closed_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                self.http.closed(reason)
+            );
+        }
     }
 
     fn render_snapshots(&self, out: &mut String) {

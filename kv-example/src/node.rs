@@ -1,9 +1,10 @@
 //! Composing a node: storage and transport picked at run time as trait objects, the Raft node,
-//! the state machine, the HTTP server with a bounded number of connections, and an orderly
-//! shutdown.
+//! the state machine, the HTTP server (with its connection limit and timeouts, see
+//! [`crate::http_server`]), and an orderly shutdown.
 //!
 //! Shutdown order (SIGTERM, Ctrl-C, or the future given to [`run`]): the HTTP server stops
-//! accepting and finishes the requests in flight (each bounded by `request_timeout_ms`), then
+//! accepting, closes its idle connections and finishes the requests in flight (each bounded by
+//! `http_body_read_timeout_ms` and `request_timeout_ms`), then
 //! the Raft node stops (pending proposals fail, queued log writes finish, the transport
 //! closes), then the stores close (RocksDB's writer thread finishes and joins).
 
@@ -18,13 +19,9 @@ use raft_core::{LogStore, Network, NodeId};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpListener;
 
 /// A running node's handles, for tests and for the binary's shutdown.
 pub struct RunningNode {
@@ -154,15 +151,66 @@ fn seed() -> u64 {
     nanos ^ (u64::from(std::process::id()) << 32)
 }
 
+/// Open files a node needs besides its HTTP connections: the listeners, peers, and the
+/// stores' files.
+const OPEN_FILES_BESIDES_CONNECTIONS: libc::rlim_t = 512;
+
+/// Raises this process's soft limit on open files to its hard limit. Each HTTP connection takes
+/// one, and a common default soft limit (1024) is below `http_connections_max` (1024) plus the
+/// node's own files; there, accepting fails (the server then closes an idle connection to make
+/// room, at a cost). Warns when even the hard limit is short.
+fn raise_open_files_limit(connections_max: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        tracing::warn!(error = %io::Error::last_os_error(), "reading the open-file limit");
+        return;
+    }
+    // An unlimited hard limit is not a valid soft one for open files; Linux caps it at 2^20.
+    let wanted = limit.rlim_max.min(1 << 20);
+    if limit.rlim_cur < wanted {
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::info!(
+                from = limit.rlim_cur,
+                to = wanted,
+                "raised the open-file limit"
+            );
+            limit = raised;
+        } else {
+            let error = io::Error::last_os_error();
+            tracing::warn!(%error, "raising the open-file limit");
+        }
+    }
+    let needed = connections_max as libc::rlim_t + OPEN_FILES_BESIDES_CONNECTIONS;
+    if limit.rlim_cur < needed {
+        tracing::warn!(
+            open_files_max = limit.rlim_cur,
+            needed,
+            "the open-file limit is below http_connections_max plus the node's own files: \
+             raise it (ulimit -n) or lower --http-connections-max"
+        );
+    }
+}
+
 /// Starts a node: stores, transport, Raft, the status watcher and the HTTP server.
 pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
     config.validate()?;
+    raise_open_files_limit(config.http_connections_max);
     let client_address = config.client_listen_address()?;
     let listener = TcpListener::bind(client_address)
         .await
         .map_err(|e| format!("binding the HTTP API on {client_address}: {e}"))?;
     let client_address = listener.local_addr().map_err(|e| e.to_string())?;
     let metrics = Arc::new(Metrics::default());
+    let http_counters = metrics.http.clone();
     let (store, rocks_store) = open_log_store(&config)?;
     let state = open_state(&config)?;
     // Members added at run time are in the state; the transport knows them from the start.
@@ -231,16 +279,14 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
     });
     let stop_http = Arc::new(tokio::sync::Notify::new());
     let stop = stop_http.clone();
-    let listener = LimitedListener {
-        inner: listener,
-        permits: Arc::new(Semaphore::new(config.http_connections_max)),
-    };
     let router = api::router(context);
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.notified().await })
-            .await
-    });
+    let server = tokio::spawn(crate::http_server::serve(
+        listener,
+        router,
+        config.http_limits(),
+        http_counters,
+        async move { stop.notified().await },
+    ));
     tracing::info!(id = config.id, %client_address, storage = %config.storage,
         transport = %config.transport, "node started");
     Ok(RunningNode {
@@ -392,94 +438,5 @@ async fn watch_status(
             readiness.set(false);
             return;
         }
-    }
-}
-
-/// A TCP listener that serves at most `http_connections_max` connections at once: it waits
-/// for a free slot before accepting, so further clients wait in the listen backlog.
-struct LimitedListener {
-    inner: TcpListener,
-    permits: Arc<Semaphore>,
-}
-
-/// An accepted connection holding its slot until it closes.
-struct LimitedStream {
-    stream: TcpStream,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl axum::serve::Listener for LimitedListener {
-    type Io = LimitedStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (LimitedStream, SocketAddr) {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the connection semaphore is never closed");
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, address)) => {
-                    // Small requests and answers: do not wait to fill a segment.
-                    let _ = stream.set_nodelay(true);
-                    let stream = LimitedStream {
-                        stream,
-                        _permit: permit,
-                    };
-                    return (stream, address);
-                }
-                Err(error) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    tracing::warn!(%error, "accepting an HTTP connection failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-}
-
-impl AsyncRead for LimitedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        buffer: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(context, buffer)
-    }
-}
-
-impl AsyncWrite for LimitedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(context, data)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        buffers: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(context, buffers)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(context)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(context)
     }
 }

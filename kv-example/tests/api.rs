@@ -298,6 +298,41 @@ async fn bad_input_gets_a_4xx_json_error() {
     assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "unknown");
     let answer = call(Method::GET, &kv("k?colour=blue"), None).await;
     assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "colour");
+    // Writes take no query parameters: one they do not know is refused, not ignored.
+    let answer = call(Method::PUT, &kv("k?ttl=5"), Some(b"v".to_vec())).await;
+    assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "ttl");
+    let answer = call(Method::DELETE, &kv("k?ttl=5"), None).await;
+    assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "ttl");
+    // An empty key is bad input, not an unknown endpoint.
+    for method in [Method::GET, Method::PUT, Method::DELETE] {
+        let answer = call(method, &kv(""), Some(b"v".to_vec())).await;
+        assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "empty");
+    }
+    let answer = call(Method::POST, &kv("/cas"), Some(b"{}".to_vec())).await;
+    assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "empty");
+    // A request line or headers over the node's limits: JSON errors too.
+    let long_query = format!("k?consistency={}", "x".repeat(9000));
+    let answer = call(Method::GET, &kv(&long_query), None).await;
+    assert_error(
+        &answer,
+        StatusCode::URI_TOO_LONG,
+        "uri_too_long",
+        "http_uri_bytes_max",
+    );
+    let response = Client::new()
+        .get(kv("k"))
+        .header("x-padding", "p".repeat(20_000))
+        .send()
+        .await
+        .expect("the node answers");
+    let status = response.status();
+    let answer = (status, response.json().await.unwrap_or(Value::Null));
+    assert_error(
+        &answer,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "headers_too_large",
+        "http_header_bytes_max",
+    );
 
     let cas = kv("k/cas");
     let answer = call(Method::POST, &cas, Some(b"{not json".to_vec())).await;

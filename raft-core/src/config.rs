@@ -14,6 +14,10 @@ pub struct Config {
     /// Empty for a node that joins a running cluster: it learns the membership from the
     /// leader once added (as a learner) and never campaigns before.
     pub voters: Vec<NodeId>,
+    /// What is known of the initial voters besides their IDs (their peer addresses), recorded
+    /// in the initial membership so that nodes that join later learn it too. Optional; only
+    /// initial voters may be named.
+    pub initial_nodes: std::collections::BTreeMap<NodeId, crate::membership::NodeMeta>,
     /// Seed of the node's random number generator (election timeouts). Mixed with `id`, so one
     /// seed serves a whole cluster.
     pub seed: u64,
@@ -55,7 +59,8 @@ pub struct Config {
     pub promotion_lag_entries_max: u64,
     /// Serve reads on the leader from a lease instead of a heartbeat round. Needs
     /// `check_quorum`, and assumes clocks drift apart by less than the gap between
-    /// `read_lease_ticks` and `election_timeout_ticks_min` (see `protocol` reads).
+    /// `read_lease_ticks` and `election_timeout_ticks_min` (see
+    /// [the protocol's reads](crate::protocol#reads-without-the-log)).
     pub lease_reads: bool,
     /// How long after a confirmed heartbeat round the leader's lease lasts, in ticks. Must be
     /// below `election_timeout_ticks_min`.
@@ -85,6 +90,7 @@ impl Config {
         Config {
             id,
             voters,
+            initial_nodes: std::collections::BTreeMap::new(),
             seed: 0,
             election_timeout_ticks_min: 15,
             election_timeout_ticks_max: 30,
@@ -129,6 +135,16 @@ impl Config {
         if sorted.len() != self.voters.len() || sorted.contains(&NodeId(0)) {
             return fail(format!(
                 "voters {:?} contain a duplicate or node 0",
+                self.voters
+            ));
+        }
+        if let Some(id) = self
+            .initial_nodes
+            .keys()
+            .find(|id| !self.voters.contains(id))
+        {
+            return fail(format!(
+                "initial_nodes names {id}, which is not among the initial voters {:?}",
                 self.voters
             ));
         }

@@ -196,7 +196,7 @@ pub mod wire;
 pub mod transport_kit;
 
 pub use config::{Config, ConfigError};
-pub use membership::{Membership, MembershipChange, MembershipError};
+pub use membership::{Membership, MembershipChange, MembershipError, NodeMeta};
 pub use message::{Lane, Message, MessageBody};
 pub use network::{DeliverError, Inbound, Network, NetworkError, SendError};
 pub use snapshot::{SnapshotMeta, SnapshotReader, SnapshotSink, SnapshotWriter};

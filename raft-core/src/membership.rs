@@ -27,15 +27,40 @@
 //! ```
 
 use crate::types::{LogIndex, NodeId};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What the cluster knows of a member besides its ID: where peers reach it and whatever the
+/// application adds (its client address, a zone; openraft calls this a `Node`). It is
+/// committed with the membership, so every node, and every node that joins later from the log
+/// or a snapshot, learns it; the runtime hands it to the [`crate::Network`] as memberships
+/// change ([`crate::Network::members_changed`]), so nobody adds peers by hand.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMeta {
+    /// Where peers reach the node, in the form the transport reads (`host:port` for TCP and
+    /// QUIC). Empty when the transport learns it some other way.
+    pub address: String,
+    /// Application data, opaque to the library.
+    pub data: Bytes,
+}
+
+impl NodeMeta {
+    /// A node reached at `address`, with no application data.
+    pub fn at(address: impl Into<String>) -> NodeMeta {
+        NodeMeta {
+            address: address.into(),
+            data: Bytes::new(),
+        }
+    }
+}
 use std::fmt;
 
 /// Members of the cluster at one point of the log.
 ///
 /// Invariants: `voters`, `learners` and `removed` are disjoint; `outgoing` and `learners` are
 /// disjoint; `outgoing` and `removed` are disjoint (a voter leaving is recorded as removed once
-/// the joint configuration is left); no set holds node 0.
+/// the joint configuration is left); no set holds node 0; `nodes` describes members only.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Membership {
     /// The voters (in a joint configuration: the incoming voters).
@@ -47,6 +72,10 @@ pub struct Membership {
     /// Nodes removed from the cluster. Their IDs are never reused, and messages from them are
     /// ignored.
     pub removed: BTreeSet<NodeId>,
+    /// What is known of members beyond their IDs (their peer address, application data). A
+    /// member may have no entry (the initial voters of a cluster whose transports were given
+    /// their addresses at start).
+    pub nodes: BTreeMap<NodeId, NodeMeta>,
 }
 
 impl Membership {
@@ -129,7 +158,11 @@ impl Membership {
         if self.is_joint() {
             return Err(MembershipError::ChangeInProgress);
         }
-        if change.add_learners.is_empty() && change.promote.is_empty() && change.remove.is_empty() {
+        if change.add_learners.is_empty()
+            && change.promote.is_empty()
+            && change.remove.is_empty()
+            && change.node_meta.is_empty()
+        {
             return Err(MembershipError::Empty);
         }
         let mut seen = BTreeSet::new();
@@ -182,7 +215,20 @@ impl Membership {
         if next.voters != self.voters {
             next.outgoing = self.voters.clone();
         }
+        for (id, meta) in &change.node_meta {
+            if !next.is_member(*id) {
+                return Err(MembershipError::UnknownNode(*id));
+            }
+            next.nodes.insert(*id, meta.clone());
+        }
+        next.forget_non_members();
         Ok(next)
+    }
+
+    /// Drops the metadata of nodes that are no longer members.
+    fn forget_non_members(&mut self) {
+        let members = self.members();
+        self.nodes.retain(|id, _| members.contains(id));
     }
 
     /// The final configuration that ends a joint one: the incoming voters alone, the outgoing
@@ -194,6 +240,7 @@ impl Membership {
                 next.removed.insert(id);
             }
         }
+        next.forget_non_members();
         next
     }
 
@@ -220,6 +267,9 @@ impl Membership {
         }
         if self.voters.is_empty() {
             return Err(MembershipError::NoVotersLeft);
+        }
+        if let Some(id) = self.nodes.keys().find(|id| !self.is_member(**id)) {
+            return Err(MembershipError::UnknownNode(*id));
         }
         Ok(())
     }
@@ -254,6 +304,9 @@ pub struct MembershipChange {
     pub promote: Vec<NodeId>,
     /// Voters or learners to remove.
     pub remove: Vec<NodeId>,
+    /// What to record of members of the resulting configuration (new or existing ones):
+    /// their peer address and application data. Replaces what was recorded for them.
+    pub node_meta: BTreeMap<NodeId, NodeMeta>,
 }
 
 impl MembershipChange {
@@ -261,6 +314,16 @@ impl MembershipChange {
     pub fn add_learner(id: NodeId) -> MembershipChange {
         MembershipChange {
             add_learners: vec![id],
+            ..MembershipChange::default()
+        }
+    }
+
+    /// Adds one learner and records how it is reached, so every member's transport can
+    /// reach it once the change is in their logs.
+    pub fn add_learner_at(id: NodeId, meta: NodeMeta) -> MembershipChange {
+        MembershipChange {
+            add_learners: vec![id],
+            node_meta: BTreeMap::from([(id, meta)]),
             ..MembershipChange::default()
         }
     }
@@ -387,6 +450,52 @@ mod tests {
         assert_eq!(joint.committed_index(matched), LogIndex(6).min(LogIndex(8)));
         assert!(joint.is_lost(|id| [4, 5].contains(&id.0)));
         assert!(!joint.is_lost(|id| [3, 5].contains(&id.0)));
+    }
+
+    /// Member records travel with the membership: set for new and existing members, refused
+    /// for non-members, dropped with the member when it leaves (after the joint step for a
+    /// voter).
+    #[test]
+    fn member_records_follow_the_members() {
+        let current = Membership::new(ids(&[1, 2, 3]));
+        let add = MembershipChange::add_learner_at(NodeId(4), NodeMeta::at("10.0.0.4:7000"));
+        let with_learner = current.apply(&add).unwrap();
+        assert_eq!(
+            with_learner.nodes[&NodeId(4)],
+            NodeMeta::at("10.0.0.4:7000")
+        );
+        let readdress = MembershipChange {
+            node_meta: [(NodeId(1), NodeMeta::at("10.0.0.1:7000"))].into(),
+            ..MembershipChange::default()
+        };
+        let readdressed = with_learner.apply(&readdress).unwrap();
+        assert!(!readdressed.is_joint(), "a record alone changes no voter");
+        assert_eq!(readdressed.nodes.len(), 2);
+        let stranger = MembershipChange {
+            node_meta: [(NodeId(9), NodeMeta::at("10.0.0.9:7000"))].into(),
+            ..MembershipChange::default()
+        };
+        assert_eq!(
+            readdressed.apply(&stranger),
+            Err(MembershipError::UnknownNode(NodeId(9)))
+        );
+        let joint = readdressed
+            .apply(&MembershipChange::remove(NodeId(1)))
+            .unwrap();
+        assert!(
+            joint.nodes.contains_key(&NodeId(1)),
+            "still an outgoing voter"
+        );
+        let last = joint.leave_joint();
+        assert!(!last.nodes.contains_key(&NodeId(1)), "gone with the member");
+        let gone = last.apply(&MembershipChange::remove(NodeId(4))).unwrap();
+        assert!(gone.nodes.is_empty());
+        let mut broken = gone.clone();
+        broken.nodes.insert(NodeId(7), NodeMeta::default());
+        assert_eq!(
+            broken.validate(),
+            Err(MembershipError::UnknownNode(NodeId(7)))
+        );
     }
 
     #[test]

@@ -162,4 +162,12 @@ pub trait Network: Send + Sync + 'static {
 
     /// Closes every connection and ends every task the transport started.
     async fn shutdown(&self);
+
+    /// The membership in force changed (and once at start): reach every member whose
+    /// [`crate::membership::NodeMeta::address`] it records, at that address, and stop
+    /// reaching removed nodes. The runtime calls it from its event loop: it must not block.
+    /// The default does nothing, for transports whose peers are fixed or found otherwise.
+    fn members_changed(&self, membership: &crate::membership::Membership) {
+        let _ = membership;
+    }
 }

@@ -83,8 +83,9 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::ops::RangeInclusive;
 
-/// The format version this code writes and the only one it reads.
-pub const FORMAT_VERSION: u8 = 1;
+/// The format version this code writes and the only one it reads. Version 2: memberships
+/// (in entries and snapshot metas) record what is known of each member.
+pub const FORMAT_VERSION: u8 = 2;
 
 /// The `kind` byte of a handshake frame.
 pub const KIND_HANDSHAKE: u8 = 1;

@@ -21,6 +21,18 @@
 //! The log lives in memory in full: its size is bounded by the protocol's compaction (`purge`),
 //! which the runtime drives.
 //!
+//! # A restart is a new node
+//!
+//! A process that restarts with a new `MemLogStore` has lost its log and its vote. Raft's
+//! safety rests on both: started again under its old ID, such a node may vote a second time in
+//! a term it already voted in, and the leader may count it toward commits for entries it no
+//! longer holds, so acknowledged writes can be lost once another node fails. Until the runtime
+//! gives a restarted in-memory node an identity of its own (an incarnation that the leader
+//! replaces through a membership change, then catches up and promotes), do not restart an
+//! in-memory voter under its old ID in a cluster that must keep its data: remove it, and add
+//! the restarted process as a new member under a new ID. Tests that "reopen" a store by handing
+//! a clone of it to the restarted node keep the data and are safe.
+//!
 //! ```
 //! use raft_core::{Entry, EntryPayload, HardState, LogIndex, LogStore, LogWrite, Term};
 //! use raft_storage_mem::MemLogStore;

@@ -20,7 +20,10 @@ pub(crate) const BOUNDS_KEY: &[u8] = b"log_bounds";
 pub(crate) const HARD_STATE_KEY: &[u8] = b"hard_state";
 
 /// The on-disk format this build writes and reads.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+///
+/// Version 2: memberships record what is known of each member (`Membership::nodes`), so a
+/// membership entry of version 1 no longer decodes; a version 1 store is refused on open.
+pub(crate) const FORMAT_VERSION: u32 = 2;
 
 const PAYLOAD_BLANK: u8 = 0;
 const PAYLOAD_COMMAND: u8 = 1;
@@ -291,6 +294,14 @@ mod tests {
             outgoing: set(&[1, 2, 70_000]),
             learners: set(&[u64::MAX]),
             removed: set(&[9]),
+            nodes: [(
+                NodeId(300),
+                raft_core::membership::NodeMeta {
+                    address: "[::1]:7300".into(),
+                    data: bytes::Bytes::from_static(b"zone a"),
+                },
+            )]
+            .into(),
         }
     }
 

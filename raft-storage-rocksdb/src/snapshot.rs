@@ -24,10 +24,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// The first bytes of every snapshot file of this format.
-const HEADER_MAGIC: &[u8; 8] = b"RAFTSNP2";
-/// The first bytes of a file of the earlier format (header before the data), no longer read.
+/// The first bytes of every snapshot file of this format (3: the footer's membership records
+/// what is known of each member).
+const HEADER_MAGIC: &[u8; 8] = b"RAFTSNP3";
+/// The first bytes of files of earlier formats, no longer read: 1 (header before the data)
+/// and 2 (a membership without member records).
 const FORMAT_1_MAGIC: &[u8; 8] = b"RAFTSNP1";
+const FORMAT_2_MAGIC: &[u8; 8] = b"RAFTSNP2";
 const HEADER_BYTES: u64 = HEADER_MAGIC.len() as u64;
 const FOOTER_MAGIC: &[u8; 4] = b"SEND";
 /// Last index, last term, data length, data CRC, membership length, footer CRC, magic.
@@ -310,11 +313,15 @@ impl SnapshotFiles {
         let file_bytes = file.get_ref().metadata()?.len();
         let mut header = [0u8; HEADER_BYTES as usize];
         read_exact(id, file, &mut header, "header")?;
-        if &header == FORMAT_1_MAGIC {
-            return Err(corrupt(
-                id,
-                "the file has the earlier snapshot format 1; this build reads format 2".into(),
-            ));
+        for (old, version) in [(FORMAT_1_MAGIC, 1), (FORMAT_2_MAGIC, 2)] {
+            if &header == old {
+                return Err(corrupt(
+                    id,
+                    format!(
+                        "the file has the earlier snapshot format {version}; this build reads format 3"
+                    ),
+                ));
+            }
         }
         if &header != HEADER_MAGIC {
             return Err(corrupt(

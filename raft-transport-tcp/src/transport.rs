@@ -139,6 +139,21 @@ impl Network for TcpTransport {
         self.send_on(message.lane(), message)
     }
 
+    fn members_changed(&self, membership: &raft_core::Membership) {
+        let (add, remove) = self
+            .inner
+            .core
+            .member_changes(membership, |address| *address);
+        for (node, address) in add {
+            tracing::info!(peer = %node, %address, "reaching a member at its recorded address");
+            self.add_peer(node, address);
+        }
+        for node in remove {
+            tracing::info!(peer = %node, "no longer reaching a removed member");
+            self.remove_peer(node);
+        }
+    }
+
     async fn shutdown(&self) {
         self.inner.core.begin_shutdown();
         self.inner.listener.lock().expect("listener lock").take();

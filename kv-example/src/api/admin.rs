@@ -444,6 +444,14 @@ async fn add_member(
             )))
         }
     };
+    let mut change = change;
+    if let Some(address) = &address {
+        // The library records it in the membership too, which is what reaches every member's
+        // transport (raft_core::Network::members_changed); the KV's own copy keeps the client
+        // address for forwarding.
+        let meta = raft_core::NodeMeta::at(address.peer_address.to_string());
+        change.node_meta.insert(NodeId(request.id), meta);
+    }
     if let Some(address) = address {
         context.register_address(request.id, address).await?;
     }

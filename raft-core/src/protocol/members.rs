@@ -15,9 +15,9 @@ impl RawNode {
             .map_or(&self.base_membership.1, |(_, m)| m)
     }
 
-    /// The index of the entry that set the membership in force (the snapshot's or 0 when it
-    /// comes from before the log).
-    pub(super) fn membership_index(&self) -> LogIndex {
+    /// The index of the entry that set the membership in force (the snapshot's, or 0 for the
+    /// initial voters).
+    pub fn membership_index(&self) -> LogIndex {
         self.memberships
             .last()
             .map_or(self.base_membership.0, |(at, _)| *at)

@@ -848,7 +848,8 @@ fn restore_log(config: &Config, restore: &Restore) -> Result<RestoredLog, Config
                 "restored log starts at {first} but no snapshot covers the entries before it"
             )));
         }
-        let initial = Membership::new(config.voters.iter().copied());
+        let mut initial = Membership::new(config.voters.iter().copied());
+        initial.nodes = config.initial_nodes.clone();
         return Ok(RestoredLog {
             offset: LogIndex(0),
             offset_term: Term(0),

@@ -110,6 +110,8 @@ pub(super) struct Driver {
     applier: tokio::task::JoinHandle<()>,
     last_persisted_number: u64,
     last_applied: LogIndex,
+    /// The index of the membership the network was last told of (`Network::members_changed`).
+    members_told: Option<LogIndex>,
 }
 
 type TransferResponder = oneshot::Sender<Result<(), NodeError>>;
@@ -176,6 +178,7 @@ impl Driver {
             applier,
             last_persisted_number: 0,
             last_applied: parts.applied,
+            members_told: None,
         }
     }
 
@@ -415,9 +418,21 @@ impl Driver {
         }
     }
 
+    /// Tells the network of the membership in force when it changed since it was last told
+    /// (and once at start), before any message to a new member leaves.
+    fn tell_network_of_members(&mut self) {
+        let index = self.raw.membership_index();
+        if self.members_told == Some(index) {
+            return;
+        }
+        self.members_told = Some(index);
+        self.network.members_changed(self.raw.membership());
+    }
+
     /// Carries out one ready in the documented order: independent messages now; the write
     /// (and the messages behind it) to the writer; committed entries to the applier.
     async fn handle_ready(&mut self, ready: Ready) -> Result<(), String> {
+        self.tell_network_of_members();
         let deferrable = self.leader_write_may_wait(&ready);
         let write_job = needs_write_job(&ready);
         for message in ready.messages {
@@ -628,11 +643,49 @@ fn needs_write_job(ready: &Ready) -> bool {
 }
 
 pub(super) fn send(network: &dyn Network, message: Message) {
-    let to = message.to;
-    if let Err(error) = network.send(message) {
+    let (from, to) = (message.from, message.to);
+    match network.send(message) {
+        Ok(()) => {}
+        // A member the transport cannot reach: a join whose address nobody recorded. Raft
+        // would retry for ever in silence, so say it, at most every few seconds per peer.
+        Err(error @ crate::network::SendError::UnknownPeer { .. }) => {
+            if unknown_peer_warning_due(from, to) {
+                tracing::warn!(node = %from, peer = %to, %error,
+                    "message dropped: no address for this member (record it in the membership \
+                     with MembershipChange::node_meta, or add it to the transport)");
+            }
+        }
         // Raft retries on its own; a dropped message only costs time.
-        tracing::debug!(%to, %error, "message dropped");
+        Err(error) => tracing::debug!(node = %from, %to, %error, "message dropped"),
     }
+}
+
+/// The least time between two warnings about the same unknown peer.
+const UNKNOWN_PEER_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Peers (by sending node, several may share a process) warned about, at most this many.
+const UNKNOWN_PEER_WARNINGS_MAX: usize = 1024;
+
+/// True when no warning about `to` from `from` was given within the interval (and records one).
+fn unknown_peer_warning_due(from: NodeId, to: NodeId) -> bool {
+    use std::sync::OnceLock;
+    static WARNED: OnceLock<Mutex<HashMap<(NodeId, NodeId), tokio::time::Instant>>> =
+        OnceLock::new();
+    let now = tokio::time::Instant::now();
+    let mut warned = WARNED
+        .get_or_init(Default::default)
+        .lock()
+        .expect("warning table lock");
+    if warned.len() >= UNKNOWN_PEER_WARNINGS_MAX {
+        warned.retain(|_, at| now.duration_since(*at) < UNKNOWN_PEER_WARNING_INTERVAL);
+    }
+    let due = warned
+        .get(&(from, to))
+        .is_none_or(|at| now.duration_since(*at) >= UNKNOWN_PEER_WARNING_INTERVAL);
+    if due && warned.len() < UNKNOWN_PEER_WARNINGS_MAX {
+        warned.insert((from, to), now);
+    }
+    due
 }
 
 /// Reads each snapshot chunk's bytes from the store and sends it, in order. A chunk whose

@@ -870,6 +870,7 @@ fn joint_membership() -> Membership {
         outgoing: set(&[1, 2, 3]),
         learners: set(&[5, 300]),
         removed: set(&[6]),
+        nodes: [(NodeId(4), crate::membership::NodeMeta::at("127.0.0.1:7004"))].into(),
     }
 }
 

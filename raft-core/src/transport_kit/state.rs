@@ -3,9 +3,11 @@
 
 use super::lanes::Peer;
 use super::tasks::{Shutdown, Tasks};
+use crate::membership::Membership;
 use crate::network::{Inbound, NetworkError, SendError};
 use crate::{Lane, Message, NodeId};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -125,6 +127,44 @@ impl<L> TransportCore<L> {
     /// Whether `node` is a peer.
     pub fn is_peer(&self, node: NodeId) -> bool {
         self.peers().contains_key(&node)
+    }
+
+    /// What `read` makes of `node`'s link, if it is a peer.
+    pub fn peer_link<R>(&self, node: NodeId, read: impl FnOnce(&L) -> R) -> Option<R> {
+        self.peers().get(&node).map(|peer| read(&peer.link))
+    }
+
+    /// The peers to add (or re-address) and to remove so that this transport reaches every
+    /// member whose address `membership` records, and no removed node (see
+    /// [`crate::Network::members_changed`]). `address` reads a peer's current address from its
+    /// link. Peers the membership says nothing of (given at start) are kept. An address that
+    /// is not `ip:port` is skipped with a warning.
+    pub fn member_changes(
+        &self,
+        membership: &Membership,
+        address: impl Fn(&L) -> SocketAddr,
+    ) -> (Vec<(NodeId, SocketAddr)>, Vec<NodeId>) {
+        let mut add = Vec::new();
+        for (&id, meta) in &membership.nodes {
+            if id == self.node || meta.address.is_empty() {
+                continue;
+            }
+            let Ok(wanted) = meta.address.parse::<SocketAddr>() else {
+                tracing::warn!(local = %self.node, peer = %id, address = %meta.address,
+                    "a member's address is not ip:port; it cannot be reached from here");
+                continue;
+            };
+            if self.peer_link(id, &address) != Some(wanted) {
+                add.push((id, wanted));
+            }
+        }
+        let remove = membership
+            .removed
+            .iter()
+            .copied()
+            .filter(|id| self.is_peer(*id))
+            .collect();
+        (add, remove)
     }
 
     /// Encodes `message` and queues it on `lane` for its recipient without waiting (see
