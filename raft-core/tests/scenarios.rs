@@ -1138,6 +1138,27 @@ fn a_leader_keeps_at_most_the_inflight_limit_of_appends_per_follower() {
     assert_eq!(cluster.log_terms(3), [1; 6]);
 }
 
+/// Heartbeat answers without progress mean a lost append only while appends are outstanding:
+/// an idle pipelined follower stays pipelined (not sent back to probing) however many
+/// heartbeat rounds pass. (cargo-mutants found that nothing checked this.)
+#[test]
+fn an_idle_follower_stays_pipelined_across_heartbeats() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    cluster.stabilize();
+    let heartbeat = cluster.node(1).config().heartbeat_interval_ticks;
+    for _ in 0..5 {
+        cluster.tick(1, heartbeat);
+        cluster.stabilize();
+    }
+    let progress = cluster.node(1).status().progress;
+    assert_eq!(progress.len(), 2);
+    for follower in progress {
+        assert!(follower.pipelined, "{follower:?}");
+        assert_eq!(follower.inflight_messages, 0, "{follower:?}");
+    }
+}
+
 /// A target that cannot be reached never takes over: after an election timeout n1 gives up
 /// (`TransferError::TimedOut`), resumes leading in the same term, and takes proposals again.
 #[test]
