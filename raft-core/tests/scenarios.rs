@@ -1111,6 +1111,54 @@ fn a_transfer_sends_one_timeout_now() {
     assert_eq!(cluster.leader(), Some(NodeId(3)));
 }
 
+/// Flow control (etcd's `MaxInflightMsgs`): a pipelining leader keeps at most
+/// `inflight_messages_max` appends unanswered per follower, and sends more as answers free
+/// room. Five proposals in one go leave two appends to each follower; the rest follow the
+/// answers, and everything commits. (cargo-mutants found that no test hit this limit.)
+#[test]
+fn a_leader_keeps_at_most_the_inflight_limit_of_appends_per_follower() {
+    let mut cluster = Cluster::builder(3)
+        .config(|c| c.inflight_messages_max = 2)
+        .build();
+    cluster.campaign(1);
+    cluster.stabilize(); // the blank entry is acknowledged: both followers are pipelined
+    for k in 0..5 {
+        cluster.propose_kv(1, &KvInput::put("x", format!("{k}")));
+    }
+    for follower in [2, 3] {
+        let appends = cluster
+            .in_flight()
+            .iter()
+            .filter(|m| m.to == NodeId(follower) && is_append(m))
+            .count();
+        assert_eq!(appends, 2, "n{follower}: {:?}", cluster.in_flight());
+    }
+    cluster.stabilize();
+    assert_eq!(cluster.node(1).commit_index(), LogIndex(6));
+    assert_eq!(cluster.log_terms(3), [1; 6]);
+}
+
+/// Heartbeat answers without progress mean a lost append only while appends are outstanding:
+/// an idle pipelined follower stays pipelined (not sent back to probing) however many
+/// heartbeat rounds pass. (cargo-mutants found that nothing checked this.)
+#[test]
+fn an_idle_follower_stays_pipelined_across_heartbeats() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    cluster.stabilize();
+    let heartbeat = cluster.node(1).config().heartbeat_interval_ticks;
+    for _ in 0..5 {
+        cluster.tick(1, heartbeat);
+        cluster.stabilize();
+    }
+    let progress = cluster.node(1).status().progress;
+    assert_eq!(progress.len(), 2);
+    for follower in progress {
+        assert!(follower.pipelined, "{follower:?}");
+        assert_eq!(follower.inflight_messages, 0, "{follower:?}");
+    }
+}
+
 /// A target that cannot be reached never takes over: after an election timeout n1 gives up
 /// (`TransferError::TimedOut`), resumes leading in the same term, and takes proposals again.
 #[test]
