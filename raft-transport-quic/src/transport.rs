@@ -212,18 +212,12 @@ impl Network for QuicTransport {
     }
 
     fn members_changed(&self, membership: &raft_core::Membership) {
-        let (add, remove) = self
-            .inner
-            .core
-            .member_changes(membership, |link| link.address);
-        for (node, address) in add {
-            tracing::info!(peer = %node, %address, "reaching a member at its recorded address");
-            self.add_peer(node, address);
-        }
-        for node in remove {
-            tracing::info!(peer = %node, "no longer reaching a removed member");
-            self.remove_peer(node);
-        }
+        self.inner.core.follow_members(
+            membership,
+            |link| link.address,
+            |node, address| self.add_peer(node, address),
+            |node| self.remove_peer(node),
+        );
     }
 
     async fn shutdown(&self) {

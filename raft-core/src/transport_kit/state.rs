@@ -134,6 +134,27 @@ impl<L> TransportCore<L> {
         self.peers().get(&node).map(|peer| read(&peer.link))
     }
 
+    /// Brings the peers in step with `membership` (see [`member_changes`](Self::member_changes)):
+    /// `add` (re)adds a peer at an address, `remove` drops one; both are the transport's own.
+    pub fn follow_members(
+        &self,
+        membership: &Membership,
+        address: impl Fn(&L) -> SocketAddr,
+        add: impl Fn(NodeId, SocketAddr),
+        remove: impl Fn(NodeId),
+    ) {
+        let (added, removed) = self.member_changes(membership, address);
+        for (node, address) in added {
+            tracing::info!(local = %self.node, peer = %node, %address,
+                "reaching a member at its recorded address");
+            add(node, address);
+        }
+        for node in removed {
+            tracing::info!(local = %self.node, peer = %node, "no longer reaching a removed member");
+            remove(node);
+        }
+    }
+
     /// The peers to add (or re-address) and to remove so that this transport reaches every
     /// member whose address `membership` records, and no removed node (see
     /// [`crate::Network::members_changed`]). `address` reads a peer's current address from its
