@@ -59,16 +59,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use raft_core::protocol::ProposeError;
+use raft_core::protocol::{ProposeError, Role};
 use raft_core::runtime::{NodeError, RaftNode};
 use raft_core::sessions::SessionError;
-use raft_core::SessionId;
+use raft_core::{SessionId, Term};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// Limits on what a client may send.
 #[derive(Clone, Debug)]
@@ -143,6 +144,9 @@ pub struct AppContext {
     pub node: NodeInfo,
     /// Readiness, kept by the node's status watcher.
     pub readiness: Arc<Readiness>,
+    /// The node's current term, sent by the status watcher only when it changes, so waiting
+    /// for a new term costs nothing per commit.
+    pub terms: watch::Receiver<Term>,
     /// The RocksDB log store's group-commit counters, when the node uses it.
     pub log_store_stats: Option<LogStoreStats>,
 }
@@ -384,9 +388,11 @@ impl AppContext {
     /// Proposes `command` and waits, within the request timeout, for its answer.
     ///
     /// On a follower the protocol forwards the command to the leader. If that leader dies
-    /// before it answers, the protocol reports the outcome unknown as soon as a leader of a
-    /// newer term has committed here: clients can retry on the new leader at once (with the
-    /// same request ID, the retry applies at most once).
+    /// before it answers, the protocol keeps waiting until `leader_wait_ms` has passed since
+    /// the proposal and then reports the outcome unknown: nobody will ever answer that forward.
+    /// So a forwarded command also ends, with the same unknown outcome, as soon as
+    /// [`AppContext::forward_unanswerable`] shows that no answer can come any more; clients
+    /// can retry on the new leader without waiting out `leader_wait_ms`.
     ///
     /// A write with a request ID (`session`) goes in that one-off Raft session: a retry of it
     /// applies once and answers as the first did.
@@ -398,6 +404,7 @@ impl AppContext {
     ) -> Result<Answer, ApiError> {
         self.metrics.record_proposal(operation);
         let write = command.is_write();
+        let forwarded_in = self.follower_term();
         let proposal = async {
             match session {
                 Some(session) => {
@@ -408,8 +415,20 @@ impl AppContext {
                 None => self.raft.propose(command.encode()).await,
             }
         };
-        match tokio::time::timeout(self.limits.request_timeout, proposal).await {
-            Ok(Ok(bytes)) => match Answer::decode(&bytes) {
+        let outcome = async {
+            match forwarded_in {
+                None => Some(proposal.await),
+                Some(term) => tokio::select! {
+                    // An answer that is ready wins: it was sent before the read barrier of
+                    // `forward_unanswerable` could end.
+                    biased;
+                    outcome = proposal => Some(outcome),
+                    () = self.forward_unanswerable(term) => None,
+                },
+            }
+        };
+        match tokio::time::timeout(self.limits.request_timeout, outcome).await {
+            Ok(Some(Ok(bytes))) => match Answer::decode(&bytes) {
                 Ok(Answer::Invalid(why)) => Err(ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "invalid_command",
@@ -422,7 +441,8 @@ impl AppContext {
                     error.to_string(),
                 )),
             },
-            Ok(Err(error)) => Err(node_error(error, write)),
+            Ok(Some(Err(error))) => Err(node_error(error, write)),
+            Ok(None) => Err(forward_unanswered(write)),
             Err(_) if write => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "timeout",
@@ -441,6 +461,36 @@ impl AppContext {
                     self.limits.request_timeout.as_millis()
                 ),
             )),
+        }
+    }
+
+    /// The term, when this node follows another node's leadership (a proposal made now is
+    /// forwarded to that leader).
+    fn follower_term(&self) -> Option<Term> {
+        // Borrowed, not cloned: this runs for every proposal.
+        let receiver = self.raft.watch_status();
+        let status = receiver.borrow();
+        let follows_another = status.leader.is_some_and(|leader| leader != status.id);
+        (status.role == Role::Follower && follows_another).then_some(status.term)
+    }
+
+    /// Resolves once a proposal forwarded to the leader of `term` can no longer get an answer:
+    /// this node has moved to a later term and has applied up to a read index of a leader of
+    /// that later term. Such a leader answers a read index only after committing an entry of
+    /// its own term, so everything the old leader placed and that survives is then committed
+    /// and applied here, and a proposal placed that way has been answered already. One still
+    /// waiting was never placed as far as this node knows: either the old leader never got it,
+    /// or its answer was lost with it, while the command itself may have been committed.
+    /// Its outcome is unknown, exactly what the protocol reports once `leader_wait_ms` ends.
+    async fn forward_unanswerable(&self, term: Term) {
+        let mut terms = self.terms.clone();
+        if terms.wait_for(|current| *current > term).await.is_err() {
+            // The watcher ended with the node: the proposal fails on its own.
+            return std::future::pending().await;
+        }
+        // A read fails while no leader is known (or leadership changes again): try again.
+        while self.raft.read_index().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -543,6 +593,29 @@ pub fn node_error(error: NodeError, write: bool) -> ApiError {
             "internal",
             other.to_string(),
         ),
+    }
+}
+
+/// The answer when the leader a follower forwarded to was replaced before it answered.
+fn forward_unanswered(write: bool) -> ApiError {
+    let error = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "indeterminate",
+        format!(
+            "the leader this node forwarded the {} to was replaced before it answered (a newer \
+             leader has committed since){}",
+            if write { "write" } else { "read" },
+            if write {
+                ": it may or may not have been applied"
+            } else {
+                "; retry"
+            }
+        ),
+    );
+    if write {
+        error.applied("unknown")
+    } else {
+        error
     }
 }
 

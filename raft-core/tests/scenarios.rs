@@ -1376,36 +1376,3 @@ fn a_late_pre_vote_rejection_does_not_break_the_lease() {
         "nothing commits while n1's lease runs"
     );
 }
-
-/// A forward whose leader died unanswered ends `OutcomeUnknown` as soon as a leader of a newer
-/// term has committed here, not after `proposal_wait_ticks`: whatever the old leader placed and
-/// survives is committed by then, yet the proposer never learned where, so nothing more can be
-/// learned by waiting. (kv-example used to work this out itself from the term and a polling
-/// loop of read barriers.)
-#[test]
-fn a_forward_to_a_dead_leader_ends_unknown_once_a_newer_leader_commits() {
-    let mut cluster = Cluster::builder(3)
-        .config(|c| c.check_quorum = false) // no lease: n3 may campaign at once
-        .build();
-    cluster.campaign(1);
-    cluster.stabilize();
-    let forwarded = cluster.propose(2, "to a leader about to die");
-    cluster.deliver_matching(is_forward); // n1 appends it; its answer is in flight
-    cluster.crash(1); // the answer and the append are lost with it
-    assert_eq!(cluster.outcome(forwarded), None);
-    cluster.campaign(3);
-    cluster.stabilize(); // n3 wins term 2 with n2's vote and commits its blank entry
-    assert_eq!(cluster.node(3).role(), Role::Leader);
-    assert!(cluster.node(2).commit_index() >= LogIndex(2));
-    assert!(
-        matches!(
-            cluster.outcome(forwarded),
-            Some(ProposalOutcome::Failed {
-                error: ProposeError::OutcomeUnknown,
-                ..
-            })
-        ),
-        "no tick passed: {:?}",
-        cluster.outcome(forwarded)
-    );
-}

@@ -523,9 +523,6 @@ impl RawNode {
         if self.role == Role::Leader && self.needs_broadcast {
             self.broadcast_append();
         }
-        if self.log.term(self.log.committed) == Some(self.term) {
-            self.proposals.newer_leader_committed(self.term);
-        }
         self.needs_broadcast = false;
         self.flush_waiting_proposals();
         self.flush_reads();

@@ -101,8 +101,6 @@ struct Forwarded {
     proposal: ProposalId,
     proposed: Proposed,
     deadline: u64,
-    /// The term in which it was forwarded (to that term's leader).
-    term: Term,
 }
 
 /// Limits on the forward de-duplication window a leader keeps per follower.
@@ -208,31 +206,9 @@ impl Proposals {
                 proposal,
                 proposed,
                 deadline,
-                term: self.term,
             },
         );
         (key, session)
-    }
-
-    /// A leader of `term` has committed an entry of its own term in this node's log: forwards
-    /// sent to leaders of earlier terms that were never answered can no longer be: whatever
-    /// their leader placed and survives is committed by now, yet this node never learned
-    /// where, so it cannot match the entry when it applies. Their outcome is unknown (the
-    /// command may have been applied), said at once rather than after their deadline.
-    pub(crate) fn newer_leader_committed(&mut self, term: Term) {
-        if self.forwarded.is_empty() {
-            return;
-        }
-        let ended: Vec<u64> = self
-            .forwarded
-            .iter()
-            .filter(|(_, f)| f.term < term)
-            .map(|(key, _)| *key)
-            .collect();
-        for key in ended {
-            let forwarded = self.forwarded.remove(&key).expect("key just listed");
-            self.fail(forwarded.proposal, ProposeError::OutcomeUnknown);
-        }
     }
 
     /// The leader's answer to a forward. A refusal by a node that is no longer leader puts
