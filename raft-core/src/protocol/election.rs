@@ -124,7 +124,7 @@ impl RawNode {
             // failing never starts a term.
             let wait = u64::from(self.config.proposal_wait_ticks);
             self.proposals.leader_silent(self.now, wait);
-            if self.membership().is_voter(self.id) {
+            if self.may_campaign() {
                 self.start_election();
             } else {
                 // Learners, joining and removed nodes never campaign.
@@ -134,7 +134,7 @@ impl RawNode {
     }
 
     pub(super) fn start_election(&mut self) {
-        if !self.membership().is_voter(self.id) {
+        if !self.may_campaign() {
             return;
         }
         if self.config.pre_vote {

@@ -39,6 +39,23 @@ impl RawNode {
         self.base_membership = (index, base);
     }
 
+    /// True when this node may campaign: it votes in the membership in force, or that
+    /// membership is not committed yet and it voted in the one before (Raft thesis §4.2.2: a
+    /// server removed by an entry that has not committed may still be needed to commit it).
+    /// Without the second case a leader that removed itself, and whose final configuration
+    /// reached no one else, left a two-voter cluster with no possible leader: it would not
+    /// campaign, and its longer log kept the other voter from winning. Such a candidate does
+    /// not count its own vote (it is not in the configuration the votes are counted in).
+    pub(super) fn may_campaign(&self) -> bool {
+        if self.membership().is_voter(self.id) {
+            return true;
+        }
+        let at = self.membership_index();
+        at > self.log.committed
+            && at > LogIndex(0)
+            && self.membership_at(at.prev()).is_voter(self.id)
+    }
+
     /// True while a membership change is unfinished: its entry is uncommitted, or the cluster
     /// is in a joint configuration.
     pub fn membership_change_pending(&self) -> bool {

@@ -795,9 +795,10 @@ impl RawNode {
             );
         }
         if self.role != Role::Follower {
-            // A leader removed by a change keeps leading until the change commits.
+            // A leader removed by a change keeps leading until the change commits; a node
+            // removed by an uncommitted entry may campaign to commit it (`may_campaign`).
             assert!(
-                self.membership().is_voter(self.id)
+                self.may_campaign()
                     || (self.role == Role::Leader && self.membership_change_pending()),
                 "only voters campaign or lead"
             );

@@ -347,10 +347,7 @@ impl Invariants {
         nodes: impl Iterator<Item = (NodeId, &'a RawNode)> + Clone,
     ) {
         for (id, raw) in nodes.clone() {
-            self.observe_commit(id, raw);
-            if raw.role() == Role::Leader {
-                self.observe_leader(id, raw);
-            }
+            self.observe(id, raw);
         }
         for (id, raw) in nodes {
             self.check_lease(id, raw);
@@ -374,10 +371,12 @@ impl Invariants {
     /// Observes one node now: before a snapshot compacts away entries it committed in this
     /// very step.
     pub(crate) fn observe(&mut self, node: NodeId, raw: &RawNode) {
-        self.observe_commit(node, raw);
+        // The leader first: a one-voter leader is elected and commits within one step, and its
+        // commit is checked against the leader of its term.
         if raw.role() == Role::Leader {
             self.observe_leader(node, raw);
         }
+        self.observe_commit(node, raw);
     }
 
     fn observe_commit(&mut self, node: NodeId, raw: &RawNode) {
