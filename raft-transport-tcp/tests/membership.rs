@@ -41,6 +41,35 @@ async fn start(
         .expect("starts")
 }
 
+/// Starts node `id` knowing only where `leader_transport`'s node is, has `leader` add it with
+/// its address recorded in the membership, waits until the leader reached it and caught it
+/// up, and promotes it.
+async fn join(
+    leader: &RaftNode,
+    id: u64,
+    transport: &Arc<TcpTransport>,
+    leader_transport: &TcpTransport,
+) -> (RaftNode, RecordingMachine) {
+    let leader_id = leader.status().id;
+    transport.add_peer(leader_id, leader_transport.local_addr());
+    let machine = RecordingMachine::default();
+    let node = start(id, &[], &[], transport.clone(), machine.clone()).await;
+    let meta = NodeMeta::at(transport.local_addr().to_string());
+    leader
+        .change_membership(MembershipChange::add_learner_at(NodeId(id), meta))
+        .await
+        .expect("learner added");
+    leader
+        .wait_caught_up(NodeId(id), Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("the leader reaches n{id} at its recorded address: {e}"));
+    leader
+        .change_membership(MembershipChange::promote(NodeId(id)))
+        .await
+        .expect("promoted");
+    (node, machine)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joined_node_is_reached_through_the_address_in_the_membership() {
     let (t1, t2, t3) = (transport(1).await, transport(2).await, transport(3).await);
@@ -57,32 +86,9 @@ async fn a_joined_node_is_reached_through_the_address_in_the_membership() {
     n1.propose(Bytes::from("before")).await.expect("commits");
 
     // Node 2 joins knowing only where node 1 is; node 1's transport is told nothing by hand.
-    t2.add_peer(NodeId(1), t1.local_addr());
-    let m2 = RecordingMachine::default();
-    let n2 = start(2, &[], &[], t2.clone(), m2.clone()).await;
-    let add =
-        MembershipChange::add_learner_at(NodeId(2), NodeMeta::at(t2.local_addr().to_string()));
-    n1.change_membership(add).await.expect("learner added");
-    n1.wait_caught_up(NodeId(2), Duration::from_secs(10))
-        .await
-        .expect("node 1 reaches node 2 at its recorded address");
-    n1.change_membership(MembershipChange::promote(NodeId(2)))
-        .await
-        .expect("promoted");
-
+    let (n2, m2) = join(&n1, 2, &t2, &t1).await;
     // Node 3 joins knowing only the leader; it learns node 2's address from the membership.
-    t3.add_peer(NodeId(1), t1.local_addr());
-    let m3 = RecordingMachine::default();
-    let n3 = start(3, &[], &[], t3.clone(), m3.clone()).await;
-    let add =
-        MembershipChange::add_learner_at(NodeId(3), NodeMeta::at(t3.local_addr().to_string()));
-    n1.change_membership(add).await.expect("learner added");
-    n1.wait_caught_up(NodeId(3), Duration::from_secs(10))
-        .await
-        .expect("node 3 caught up");
-    n1.change_membership(MembershipChange::promote(NodeId(3)))
-        .await
-        .expect("promoted");
+    let (n3, m3) = join(&n1, 3, &t3, &t1).await;
     assert_eq!(
         n3.status().membership.nodes.get(&NodeId(1)),
         Some(&NodeMeta::at(t1.local_addr().to_string())),
