@@ -1,6 +1,6 @@
 //! Protocol configuration: timing in ticks, and a named limit for every queue and batch.
 
-use crate::types::NodeId;
+use crate::types::{Incarnation, NodeId};
 use std::fmt;
 
 /// Settings of one protocol instance. Build with [`Config::new`], adjust fields, and call
@@ -18,6 +18,14 @@ pub struct Config {
     /// in the initial membership so that nodes that join later learn it too. Optional; only
     /// initial voters may be named.
     pub initial_nodes: std::collections::BTreeMap<NodeId, crate::membership::NodeMeta>,
+    /// This run's [`Incarnation`]: 0 for a node whose log store survives restarts, and for an
+    /// amnesiac node's first start. A node whose store does not survive a restart (an
+    /// in-memory store) must start every later run with a higher incarnation than any before
+    /// (keep a counter in a file: `raft_storage_mem` has one). Such a node then starts with no
+    /// membership at all (it does not trust `voters`: the cluster it bootstrapped moved on),
+    /// never campaigns or counts until the leader has recorded its new incarnation, and rejoins
+    /// as a learner that is promoted back automatically once caught up.
+    pub incarnation: Incarnation,
     /// Seed of the node's random number generator (election timeouts). Mixed with `id`, so one
     /// seed serves a whole cluster.
     pub seed: u64,
@@ -103,6 +111,7 @@ impl Config {
             id,
             voters,
             initial_nodes: std::collections::BTreeMap::new(),
+            incarnation: Incarnation(0),
             seed: 0,
             election_timeout_ticks_min: 15,
             election_timeout_ticks_max: 30,

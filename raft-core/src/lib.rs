@@ -214,8 +214,8 @@ pub use snapshot::{SnapshotMeta, SnapshotReader, SnapshotSink, SnapshotWriter};
 pub use state_machine::{ApplyBatch, StateMachine, StateMachineError};
 pub use storage::{LogBounds, LogStore, LogWrite, StorageError};
 pub use types::{
-    Entry, EntryPayload, HardState, LogIndex, NodeId, ProposalId, SessionCommand, SessionId,
-    SessionTag, Term,
+    Entry, EntryPayload, HardState, Incarnation, LogIndex, NodeId, ProposalId, SessionCommand,
+    SessionId, SessionTag, Term,
 };
 
 #[cfg(feature = "testkit")]

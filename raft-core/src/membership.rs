@@ -26,7 +26,7 @@
 //! # Ok::<(), raft_core::membership::MembershipError>(())
 //! ```
 
-use crate::types::{LogIndex, NodeId};
+use crate::types::{Incarnation, LogIndex, NodeId};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -60,7 +60,9 @@ use std::fmt;
 ///
 /// Invariants: `voters`, `learners` and `removed` are disjoint; `outgoing` and `learners` are
 /// disjoint; `outgoing` and `removed` are disjoint (a voter leaving is recorded as removed once
-/// the joint configuration is left); no set holds node 0; `nodes` describes members only.
+/// the joint configuration is left); no set holds node 0; `nodes` and `incarnations` describe
+/// members only; `rejoining` holds learners, or outgoing voters on their way to be learners,
+/// and no incoming voter.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Membership {
     /// The voters (in a joint configuration: the incoming voters).
@@ -76,6 +78,12 @@ pub struct Membership {
     /// member may have no entry (the initial voters of a cluster whose transports were given
     /// their addresses at start).
     pub nodes: BTreeMap<NodeId, NodeMeta>,
+    /// Each member's recorded [`Incarnation`] (0 when absent): only that life's votes and
+    /// acknowledgements count. The leader records a newer one when it hears from it.
+    pub incarnations: BTreeMap<NodeId, Incarnation>,
+    /// Voters that restarted without their state and step down to learners: the leader
+    /// promotes each back on its own once it has caught up.
+    pub rejoining: BTreeSet<NodeId>,
 }
 
 impl Membership {
@@ -90,6 +98,48 @@ impl Membership {
     /// True while the cluster moves between two sets of voters.
     pub fn is_joint(&self) -> bool {
         !self.outgoing.is_empty()
+    }
+
+    /// The incarnation recorded for `id` (0 when none is).
+    pub fn incarnation_of(&self, id: NodeId) -> Incarnation {
+        self.incarnations.get(&id).copied().unwrap_or_default()
+    }
+
+    /// True when `id`, in its life `incarnation`, votes (in either half of a joint
+    /// configuration): a restarted life that the membership has not recorded does not.
+    pub fn is_voter_life(&self, id: NodeId, incarnation: Incarnation) -> bool {
+        self.is_voter(id) && self.incarnation_of(id) == incarnation
+    }
+
+    /// The configuration that records a newer life of member `id`, which restarted without
+    /// its state: a voter steps down (through a joint configuration, as any change of voters)
+    /// to a learner that is to be promoted back once caught up ([`Membership::rejoining`]); a
+    /// learner keeps its role. Refused during a joint configuration, for a non-member, for an
+    /// incarnation not newer than the recorded one, and for the last voter.
+    pub fn record_restart(
+        &self,
+        id: NodeId,
+        incarnation: Incarnation,
+    ) -> Result<Membership, MembershipError> {
+        if self.is_joint() {
+            return Err(MembershipError::ChangeInProgress);
+        }
+        if !self.is_member(id) {
+            return Err(MembershipError::UnknownNode(id));
+        }
+        if incarnation <= self.incarnation_of(id) {
+            return Err(MembershipError::Empty);
+        }
+        let mut next = self.clone();
+        next.incarnations.insert(id, incarnation);
+        if next.voters.remove(&id) {
+            if next.voters.is_empty() {
+                return Err(MembershipError::NoVotersLeft);
+            }
+            next.outgoing = self.voters.clone();
+            next.rejoining.insert(id);
+        }
+        Ok(next)
     }
 
     /// True when `id` votes (in either half of a joint configuration).
@@ -197,6 +247,7 @@ impl Membership {
                 return Err(MembershipError::UnknownNode(id));
             }
             next.learners.remove(&id);
+            next.rejoining.remove(&id);
             next.voters.insert(id);
         }
         for &id in &change.remove {
@@ -204,6 +255,7 @@ impl Membership {
                 return Err(MembershipError::UnknownNode(id));
             }
             next.learners.remove(&id);
+            next.rejoining.remove(&id);
             if !next.voters.remove(&id) {
                 // A learner leaves at once; a voter leaves with the joint configuration.
                 next.removed.insert(id);
@@ -225,18 +277,22 @@ impl Membership {
         Ok(next)
     }
 
-    /// Drops the metadata of nodes that are no longer members.
+    /// Drops what is recorded of nodes that are no longer members.
     fn forget_non_members(&mut self) {
         let members = self.members();
         self.nodes.retain(|id, _| members.contains(id));
+        self.incarnations.retain(|id, _| members.contains(id));
+        self.rejoining.retain(|id| members.contains(id));
     }
 
     /// The final configuration that ends a joint one: the incoming voters alone, the outgoing
-    /// voters that left recorded as removed.
+    /// voters that left recorded as removed (or, when rejoining after a restart, as learners).
     pub fn leave_joint(&self) -> Membership {
         let mut next = self.clone();
         for id in std::mem::take(&mut next.outgoing) {
-            if !next.voters.contains(&id) && !next.learners.contains(&id) {
+            if next.rejoining.contains(&id) {
+                next.learners.insert(id);
+            } else if !next.voters.contains(&id) && !next.learners.contains(&id) {
                 next.removed.insert(id);
             }
         }
@@ -268,7 +324,17 @@ impl Membership {
         if self.voters.is_empty() {
             return Err(MembershipError::NoVotersLeft);
         }
-        if let Some(id) = self.nodes.keys().find(|id| !self.is_member(**id)) {
+        if let Some(id) = self
+            .nodes
+            .keys()
+            .chain(self.incarnations.keys())
+            .find(|id| !self.is_member(**id))
+        {
+            return Err(MembershipError::UnknownNode(*id));
+        }
+        if let Some(id) = self.rejoining.iter().find(|id| {
+            self.voters.contains(id) || !(self.learners.contains(id) || self.outgoing.contains(id))
+        }) {
             return Err(MembershipError::UnknownNode(*id));
         }
         Ok(())

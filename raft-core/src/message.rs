@@ -2,7 +2,7 @@
 //! which is what lets the leader pipeline appends without waiting for answers.
 
 use crate::snapshot::SnapshotMeta;
-use crate::types::{Entry, LogIndex, NodeId, ProposalId, SessionTag, Term};
+use crate::types::{Entry, Incarnation, LogIndex, NodeId, ProposalId, SessionTag, Term};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +15,9 @@ pub struct Message {
     pub to: NodeId,
     /// The sender's term (for a pre-vote request, the term it would campaign in).
     pub term: Term,
+    /// The sender's incarnation ([`Incarnation`]): its votes and acknowledgements count only
+    /// when the membership records this one.
+    pub incarnation: Incarnation,
     /// What the message says.
     pub body: MessageBody,
 }
@@ -38,6 +41,9 @@ pub enum MessageBody {
     VoteResponse {
         /// Mirrors the request.
         pre_vote: bool,
+        /// The incarnation of the candidate asked (the request's): a vote granted to an earlier
+        /// life of the candidate judged that life's log, so a later life does not count it.
+        candidate_incarnation: Incarnation,
         /// Whether the vote was granted.
         granted: bool,
     },

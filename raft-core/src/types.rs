@@ -33,6 +33,22 @@ newtype_u64!(
     "n"
 );
 newtype_u64!(
+    /// One life of a node's state: how many times the node has started without the state it
+    /// had before (an in-memory store after a crash, a wiped disk). A node whose storage
+    /// survives restarts keeps one incarnation for good (0 unless its data was lost once).
+    ///
+    /// The membership records each member's incarnation, and a vote, an acknowledgement or a
+    /// heartbeat answer counts only when it comes from the recorded one: promises made by an
+    /// earlier life are gone with its memory, so a restarted amnesiac node must neither vote
+    /// nor count toward a commit under its old identity. The leader that hears a newer
+    /// incarnation records it through a membership change (a voter steps down to a learner and
+    /// is promoted back once caught up), with no operator action; messages from an older
+    /// incarnation than recorded come from a dead process and are dropped. See
+    /// [`crate::Config::incarnation`].
+    Incarnation,
+    "life"
+);
+newtype_u64!(
     /// A Raft term: a logical clock that grows by one with every election.
     Term,
     "t"

@@ -49,13 +49,14 @@
 //!
 //! ```
 //! use raft_core::wire::{self, ClusterId, Frame, Handshake};
-//! use raft_core::{Lane, Message, MessageBody, NodeId, Term, LogIndex};
+//! use raft_core::{Incarnation, Lane, Message, MessageBody, NodeId, Term, LogIndex};
 //!
 //! let frame_bytes_max = 1 << 20;
 //! let message = Message {
 //!     from: NodeId(1),
 //!     to: NodeId(2),
 //!     term: Term(3),
+//!     incarnation: Incarnation(0),
 //!     body: MessageBody::Heartbeat { commit: LogIndex(7), read_seq: 0 },
 //! };
 //! let hello = Handshake { cluster: ClusterId(42), from: NodeId(1), to: NodeId(2), lane: Lane::Ordinary };
@@ -86,8 +87,9 @@ use std::ops::RangeInclusive;
 /// The format version this code writes and the only one it reads. Version 2: memberships
 /// (in entries and snapshot metas) record what is known of each member. Version 3 added
 /// client sessions: the `session` of a forwarded proposal and the session command entry
-/// payload.
-pub const FORMAT_VERSION: u8 = 3;
+/// payload. Version 4 added incarnations: every message carries its sender's
+/// ([`Message::incarnation`]), a vote answer the candidate's, and memberships record them.
+pub const FORMAT_VERSION: u8 = 4;
 
 /// The `kind` byte of a handshake frame.
 pub const KIND_HANDSHAKE: u8 = 1;

@@ -143,3 +143,73 @@ fn a_single_voter_leader_that_crashes_before_its_term_is_durable_cannot_fork_a_l
         "the learner caught up"
     );
 }
+
+/// Issue 12, scenario 4: a node whose storage does not survive a restart (in memory) comes
+/// back with nothing. n2 helped commit `x` while n3 was cut off; then n2 lost its memory and
+/// the leader n1 crashed. n3 (without `x`) asks the empty n2 for its vote: an amnesiac n2
+/// granting it under its old identity made n3 leader, and `x`, acknowledged to its client, was
+/// gone (this test failed so when n2 restarted in its old incarnation, as every restart did
+/// before incarnations). Now n2's new life counts for nothing until the leader has recorded
+/// it: no leader can be elected without n1, and once n1 is back, n2 rejoins as a learner, is
+/// caught up and promoted back to voter on its own, and every node holds `x`.
+#[test]
+fn an_amnesiac_voter_counts_for_nothing_until_it_has_rejoined() {
+    use raft_core::testkit::linearizability::KvInput;
+    use raft_core::testkit::sim::{Cluster, ProposalOutcome};
+    use raft_core::Incarnation;
+
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    cluster.stabilize();
+    let cut = cluster.isolate(3);
+    let put = cluster.propose_kv(1, &KvInput::put("x", "1"));
+    cluster.stabilize();
+    assert!(
+        matches!(cluster.outcome(put), Some(ProposalOutcome::Applied { .. })),
+        "x commits with n1 and n2: {:?}",
+        cluster.outcome(put)
+    );
+    cluster.crash(2);
+    cluster.restart_amnesiac(2);
+    cluster.crash(1);
+    cluster.heal(cut);
+    for _ in 0..200 {
+        cluster.tick(2, 1);
+        cluster.tick(3, 1);
+        cluster.stabilize();
+    }
+    assert_eq!(
+        cluster.leader(),
+        None,
+        "n3 lacks x and n2 remembers nothing: they must not elect a leader"
+    );
+
+    cluster.restart(1);
+    for _ in 0..400 {
+        cluster.tick_all(1);
+        cluster.stabilize();
+        let rejoined = cluster.leader().is_some_and(|leader| {
+            let membership = cluster.node(leader).membership();
+            membership.is_voter_life(NodeId(2), Incarnation(1))
+                && !membership.is_joint()
+                && cluster.node(leader).commit_index() >= cluster.node(leader).membership_index()
+        });
+        if rejoined {
+            break;
+        }
+    }
+    let leader = cluster.leader().expect("n1 is back: a leader is elected");
+    let membership = cluster.node(leader).membership().clone();
+    assert!(
+        membership.is_voter_life(NodeId(2), Incarnation(1)) && !membership.is_joint(),
+        "n2's new life is recorded and promoted back to voter without an operator: {membership:?}"
+    );
+    assert!(membership.rejoining.is_empty(), "{membership:?}");
+    for node in 1..=3 {
+        assert_eq!(
+            cluster.kv(node).get("x").map(|v| &v[..]),
+            Some(&b"1"[..]),
+            "n{node} holds the acknowledged write"
+        );
+    }
+}

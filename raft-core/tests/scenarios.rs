@@ -185,7 +185,8 @@ fn election_restriction_a_stale_log_cannot_win() {
                     m.body,
                     MessageBody::VoteResponse {
                         pre_vote: false,
-                        granted: false
+                        granted: false,
+                        ..
                     }
                 )
         })
@@ -519,7 +520,8 @@ fn a_vote_leaves_only_with_the_hard_state_that_records_it() {
                 m.body,
                 MessageBody::VoteResponse {
                     pre_vote: false,
-                    granted: true
+                    granted: true,
+                    ..
                 }
             )
         };
@@ -1254,7 +1256,8 @@ fn a_failed_write_stops_the_node_before_its_vote_leaves() {
                 m.body,
                 MessageBody::VoteResponse {
                     pre_vote: false,
-                    granted: true
+                    granted: true,
+                    ..
                 }
             )
         })

@@ -5,7 +5,7 @@
 
 use raft_core::message::{ForwardedProposal, MessageBody};
 use raft_core::wire::{self, FrameError};
-use raft_core::{LogIndex, Message, NodeId, ProposalId, Term};
+use raft_core::{Incarnation, LogIndex, Message, NodeId, ProposalId, Term};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -61,6 +61,7 @@ fn payload_of(body: MessageBody) -> Vec<u8> {
         from: NodeId(1),
         to: NodeId(2),
         term: Term(1),
+        incarnation: Incarnation(0),
         body,
     };
     let frame = wire::encode_message(&message, 1 << 20).unwrap();

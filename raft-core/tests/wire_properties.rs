@@ -9,8 +9,8 @@ use raft_core::message::{
 };
 use raft_core::wire::{self, ClusterId, Frame, FrameError, Handshake};
 use raft_core::{
-    Entry, EntryPayload, Lane, LogIndex, Message, NodeId, ProposalId, SessionCommand, SessionId,
-    SessionTag, Term,
+    Entry, EntryPayload, Incarnation, Lane, LogIndex, Message, NodeId, ProposalId, SessionCommand,
+    SessionId, SessionTag, Term,
 };
 
 const FRAME_BYTES_MAX: usize = 64 << 10;
@@ -77,8 +77,13 @@ fn body() -> impl Strategy<Value = MessageBody> {
             }
         ),
         Just(MessageBody::TimeoutNow),
-        (any::<bool>(), any::<bool>())
-            .prop_map(|(pre_vote, granted)| MessageBody::VoteResponse { pre_vote, granted }),
+        (any::<bool>(), any::<bool>(), any::<u64>()).prop_map(|(pre_vote, granted, life)| {
+            MessageBody::VoteResponse {
+                pre_vote,
+                granted,
+                candidate_incarnation: Incarnation(life),
+            }
+        }),
         (
             index(),
             term(),
@@ -130,11 +135,14 @@ fn body() -> impl Strategy<Value = MessageBody> {
 }
 
 fn message() -> impl Strategy<Value = Message> {
-    (node(), node(), term(), body()).prop_map(|(from, to, term, body)| Message {
-        from,
-        to,
-        term,
-        body,
+    (node(), node(), term(), any::<u64>(), body()).prop_map(|(from, to, term, life, body)| {
+        Message {
+            from,
+            to,
+            term,
+            incarnation: Incarnation(life),
+            body,
+        }
     })
 }
 
@@ -314,6 +322,7 @@ fn each_refusal_has_its_error() {
         from: NodeId(1),
         to: NodeId(2),
         term: Term(1),
+        incarnation: Incarnation(0),
         body: MessageBody::HeartbeatResponse { read_seq: 0 },
     };
     let frame = wire::encode_message(&message, FRAME_BYTES_MAX)
@@ -437,6 +446,7 @@ fn handshake_checks() {
         from: NodeId(3),
         to: local,
         term: Term(1),
+        incarnation: Incarnation(0),
         body: MessageBody::HeartbeatResponse { read_seq: 0 },
     };
     assert!(wire::check_sender(&spoofed, NodeId(2)).is_err());

@@ -26,7 +26,9 @@ pub(crate) const HARD_STATE_KEY: &[u8] = b"hard_state";
 ///
 /// Version 2: memberships record what is known of each member (`Membership::nodes`), so a
 /// membership entry of version 1 no longer decodes; a version 1 store is refused on open.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+/// Version 3: memberships record each member's incarnation and who is rejoining after a
+/// restart ([`raft_core::Incarnation`]).
+pub(crate) const FORMAT_VERSION: u32 = 3;
 
 const PAYLOAD_BLANK: u8 = 0;
 const PAYLOAD_COMMAND: u8 = 1;

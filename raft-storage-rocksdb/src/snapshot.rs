@@ -24,13 +24,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// The first bytes of every snapshot file of this format (3: the footer's membership records
-/// what is known of each member).
-const HEADER_MAGIC: &[u8; 8] = b"RAFTSNP3";
-/// The first bytes of files of earlier formats, no longer read: 1 (header before the data)
-/// and 2 (a membership without member records).
+/// The first bytes of every snapshot file of this format (4: the footer's membership records
+/// each member's incarnation and the members rejoining after a restart).
+const HEADER_MAGIC: &[u8; 8] = b"RAFTSNP4";
+/// The first bytes of files of earlier formats, no longer read: 1 (header before the data),
+/// 2 (a membership without member records) and 3 (a membership without incarnations).
 const FORMAT_1_MAGIC: &[u8; 8] = b"RAFTSNP1";
 const FORMAT_2_MAGIC: &[u8; 8] = b"RAFTSNP2";
+const FORMAT_3_MAGIC: &[u8; 8] = b"RAFTSNP3";
 const HEADER_BYTES: u64 = HEADER_MAGIC.len() as u64;
 const FOOTER_MAGIC: &[u8; 4] = b"SEND";
 /// Last index, last term, data length, data CRC, membership length, footer CRC, magic.
@@ -313,7 +314,11 @@ impl SnapshotFiles {
         let file_bytes = file.get_ref().metadata()?.len();
         let mut header = [0u8; HEADER_BYTES as usize];
         read_exact(id, file, &mut header, "header")?;
-        for (old, version) in [(FORMAT_1_MAGIC, 1), (FORMAT_2_MAGIC, 2)] {
+        for (old, version) in [
+            (FORMAT_1_MAGIC, 1),
+            (FORMAT_2_MAGIC, 2),
+            (FORMAT_3_MAGIC, 3),
+        ] {
             if &header == old {
                 return Err(corrupt(
                     id,

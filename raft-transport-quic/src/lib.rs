@@ -25,7 +25,7 @@
 //!
 //! ```
 //! use raft_core::wire::ClusterId;
-//! use raft_core::{Inbound, LogIndex, Message, MessageBody, Network, NodeId, Term};
+//! use raft_core::{Inbound, Incarnation, LogIndex, Message, MessageBody, Network, NodeId, Term};
 //! use raft_transport_quic::{generate_cluster_certificates, QuicConfig, QuicTransport, TlsFiles};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -49,6 +49,7 @@
 //!     from: NodeId(2),
 //!     to: NodeId(1),
 //!     term: Term(1),
+//!     incarnation: Incarnation(0),
 //!     body: MessageBody::Heartbeat { commit: LogIndex(0), read_seq: 0 },
 //! };
 //! two.send(heartbeat.clone())?;

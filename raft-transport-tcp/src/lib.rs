@@ -23,7 +23,7 @@
 //!
 //! ```
 //! use raft_core::wire::ClusterId;
-//! use raft_core::{Inbound, Message, MessageBody, Network, NodeId, Term, LogIndex};
+//! use raft_core::{Inbound, Incarnation, Message, MessageBody, Network, NodeId, Term, LogIndex};
 //! use raft_transport_tcp::{TcpConfig, TcpTransport};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -44,6 +44,7 @@
 //!     from: NodeId(2),
 //!     to: NodeId(1),
 //!     term: Term(1),
+//!     incarnation: Incarnation(0),
 //!     body: MessageBody::Heartbeat { commit: LogIndex(0), read_seq: 0 },
 //! };
 //! two.send(heartbeat.clone())?;

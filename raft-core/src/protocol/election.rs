@@ -3,7 +3,7 @@
 
 use super::{RawNode, Role};
 use crate::message::{ForwardOutcome, ForwardRefusal, Message, MessageBody};
-use crate::types::{LogIndex, NodeId, Term};
+use crate::types::{Incarnation, LogIndex, NodeId, Term};
 
 impl RawNode {
     /// A message carries a higher term. Returns false when the message is to be ignored.
@@ -25,6 +25,7 @@ impl RawNode {
             MessageBody::VoteResponse {
                 pre_vote: true,
                 granted: true,
+                ..
             } => true,
             MessageBody::Append { .. }
             | MessageBody::Heartbeat { .. }
@@ -75,15 +76,18 @@ impl RawNode {
                 MessageBody::VoteResponse {
                     pre_vote: true,
                     granted: false,
+                    candidate_incarnation: message.incarnation,
                 },
             ),
             _ => {}
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn handle_vote_request(
         &mut self,
         from: NodeId,
+        candidate_incarnation: Incarnation,
         request_term: Term,
         pre_vote: bool,
         last_log_index: LogIndex,
@@ -112,7 +116,12 @@ impl RawNode {
             from: self.id,
             to: from,
             term,
-            body: MessageBody::VoteResponse { pre_vote, granted },
+            incarnation: self.config.incarnation,
+            body: MessageBody::VoteResponse {
+                pre_vote,
+                granted,
+                candidate_incarnation,
+            },
         });
     }
 
@@ -199,6 +208,7 @@ impl RawNode {
                 from: self.id,
                 to,
                 term,
+                incarnation: self.config.incarnation,
                 body: MessageBody::VoteRequest {
                     pre_vote,
                     last_log_index,
@@ -218,9 +228,16 @@ impl RawNode {
                 self.become_follower(self.term, Some(from));
                 self.step_follower(from, body);
             }
-            MessageBody::VoteResponse { pre_vote, granted } => {
+            MessageBody::VoteResponse {
+                pre_vote,
+                granted,
+                candidate_incarnation,
+            } => {
                 if pre_vote != (self.role == Role::PreCandidate) {
                     return; // an answer from an earlier round
+                }
+                if candidate_incarnation != self.config.incarnation {
+                    return; // an answer to an earlier life of this node, about its log
                 }
                 self.votes.insert(from, granted);
                 let votes = &self.votes;

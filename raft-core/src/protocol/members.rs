@@ -4,6 +4,7 @@
 use super::progress::Progress;
 use super::{RawNode, Role};
 use crate::membership::{Membership, MembershipChange, MembershipError};
+use crate::message::{Message, MessageBody};
 use crate::types::{Entry, EntryPayload, LogIndex, NodeId, ProposalId};
 
 impl RawNode {
@@ -46,14 +47,107 @@ impl RawNode {
     /// reached no one else, left a two-voter cluster with no possible leader: it would not
     /// campaign, and its longer log kept the other voter from winning. Such a candidate does
     /// not count its own vote (it is not in the configuration the votes are counted in).
+    ///
+    /// Either way it must vote in this life ([`crate::Incarnation`]): a node that restarted without
+    /// its state waits until the leader has recorded its new life and promoted it back.
     pub(super) fn may_campaign(&self) -> bool {
-        if self.membership().is_voter(self.id) {
+        let (me, life) = (self.id, self.config.incarnation);
+        if self.membership().is_voter_life(me, life) {
             return true;
         }
         let at = self.membership_index();
         at > self.log.committed
             && at > LogIndex(0)
-            && self.membership_at(at.prev()).is_voter(self.id)
+            && self.membership_at(at.prev()).is_voter_life(me, life)
+    }
+
+    /// Leader: true when what `id` says counts toward a quorum (commits, CheckQuorum, read
+    /// confirmations): the leader hears the life of it that the membership records. A newer
+    /// life lost what the recorded one promised.
+    pub(super) fn counts_for_quorum(&self, id: NodeId) -> bool {
+        self.progress
+            .get(&id)
+            .is_some_and(|p| p.incarnation == self.membership().incarnation_of(id))
+    }
+
+    /// Sorts out a message by its sender's life ([`crate::Incarnation`]) before anything else sees
+    /// it. Returns false to drop it: it comes from an older life than the membership records
+    /// (that process is dead), or it is a vote (request or answer) from a life the membership
+    /// has not recorded (its promises died with the life before). A leader that hears a newer
+    /// life of a follower starts that follower's progress afresh: its log may be gone.
+    pub(super) fn admit_incarnation(&mut self, message: &Message) -> bool {
+        let recorded = self.membership().incarnation_of(message.from);
+        if message.incarnation < recorded {
+            return false;
+        }
+        let vote = matches!(
+            message.body,
+            MessageBody::VoteRequest { .. } | MessageBody::VoteResponse { .. }
+        );
+        if vote && message.incarnation != recorded {
+            return false;
+        }
+        if self.role == Role::Leader && message.term == self.term {
+            let next = self.log.last_index().next();
+            if let Some(progress) = self.progress.get_mut(&message.from) {
+                if message.incarnation < progress.incarnation {
+                    return false;
+                }
+                if message.incarnation > progress.incarnation {
+                    tracing::info!(
+                        id = %message.from,
+                        incarnation = message.incarnation.0,
+                        "a member restarted without its state; replicating to it afresh"
+                    );
+                    *progress = Progress::new(next, message.incarnation);
+                }
+            }
+        }
+        true
+    }
+
+    /// Leader: records the new life of a member that restarted without its state (a voter
+    /// steps down to a learner), and promotes back a rejoining learner that has caught up. One
+    /// change at a time, like any membership change, and only once this term committed.
+    pub(super) fn replace_restarted_members(&mut self) {
+        if self.role != Role::Leader
+            || self.transfer.is_some()
+            || self.membership_change_pending()
+            || !self.committed_in_current_term()
+        {
+            return;
+        }
+        let membership = self.membership();
+        let restarted = self
+            .progress
+            .iter()
+            .find(|(id, p)| p.incarnation > membership.incarnation_of(**id))
+            .map(|(id, p)| (*id, p.incarnation));
+        if let Some((id, incarnation)) = restarted {
+            match membership.record_restart(id, incarnation) {
+                Ok(next) => {
+                    tracing::info!(%id, incarnation = incarnation.0, "recording a member's new life");
+                    self.append_membership(next);
+                }
+                Err(why) => {
+                    tracing::debug!(%id, %why, "cannot record a member's new life yet");
+                }
+            }
+            return;
+        }
+        let ready = self.membership().rejoining.iter().copied().find(|id| {
+            self.membership().learners.contains(id)
+                && self.counts_for_quorum(*id)
+                && self.check_caught_up(*id).is_ok()
+        });
+        if let Some(id) = ready {
+            let next = self
+                .membership()
+                .apply(&MembershipChange::promote(id))
+                .expect("a rejoining learner can be promoted outside a joint configuration");
+            tracing::info!(%id, "promoting a rejoining member back to voter");
+            self.append_membership(next);
+        }
     }
 
     /// True while a membership change is unfinished: its entry is uncommitted, or the cluster
@@ -138,9 +232,10 @@ impl RawNode {
         let next = self.log.last_index();
         for id in members {
             if id != me {
+                let incarnation = self.membership().incarnation_of(id);
                 self.progress
                     .entry(id)
-                    .or_insert_with(|| Progress::new(next));
+                    .or_insert_with(|| Progress::new(next, incarnation));
             }
         }
         if let Some(transfer) = self.transfer {

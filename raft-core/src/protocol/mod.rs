@@ -389,6 +389,9 @@ impl RawNode {
             }
             return;
         }
+        if !self.admit_incarnation(&message) {
+            return;
+        }
         if message.term > self.term {
             if !self.adopt_higher_term(&message) {
                 return;
@@ -420,6 +423,7 @@ impl RawNode {
                 transfer,
             } => self.handle_vote_request(
                 message.from,
+                message.incarnation,
                 message.term,
                 pre_vote,
                 last_log_index,
@@ -742,6 +746,7 @@ impl RawNode {
             from: self.id,
             to,
             term: self.term,
+            incarnation: self.config.incarnation,
             body,
         };
         self.send_message(message);
@@ -836,8 +841,15 @@ fn restore_log(config: &Config, restore: &Restore) -> Result<RestoredLog, Config
                 "restored log starts at {first} but no snapshot covers the entries before it"
             )));
         }
-        let mut initial = Membership::new(config.voters.iter().copied());
-        initial.nodes = config.initial_nodes.clone();
+        // A later life of a node whose storage did not survive: the cluster it started with
+        // has moved on, so it knows no members until a leader tells it.
+        let initial = if config.incarnation > crate::types::Incarnation(0) {
+            Membership::default()
+        } else {
+            let mut initial = Membership::new(config.voters.iter().copied());
+            initial.nodes = config.initial_nodes.clone();
+            initial
+        };
         return Ok(RestoredLog {
             offset: LogIndex(0),
             offset_term: Term(0),

@@ -1,7 +1,7 @@
 //! What a leader knows about each follower's log, and how fast it may send to it.
 
 use crate::snapshot::SnapshotMeta;
-use crate::types::LogIndex;
+use crate::types::{Incarnation, LogIndex};
 use std::collections::VecDeque;
 
 /// How a leader is sending to one follower.
@@ -128,11 +128,16 @@ pub(crate) struct Progress {
     /// commit index passes it, an ack is followed by an empty append, so a follower whose ack
     /// came in after the commit still learns of it without waiting for a heartbeat.
     pub(crate) sent_commit: LogIndex,
+    /// The follower's life this progress describes: the one the membership records when the
+    /// leader took office, or a newer one it heard from since (then everything above was
+    /// started afresh: that life's log may have gone back to nothing).
+    pub(crate) incarnation: Incarnation,
 }
 
 impl Progress {
-    pub(crate) fn new(next_index: LogIndex) -> Progress {
+    pub(crate) fn new(next_index: LogIndex, incarnation: Incarnation) -> Progress {
         Progress {
+            incarnation,
             match_index: LogIndex(0),
             next_index,
             state: ReplicationState::Probe,
@@ -244,7 +249,7 @@ mod tests {
 
     #[test]
     fn inflight_limits_pause_replication_and_acks_resume_it() {
-        let mut progress = Progress::new(LogIndex(1));
+        let mut progress = Progress::new(LogIndex(1), Incarnation(0));
         progress.become_replicate();
         progress.inflights.add(LogIndex(5), 100);
         progress.inflights.add(LogIndex(9), 100);
@@ -264,7 +269,7 @@ mod tests {
 
     #[test]
     fn stale_rejections_are_ignored() {
-        let mut progress = Progress::new(LogIndex(11));
+        let mut progress = Progress::new(LogIndex(11), Incarnation(0));
         progress.update_match(LogIndex(7));
         assert!(
             !progress.back_off(LogIndex(6), LogIndex(3)),
@@ -280,7 +285,7 @@ mod tests {
 
     #[test]
     fn back_off_never_goes_below_match() {
-        let mut progress = Progress::new(LogIndex(21));
+        let mut progress = Progress::new(LogIndex(21), Incarnation(0));
         progress.update_match(LogIndex(12));
         progress.become_replicate();
         progress.next_index = LogIndex(21);

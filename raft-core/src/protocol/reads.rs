@@ -249,6 +249,9 @@ impl RawNode {
     /// Leader: `from` answered the heartbeat of round `seq`, which confirms every round up to
     /// it.
     pub(super) fn read_round_answered(&mut self, from: NodeId, seq: u64) {
+        if !self.counts_for_quorum(from) {
+            return; // a life of the follower the membership has not recorded: it promised nothing
+        }
         for round in self.reads.rounds.iter_mut() {
             if round.seq > seq {
                 break;

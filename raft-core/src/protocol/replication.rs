@@ -35,7 +35,7 @@ impl RawNode {
         self.progress.clear();
         self.sync_progress();
         for progress in self.progress.values_mut() {
-            *progress = Progress::new(next);
+            *progress = Progress::new(next, progress.incarnation);
         }
         // A blank entry of the new term lets the leader commit, and so learn the commit index
         // of, everything before it (Raft §5.4.2, §8).
@@ -52,6 +52,7 @@ impl RawNode {
     pub(super) fn tick_leader(&mut self) {
         self.tick_transfer();
         self.tick_snapshot_sends();
+        self.replace_restarted_members();
         self.heartbeat_elapsed += 1;
         self.election_elapsed += 1;
         if self.election_elapsed >= self.config.election_timeout_ticks_min {
@@ -72,9 +73,13 @@ impl RawNode {
     fn quorum_active(&mut self) -> bool {
         let me = self.id;
         let progress = &self.progress;
-        let active = self
-            .membership()
-            .is_quorum(|id| id == me || progress.get(&id).is_some_and(|p| p.recent_active));
+        let membership = self.membership();
+        let active = membership.is_quorum(|id| {
+            id == me
+                || progress.get(&id).is_some_and(|p| {
+                    p.recent_active && p.incarnation == membership.incarnation_of(id)
+                })
+        });
         for progress in self.progress.values_mut() {
             progress.recent_active = false;
         }
@@ -272,11 +277,15 @@ impl RawNode {
         let me = self.id;
         let persisted = self.log.persisted;
         let progress = &self.progress;
-        let candidate = self.membership().committed_index(|id| {
+        let membership = self.membership();
+        let candidate = membership.committed_index(|id| {
             if id == me {
                 persisted
             } else {
-                progress.get(&id).map_or(LogIndex(0), |p| p.match_index)
+                progress
+                    .get(&id)
+                    .filter(|p| p.incarnation == membership.incarnation_of(id))
+                    .map_or(LogIndex(0), |p| p.match_index)
             }
         });
         if candidate <= self.log.committed || self.log.term(candidate) != Some(self.term) {

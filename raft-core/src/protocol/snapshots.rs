@@ -193,6 +193,7 @@ impl RawNode {
         let window = chunk_max * self.config.snapshot_inflight_chunks_max as u64;
         let term = self.term;
         let from = self.id;
+        let incarnation = self.config.incarnation;
         let Some(send) = self.progress.get_mut(&to).and_then(|p| p.snapshot.as_mut()) else {
             return;
         };
@@ -205,6 +206,7 @@ impl RawNode {
                 from,
                 to,
                 term,
+                incarnation,
                 body: MessageBody::SnapshotChunk {
                     meta: send.meta.clone(),
                     offset,

@@ -885,6 +885,8 @@ fn joint_membership() -> Membership {
         learners: set(&[5, 300]),
         removed: set(&[6]),
         nodes: [(NodeId(4), crate::membership::NodeMeta::at("127.0.0.1:7004"))].into(),
+        incarnations: [(NodeId(3), crate::types::Incarnation(2))].into(),
+        rejoining: set(&[3]),
     }
 }
 

@@ -75,7 +75,7 @@
 
 use crate::message::{Lane, Message, MessageBody};
 use crate::network::{Inbound, Network, NetworkError, SendError};
-use crate::types::{Entry, EntryPayload, LogIndex, NodeId, Term};
+use crate::types::{Entry, EntryPayload, Incarnation, LogIndex, NodeId, Term};
 use crate::wire::{self, ClusterId, Handshake};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -249,6 +249,7 @@ pub fn numbered(from: NodeId, to: NodeId, sequence: u64) -> Message {
         from,
         to,
         term: Term(1),
+        incarnation: Incarnation(0),
         body: MessageBody::Heartbeat {
             commit: LogIndex(sequence),
             read_seq: sequence,
@@ -273,6 +274,7 @@ pub fn chunk(from: NodeId, to: NodeId, index: u64, payload_bytes: usize) -> Mess
         from,
         to,
         term: Term(2),
+        incarnation: Incarnation(0),
         body: MessageBody::Append {
             prev_log_index: LogIndex(index),
             prev_log_term: Term(2),
@@ -668,6 +670,7 @@ fn smuggled(from: NodeId, to: NodeId) -> Message {
         from,
         to,
         term: Term(666),
+        incarnation: Incarnation(0),
         body: MessageBody::HeartbeatResponse { read_seq: 0 },
     }
 }

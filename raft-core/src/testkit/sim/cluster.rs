@@ -308,6 +308,8 @@ pub struct ClusterStats {
     pub crashes: u64,
     /// Node restarts.
     pub restarts: u64,
+    /// Restarts with a wiped disk, in a new incarnation.
+    pub amnesias: u64,
     /// Times a node became leader.
     pub leader_elections: u64,
     /// Proposals made.
@@ -507,6 +509,9 @@ struct SimNode {
     /// Grows at every crash; messages and timers of an earlier life are discarded.
     incarnation: u64,
     restarts: u64,
+    /// How many times the node restarted with a wiped disk: its protocol
+    /// [`Incarnation`](crate::Incarnation) ([`Cluster::restart_amnesiac`]).
+    amnesias: u64,
     /// Role and term last seen, for the trace.
     seen: (Role, Term),
     /// The next write that carries anything fails ([`Cluster::fail_next_write`]).
@@ -653,6 +658,7 @@ impl Cluster {
                 tick_skew_ms: skew_rng.between(0, skew_max),
                 incarnation: 0,
                 restarts: 0,
+                amnesias: 0,
                 seen: (Role::Follower, Term(0)),
                 fail_next_write: false,
             });
@@ -694,6 +700,7 @@ impl Cluster {
             Vec::new()
         };
         config.seed = mix(mix(self.seed, id.0), node.restarts);
+        config.incarnation = crate::Incarnation(node.amnesias);
         self.drop_entries_replaced_by_snapshot(k);
         let node = &self.nodes[k];
         let (kv, applied) = match &node.durable.snapshot {
@@ -2001,6 +2008,24 @@ impl Cluster {
         self.trace_line(format_args!("{node} restarts"));
         self.start_node(k);
         self.after_step();
+    }
+
+    /// Restarts a crashed `node` with nothing on its disk, as an in-memory store comes back
+    /// after a crash, in a new [`Incarnation`](crate::Incarnation) (as `raft_storage_mem`'s
+    /// counter gives one).
+    pub fn restart_amnesiac(&mut self, node: impl Into<NodeId>) {
+        let node = node.into();
+        let k = self.index_of(node);
+        if self.nodes[k].raw.is_some() {
+            return;
+        }
+        self.nodes[k].durable = DurableState::default();
+        self.nodes[k].amnesias += 1;
+        self.invariants.on_amnesia(node);
+        self.stats.amnesias += 1;
+        let life = self.nodes[k].amnesias;
+        self.trace_line(format_args!("{node} lost its disk (life {life})"));
+        self.restart(node);
     }
 
     /// Replaces the network's behaviour from now on (messages in flight keep their delays).

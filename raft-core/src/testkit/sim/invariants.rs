@@ -40,6 +40,9 @@
 //!   term has committed anything (checked after every step, reads or not).
 //! - **No acknowledged write lost**: no durable store ever drops a committed entry, and at the
 //!   end of a run every log holds every entry whose proposer was told it applied.
+//! - **Amnesia**: a node that restarts with a wiped disk (an in-memory store) starts a new
+//!   durable history in a new incarnation; the checks above hold it to that history alone, so
+//!   whatever its earlier life acknowledged must survive on the others.
 
 use super::cluster::DurableState;
 use super::kv::KvStore;
@@ -238,6 +241,15 @@ impl Invariants {
             ));
         }
         watch.durable = hard_state;
+    }
+
+    /// `node` lost its disk and comes back in a new incarnation: what the old disk promised is
+    /// void, so its durable history starts afresh (commits verified before stay verified; a
+    /// committed entry it alone held is then missed by Leader Completeness).
+    pub(crate) fn on_amnesia(&mut self, node: NodeId) {
+        let watch = self.nodes.entry(node).or_default();
+        watch.durable = HardState::default();
+        watch.durable_in_term.clear();
     }
 
     /// `node` starts (again) from its durable state.
@@ -564,6 +576,7 @@ impl Invariants {
             MessageBody::VoteResponse {
                 pre_vote: false,
                 granted: true,
+                ..
             } => Some(message.to),
             _ => None,
         };

@@ -84,7 +84,9 @@ impl fmt::Display for ShowMessage<'_> {
                 write!(f, "{kind} last={last_log_index}/{last_log_term}{why}")
             }
             MessageBody::TimeoutNow => write!(f, "timeout-now"),
-            MessageBody::VoteResponse { pre_vote, granted } => {
+            MessageBody::VoteResponse {
+                pre_vote, granted, ..
+            } => {
                 let kind = if *pre_vote { "prevote" } else { "vote" };
                 let answer = if *granted { "granted" } else { "refused" };
                 write!(f, "{kind}-{answer}")
