@@ -92,10 +92,15 @@ fn every_seed_keeps_the_invariants_settles_and_is_linearizable() {
     let operations: usize = reports.iter().map(|r| r.operations).sum();
     let virtual_ms: u64 = reports.iter().map(|r| r.end_ms).sum();
     let liveness_max = reports.iter().map(|r| r.liveness_ms).max().unwrap_or(0);
+    let catch_up_max = reports
+        .iter()
+        .map(|r| r.catch_up_entries)
+        .max()
+        .unwrap_or(0);
     println!(
         "{} seeds ({one} of 1 voter, {two} of 2, {three} of 3, {five} of 5): {steps} steps, \
          {operations} operations checked, {} virtual seconds; slowest liveness phase \
-         {liveness_max} ms",
+         {liveness_max} ms, largest catch-up {catch_up_max} entries",
         reports.len(),
         virtual_ms / 1000
     );
@@ -307,6 +312,32 @@ fn reads_without_the_log_and_transfers_happened() {
     ] {
         assert!(count >= least, "too few {what}: {count} (want {least})");
     }
+}
+
+/// A learner that ends the faults far behind catches up at the rate the flow-control limits
+/// allow, and the liveness phase waits for it as long as it keeps catching up. Seed 4052 (two
+/// voters, lossy links) adds learner n3 when the leader holds 1595 entries and never compacts
+/// them (`snapshot_interval_entries` 0, a 10 000-entry tail), so n3 is sent the log, 96 bytes
+/// (two or three entries) per append with one append in flight. When the faults end n3 lacks
+/// 1415 entries, about 21 virtual seconds of appends: more than the 10 seconds a stalled
+/// cluster is given, which once failed the seed although n3 never stopped catching up.
+#[test]
+fn a_learner_far_behind_is_waited_for_while_it_catches_up() {
+    let options = SimOptions::from_seed(4052);
+    assert_eq!(
+        (
+            options.config.message_bytes_max,
+            options.config.inflight_messages_max
+        ),
+        (96, 1),
+        "seed 4052 no longer draws the tight flow control this test is about"
+    );
+    let report = run(&options);
+    assert!(
+        report.liveness_ms > options.liveness_ms_max,
+        "the liveness phase took {} ms: the learner did not have to catch up for long",
+        report.liveness_ms
+    );
 }
 
 /// Replays `SIM_SEED` alone, with its trace written to a file.

@@ -68,9 +68,11 @@
 //! log or, in a share the seed picks, are read without it ([`Cluster::read_kv`]: ReadIndex,
 //! follower reads, and lease reads on seeds that turn `lease_reads` on); node clocks tick at
 //! rates within the lease's drift assumption ([`lease_clock_margin_holds`]). Then every cut
-//! heals, every node restarts and loss stops, the leader hands over once more, and within a
-//! bounded virtual time a leader must exist, every operation in flight must be answered and a
-//! fresh write must apply on every node. Finally the history goes through the
+//! heals, every node restarts and loss stops, the leader hands over once more, and a leader
+//! must exist, every operation in flight must be answered and a fresh write must apply on every
+//! node, within a bounded virtual time of the last catch-up (a member applying an entry of the
+//! longest log held when the faults ended: a member far behind is waited for while it catches
+//! up at the rate the flow-control limits allow, see [`run`]). Finally the history goes through the
 //! [linearizability checker](crate::testkit::linearizability); a read that failed is left out
 //! of it (reads change nothing), and a write reported as never applied must not be committed.
 //!

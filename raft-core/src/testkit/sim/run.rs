@@ -11,7 +11,7 @@ use crate::testkit::linearizability::{
 };
 use crate::types::{LogIndex, NodeId, ProposalId, Term};
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -91,7 +91,9 @@ pub struct SimOptions {
     pub keys: usize,
     /// Virtual time with faults and clients running.
     pub fault_phase_ms: u64,
-    /// Virtual time the liveness phase may take before the run fails.
+    /// Virtual time the liveness phase may go without catching up before the run fails: the
+    /// phase fails once this long has passed since the faults ended and since any member last
+    /// applied an entry it lacked then (see [`run`]).
     pub liveness_ms_max: u64,
     /// A client gives up on an operation after this long (outcome unknown).
     pub client_timeout_ms: u64,
@@ -432,12 +434,28 @@ pub struct RunReport {
     pub end_ms: u64,
     /// Virtual time the liveness phase took.
     pub liveness_ms: u64,
+    /// Entries the members lacked when the faults ended, summed over the members: for each,
+    /// the entries up to the longest log then held that it had not applied.
+    pub catch_up_entries: u64,
     /// The trace, when asked for.
     pub trace: Option<String>,
 }
 
 /// Runs the simulation `options` describe and checks it: invariants after every step,
 /// liveness after the faults, linearizability of the history at the end.
+///
+/// The liveness phase must settle, but it is not given a fixed time: it fails once
+/// `options.liveness_ms_max` passes without catching up, that is without any member applying an
+/// entry up to the longest log held when the faults ended. Raft promises that a calm cluster
+/// elects a leader, commits, and brings every member's log up to the leader's; it does not
+/// promise how fast a member far behind catches up, which the flow-control limits set
+/// (`message_bytes_max` per append, `inflight_messages_max` appends in flight, one round trip
+/// each). A fixed time failed seeds whose learner lagged more than that time could carry, while
+/// it kept catching up. A stuck node, a leader that cannot commit, or a cluster whose elections
+/// never end still fails within `liveness_ms_max`: once every member applied what any log held at
+/// the end of the faults, nothing more counts (new terms' blank entries do not), and the phase then
+/// has `liveness_ms_max` left to settle. The catch-up is bounded too: each entry counted buys at
+/// most `liveness_ms_max`, so the phase ends within `liveness_ms_max * (catch_up_entries + 1)`.
 ///
 /// # Panics
 /// On any violation or protocol panic, with the seed and the replay command; the trace is
@@ -537,6 +555,67 @@ enum Phase {
     Liveness { since_ms: u64 },
 }
 
+/// How far the members have caught up, during the liveness phase, to the longest log held
+/// when the faults ended (see [`run`] for why the liveness phase waits while it moves).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct CatchUp {
+    /// The nodes some node counted as members (voters or learners) when the faults ended;
+    /// spare nodes never added are left out, as they are sent nothing.
+    members: BTreeSet<NodeId>,
+    /// The last index of the longest log held when the faults ended.
+    target: LogIndex,
+    /// Entries up to `target` the members lacked then, summed over the members.
+    lacking_at_start: u64,
+    /// The sum over the members of `min(applied, target)`, the highest seen.
+    applied_sum_max: u64,
+    /// When `applied_sum_max` last rose (or the faults ended).
+    moved_ms: u64,
+}
+
+impl CatchUp {
+    /// The catch-up as `cluster` stands when the faults end.
+    fn start(cluster: &Cluster) -> CatchUp {
+        let ids = cluster.ids();
+        let members: BTreeSet<NodeId> = ids
+            .iter()
+            .flat_map(|n| cluster.node(*n).membership().members())
+            .collect();
+        let target = ids
+            .iter()
+            .map(|n| cluster.node(*n).last_index())
+            .max()
+            .unwrap_or(LogIndex(0));
+        let applied_sum = applied_sum(cluster, &members, target);
+        CatchUp {
+            lacking_at_start: target.0 * members.len() as u64 - applied_sum,
+            members,
+            target,
+            applied_sum_max: applied_sum,
+            moved_ms: cluster.now_ms(),
+        }
+    }
+
+    /// Moves on when a member applied an entry up to the target since. A restart (a write
+    /// queued before the faults ended may still fail) lowers a node's applied index; only a
+    /// sum above the highest one seen counts, so a node replaying its log after a restart does
+    /// not count twice.
+    fn observe(&mut self, cluster: &Cluster) {
+        let applied_sum = applied_sum(cluster, &self.members, self.target);
+        if applied_sum > self.applied_sum_max {
+            self.applied_sum_max = applied_sum;
+            self.moved_ms = cluster.now_ms();
+        }
+    }
+}
+
+/// The sum over `members` of the index each applied, counted up to `target`.
+fn applied_sum(cluster: &Cluster, members: &BTreeSet<NodeId>, target: LogIndex) -> u64 {
+    members
+        .iter()
+        .map(|n| cluster.kv(*n).applied_index().min(target).0)
+        .sum()
+}
+
 /// Virtual time between two attempts at the liveness phase's fresh write.
 const FRESH_RETRY_MS: u64 = 50;
 
@@ -594,6 +673,8 @@ struct Driver<'a> {
     transfers: Vec<TransferWatch>,
     transfer_ends: BTreeMap<&'static str, u64>,
     liveness_transfer: Option<Option<TransferEnd>>,
+    /// The liveness phase's catch-up, from the end of the faults.
+    catch_up: Option<CatchUp>,
     /// Transfers the fault phase started.
     transfers_started: u64,
     refused_for_transfer: usize,
@@ -649,6 +730,7 @@ impl<'a> Driver<'a> {
             transfers: Vec::new(),
             transfer_ends: BTreeMap::new(),
             liveness_transfer: None,
+            catch_up: None,
             transfers_started: 0,
             refused_for_transfer: 0,
             voters_max: options.nodes,
@@ -692,7 +774,9 @@ impl<'a> Driver<'a> {
                 if self.liveness_reached() {
                     return self.finish(since_ms);
                 }
-                if self.cluster.now_ms() > since_ms + self.options.liveness_ms_max {
+                let catch_up = self.catch_up.as_mut().expect("set when the faults end");
+                catch_up.observe(&self.cluster);
+                if self.cluster.now_ms() > catch_up.moved_ms + self.options.liveness_ms_max {
                     self.liveness_failed(since_ms);
                 }
             }
@@ -1245,11 +1329,12 @@ impl<'a> Driver<'a> {
         let now = self.cluster.now_ms();
         self.cluster
             .trace_line(format_args!("faults end: heal, restart, no more loss"));
-        self.phase = Phase::Liveness { since_ms: now };
         self.cluster.heal_all();
         for node in self.cluster.ids() {
             self.cluster.restart(node);
         }
+        self.catch_up = Some(CatchUp::start(&self.cluster));
+        self.phase = Phase::Liveness { since_ms: now };
         let mut disk = self.options.faults.disk;
         disk.write_fail_probability = 0.0; // writes queued now may still fail, once
         self.cluster.set_disk(disk);
@@ -1313,6 +1398,7 @@ impl<'a> Driver<'a> {
     }
 
     fn liveness_failed(&self, since_ms: u64) -> ! {
+        let catch_up = self.catch_up.as_ref().expect("set when the faults end");
         let mut state = String::new();
         for node in self.cluster.ids() {
             let raw = self.cluster.node(node);
@@ -1333,10 +1419,11 @@ impl<'a> Driver<'a> {
             .map(|(proposal, op)| format!("op {op} ({:x}) {:?}", proposal.0, self.ops[*op].input))
             .collect();
         panic!(
-            "liveness: {} ms after the faults ended (at {since_ms} ms) the cluster has not \
-             settled (a leader, every operation answered, a fresh write applied everywhere).\
-             {state}\n  unanswered: {pending:?}\n  fresh write: {:?}",
-            self.options.liveness_ms_max, self.fresh
+            "liveness: the faults ended at {since_ms} ms, and {} ms after no member applied more \
+             of the log up to {} (the longest then, {} entries lacking in all) the cluster has \
+             not settled (a leader, every operation answered, a fresh write applied \
+             everywhere).{state}\n  unanswered: {pending:?}\n  fresh write: {:?}",
+            self.options.liveness_ms_max, catch_up.target, catch_up.lacking_at_start, self.fresh
         )
     }
 
@@ -1385,6 +1472,7 @@ impl<'a> Driver<'a> {
             committed: self.cluster.committed_len(),
             end_ms: self.cluster.now_ms(),
             liveness_ms: self.cluster.now_ms() - liveness_since_ms,
+            catch_up_entries: self.catch_up.as_ref().map_or(0, |c| c.lacking_at_start),
             concurrent: concurrent_operations(&self.ops),
             lease_reads: stats.lease_reads,
             refused_for_transfer: self.refused_for_transfer,
