@@ -581,3 +581,38 @@ fn a_leader_removed_by_an_uncommitted_entry_may_campaign_to_commit_it() {
     assert!(!membership.is_joint() && membership.removed.contains(&NodeId(1)));
     put(&mut cluster, 2, 1);
 }
+
+/// A read round sent to a voter that the change then removes: its answer is ignored (it comes
+/// from a removed node), and the leader, now a quorum alone, still held the round open with
+/// no one left to answer it. The read waited forever (simulation seed 1922: a leader of
+/// {n2, n9} that removed n9 never answered a read registered just before). Rounds are now
+/// re-checked against every membership the leader appends.
+#[test]
+fn a_read_confirmed_by_a_shrinking_membership_is_answered() {
+    let mut cluster = Cluster::new(2);
+    cluster.campaign(1);
+    cluster.stabilize();
+    assert_eq!(cluster.node(1).role(), Role::Leader);
+    cluster
+        .change_membership(1, &MembershipChange::remove(NodeId(2)))
+        .expect("the leader takes the change");
+    // n2 stores the joint configuration; its acknowledgement waits while n1 registers a read.
+    cluster.deliver_matching(|m| m.to == NodeId(2) && matches!(m.body, MessageBody::Append { .. }));
+    let read = cluster.read_kv(1, "x");
+    // The acknowledgement commits the joint configuration: n1 appends the final one, {n1}.
+    cluster.deliver_matching(|m| {
+        m.to == NodeId(1) && matches!(m.body, MessageBody::AppendResponse(_))
+    });
+    assert!(
+        !cluster.node(1).membership().is_voter(NodeId(2)),
+        "n2 is no longer a voter: {:?}",
+        cluster.node(1).membership()
+    );
+    // n2 answers the read round now, as a removed node: ignored.
+    cluster.stabilize();
+    assert!(
+        matches!(cluster.outcome(read), Some(ProposalOutcome::Read { .. })),
+        "the read is answered by the leader alone: {:?}",
+        cluster.outcome(read)
+    );
+}

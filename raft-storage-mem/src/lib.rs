@@ -21,17 +21,31 @@
 //! The log lives in memory in full: its size is bounded by the protocol's compaction (`purge`),
 //! which the runtime drives.
 //!
-//! # A restart is a new node
+//! # A restart is a new life
 //!
 //! A process that restarts with a new `MemLogStore` has lost its log and its vote. Raft's
-//! safety rests on both: started again under its old ID, such a node may vote a second time in
-//! a term it already voted in, and the leader may count it toward commits for entries it no
-//! longer holds, so acknowledged writes can be lost once another node fails. Until the runtime
-//! gives a restarted in-memory node an identity of its own (an incarnation that the leader
-//! replaces through a membership change, then catches up and promotes), do not restart an
-//! in-memory voter under its old ID in a cluster that must keep its data: remove it, and add
-//! the restarted process as a new member under a new ID. Tests that "reopen" a store by handing
-//! a clone of it to the restarted node keep the data and are safe.
+//! safety rests on both: a node that came back under its old identity could vote a second time
+//! in a term it already voted in, and its earlier acknowledgements counted toward commits of
+//! entries it no longer holds. So an in-memory node starts every run after the first in a new
+//! [`Incarnation`](raft_core::Incarnation) ([`raft_core::Config::incarnation`]), taken from a
+//! small counter file with [`take_incarnation`] (the only thing it writes to disk). The
+//! protocol then keeps it safe with no operator action:
+//!
+//! - the restarted node knows no membership (it does not bootstrap the cluster again) and never
+//!   campaigns; its votes, acknowledgements and heartbeat answers count for nothing until the
+//!   leader has recorded its new life, because the membership names the life that counts;
+//! - the leader that hears the new life replicates to it from scratch (its log went back to
+//!   nothing), records the new life through a membership change (a voter steps down to a
+//!   learner), and promotes it back to voter once it has caught up;
+//! - so what the old life acknowledged must still be held by a majority of the others: with
+//!   three in-memory voters, one may lose its memory at a time, and the next only after the
+//!   first has rejoined (the cluster waits, unavailable but correct, if a majority has lost
+//!   its memory at once: what only they held is gone, as it would be with any Raft).
+//!
+//! A cluster whose every node restarts at once has lost its data: its nodes wait for a leader
+//! that cannot exist. Start it afresh (remove the counter files) to bootstrap again. Tests that
+//! "reopen" a store by handing a clone of it to the restarted node keep the data, keep the
+//! incarnation, and are safe.
 //!
 //! ```
 //! use raft_core::{Entry, EntryPayload, HardState, LogIndex, LogStore, LogWrite, Term};
@@ -62,6 +76,10 @@
 //! # }).unwrap();
 //! ```
 #![deny(missing_docs)]
+
+mod incarnation;
+
+pub use incarnation::take_incarnation;
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -169,9 +169,12 @@ impl RawNode {
     }
 
     /// The leader handed over (TimeoutNow): campaign at once, without a pre-vote, asking
-    /// voters to set aside their lease.
+    /// voters to set aside their lease. Not when this node may not campaign: a life the
+    /// membership has not recorded yet (the leader did not know of it when it chose).
     pub(super) fn campaign_for_transfer(&mut self) {
-        self.become_candidate_for(true);
+        if self.may_campaign() {
+            self.become_candidate_for(true);
+        }
     }
 
     fn become_candidate(&mut self) {

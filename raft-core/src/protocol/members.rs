@@ -220,6 +220,7 @@ impl RawNode {
         self.memberships.push((index, membership));
         self.sync_progress();
         self.needs_broadcast = true;
+        self.release_confirmed_reads();
         index
     }
 

@@ -173,6 +173,10 @@ pub struct PeerProgress {
 pub struct Status {
     /// This node.
     pub id: NodeId,
+    /// The life it runs in ([`crate::Incarnation`]); compare with
+    /// `membership.incarnation_of(id)`: until they agree (and it is not `rejoining`), this
+    /// node restarted without its state and has not rejoined yet.
+    pub incarnation: crate::Incarnation,
     /// Its role.
     pub role: Role,
     /// Its term.
@@ -202,6 +206,19 @@ pub struct Status {
     pub first_index: LogIndex,
     /// For a leader: each follower's progress.
     pub progress: Vec<PeerProgress>,
+}
+
+impl Status {
+    /// True when this node runs in the life its membership records and is not waiting to be
+    /// promoted back: false for a node that restarted without its state until the leader has
+    /// recorded it and, if it voted, promoted it back (it is then caught up to within
+    /// [`Config::promotion_lag_entries_max`]).
+    pub fn rejoined(&self) -> bool {
+        let recorded = self.membership.incarnation_of(self.id) == self.incarnation;
+        let member =
+            self.incarnation == crate::Incarnation(0) || self.membership.is_member(self.id);
+        recorded && member && !self.membership.rejoining.contains(&self.id)
+    }
 }
 
 /// One node of the Raft protocol, without IO. See the [module documentation](self).
@@ -700,6 +717,7 @@ impl RawNode {
     pub fn status(&self) -> Status {
         Status {
             id: self.id,
+            incarnation: self.config.incarnation,
             role: self.role,
             term: self.term,
             leader: self.leader,

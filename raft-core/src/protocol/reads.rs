@@ -258,6 +258,15 @@ impl RawNode {
             }
             round.acks.insert(from);
         }
+        self.release_confirmed_reads();
+    }
+
+    /// Leader: answers the reads of every round, oldest first, whose acknowledgements form a
+    /// quorum of the membership in force. Runs on each acknowledgement and when the membership
+    /// changes: a change that leaves the leader a quorum with the acknowledgements it already
+    /// has (down to itself alone) would otherwise wait for an answer that no remaining voter
+    /// sends.
+    pub(super) fn release_confirmed_reads(&mut self) {
         let me = self.id;
         while let Some(front) = self.reads.rounds.front() {
             let acks = &front.acks;

@@ -113,10 +113,13 @@ impl RawNode {
         if transfer.target != from || transfer.timeout_now_sent {
             return;
         }
-        let caught_up = self
-            .progress
-            .get(&from)
-            .is_some_and(|p| p.match_index == self.log.last_index());
+        // A target heard in a life the membership has not recorded cannot win: wait (the
+        // transfer times out, then the leader records that life).
+        let caught_up = self.counts_for_quorum(from)
+            && self
+                .progress
+                .get(&from)
+                .is_some_and(|p| p.match_index == self.log.last_index());
         if caught_up {
             self.send(from, MessageBody::TimeoutNow);
             self.transfer = Some(Transfer {

@@ -804,15 +804,6 @@ impl Cluster {
     fn handle_ready(&mut self, k: usize, ready: Ready) {
         let id = self.nodes[k].id;
         self.record_ready(id, &ready);
-        if let Some(first) = ready.write.entries.first() {
-            let raw = self.nodes[k]
-                .raw
-                .as_ref()
-                .expect("a ready comes from a live node");
-            let previous = raw.entry_term(first.index.prev()).unwrap_or(Term(0));
-            self.invariants
-                .on_entries(id, previous, &ready.write.entries);
-        }
         for message in ready.messages {
             self.check_promises(k, &message);
             self.send(message);
@@ -996,6 +987,21 @@ impl Cluster {
             self.invariants.on_truncate(id, &durable.entries[keep..]);
             durable.entries.truncate(keep);
         }
+        if let Some(first) = pending.write.entries.first() {
+            let previous = if first.index.prev() == durable.snapshot_index() {
+                durable
+                    .snapshot
+                    .as_ref()
+                    .map_or(Term(0), |(meta, _)| meta.last_term)
+            } else {
+                durable
+                    .entry(first.index.prev())
+                    .map_or(Term(0), |e| e.term)
+            };
+            self.invariants
+                .on_entries(id, previous, &pending.write.entries);
+        }
+        let durable = &mut self.nodes[k].durable;
         for entry in &pending.write.entries {
             if entry.index != durable.last_index().next() {
                 let last = durable.last_index();
@@ -1035,7 +1041,18 @@ impl Cluster {
 
     /// A message is about to leave node `k`: every promise it makes must be durable on its
     /// disk now (see the invariants).
-    fn check_promises(&self, k: usize, message: &Message) {
+    fn check_promises(&mut self, k: usize, message: &Message) {
+        if let MessageBody::Append {
+            prev_log_term,
+            entries,
+            ..
+        } = &message.body
+        {
+            // Entries exist for Log Matching once they leave their node (or reach its disk):
+            // an entry that died in a crashed node's memory before either was never in a log.
+            self.invariants
+                .on_entries(message.from, *prev_log_term, entries);
+        }
         let node = &self.nodes[k];
         let receiving = node
             .receiving
@@ -2026,6 +2043,11 @@ impl Cluster {
         let life = self.nodes[k].amnesias;
         self.trace_line(format_args!("{node} lost its disk (life {life})"));
         self.restart(node);
+    }
+
+    /// The incarnation `node` runs (or will restart) in: how often it lost its disk.
+    pub fn incarnation(&self, node: impl Into<NodeId>) -> crate::Incarnation {
+        crate::Incarnation(self.nodes[self.index_of(node.into())].amnesias)
     }
 
     /// Replaces the network's behaviour from now on (messages in flight keep their delays).

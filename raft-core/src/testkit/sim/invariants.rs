@@ -2,8 +2,10 @@
 //!
 //! Every check is incremental, so running them after every step stays cheap:
 //! - **Election Safety**: `leaders` maps each term to the one node seen leading it.
-//! - **Log Matching**: every entry that enters any log is registered under (index, term) with
-//!   its payload and the term of the entry before it. A second entry under the same key must
+//! - **Log Matching**: every entry that reaches a disk or leaves its node in an append is
+//!   registered under (index, term) with its payload and the term of the entry before it (one
+//!   that died in a crashed node's memory before either was in no log: a single voter whose
+//!   write of its new term failed wins that term again after its restart, with other entries). A second entry under the same key must
 //!   agree on both. By induction on the index, two logs that agree on the term at an index then
 //!   agree on every entry before it, which is the property, without comparing whole logs.
 //! - **Commits a durable quorum backs**: what counts as committed is computed from the disks,

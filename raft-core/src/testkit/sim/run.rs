@@ -66,6 +66,11 @@ pub struct FaultRates {
     pub cut_ms_max: u64,
     /// Most nodes down at once.
     pub crashed_nodes_max: usize,
+    /// Chance that a crashed node comes back with a wiped disk in a new incarnation, as an
+    /// in-memory store does ([`Cluster::restart_amnesiac`]), when the cluster can afford it:
+    /// its membership is committed, nobody is rejoining, every member's recorded life is its
+    /// current one, and a voter leaves at least two others.
+    pub amnesia_probability: f64,
 }
 
 /// Everything one randomized run depends on. [`SimOptions::from_seed`] derives all of it from a
@@ -168,6 +173,11 @@ impl SimOptions {
             VOTERS_MIN
         };
         disk_faults(&mut SimRng::stream(seed, 103), &mut faults, &config);
+        // A third of the seeds run in-memory nodes that lose everything when they crash.
+        let mut amnesia = SimRng::stream(seed, 104);
+        if amnesia.chance(0.35) {
+            faults.amnesia_probability = amnesia.between(3, 10) as f64 / 10.0;
+        }
         SimOptions {
             seed,
             nodes,
@@ -230,6 +240,7 @@ fn fault_rates(rng: &mut SimRng, profile: &str, nodes: usize) -> FaultRates {
         cut_ms_max: 1500,
         // One- and two-voter clusters may lose their one node that matters, for a while.
         crashed_nodes_max: ((nodes - 1) / 2).max(1),
+        amnesia_probability: 0.0,
     };
     let lossy = |faults: &mut FaultRates, rng: &mut SimRng| {
         faults.network.drop_probability = rng.between(1, 20) as f64 / 100.0;
@@ -394,6 +405,8 @@ pub struct RunReport {
     pub liveness_transfer: Option<TransferEnd>,
     /// Node crashes.
     pub crashes: u64,
+    /// Restarts with a wiped disk, in a new incarnation.
+    pub amnesias: u64,
     /// Two-sided partitions made (isolations included).
     pub partitions: u64,
     /// One-way cuts made.
@@ -652,6 +665,9 @@ struct Driver<'a> {
     options: &'a SimOptions,
     cluster: Cluster,
     fault_rng: SimRng,
+    /// Draws whether a restart wipes the disk (its own stream: seeds without amnesia replay
+    /// as before).
+    amnesia_rng: SimRng,
     client_rng: SimRng,
     clients: Vec<Client>,
     ops: Vec<OpRecord>,
@@ -715,6 +731,7 @@ impl<'a> Driver<'a> {
             options,
             cluster,
             fault_rng: SimRng::stream(options.seed, 4),
+            amnesia_rng: SimRng::stream(options.seed, 6),
             client_rng: SimRng::stream(options.seed, 5),
             clients: vec![Client::default(); options.clients],
             ops: Vec::new(),
@@ -793,7 +810,7 @@ impl<'a> Driver<'a> {
             Event::Fault if faults => self.fault(),
             Event::Fault => {}
             Event::Heal(cut) => self.cluster.heal(cut),
-            Event::Restart(node) => self.cluster.restart(node),
+            Event::Restart(node) => self.restart(node),
             Event::LeaseProbe {
                 node,
                 term,
@@ -1129,6 +1146,40 @@ impl<'a> Driver<'a> {
         }
     }
 
+    /// Restarts a crashed node, from its disk or, with `amnesia_probability` when the cluster
+    /// can afford it, from nothing in a new incarnation.
+    fn restart(&mut self, node: NodeId) {
+        let amnesia = self.options.faults.amnesia_probability;
+        if amnesia > 0.0 && self.amnesia_rng.chance(amnesia) && self.may_lose_disk(node) {
+            self.cluster.restart_amnesiac(node);
+        } else {
+            self.cluster.restart(node);
+        }
+    }
+
+    /// True when `node` may lose its disk without making the cluster unable to recover: the
+    /// leader's membership is committed and settled (not joint, nobody rejoining, every
+    /// member recorded in its current life), and a voter leaves at least two voters. Losing a
+    /// second voter before the first has rejoined, or the only copy a two-voter cluster has,
+    /// loses acknowledged writes with any Raft (or leaves no quorum): that is not a fault the
+    /// protocol can mask, so the simulator does not inject it.
+    fn may_lose_disk(&self, node: NodeId) -> bool {
+        let Some(leader) = self.cluster.leader() else {
+            return false;
+        };
+        let raw = self.cluster.node(leader);
+        let membership = raw.membership();
+        let settled = raw.commit_index() >= raw.membership_index()
+            && !membership.is_joint()
+            && membership.rejoining.is_empty()
+            && self
+                .cluster
+                .ids()
+                .into_iter()
+                .all(|id| membership.incarnation_of(id) == self.cluster.incarnation(id));
+        settled && (!membership.is_voter(node) || membership.voters.len() >= 3)
+    }
+
     fn crash_one(&mut self) {
         let live = self.cluster.live_nodes();
         let down = self.cluster.ids().len() - live.len();
@@ -1346,8 +1397,9 @@ impl<'a> Driver<'a> {
         self.cluster.set_network(calm);
     }
 
-    /// After the faults: a leader, a leadership transfer ended, no operation in flight, and a
-    /// fresh write (and everything acknowledged before) applied on every node. Proposes the
+    /// After the faults: a leader, a leadership transfer ended, no operation in flight, every
+    /// node that lost its disk rejoined in its new life, and a fresh write (and everything
+    /// acknowledged before) applied on every node. Proposes the
     /// fresh write once the transfer ended (again, if one fails).
     fn liveness_reached(&mut self) -> bool {
         let Some(leader) = self.cluster.leader() else {
@@ -1387,8 +1439,16 @@ impl<'a> Driver<'a> {
             Some((OpOutcome::Pending, _)) | Some((OpOutcome::Returned { .. }, None)) => false,
             Some((OpOutcome::Returned { .. }, Some(index))) => {
                 let index = index.max(self.acknowledged_max);
-                let members = self.cluster.node(leader).membership().members();
+                let membership = self.cluster.node(leader).membership();
+                let members = membership.members();
+                // Nodes that lost their disk are recorded in their new life and, if they
+                // voted, promoted back, with no one asking.
+                let rejoined = membership.rejoining.is_empty()
+                    && members
+                        .iter()
+                        .all(|n| membership.incarnation_of(*n) == self.cluster.incarnation(*n));
                 self.waiting.is_empty()
+                    && rejoined
                     && !self.cluster.node(leader).membership_change_pending()
                     && members
                         .into_iter()
@@ -1452,6 +1512,7 @@ impl<'a> Driver<'a> {
             profile: self.options.profile,
             operations: history.len(),
             crashes: stats.crashes,
+            amnesias: stats.amnesias,
             partitions: self.partitions,
             one_way_cuts: self.one_way_cuts,
             messages_dropped: stats.messages_dropped,
