@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Plants each classic Raft bug of raft-core/mutants/*.patch (one bug per patch) in a scratch
 # copy of the workspace, runs the simulation (the default seeds of `make test`) and the
-# scenario tests against it, and reports per bug whether they caught it. A bug that survives
+# scenario and safety tests against it, and reports per bug whether they caught it. A bug that survives
 # means the proof has a hole: the script exits non-zero.
 #
 #   raft-core/mutants/plant.sh                 # every patch
@@ -18,7 +18,7 @@ scratch=${PLANT_SCRATCH:-$tmp/raft-plant}
 logs=$scratch.logs
 export CARGO_TARGET_DIR=${PLANT_TARGET_DIR:-$tmp/raft-plant-target}
 cargo=${CARGO:-cargo}
-tests=(--release -p raft-core --test simulation --test scenarios)
+tests=(--release -p raft-core --test simulation --test scenarios --test safety)
 
 if [ $# -gt 0 ]; then
     names=("$@")
@@ -82,7 +82,8 @@ for name in "${names[@]}"; do
     fi
     simulation=$(run_target simulation "$logs/$name.simulation.log")
     scenarios=$(run_target scenarios "$logs/$name.scenarios.log")
-    if [ "$simulation" = "-" ] && [ "$scenarios" = "-" ]; then
+    safety=$(run_target safety "$logs/$name.safety.log")
+    if [ "$simulation" = "-" ] && [ "$scenarios" = "-" ] && [ "$safety" = "-" ]; then
         verdict=SURVIVED
         survived=$((survived + 1))
     else
@@ -91,5 +92,6 @@ for name in "${names[@]}"; do
     echo "$name: $verdict ($(($(date +%s) - started)) s)"
     echo "    simulation: $simulation"
     echo "    scenarios:  $scenarios"
+    echo "    safety:     $safety"
 done
 exit $((survived > 0))

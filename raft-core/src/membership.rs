@@ -105,25 +105,34 @@ impl Membership {
         self.incarnations.get(&id).copied().unwrap_or_default()
     }
 
-    /// True when `id`, in its life `incarnation`, votes (in either half of a joint
-    /// configuration): a restarted life that the membership has not recorded does not.
-    pub fn is_voter_life(&self, id: NodeId, incarnation: Incarnation) -> bool {
-        self.is_voter(id) && self.incarnation_of(id) == incarnation
+    /// True when what `id` says in its life `incarnation` counts toward quorums (votes,
+    /// commits, CheckQuorum, reads): it votes (in either half of a joint configuration), the
+    /// membership records that life, and it is not rejoining. A restarted life that the
+    /// membership has not recorded counts nowhere, nor does a rejoining one until it is
+    /// promoted back.
+    pub fn counts(&self, id: NodeId, incarnation: Incarnation) -> bool {
+        self.is_voter(id) && self.incarnation_of(id) == incarnation && !self.rejoining.contains(&id)
     }
 
     /// The configuration that records a newer life of member `id`, which restarted without
-    /// its state: a voter steps down (through a joint configuration, as any change of voters)
-    /// to a learner that is to be promoted back once caught up ([`Membership::rejoining`]); a
-    /// learner keeps its role. Refused during a joint configuration, for a non-member, for an
-    /// incarnation not newer than the recorded one, and for the last voter.
+    /// its state; from then on that life counts nowhere until it is promoted back
+    /// ([`Membership::rejoining`], [`Membership::counts`]).
+    ///
+    /// Outside a joint configuration, a voter steps down through a joint one (the incoming
+    /// voters without it) to a learner. Within one (a change was under way), only the
+    /// incoming half loses it: an incoming voter becomes a learner at once, an outgoing one
+    /// when the joint configuration is left, and one the change was removing is simply
+    /// recorded (it leaves as planned). The outgoing half, the last committed voters, stays
+    /// as it was, so every quorum before and after still holds a majority of it, and with
+    /// `id` counting nowhere those majorities meet outside `id`: that is what makes recording
+    /// a restart safe even while another change is uncommitted. A learner keeps its role.
+    /// Refused for a non-member, for an incarnation not newer than the recorded one, and when
+    /// no incoming voter would be left.
     pub fn record_restart(
         &self,
         id: NodeId,
         incarnation: Incarnation,
     ) -> Result<Membership, MembershipError> {
-        if self.is_joint() {
-            return Err(MembershipError::ChangeInProgress);
-        }
         if !self.is_member(id) {
             return Err(MembershipError::UnknownNode(id));
         }
@@ -136,7 +145,11 @@ impl Membership {
             if next.voters.is_empty() {
                 return Err(MembershipError::NoVotersLeft);
             }
-            next.outgoing = self.voters.clone();
+            if !self.is_joint() {
+                next.outgoing = self.voters.clone();
+            } else if !self.outgoing.contains(&id) {
+                next.learners.insert(id); // it was being promoted: back to a learner now
+            }
             next.rejoining.insert(id);
         }
         Ok(next)

@@ -190,7 +190,7 @@ fn an_amnesiac_voter_counts_for_nothing_until_it_has_rejoined() {
         cluster.stabilize();
         let rejoined = cluster.leader().is_some_and(|leader| {
             let membership = cluster.node(leader).membership();
-            membership.is_voter_life(NodeId(2), Incarnation(1))
+            membership.counts(NodeId(2), Incarnation(1))
                 && !membership.is_joint()
                 && cluster.node(leader).commit_index() >= cluster.node(leader).membership_index()
         });
@@ -201,7 +201,7 @@ fn an_amnesiac_voter_counts_for_nothing_until_it_has_rejoined() {
     let leader = cluster.leader().expect("n1 is back: a leader is elected");
     let membership = cluster.node(leader).membership().clone();
     assert!(
-        membership.is_voter_life(NodeId(2), Incarnation(1)) && !membership.is_joint(),
+        membership.counts(NodeId(2), Incarnation(1)) && !membership.is_joint(),
         "n2's new life is recorded and promoted back to voter without an operator: {membership:?}"
     );
     assert!(membership.rejoining.is_empty(), "{membership:?}");
@@ -212,4 +212,52 @@ fn an_amnesiac_voter_counts_for_nothing_until_it_has_rejoined() {
             "n{node} holds the acknowledged write"
         );
     }
+}
+
+/// A voter loses its memory while a membership change that needs it is unfinished: n1 removes
+/// n3, so the joint configuration's incoming voters are {n1, n2}, and n2 restarts with nothing
+/// before it stored that configuration. Its new life counts nowhere, so the change could never
+/// commit, and while a change was unfinished the leader would not record the restart: the
+/// cluster stopped for good. The leader now records the restart on top of the unfinished
+/// change (the incoming half loses n2, the outgoing half stays as it was); the change commits
+/// with n1 and n3, and n2 rejoins and is promoted back.
+#[test]
+fn a_restart_during_an_unfinished_change_is_recorded_and_the_change_finishes() {
+    use raft_core::membership::MembershipChange;
+    use raft_core::testkit::sim::Cluster;
+    use raft_core::Incarnation;
+
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    cluster.stabilize();
+    cluster
+        .change_membership(1, &MembershipChange::remove(NodeId(3)))
+        .expect("the leader takes the change");
+    cluster.crash(2);
+    cluster.restart_amnesiac(2);
+    let settled = |cluster: &Cluster| {
+        let leader = cluster.node(1);
+        let membership = leader.membership();
+        !membership.is_joint()
+            && membership.rejoining.is_empty()
+            && membership.counts(NodeId(2), Incarnation(1))
+            && leader.commit_index() >= leader.membership_index()
+    };
+    for _ in 0..300 {
+        cluster.tick_all(1);
+        cluster.stabilize();
+        if settled(&cluster) {
+            break;
+        }
+    }
+    let membership = cluster.node(1).membership().clone();
+    assert!(
+        settled(&cluster),
+        "the change and the rejoin finish: {membership:?}"
+    );
+    assert!(membership.removed.contains(&NodeId(3)), "{membership:?}");
+    assert_eq!(
+        membership.voters.iter().copied().collect::<Vec<_>>(),
+        [NodeId(1), NodeId(2)]
+    );
 }

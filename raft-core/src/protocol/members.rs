@@ -52,19 +52,26 @@ impl RawNode {
     /// its state waits until the leader has recorded its new life and promoted it back.
     pub(super) fn may_campaign(&self) -> bool {
         let (me, life) = (self.id, self.config.incarnation);
-        if self.membership().is_voter_life(me, life) {
+        if self.membership().counts(me, life) {
             return true;
         }
         let at = self.membership_index();
         at > self.log.committed
             && at > LogIndex(0)
-            && self.membership_at(at.prev()).is_voter_life(me, life)
+            && self.membership_at(at.prev()).counts(me, life)
     }
 
     /// Leader: true when what `id` says counts toward a quorum (commits, CheckQuorum, read
-    /// confirmations): the leader hears the life of it that the membership records. A newer
-    /// life lost what the recorded one promised.
+    /// confirmations): a voter the leader hears in the life the membership records, not
+    /// rejoining ([`Membership::counts`]). A newer life lost what the recorded one promised.
     pub(super) fn counts_for_quorum(&self, id: NodeId) -> bool {
+        self.progress
+            .get(&id)
+            .is_some_and(|p| self.membership().counts(id, p.incarnation))
+    }
+
+    /// Leader: true when it hears `id` in the life the membership records.
+    fn heard_in_recorded_life(&self, id: NodeId) -> bool {
         self.progress
             .get(&id)
             .is_some_and(|p| p.incarnation == self.membership().incarnation_of(id))
@@ -84,7 +91,7 @@ impl RawNode {
             message.body,
             MessageBody::VoteRequest { .. } | MessageBody::VoteResponse { .. }
         );
-        if vote && message.incarnation != recorded {
+        if vote && !self.membership().counts(message.from, message.incarnation) {
             return false;
         }
         if self.role == Role::Leader && message.term == self.term {
@@ -107,13 +114,13 @@ impl RawNode {
     }
 
     /// Leader: records the new life of a member that restarted without its state (a voter
-    /// steps down to a learner), and promotes back a rejoining learner that has caught up. One
-    /// change at a time, like any membership change, and only once this term committed.
+    /// steps down to a learner), and promotes back a rejoining learner that has caught up.
+    /// Only once this term committed. A restart is recorded even while another change is
+    /// unfinished (see [`Membership::record_restart`] for why that is safe): that change may
+    /// need the restarted node, whose new life counts nowhere, and would never finish. A
+    /// promotion waits for the cluster to be settled, like any change.
     pub(super) fn replace_restarted_members(&mut self) {
-        if self.role != Role::Leader
-            || self.transfer.is_some()
-            || self.membership_change_pending()
-            || !self.committed_in_current_term()
+        if self.role != Role::Leader || self.transfer.is_some() || !self.committed_in_current_term()
         {
             return;
         }
@@ -135,9 +142,12 @@ impl RawNode {
             }
             return;
         }
+        if self.membership_change_pending() {
+            return;
+        }
         let ready = self.membership().rejoining.iter().copied().find(|id| {
             self.membership().learners.contains(id)
-                && self.counts_for_quorum(*id)
+                && self.heard_in_recorded_life(*id)
                 && self.check_caught_up(*id).is_ok()
         });
         if let Some(id) = ready {
@@ -196,8 +206,11 @@ impl RawNode {
             .map_or(LogIndex(0), |p| p.match_index);
         let last_index = self.log.last_index();
         let lag_entries_max = self.config.promotion_lag_entries_max;
-        let caught_up =
-            match_index > LogIndex(0) && last_index.0 - match_index.0 <= lag_entries_max;
+        // Heard in the life the membership records: a learner that restarted without its
+        // state and was not recorded yet holds nothing of what the leader believes.
+        let caught_up = match_index > LogIndex(0)
+            && last_index.0 - match_index.0 <= lag_entries_max
+            && self.heard_in_recorded_life(id);
         if caught_up {
             return Ok(());
         }

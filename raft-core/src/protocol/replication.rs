@@ -76,9 +76,9 @@ impl RawNode {
         let membership = self.membership();
         let active = membership.is_quorum(|id| {
             id == me
-                || progress.get(&id).is_some_and(|p| {
-                    p.recent_active && p.incarnation == membership.incarnation_of(id)
-                })
+                || progress
+                    .get(&id)
+                    .is_some_and(|p| p.recent_active && membership.counts(id, p.incarnation))
         });
         for progress in self.progress.values_mut() {
             progress.recent_active = false;
@@ -284,7 +284,7 @@ impl RawNode {
             } else {
                 progress
                     .get(&id)
-                    .filter(|p| p.incarnation == membership.incarnation_of(id))
+                    .filter(|p| membership.counts(id, p.incarnation))
                     .map_or(LogIndex(0), |p| p.match_index)
             }
         });

@@ -1105,6 +1105,16 @@ impl<'a> Driver<'a> {
         let membership = self.cluster.node(leader).membership().clone();
         let voters: Vec<NodeId> = membership.voters.iter().copied().collect();
         let learners: Vec<NodeId> = membership.learners.iter().copied().collect();
+        // An operator promotes learners that are ready (kvnode's /readyz): not one that lost its
+        // disk and has not rejoined, whose old life the leader may still believe caught up. In
+        // a small cluster, promoting it can make a configuration whose majority needs it, and
+        // its new life counts for nothing there: no leader could be elected to record it.
+        let promotable: Vec<NodeId> = learners
+            .iter()
+            .copied()
+            .filter(|n| membership.incarnation_of(*n) == self.cluster.incarnation(*n))
+            .filter(|n| !membership.rejoining.contains(n))
+            .collect();
         let spares: Vec<NodeId> = self
             .cluster
             .ids()
@@ -1117,8 +1127,8 @@ impl<'a> Driver<'a> {
         let voters_min = self.options.voters_min;
         match self.fault_rng.weighted(&[3, 3, 2, 1]) {
             0 if !spares.is_empty() => change.add_learners.push(pick(&mut self.fault_rng, &spares)),
-            1 if !learners.is_empty() && voters.len() < VOTERS_MAX => {
-                change.promote.push(pick(&mut self.fault_rng, &learners));
+            1 if !promotable.is_empty() && voters.len() < VOTERS_MAX => {
+                change.promote.push(pick(&mut self.fault_rng, &promotable));
                 if voters.len() > voters_min && self.fault_rng.chance(0.5) {
                     change.remove.push(pick(&mut self.fault_rng, &voters));
                 }
