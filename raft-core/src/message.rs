@@ -68,6 +68,9 @@ pub enum MessageBody {
         /// The leader's read round; echoed in the answer, so an answer confirms every read
         /// registered up to it.
         read_seq: u64,
+        /// The follower's life that match index was learned from: a follower in another life
+        /// (it restarted without its log and may since hold other entries) ignores `commit`.
+        follower_incarnation: Incarnation,
     },
     /// The answer to a `Heartbeat`, which tells the leader the follower is alive.
     HeartbeatResponse {

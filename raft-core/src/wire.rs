@@ -57,7 +57,11 @@
 //!     to: NodeId(2),
 //!     term: Term(3),
 //!     incarnation: Incarnation(0),
-//!     body: MessageBody::Heartbeat { commit: LogIndex(7), read_seq: 0 },
+//!     body: MessageBody::Heartbeat {
+//!         commit: LogIndex(7),
+//!         read_seq: 0,
+//!         follower_incarnation: Incarnation(0),
+//!     },
 //! };
 //! let hello = Handshake { cluster: ClusterId(42), from: NodeId(1), to: NodeId(2), lane: Lane::Ordinary };
 //!

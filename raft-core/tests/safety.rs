@@ -261,3 +261,80 @@ fn a_restart_during_an_unfinished_change_is_recorded_and_the_change_finishes() {
         [NodeId(1), NodeId(2)]
     );
 }
+
+/// An amnesiac node's acknowledgements must not count either. n3 helps n2 win term 2 and
+/// commit `x`, then loses its memory. n1, the leader of term 1 cut off all along, reaches the
+/// empty n3, which follows it in term 1 and stores what n1 sends: counting n3's
+/// acknowledgements would commit n1's `y` at an index where term 2 committed something else
+/// (the simulator's checker stops the run there when they count). They count nowhere until n3's
+/// new life is recorded, which n1 cannot get committed without n2: `y` never commits, and once
+/// the cut heals every node holds `x`. (n2 and n3 trade places when n3 wins term 2.) This test
+/// also found that a heartbeat's commit index, bounded by the match index of n3's earlier
+/// life, made n3 commit n1's entries once the winner of term 2 reached it: a heartbeat now
+/// names the follower life its match index came from.
+#[test]
+fn an_amnesiac_nodes_acknowledgements_count_for_nothing() {
+    use raft_core::testkit::linearizability::KvInput;
+    use raft_core::testkit::sim::{Cluster, ProposalOutcome};
+
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    cluster.stabilize();
+    let cut = cluster.isolate(1);
+    // n2 and n3 elect a leader of a later term between them (n1 never ticks: it still leads).
+    let mut new_leader = None;
+    for _ in 0..200 {
+        cluster.tick(2, 1);
+        cluster.tick(3, 1);
+        cluster.stabilize();
+        new_leader = [2, 3]
+            .into_iter()
+            .find(|n| cluster.node(*n).role() == Role::Leader);
+        if new_leader.is_some() {
+            break;
+        }
+    }
+    let b = new_leader.expect("n2 and n3 elect a leader");
+    let c = 5 - b;
+    let x = cluster.propose_kv(b, &KvInput::put("x", "1"));
+    cluster.stabilize();
+    assert!(matches!(
+        cluster.outcome(x),
+        Some(ProposalOutcome::Applied { .. })
+    ));
+
+    cluster.crash(c);
+    cluster.restart_amnesiac(c);
+    cluster.heal(cut);
+    let cut_b = cluster.isolate(b);
+    assert_eq!(
+        cluster.node(1).role(),
+        Role::Leader,
+        "n1 still leads term 1"
+    );
+    let y = cluster.propose_kv(1, &KvInput::put("y", "1"));
+    // Before any tick: n1 has not recorded n3's new life yet (that waits for its next tick).
+    cluster.stabilize();
+    for _ in 0..20 {
+        cluster.tick(1, 1);
+        cluster.tick(c, 1);
+        cluster.stabilize();
+    }
+    assert!(
+        !matches!(cluster.outcome(y), Some(ProposalOutcome::Applied { .. })),
+        "y committed with only an amnesiac node's acknowledgement: {:?}",
+        cluster.outcome(y)
+    );
+    cluster.heal(cut_b);
+    for _ in 0..300 {
+        cluster.tick_all(1);
+        cluster.stabilize();
+    }
+    for node in 1..=3 {
+        assert_eq!(
+            cluster.kv(node).get("x").map(|v| &v[..]),
+            Some(&b"1"[..]),
+            "n{node} holds x"
+        );
+    }
+}

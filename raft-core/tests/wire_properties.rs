@@ -108,8 +108,11 @@ fn body() -> impl Strategy<Value = MessageBody> {
                 hint_index,
             })
         }),
-        (index(), any::<u64>())
-            .prop_map(|(commit, read_seq)| MessageBody::Heartbeat { commit, read_seq }),
+        (index(), any::<u64>()).prop_map(|(commit, read_seq)| MessageBody::Heartbeat {
+            commit,
+            read_seq,
+            follower_incarnation: Incarnation(read_seq >> 3),
+        }),
         any::<u64>().prop_map(|read_seq| MessageBody::HeartbeatResponse { read_seq }),
         any::<u64>().prop_map(|id| MessageBody::ReadIndexRequest { id: ProposalId(id) }),
         (any::<u64>(), proptest::option::of(index())).prop_map(|(id, index)| {

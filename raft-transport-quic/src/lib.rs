@@ -50,7 +50,11 @@
 //!     to: NodeId(1),
 //!     term: Term(1),
 //!     incarnation: Incarnation(0),
-//!     body: MessageBody::Heartbeat { commit: LogIndex(0), read_seq: 0 },
+//!     body: MessageBody::Heartbeat {
+//!         commit: LogIndex(0),
+//!         read_seq: 0,
+//!         follower_incarnation: Incarnation(0),
+//!     },
 //! };
 //! two.send(heartbeat.clone())?;
 //! assert_eq!(inbox.recv().await, Some(heartbeat));

@@ -80,7 +80,7 @@ impl RawNode {
     /// Sorts out a message by its sender's life ([`crate::Incarnation`]) before anything else sees
     /// it. Returns false to drop it: it comes from an older life than the membership records
     /// (that process is dead), or it is a vote (request or answer) from a life the membership
-    /// has not recorded (its promises died with the life before). A leader that hears a newer
+    /// has not recorded (its promises died with the life before) or from a rejoining one. A leader that hears a newer
     /// life of a follower starts that follower's progress afresh: its log may be gone.
     pub(super) fn admit_incarnation(&mut self, message: &Message) -> bool {
         let recorded = self.membership().incarnation_of(message.from);
@@ -91,23 +91,29 @@ impl RawNode {
             message.body,
             MessageBody::VoteRequest { .. } | MessageBody::VoteResponse { .. }
         );
-        if vote && !self.membership().counts(message.from, message.incarnation) {
+        // Only what this node knows of the sender: a lagging node may not know yet that the
+        // sender votes, and must still answer it.
+        let rejoining = self.membership().rejoining.contains(&message.from);
+        if vote && (message.incarnation != recorded || rejoining) {
             return false;
         }
         if self.role == Role::Leader && message.term == self.term {
-            let next = self.log.last_index().next();
-            if let Some(progress) = self.progress.get_mut(&message.from) {
-                if message.incarnation < progress.incarnation {
-                    return false;
-                }
-                if message.incarnation > progress.incarnation {
-                    tracing::info!(
-                        id = %message.from,
-                        incarnation = message.incarnation.0,
-                        "a member restarted without its state; replicating to it afresh"
-                    );
-                    *progress = Progress::new(next, message.incarnation);
-                }
+            let Some(progress) = self.progress.get_mut(&message.from) else {
+                return true;
+            };
+            if message.incarnation < progress.incarnation {
+                return false;
+            }
+            if message.incarnation > progress.incarnation {
+                tracing::info!(
+                    id = %message.from,
+                    incarnation = message.incarnation.0,
+                    "a member restarted without its state; replicating to it afresh"
+                );
+                // Its log went back to nothing: probe from the start (a snapshot if the log
+                // was compacted), at once rather than at the next heartbeat answer.
+                *progress = Progress::new(LogIndex(1), message.incarnation);
+                self.send_appends(message.from, true);
             }
         }
         true

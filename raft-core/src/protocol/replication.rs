@@ -8,7 +8,8 @@ use crate::message::{
     AppendResponse, ForwardOutcome, ForwardRefusal, ForwardedProposal, MessageBody,
 };
 use crate::types::{
-    Entry, EntryPayload, LogIndex, NodeId, ProposalId, SessionCommand, SessionId, SessionTag, Term,
+    Entry, EntryPayload, Incarnation, LogIndex, NodeId, ProposalId, SessionCommand, SessionId,
+    SessionTag, Term,
 };
 use bytes::Bytes;
 
@@ -91,16 +92,23 @@ impl RawNode {
     pub(super) fn broadcast_heartbeat(&mut self) {
         let read_seq = self.start_read_round();
         let committed = self.log.committed;
-        let heartbeats: Vec<(NodeId, LogIndex)> = self
+        let heartbeats: Vec<(NodeId, LogIndex, Incarnation)> = self
             .progress
             .iter()
-            .map(|(id, p)| (*id, p.match_index.min(committed)))
+            .map(|(id, p)| (*id, p.match_index.min(committed), p.incarnation))
             .collect();
-        for (to, commit) in heartbeats {
+        for (to, commit, follower_incarnation) in heartbeats {
             if let Some(progress) = self.progress.get_mut(&to) {
                 progress.commit_sent(commit);
             }
-            self.send(to, MessageBody::Heartbeat { commit, read_seq });
+            self.send(
+                to,
+                MessageBody::Heartbeat {
+                    commit,
+                    read_seq,
+                    follower_incarnation,
+                },
+            );
         }
     }
 
@@ -119,7 +127,7 @@ impl RawNode {
     /// Sends `to` what it lacks, as far as its state and the in-flight limits allow. With
     /// `allow_empty`, sends an empty append when there is nothing new (to carry the commit
     /// index or probe).
-    fn send_appends(&mut self, to: NodeId, allow_empty: bool) {
+    pub(super) fn send_appends(&mut self, to: NodeId, allow_empty: bool) {
         let messages_max = self.config.inflight_messages_max;
         let bytes_max = self.config.inflight_bytes_max;
         let mut first = true;
@@ -474,9 +482,16 @@ impl RawNode {
                 self.heard_from_leader(from);
                 self.handle_append(from, prev_log_index, prev_log_term, entries, leader_commit);
             }
-            MessageBody::Heartbeat { commit, read_seq } => {
+            MessageBody::Heartbeat {
+                commit,
+                read_seq,
+                follower_incarnation,
+            } => {
                 self.heard_from_leader(from);
-                if !self.install_pending() {
+                // A commit index bounded by the match index of an earlier life of this node
+                // says nothing of the entries this life holds (they may come from another
+                // leader, at the same indexes).
+                if !self.install_pending() && follower_incarnation == self.config.incarnation {
                     self.log.commit_to(commit.min(self.log.last_index()));
                 }
                 self.send(from, MessageBody::HeartbeatResponse { read_seq });

@@ -253,6 +253,7 @@ pub fn numbered(from: NodeId, to: NodeId, sequence: u64) -> Message {
         body: MessageBody::Heartbeat {
             commit: LogIndex(sequence),
             read_seq: sequence,
+            follower_incarnation: Incarnation(0),
         },
     }
 }
