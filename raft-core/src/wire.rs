@@ -141,6 +141,10 @@ pub struct Handshake {
 }
 
 /// One decoded frame.
+// A frame lives only between `decode` and the match that hands its message on, so the size of
+// a message (a snapshot chunk's meta is the largest part) costs nothing here, and boxing it
+// would cost an allocation per message received.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
     /// Opens a connection or stream.
