@@ -61,6 +61,11 @@
 //! // A malformed command gets its refusal; nothing stops.
 //! assert_eq!(nodes[1].propose(Bytes::from("abc")).await?, Bytes::from("refused: not a number"));
 //!
+//! // Read the state machine on any node, as the type it was started with: `read` passes a
+//! // read barrier, so it sees every write completed before it, wherever it was proposed.
+//! let total = nodes[1].read(|counter: &Counter| counter.total).await?;
+//! assert_eq!(total, 12);
+//!
 //! let leader = nodes[0].status().leader.expect("a leader was elected");
 //! println!("leader: {leader}");
 //! for node in &nodes {

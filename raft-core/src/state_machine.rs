@@ -4,6 +4,7 @@ use crate::snapshot::{SnapshotMeta, SnapshotReader, SnapshotWriter};
 use crate::types::LogIndex;
 use async_trait::async_trait;
 use bytes::Bytes;
+use std::any::Any;
 use std::fmt;
 
 /// A state machine that cannot go on: its disk failed, its state is damaged. Applying is not
@@ -42,9 +43,10 @@ pub struct ApplyBatch {
 /// current state and the command (no clocks, no randomness, no reading other machines' state).
 /// The simplest machine implements `apply` alone; a durable one also overrides `apply_batch`
 /// (to write a batch and its `last_index` atomically) and `applied_index` (so a restart does not
-/// replay what is already applied).
+/// replay what is already applied). The node owns the machine once started; read its state
+/// with [`RaftNode::read`](crate::runtime::RaftNode::read), which hands it back as its own type.
 #[async_trait]
-pub trait StateMachine: Send + 'static {
+pub trait StateMachine: AsAny + Send + 'static {
     /// Applies one committed command and returns the answer for its proposer. A refusal is an
     /// answer (`Ok`); `Err` stops the node (see [`StateMachineError`]).
     async fn apply(&mut self, index: LogIndex, command: Bytes) -> Result<Bytes, StateMachineError>;
@@ -90,5 +92,19 @@ pub trait StateMachine: Send + 'static {
             "this state machine cannot install snapshots (asked to install one at {})",
             meta.last_index
         )))
+    }
+}
+
+/// Lets the runtime hand a [`StateMachine`] back to its user as its own type
+/// ([`RaftNode::read`](crate::runtime::RaftNode::read)). Implemented for every type: nothing
+/// to write.
+pub trait AsAny: Any {
+    /// This value as `dyn Any`, whose concrete type is the implementing type.
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<T: Any> AsAny for T {
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
