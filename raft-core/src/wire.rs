@@ -88,7 +88,9 @@ use std::ops::RangeInclusive;
 /// (in entries and snapshot metas) record what is known of each member. Version 3 added
 /// client sessions: the `session` of a forwarded proposal and the session command entry
 /// payload. Version 4 added incarnations: every message carries its sender's
-/// ([`Message::incarnation`]), a vote answer the candidate's, and memberships record them.
+/// ([`Message::incarnation`]), a vote answer the candidate's, and memberships record them;
+/// and snapshot metas carry the format version of the state machine's data
+/// ([`SnapshotMeta::format_version`](crate::SnapshotMeta::format_version)).
 pub const FORMAT_VERSION: u8 = 4;
 
 /// The `kind` byte of a handshake frame.

@@ -86,6 +86,7 @@
 //!     membership: Membership::new([NodeId(1), NodeId(2), NodeId(3)]),
 //!     data_bytes: data.len() as u64,
 //!     checksum: checksum(data),
+//!     format_version: 1, // the state machine's data format
 //! };
 //! sink.finish(&meta).await?; // durable, whole and the latest from here on
 //! drop(store);

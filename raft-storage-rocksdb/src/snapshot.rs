@@ -25,7 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The first bytes of every snapshot file of this format (4: the footer's membership records
-/// each member's incarnation and the members rejoining after a restart).
+/// each member's incarnation and the members rejoining after a restart, and the
+/// `raft_core::SnapshotMeta` the store keeps there carries the state machine's data format).
 const HEADER_MAGIC: &[u8; 8] = b"RAFTSNP4";
 /// The first bytes of files of earlier formats, no longer read: 1 (header before the data),
 /// 2 (a membership without member records) and 3 (a membership without incarnations).

@@ -534,6 +534,7 @@ fn snapshot_meta(index: u64, data: &[u8]) -> raft_core::SnapshotMeta {
         membership: raft_core::Membership::new([NodeId(1)]),
         data_bytes: data.len() as u64,
         checksum: raft_core::snapshot::checksum(data),
+        format_version: 1,
     }
 }
 

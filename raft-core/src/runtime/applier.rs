@@ -11,7 +11,7 @@ use crate::protocol::SnapshotRequest;
 use crate::sessions::{
     self, SessionAnswer, SessionDecision, SessionError, SessionLimits, SessionTable,
 };
-use crate::snapshot::{SnapshotMeta, SnapshotReader, SnapshotWriter};
+use crate::snapshot::{SnapshotFormatError, SnapshotMeta, SnapshotReader, SnapshotWriter};
 use crate::state_machine::{ApplyBatch, StateMachine, StateMachineError};
 use crate::storage::LogStore;
 use crate::types::{Entry, EntryPayload, LogIndex, SessionTag};
@@ -307,6 +307,9 @@ impl Applier {
     }
 
     async fn install(&mut self, meta: SnapshotMeta) -> Result<(), String> {
+        // Refused before a byte reaches the machine; the store keeps the snapshot, so a
+        // release that reads its format installs it at the next start.
+        SnapshotFormatError::check(&meta, &*self.state_machine).map_err(|e| e.to_string())?;
         let mut reader = SnapshotReader::new(self.store.clone(), meta.clone(), self.chunk_bytes);
         let limits = self.sessions.limits();
         let sessions = read_sessions(&mut reader, &meta, limits)
@@ -358,6 +361,8 @@ impl Applier {
             membership: request.membership,
             data_bytes,
             checksum,
+            // Asked right after the build, with nothing applied between: the format written.
+            format_version: self.state_machine.snapshot_format_version(),
         };
         sink.finish(&meta)
             .await

@@ -25,7 +25,7 @@ use crate::membership::{Membership, MembershipChange, MembershipError};
 use crate::network::{Inbound, Network, NetworkError};
 use crate::protocol::{ProposeError, RawNode, Restore, Status, TransferError};
 use crate::sessions::{SessionError, SessionLimits, SessionTable};
-use crate::snapshot::{SnapshotMeta, SnapshotReader};
+use crate::snapshot::{SnapshotFormatError, SnapshotMeta, SnapshotReader};
 use crate::state_machine::{AsAny, StateMachine, StateMachineError};
 use crate::storage::{LogStore, StorageError};
 use crate::types::NodeId;
@@ -137,8 +137,13 @@ pub enum NodeError {
     Config(String),
     /// Starting failed: the store could not be read.
     Storage(StorageError),
-    /// Starting failed: the state machine could not report its applied index.
+    /// Starting failed: the state machine could not report its applied index, or could not
+    /// install the stored snapshot.
     StateMachine(StateMachineError),
+    /// Starting failed: the stored snapshot's data has a format this node's state machine does
+    /// not install (see [`StateMachine::installs_snapshot_format`]). Nothing was misread and
+    /// the snapshot is kept: a release that reads the format starts from it.
+    SnapshotFormat(SnapshotFormatError),
     /// [`RaftNode::read`] asked for the state machine as a type it is not (the node was
     /// started with a machine of another type). Nothing was read.
     WrongStateMachineType {
@@ -164,6 +169,7 @@ impl fmt::Display for NodeError {
             NodeError::Config(why) => write!(f, "invalid node settings: {why}"),
             NodeError::Storage(error) => write!(f, "{error}"),
             NodeError::StateMachine(error) => write!(f, "{error}"),
+            NodeError::SnapshotFormat(error) => write!(f, "{error}"),
             NodeError::WrongStateMachineType { requested } => {
                 write!(f, "this node's state machine is not a {requested}")
             }
@@ -691,6 +697,8 @@ async fn restore_from(
             .await
             .map_err(NodeError::StateMachine)?;
         if applied < snapshot.last_index {
+            SnapshotFormatError::check(snapshot, state_machine)
+                .map_err(NodeError::SnapshotFormat)?;
             state_machine
                 .install_snapshot(snapshot, &mut reader)
                 .await
