@@ -729,6 +729,12 @@ impl StateMachine for KvStateMachine {
         Ok(LogIndex(self.state.applied_index()))
     }
 
+    /// The snapshot layout's version (`snapshot::VERSION`), recorded in every snapshot's meta:
+    /// a release that does not read it refuses the snapshot before reading a byte of it.
+    fn snapshot_format_version(&self) -> u32 {
+        u32::from(crate::snapshot::VERSION)
+    }
+
     async fn build_snapshot(&mut self, out: &mut SnapshotWriter) -> Result<(), StateMachineError> {
         let started = Instant::now();
         let expected = self.state.applied_index();

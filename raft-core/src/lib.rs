@@ -61,6 +61,11 @@
 //! // A malformed command gets its refusal; nothing stops.
 //! assert_eq!(nodes[1].propose(Bytes::from("abc")).await?, Bytes::from("refused: not a number"));
 //!
+//! // Read the state machine on any node, as the type it was started with: `read` passes a
+//! // read barrier, so it sees every write completed before it, wherever it was proposed.
+//! let total = nodes[1].read(|counter: &Counter| counter.total).await?;
+//! assert_eq!(total, 12);
+//!
 //! let leader = nodes[0].status().leader.expect("a leader was elected");
 //! println!("leader: {leader}");
 //! for node in &nodes {
@@ -181,8 +186,11 @@
 //! 7. **Snapshots**: before step 2, write `ready.snapshot_writes` into a store sink (the last
 //!    one finishes it) and purge the log up to `ready.purge_to`; fill each message of
 //!    `ready.snapshot_chunks` with its bytes from the store and send it; before step 5, install
-//!    `ready.install_snapshot` in the state machine; after step 5, build
-//!    `ready.build_snapshot` and report it with [`protocol::RawNode::snapshot_built`].
+//!    `ready.install_snapshot` in the state machine, once it says it reads the snapshot's
+//!    format ([`snapshot::SnapshotFormatError::check`]); after step 5, build
+//!    `ready.build_snapshot`, record the machine's
+//!    [`StateMachine::snapshot_format_version`] in its meta and report it with
+//!    [`protocol::RawNode::snapshot_built`].
 //!
 //! Time reaches the protocol only through [`protocol::RawNode::tick`] and randomness only
 //! through the seed in [`Config`], so one seed replays a whole cluster bit for bit
@@ -210,7 +218,9 @@ pub use config::{Config, ConfigError};
 pub use membership::{Membership, MembershipChange, MembershipError, NodeMeta};
 pub use message::{Lane, Message, MessageBody};
 pub use network::{DeliverError, Inbound, Network, NetworkError, SendError};
-pub use snapshot::{SnapshotMeta, SnapshotReader, SnapshotSink, SnapshotWriter};
+pub use snapshot::{
+    SnapshotFormatError, SnapshotMeta, SnapshotReader, SnapshotSink, SnapshotWriter,
+};
 pub use state_machine::{ApplyBatch, StateMachine, StateMachineError};
 pub use storage::{LogBounds, LogStore, LogWrite, StorageError};
 pub use types::{

@@ -573,4 +573,25 @@ mod tests {
         assert_eq!(legacy.total_bytes(), 15);
         assert_eq!(legacy.read_to_end().await.unwrap(), b"old state bytes");
     }
+
+    /// A session header of any version but this build's is refused with both versions named,
+    /// not read as this version (the table after it would be misread).
+    #[tokio::test]
+    async fn a_snapshot_header_of_another_version_is_refused_naming_it() {
+        let mut out = SnapshotWriter::in_memory();
+        write_snapshot_header(&mut out, &SessionTable::new(limits(4, 100)))
+            .await
+            .unwrap();
+        let (data, _) = out.into_bytes().unwrap();
+        for version in [0, SNAPSHOT_HEADER_VERSION + 1, u8::MAX] {
+            let mut other = data.to_vec();
+            other[SNAPSHOT_MAGIC.len()] = version;
+            let mut reader = SnapshotReader::from_bytes(Bytes::from(other), 5);
+            let refused = read_snapshot_header(&mut reader, limits(4, 100)).await;
+            let message = refused.map(|_| ()).unwrap_err().to_string();
+            let expected =
+                format!("version {version} (this build reads {SNAPSHOT_HEADER_VERSION})");
+            assert!(message.contains(&expected), "{message}");
+        }
+    }
 }

@@ -3,7 +3,9 @@
 //!
 //! A snapshot is a byte stream the [`StateMachine`](crate::StateMachine) writes and reads, plus
 //! [`SnapshotMeta`]: the last index and term it covers, the membership at that index, its
-//! length and its CRC-32. The [`LogStore`] keeps it (a sink while it is
+//! length, its CRC-32 and the format version of its data (which the state machine chooses, so
+//! that its snapshot layout can change across a rolling upgrade: see
+//! [`StateMachine::installs_snapshot_format`](crate::StateMachine::installs_snapshot_format)). The [`LogStore`] keeps it (a sink while it is
 //! written, then the latest complete snapshot). Neither side ever holds a whole snapshot in
 //! memory: the state machine writes through a [`SnapshotWriter`] and reads through a
 //! [`SnapshotReader`], both of which move at most one chunk at a time, and a leader streams it
@@ -48,6 +50,11 @@ pub struct SnapshotMeta {
     pub data_bytes: u64,
     /// CRC-32 (IEEE) of the data.
     pub checksum: u32,
+    /// The format of the state machine's part of the data, as
+    /// [`StateMachine::snapshot_format_version`](crate::StateMachine::snapshot_format_version)
+    /// said when the snapshot was built. A node installs the snapshot only when its state
+    /// machine [installs that format](crate::StateMachine::installs_snapshot_format).
+    pub format_version: u32,
 }
 
 impl SnapshotMeta {
@@ -58,12 +65,51 @@ impl SnapshotMeta {
             self.last_term,
             self.data_bytes,
             self.checksum,
+            self.format_version,
         ) == (
             other.last_index,
             other.last_term,
             other.data_bytes,
             other.checksum,
+            other.format_version,
         )
+    }
+}
+
+/// A snapshot whose data format this node's state machine does not install
+/// ([`StateMachine::installs_snapshot_format`](crate::StateMachine::installs_snapshot_format)
+/// said no). It is refused before any of its bytes reach the machine, so nothing is misread;
+/// the store keeps the snapshot, and a release that reads the format installs it on start.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the snapshot at {index} holds state machine data of format version {version}, which this \
+     node's state machine does not install (it writes version {writes}); run a release that \
+     reads version {version} on this node"
+)]
+pub struct SnapshotFormatError {
+    /// The snapshot's last index.
+    pub index: LogIndex,
+    /// The snapshot's [`SnapshotMeta::format_version`].
+    pub version: u32,
+    /// The version this node's machine writes
+    /// ([`StateMachine::snapshot_format_version`](crate::StateMachine::snapshot_format_version)).
+    pub writes: u32,
+}
+
+impl SnapshotFormatError {
+    /// `Ok` when `machine` installs the format of the snapshot `meta`, else the refusal.
+    pub fn check(
+        meta: &SnapshotMeta,
+        machine: &dyn crate::StateMachine,
+    ) -> Result<(), SnapshotFormatError> {
+        if machine.installs_snapshot_format(meta.format_version) {
+            return Ok(());
+        }
+        Err(SnapshotFormatError {
+            index: meta.last_index,
+            version: meta.format_version,
+            writes: machine.snapshot_format_version(),
+        })
     }
 }
 

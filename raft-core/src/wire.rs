@@ -92,7 +92,9 @@ use std::ops::RangeInclusive;
 /// (in entries and snapshot metas) record what is known of each member. Version 3 added
 /// client sessions: the `session` of a forwarded proposal and the session command entry
 /// payload. Version 4 added incarnations: every message carries its sender's
-/// ([`Message::incarnation`]), a vote answer the candidate's, and memberships record them.
+/// ([`Message::incarnation`]), a vote answer the candidate's, and memberships record them;
+/// and snapshot metas carry the format version of the state machine's data
+/// ([`SnapshotMeta::format_version`](crate::SnapshotMeta::format_version)).
 pub const FORMAT_VERSION: u8 = 4;
 
 /// The `kind` byte of a handshake frame.
@@ -145,6 +147,10 @@ pub struct Handshake {
 }
 
 /// One decoded frame.
+// A frame lives only between `decode` and the match that hands its message on, so the size of
+// a message (a snapshot chunk's meta is the largest part) costs nothing here, and boxing it
+// would cost an allocation per message received.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
     /// Opens a connection or stream.

@@ -402,6 +402,7 @@ async fn every_call_on_a_stopped_node_is_definitely_refused() {
     refused(node.transfer_leadership(NodeId(1)).await.unwrap_err());
     let change = raft_core::MembershipChange::add_learner(NodeId(2));
     refused(node.change_membership(change).await.unwrap_err());
+    refused(node.read(|_: &Recorder| ()).await.unwrap_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -607,5 +608,122 @@ async fn a_state_machine_that_skips_answers_stops_the_node_with_a_clear_reason()
         reason.contains("answered 0 of 1 commands"),
         "reason: {reason}"
     );
+    node.shutdown().await;
+}
+
+/// A register per key: `set <key> <value>` stores, and answers the value it replaced. Its state
+/// is private: the only way to look at it is `RaftNode::read`.
+#[derive(Default)]
+struct Registers {
+    values: std::collections::HashMap<String, String>,
+}
+
+#[async_trait]
+impl StateMachine for Registers {
+    async fn apply(&mut self, _: LogIndex, command: Bytes) -> Result<Bytes, StateMachineError> {
+        let text = String::from_utf8_lossy(&command);
+        let mut words = text.splitn(3, ' ');
+        let (Some("set"), Some(key), Some(value)) = (words.next(), words.next(), words.next())
+        else {
+            return Ok(Bytes::from("refused: not `set <key> <value>`"));
+        };
+        let old = self.values.insert(key.to_string(), value.to_string());
+        Ok(Bytes::from(old.unwrap_or_default()))
+    }
+}
+
+/// Starts `size` voters with `Registers` machines on one in-process network.
+async fn registers(size: u64) -> (LocalRouter, Vec<RaftNode>) {
+    let router = LocalRouter::new();
+    let voters: Vec<NodeId> = (1..=size).map(NodeId).collect();
+    let mut nodes = Vec::new();
+    for id in &voters {
+        let mut config = Config::new(*id, voters.clone());
+        config.seed = 90 + id.0;
+        let node = RaftNode::start(
+            config,
+            options(),
+            Arc::new(MemLogStore::new()),
+            Box::new(Registers::default()),
+            router.network(*id),
+        )
+        .await
+        .expect("node starts");
+        nodes.push(node);
+    }
+    (router, nodes)
+}
+
+async fn read_register(node: &RaftNode, key: &'static str) -> Option<String> {
+    let read = node.read(move |machine: &Registers| machine.values.get(key).cloned());
+    tokio::time::timeout(TIMEOUT, read)
+        .await
+        .expect("read answered in time")
+        .expect("read confirmed")
+}
+
+/// Issue 14, "reading your own state machine": a value written through one node is read back
+/// through `RaftNode::read` on each other node, as the concrete machine type, right after the
+/// write returned (the read barrier waits for that node to apply it), for writes through every
+/// node in turn, leader and followers alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_written_through_one_node_is_read_back_through_the_closure_on_another() {
+    let (_router, nodes) = registers(3).await;
+    for round in 0..9usize {
+        let writer = round % 3;
+        let value = format!("v{round}");
+        let command = Bytes::from(format!("set x {value}"));
+        let replaced = tokio::time::timeout(TIMEOUT, nodes[writer].propose(command))
+            .await
+            .expect("write answered in time")
+            .expect("write commits");
+        let previous = round.checked_sub(1).map(|r| format!("v{r}"));
+        assert_eq!(replaced, Bytes::from(previous.unwrap_or_default()));
+        for reader in (0..3).filter(|&reader| reader != writer) {
+            assert_eq!(
+                read_register(&nodes[reader], "x").await,
+                Some(value.clone()),
+                "node {} read x after the write through node {}",
+                reader + 1,
+                writer + 1
+            );
+        }
+    }
+    assert_eq!(read_register(&nodes[0], "never written").await, None);
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// `read` as a type the machine is not fails at once, definitely, naming the type asked for;
+/// a panic in a read's closure unwinds in its caller, and the node goes on applying and
+/// reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_as_the_wrong_type_is_refused_and_a_panicking_read_leaves_the_node_serving() {
+    let (_router, nodes) = registers(1).await;
+    let node = &nodes[0];
+    propose(node, "set x 1").await.expect("commits alone");
+    let error = node
+        .read(|_: &Recorder| ())
+        .await
+        .expect_err("the machine is Registers");
+    assert!(
+        matches!(&error, NodeError::WrongStateMachineType { requested } if requested.ends_with("Recorder")),
+        "got {error}"
+    );
+    assert!(error.is_definite());
+
+    let panicking = node.clone();
+    let outcome = tokio::spawn(async move {
+        panicking
+            .read(|_: &Registers| -> u32 { panic!("a bug in the reader") })
+            .await
+    })
+    .await;
+    let panic = outcome.expect_err("the caller's task panicked");
+    assert!(panic.is_panic());
+    assert_eq!(node.stopped_reason(), None, "the node runs on");
+    propose(node, "set x 2").await.expect("still commits");
+    assert_eq!(read_register(node, "x").await, Some("2".to_string()));
     node.shutdown().await;
 }

@@ -15,10 +15,39 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Every command applied, in order, plus the applied index. Its snapshot is the commands,
-/// each prefixed by its length.
+/// each prefixed by its length, in the data format `formats` names.
 #[derive(Clone, Default)]
 struct Table {
     state: Arc<Mutex<TableState>>,
+    formats: Formats,
+}
+
+/// The snapshot data formats a release of `Table` writes and reads: one release of the
+/// application in a rolling upgrade. The layout is the same in every version; only the
+/// version recorded in the snapshot meta differs.
+#[derive(Clone, Copy, Debug)]
+struct Formats {
+    writes: u32,
+    reads: (u32, u32),
+}
+
+impl Default for Formats {
+    fn default() -> Self {
+        Formats::OLD
+    }
+}
+
+impl Formats {
+    /// The release before the upgrade: writes and reads version 1.
+    const OLD: Formats = Formats {
+        writes: 1,
+        reads: (1, 1),
+    };
+    /// The release after it: writes version 2, reads both.
+    const NEW: Formats = Formats {
+        writes: 2,
+        reads: (1, 2),
+    };
 }
 
 #[derive(Default)]
@@ -83,6 +112,14 @@ impl StateMachine for Table {
     async fn applied_index(&mut self) -> Result<LogIndex, StateMachineError> {
         Ok(self.state.lock().unwrap().applied)
     }
+
+    fn snapshot_format_version(&self) -> u32 {
+        self.formats.writes
+    }
+
+    fn installs_snapshot_format(&self, version: u32) -> bool {
+        (self.formats.reads.0..=self.formats.reads.1).contains(&version)
+    }
 }
 
 impl Table {
@@ -121,7 +158,23 @@ struct Node {
 }
 
 async fn start(router: &LocalRouter, id: NodeId, voters: &[NodeId], store: MemLogStore) -> Node {
-    let table = Table::default();
+    start_release(router, id, voters, store, Formats::OLD)
+        .await
+        .expect("node starts")
+}
+
+/// Starts a node whose state machine is the release with `formats`.
+async fn start_release(
+    router: &LocalRouter,
+    id: NodeId,
+    voters: &[NodeId],
+    store: MemLogStore,
+    formats: Formats,
+) -> Result<Node, NodeError> {
+    let table = Table {
+        formats,
+        ..Table::default()
+    };
     let raft = RaftNode::start(
         config(id, voters),
         options(),
@@ -129,14 +182,13 @@ async fn start(router: &LocalRouter, id: NodeId, voters: &[NodeId], store: MemLo
         Box::new(table.clone()),
         router.network(id),
     )
-    .await
-    .expect("node starts");
-    Node {
+    .await?;
+    Ok(Node {
         id,
         store,
         table,
         raft,
-    }
+    })
 }
 
 async fn cluster(router: &LocalRouter, size: u64) -> Vec<Node> {
@@ -303,6 +355,106 @@ async fn a_joining_node_is_added_as_a_learner_promoted_and_the_removed_leader_st
         assert_eq!(node.table.rows(), nodes[next].table.rows());
     }
     removed.raft.shutdown().await;
+    for node in &nodes {
+        node.raft.shutdown().await;
+    }
+}
+
+/// Issue 14, "snapshots that can evolve": a snapshot records the data format its state machine
+/// writes; a node whose machine does not read that format refuses the stored snapshot on start
+/// with a typed error naming both versions (nothing misread, the snapshot kept), and the next
+/// release, which reads it, starts from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_snapshot_of_a_format_the_machine_cannot_read_is_refused_on_start() {
+    let router = LocalRouter::new();
+    let id = NodeId(1);
+    let store = MemLogStore::new();
+    let node = start_release(&router, id, &[id], store.clone(), Formats::NEW)
+        .await
+        .expect("node starts");
+    write(&node, 15, "new release").await;
+    let meta = node.raft.snapshot().await.expect("a snapshot");
+    assert_eq!(meta.format_version, 2, "the machine's format is recorded");
+    let stored = store.snapshot().await.unwrap().expect("the store holds it");
+    assert_eq!(stored.format_version, 2);
+    let rows = node.table.rows();
+    node.raft.shutdown().await;
+
+    // Rolled back to the old release, which reads only version 1.
+    let refused = start_release(&router, id, &[id], store.clone(), Formats::OLD).await;
+    match refused {
+        Err(NodeError::SnapshotFormat(error)) => {
+            assert_eq!(
+                error,
+                raft_core::SnapshotFormatError {
+                    index: meta.last_index,
+                    version: 2,
+                    writes: 1,
+                }
+            );
+            let message = error.to_string();
+            assert!(message.contains("format version 2"), "{message}");
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("the old release started from a snapshot it cannot read"),
+    }
+    assert_eq!(store.snapshot().await.unwrap(), Some(stored), "kept");
+
+    let node = start_release(&router, id, &[id], store.clone(), Formats::NEW)
+        .await
+        .expect("the new release starts from the snapshot");
+    wait_applied(&node, meta.last_index).await;
+    assert_eq!(node.table.installs(), 1);
+    assert_eq!(node.table.rows(), rows);
+    node.raft.shutdown().await;
+}
+
+/// A follower still on the old release, handed by the leader a snapshot in the new format,
+/// stops (fail-stop) with the format in its reason instead of misreading it; once upgraded
+/// on the same store, it installs the snapshot it kept and follows again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_handed_a_snapshot_it_cannot_read_stops_and_an_upgrade_installs_it() {
+    let router = LocalRouter::new();
+    let voters: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    let mut nodes = Vec::new();
+    for id in &voters {
+        let formats = if *id == NodeId(3) {
+            Formats::OLD
+        } else {
+            Formats::NEW
+        };
+        let node = start_release(&router, *id, &voters, MemLogStore::new(), formats)
+            .await
+            .expect("node starts");
+        nodes.push(node);
+    }
+    // Node 3 is behind: the upgraded nodes compact past it while it is cut off.
+    router.isolate(NodeId(3));
+    let first = leader(&nodes[..2]).await;
+    write(&nodes[first], 100, "while node 3 is cut off").await;
+    assert!(nodes[first].raft.status().first_index > LogIndex(50));
+    router.heal();
+    let reason = tokio::time::timeout(TIMEOUT, nodes[2].raft.stopped())
+        .await
+        .expect("node 3 stops in time");
+    assert!(
+        reason.contains("format version 2") && reason.contains("does not install"),
+        "reason: {reason}"
+    );
+    assert_eq!(nodes[2].table.installs(), 0, "nothing was misread");
+
+    let old = nodes.pop().expect("node 3");
+    old.raft.shutdown().await;
+    let upgraded = start_release(&router, old.id, &voters, old.store.clone(), Formats::NEW)
+        .await
+        .expect("the upgraded node starts");
+    nodes.push(upgraded);
+    let leader = leader(&nodes).await;
+    write(&nodes[leader], 3, "after the upgrade").await;
+    let commit = nodes[leader].raft.status().commit_index;
+    wait_applied(&nodes[2], commit).await;
+    assert_eq!(nodes[2].table.rows(), nodes[leader].table.rows());
+    assert!(nodes[2].table.installs() >= 1);
     for node in &nodes {
         node.raft.shutdown().await;
     }

@@ -343,6 +343,8 @@ mod tests {
                 },
             )]
             .into(),
+            incarnations: [(NodeId(2), raft_core::Incarnation(3))].into(),
+            rejoining: set(&[2]),
         }
     }
 

@@ -25,8 +25,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The first bytes of every snapshot file of this format (4: the footer's membership records
-/// each member's incarnation and the members rejoining after a restart).
+/// each member's incarnation and the members rejoining after a restart, and the
+/// `raft_core::SnapshotMeta` the store keeps there carries the state machine's data format).
 const HEADER_MAGIC: &[u8; 8] = b"RAFTSNP4";
+/// The format number that [`HEADER_MAGIC`] ends with, for messages.
+const FORMAT_VERSION: u8 = 4;
+const _: () = assert!(HEADER_MAGIC[7] == b'0' + FORMAT_VERSION);
 /// The first bytes of files of earlier formats, no longer read: 1 (header before the data),
 /// 2 (a membership without member records) and 3 (a membership without incarnations).
 const FORMAT_1_MAGIC: &[u8; 8] = b"RAFTSNP1";
@@ -323,7 +327,8 @@ impl SnapshotFiles {
                 return Err(corrupt(
                     id,
                     format!(
-                        "the file has the earlier snapshot format {version}; this build reads format 3"
+                        "the file has the earlier snapshot format {version}; this build reads \
+                         format {FORMAT_VERSION}"
                     ),
                 ));
             }

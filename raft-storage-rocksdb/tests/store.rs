@@ -223,6 +223,60 @@ async fn snapshots_are_checked_against_the_log() {
     expect_corrupt(&directory, "data checksum mismatch");
 }
 
+/// Proves data of an earlier on-disk format is refused, never misread, with an error that
+/// names the version found and the one this build reads: a store whose format marker is 1 or
+/// 2 (this build writes 3), and snapshot files with the magic of formats 1 to 3 (this build
+/// writes 4). Nothing refused is changed.
+#[tokio::test]
+async fn data_of_earlier_formats_is_refused_naming_both_versions() {
+    let root = tempfile::tempdir().unwrap();
+    for version in [1u32, 2] {
+        let directory = root.path().join(format!("store-format-{version}"));
+        store_with_ten_entries(&directory).await;
+        let db = raw_database(&directory);
+        db.put_cf(
+            db.cf_handle("meta").unwrap(),
+            b"format",
+            version.to_be_bytes(),
+        )
+        .unwrap();
+        drop(db);
+        let mentions =
+            format!("the store has format version {version}; this build reads version 3");
+        expect_corrupt(&directory, &mentions);
+        expect_corrupt(&directory, &mentions);
+        assert_eq!(raw_log_keys(&directory), (1..=10).collect::<Vec<_>>());
+    }
+
+    let id = SnapshotId {
+        last_index: LogIndex(5),
+        last_term: Term(1),
+    };
+    for version in 1..=3 {
+        let directory = root.path().join(format!("snapshots-format-{version}"));
+        let snapshots = SnapshotFiles::open(&directory, SnapshotOptions::default()).unwrap();
+        let mut writer = snapshots.begin().unwrap();
+        writer.write_chunk(b"state up to 5").unwrap();
+        writer.finish(id, "n1".into()).unwrap();
+        drop(snapshots);
+        let file = directory.join(format!("snapshot-{:020}-{:020}.snap", 5, 1));
+        let mut earlier = std::fs::read(&file).unwrap();
+        earlier[..8].copy_from_slice(format!("RAFTSNP{version}").as_bytes());
+        std::fs::write(&file, &earlier).unwrap();
+        match SnapshotFiles::open(&directory, SnapshotOptions::default()) {
+            Err(StorageError::Corrupt(message)) => assert!(
+                message.contains(&format!(
+                    "the earlier snapshot format {version}; this build reads format 4"
+                )),
+                "{message}"
+            ),
+            Err(other) => panic!("format {version}: expected Corrupt, got {other}"),
+            Ok(_) => panic!("a snapshot file of format {version} was opened"),
+        }
+        assert_eq!(std::fs::read(&file).unwrap(), earlier, "left as it was");
+    }
+}
+
 /// Proves concurrent appends share synced batches (group commit) and all land in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_share_synced_batches() {
@@ -534,6 +588,7 @@ fn snapshot_meta(index: u64, data: &[u8]) -> raft_core::SnapshotMeta {
         membership: raft_core::Membership::new([NodeId(1)]),
         data_bytes: data.len() as u64,
         checksum: raft_core::snapshot::checksum(data),
+        format_version: 1,
     }
 }
 

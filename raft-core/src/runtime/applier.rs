@@ -1,16 +1,17 @@
 //! The applier task: applies committed entries to the state machine in order and answers
-//! each proposer with the machine's result; builds and installs snapshots between batches.
+//! each proposer with the machine's result; builds and installs snapshots between batches,
+//! and runs the users' reads of the machine ([`RaftNode::read`](super::RaftNode::read)).
 //! Commands in client sessions pass the session table first (see [`crate::sessions`]): only
 //! a session's new commands reach the state machine, and the table travels at the head of
 //! every snapshot.
 
 use super::driver::Shared;
-use super::{NodeError, Responder};
+use super::{MachineRead, NodeError, Responder};
 use crate::protocol::SnapshotRequest;
 use crate::sessions::{
     self, SessionAnswer, SessionDecision, SessionError, SessionLimits, SessionTable,
 };
-use crate::snapshot::{SnapshotMeta, SnapshotReader, SnapshotWriter};
+use crate::snapshot::{SnapshotFormatError, SnapshotMeta, SnapshotReader, SnapshotWriter};
 use crate::state_machine::{ApplyBatch, StateMachine, StateMachineError};
 use crate::storage::LogStore;
 use crate::types::{Entry, EntryPayload, LogIndex, SessionTag};
@@ -98,14 +99,33 @@ pub(super) fn replay_sessions<'a>(
 }
 
 impl Applier {
-    pub(super) async fn run(mut self, mut jobs: mpsc::Receiver<ApplyJob>) {
+    pub(super) async fn run(
+        mut self,
+        mut jobs: mpsc::Receiver<ApplyJob>,
+        mut reads: mpsc::Receiver<MachineRead>,
+    ) {
         let mut next = None;
+        // Every handle of the node dropped: no read comes any more.
+        let mut reads_open = true;
         loop {
             let job = match next.take() {
                 Some(job) => job,
-                None => match jobs.recv().await {
-                    Some(job) => job,
-                    None => return,
+                // Neither kind of work waits behind the other for long (tokio picks a ready
+                // branch at random): a read needs no job, and every job is bounded.
+                None => tokio::select! {
+                    job = jobs.recv() => match job {
+                        Some(job) => job,
+                        None => return,
+                    },
+                    read = reads.recv(), if reads_open => {
+                        match read {
+                            // A read passed its barrier before it was queued: whatever is
+                            // applied now is at its read index or past it.
+                            Some(read) => read(&*self.state_machine),
+                            None => reads_open = false,
+                        }
+                        continue;
+                    }
                 },
             };
             let result = match job {
@@ -287,6 +307,9 @@ impl Applier {
     }
 
     async fn install(&mut self, meta: SnapshotMeta) -> Result<(), String> {
+        // Refused before a byte reaches the machine; the store keeps the snapshot, so a
+        // release that reads its format installs it at the next start.
+        SnapshotFormatError::check(&meta, &*self.state_machine).map_err(|e| e.to_string())?;
         let mut reader = SnapshotReader::new(self.store.clone(), meta.clone(), self.chunk_bytes);
         let limits = self.sessions.limits();
         let sessions = read_sessions(&mut reader, &meta, limits)
@@ -338,6 +361,8 @@ impl Applier {
             membership: request.membership,
             data_bytes,
             checksum,
+            // Asked right after the build, with nothing applied between: the format written.
+            format_version: self.state_machine.snapshot_format_version(),
         };
         sink.finish(&meta)
             .await

@@ -2,7 +2,7 @@
 
 use super::applier::{Applier, ApplyJob};
 use super::writer::{self, WriteJob};
-use super::{NodeError, ProposalRequest, ReadResponder, Responder, RuntimeOptions};
+use super::{MachineRead, NodeError, ProposalRequest, ReadResponder, Responder, RuntimeOptions};
 use crate::message::{Message, MessageBody};
 use crate::network::Network;
 use crate::protocol::{RawNode, Ready, Role, Status, TransferError};
@@ -64,6 +64,8 @@ pub(super) struct DriverParts {
     pub(super) network: Arc<dyn Network>,
     pub(super) inbox: mpsc::Receiver<Message>,
     pub(super) proposals: mpsc::Receiver<ProposalRequest>,
+    /// Users' reads of the state machine, for the applier.
+    pub(super) machine_reads: mpsc::Receiver<MachineRead>,
     pub(super) status: watch::Sender<Status>,
     pub(super) stopped: watch::Sender<Option<String>>,
     pub(super) shutdown: Arc<Notify>,
@@ -158,7 +160,11 @@ impl Driver {
             applied: parts.applied,
             sessions: parts.sessions,
         };
-        let applier = tokio::spawn(applier.run(apply_queue).in_current_span());
+        let applier = tokio::spawn(
+            applier
+                .run(apply_queue, parts.machine_reads)
+                .in_current_span(),
+        );
         Driver {
             raw: parts.raw,
             pipelined_peers: 0,

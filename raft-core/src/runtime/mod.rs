@@ -12,7 +12,9 @@
 //! - the *applier* applies committed entries in order and answers each proposer. Commands
 //!   proposed in a client session ([`RaftNode::propose_in_session`], and every forward)
 //!   pass the session table first, so each (session, sequence) reaches the state machine
-//!   once; the table rides at the head of every snapshot (see [`crate::sessions`]).
+//!   once; the table rides at the head of every snapshot (see [`crate::sessions`]). Between
+//!   batches it also runs the users' reads of the state machine ([`RaftNode::read`]): the
+//!   machine has one owner, and a read never waits for the driver nor holds it up.
 
 mod applier;
 mod driver;
@@ -23,13 +25,15 @@ use crate::membership::{Membership, MembershipChange, MembershipError};
 use crate::network::{Inbound, Network, NetworkError};
 use crate::protocol::{ProposeError, RawNode, Restore, Status, TransferError};
 use crate::sessions::{SessionError, SessionLimits, SessionTable};
-use crate::snapshot::{SnapshotMeta, SnapshotReader};
-use crate::state_machine::{StateMachine, StateMachineError};
+use crate::snapshot::{SnapshotFormatError, SnapshotMeta, SnapshotReader};
+use crate::state_machine::{AsAny, StateMachine, StateMachineError};
 use crate::storage::{LogStore, StorageError};
 use crate::types::NodeId;
 use crate::types::{LogIndex, SessionId, SessionTag};
 use bytes::Bytes;
+use std::any::TypeId;
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -52,6 +56,9 @@ pub struct RuntimeOptions {
     pub write_queue_readies_max: usize,
     /// Batches of committed entries queued for the applier before the driver waits.
     pub apply_queue_batches_max: usize,
+    /// Reads of the state machine ([`RaftNode::read`]) queued for the applier, past their
+    /// read barrier, before more callers of `read` wait.
+    pub machine_read_queue_max: usize,
     /// Snapshot chunks queued to be read from the store and sent; past it a chunk is dropped
     /// (the leader resends it).
     pub snapshot_send_queue_max: usize,
@@ -74,6 +81,7 @@ impl Default for RuntimeOptions {
             step_batch_max: 1024,
             write_queue_readies_max: 256,
             apply_queue_batches_max: 256,
+            machine_read_queue_max: 1024,
             snapshot_send_queue_max: 64,
             leader_write_delay_max: Duration::from_millis(1),
         }
@@ -88,6 +96,7 @@ impl RuntimeOptions {
             ("step_batch_max", self.step_batch_max),
             ("write_queue_readies_max", self.write_queue_readies_max),
             ("apply_queue_batches_max", self.apply_queue_batches_max),
+            ("machine_read_queue_max", self.machine_read_queue_max),
             ("snapshot_send_queue_max", self.snapshot_send_queue_max),
         ];
         for (name, value) in counts {
@@ -128,8 +137,19 @@ pub enum NodeError {
     Config(String),
     /// Starting failed: the store could not be read.
     Storage(StorageError),
-    /// Starting failed: the state machine could not report its applied index.
+    /// Starting failed: the state machine could not report its applied index, or could not
+    /// install the stored snapshot.
     StateMachine(StateMachineError),
+    /// Starting failed: the stored snapshot's data has a format this node's state machine does
+    /// not install (see [`StateMachine::installs_snapshot_format`]). Nothing was misread and
+    /// the snapshot is kept: a release that reads the format starts from it.
+    SnapshotFormat(SnapshotFormatError),
+    /// [`RaftNode::read`] asked for the state machine as a type it is not (the node was
+    /// started with a machine of another type). Nothing was read.
+    WrongStateMachineType {
+        /// The type the caller asked for.
+        requested: &'static str,
+    },
     /// Starting failed: the transport could not start.
     Network(NetworkError),
 }
@@ -149,6 +169,10 @@ impl fmt::Display for NodeError {
             NodeError::Config(why) => write!(f, "invalid node settings: {why}"),
             NodeError::Storage(error) => write!(f, "{error}"),
             NodeError::StateMachine(error) => write!(f, "{error}"),
+            NodeError::SnapshotFormat(error) => write!(f, "{error}"),
+            NodeError::WrongStateMachineType { requested } => {
+                write!(f, "this node's state machine is not a {requested}")
+            }
             NodeError::Network(error) => write!(f, "{error}"),
         }
     }
@@ -175,6 +199,10 @@ impl NodeError {
 
 type Responder = oneshot::Sender<Result<Bytes, NodeError>>;
 type ReadResponder = oneshot::Sender<Result<LogIndex, NodeError>>;
+
+/// A user's read of the state machine ([`RaftNode::read`]), run by the applier between
+/// batches, on the state applied so far.
+type MachineRead = Box<dyn FnOnce(&dyn StateMachine) + Send>;
 
 impl ProposalRequest {
     /// Answers a request the driver never handed to the protocol.
@@ -234,6 +262,10 @@ pub struct RaftNode {
     stopped: watch::Receiver<Option<String>>,
     /// `Config::promotion_lag_entries_max`, for [`RaftNode::wait_caught_up`].
     promotion_lag_entries_max: u64,
+    /// Reads for the applier, which owns the state machine.
+    machine_reads: mpsc::Sender<MachineRead>,
+    /// The concrete type of the state machine, checked by [`RaftNode::read`].
+    machine_type: TypeId,
 }
 
 impl RaftNode {
@@ -252,6 +284,8 @@ impl RaftNode {
             .validate()
             .map_err(|error| NodeError::Config(error.0))?;
         let mut state_machine = state_machine;
+        // The machine's own type, not the box's.
+        let machine_type = AsAny::as_any(&*state_machine).type_id();
         let limits = SessionLimits::from_config(&config);
         let chunk_bytes = config.snapshot_chunk_bytes_max;
         let (restore, sessions) =
@@ -264,6 +298,7 @@ impl RaftNode {
         let (inbound, inbox) = Inbound::channel(config.id, options.inbox_messages_max);
         network.start(inbound).await.map_err(NodeError::Network)?;
         let (proposal_sender, proposal_receiver) = mpsc::channel(options.proposal_queue_max);
+        let (machine_reads, machine_read_queue) = mpsc::channel(options.machine_read_queue_max);
         let (status_sender, status) = watch::channel(raw.status());
         let (stopped_sender, stopped) = watch::channel(None);
         let shutdown = Arc::new(tokio::sync::Notify::new());
@@ -278,6 +313,7 @@ impl RaftNode {
                 network,
                 inbox,
                 proposals: proposal_receiver,
+                machine_reads: machine_read_queue,
                 status: status_sender,
                 stopped: stopped_sender,
                 shutdown: shutdown.clone(),
@@ -293,6 +329,8 @@ impl RaftNode {
             driver: Arc::new(tokio::sync::Mutex::new(Some(handle))),
             stopped,
             promotion_lag_entries_max,
+            machine_reads,
+            machine_type,
         })
     }
 
@@ -360,6 +398,64 @@ impl RaftNode {
         let (responder, answer) = oneshot::channel();
         self.submit(ProposalRequest::Read { responder }).await?;
         answer.await.unwrap_or_else(|_| Err(self.stopped_error()))
+    }
+
+    /// Reads this node's state machine linearizably: passes a read barrier
+    /// ([`RaftNode::read_index`]), then runs `read` on the machine, as the type `M` it was
+    /// started with, once it has applied at least the read index. So `read` sees every write
+    /// that completed anywhere in the cluster before this call, on any node, leader or not.
+    ///
+    /// `read` runs on the node's applier task, between two batches of committed entries; the
+    /// driver goes on meanwhile, but applying waits, so copy out what you need and return. A
+    /// panic in `read` unwinds in the caller of this method, not in the node. Fails with
+    /// [`NodeError::WrongStateMachineType`] when the machine is not an `M` (at once, before the
+    /// barrier), and as [`RaftNode::read_index`] does when the barrier fails.
+    ///
+    /// ```
+    /// # use raft_core::runtime::{NodeError, RaftNode};
+    /// # #[derive(Default)] struct Counter { total: u64 }
+    /// # #[async_trait::async_trait]
+    /// # impl raft_core::StateMachine for Counter {
+    /// #     async fn apply(&mut self, _: raft_core::LogIndex, _: bytes::Bytes)
+    /// #         -> Result<bytes::Bytes, raft_core::StateMachineError> { unimplemented!() }
+    /// # }
+    /// # async fn example(node: &RaftNode) -> Result<(), NodeError> {
+    /// // The node was started with `Box::new(Counter::default())`.
+    /// let total = node.read(|counter: &Counter| counter.total).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn read<M, R, F>(&self, read: F) -> Result<R, NodeError>
+    where
+        M: StateMachine,
+        R: Send + 'static,
+        F: FnOnce(&M) -> R + Send + 'static,
+    {
+        let requested = std::any::type_name::<M>();
+        if self.machine_type != TypeId::of::<M>() {
+            return Err(NodeError::WrongStateMachineType { requested });
+        }
+        self.read_index().await?;
+        // The applier is at the read index or past it: `read_index` returned only then, and
+        // the applied state never goes back.
+        let (responder, answer) = oneshot::channel::<Result<std::thread::Result<R>, NodeError>>();
+        let job: MachineRead = Box::new(move |machine: &dyn StateMachine| {
+            let outcome = match AsAny::as_any(machine).downcast_ref::<M>() {
+                Some(machine) => Ok(std::panic::catch_unwind(AssertUnwindSafe(|| read(machine)))),
+                None => Err(NodeError::WrongStateMachineType { requested }),
+            };
+            let _ = responder.send(outcome);
+        });
+        self.machine_reads
+            .send(job)
+            .await
+            .map_err(|_| self.stopped_error())?;
+        match answer.await {
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err(panic))) => std::panic::resume_unwind(panic),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(self.stopped_error()),
+        }
     }
 
     /// Hands leadership to the voter `target` (this node must lead): the leader stops taking
@@ -601,6 +697,8 @@ async fn restore_from(
             .await
             .map_err(NodeError::StateMachine)?;
         if applied < snapshot.last_index {
+            SnapshotFormatError::check(snapshot, state_machine)
+                .map_err(NodeError::SnapshotFormat)?;
             state_machine
                 .install_snapshot(snapshot, &mut reader)
                 .await

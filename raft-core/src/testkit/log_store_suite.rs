@@ -854,7 +854,8 @@ fn snapshot_data(seed: u64, bytes: usize) -> Vec<u8> {
         .collect()
 }
 
-/// The meta of a snapshot of `data` at `index` in `term`, with a three-voter membership.
+/// The meta of a snapshot of `data` at `index` in `term`, with a three-voter membership and
+/// a data format other than the default, which a store must keep like every other field.
 fn snapshot_meta(index: u64, term: u64, data: &[u8]) -> SnapshotMeta {
     SnapshotMeta {
         last_index: LogIndex(index),
@@ -862,6 +863,7 @@ fn snapshot_meta(index: u64, term: u64, data: &[u8]) -> SnapshotMeta {
         membership: Membership::new([NodeId(1), NodeId(2), NodeId(3)]),
         data_bytes: data.len() as u64,
         checksum: checksum(data),
+        format_version: 7,
     }
 }
 

@@ -24,7 +24,11 @@
 //!   are all refused by closing that connection, and no such message reaches the node, while
 //!   good peers' messages keep arriving;
 //! - after `shutdown` the transport runs no task, and the runtime is back to the tasks it had
-//!   before the transports were built (transport libraries' own background tasks included).
+//!   before the transports were built (transport libraries' own background tasks included);
+//! - with [`RaftNode`]s on top, a node that joins with its address in the membership is
+//!   reached by every member without anyone calling `add_peer` for it
+//!   ([`joined_nodes_are_reached_through_the_membership`], which needs a log store and so is
+//!   not among the cases of [`run_all`]).
 //!
 //! The protocol has no snapshot message kinds yet, so the suite sends big `Append` messages on
 //! the snapshot lane through [`NetworkHarness::send_on`]; a transport's `Network::send` routes
@@ -73,8 +77,13 @@
 //! # let _ = run_all::<MyHarness>;
 //! ```
 
+use crate::config::Config;
+use crate::membership::{MembershipChange, NodeMeta};
 use crate::message::{Lane, Message, MessageBody};
 use crate::network::{Inbound, Network, NetworkError, SendError};
+use crate::runtime::{RaftNode, RuntimeOptions};
+use crate::storage::LogStore;
+use crate::testkit::cluster::{wait_applied, RecordingMachine};
 use crate::types::{Entry, EntryPayload, Incarnation, LogIndex, NodeId, Term};
 use crate::wire::{self, ClusterId, Handshake};
 use async_trait::async_trait;
@@ -936,6 +945,172 @@ pub async fn credentials_must_name_the_sender<H: NetworkHarness>(harness: &H, ta
         )
         .await;
     assert_eq!(control, IntrusionOutcome::StillOpen, "node 2 as itself");
+}
+
+/// Builds (binds, does not start) node `id`'s transport on an OS-chosen loopback port.
+pub async fn build_transport<H: NetworkHarness>(harness: &H, id: NodeId) -> Arc<H::Transport> {
+    let transport = harness
+        .build(SUITE_CLUSTER, id, localhost_any_port())
+        .await
+        .unwrap_or_else(|error| panic!("could not build node {id}: {error}"));
+    Arc::new(transport)
+}
+
+/// Starts a [`RaftNode`] `id` over `transport` (built, not started) with test timing (2 ms
+/// ticks), the initial `voters` (none for a node that joins) and the addresses of `initial`
+/// recorded in its configuration (`Config::initial_nodes`).
+pub async fn start_raft_node<H: NetworkHarness>(
+    harness: &H,
+    id: NodeId,
+    voters: &[NodeId],
+    initial: &[(NodeId, &H::Transport)],
+    transport: Arc<H::Transport>,
+    store: Arc<dyn LogStore>,
+    machine: RecordingMachine,
+) -> RaftNode {
+    let mut config = Config::new(id, voters.to_vec());
+    config.seed = id.0;
+    config.initial_nodes = initial
+        .iter()
+        .map(|(id, t)| (*id, NodeMeta::at(harness.local_addr(t).to_string())))
+        .collect();
+    let options = RuntimeOptions {
+        tick_interval: Duration::from_millis(2),
+        ..RuntimeOptions::default()
+    };
+    RaftNode::start(config, options, store, Box::new(machine), transport)
+        .await
+        .unwrap_or_else(|error| panic!("node {id} did not start: {error}"))
+}
+
+/// Starts node `id` over `transport` knowing only where the leader is (at `leader_transport`),
+/// has `leader` add it as a learner with its address recorded in the membership, waits until
+/// the leader reached it and caught it up, and promotes it. No member's transport is told of
+/// the new node by hand.
+pub async fn join<H: NetworkHarness>(
+    harness: &H,
+    leader: &RaftNode,
+    leader_transport: &H::Transport,
+    id: NodeId,
+    transport: &Arc<H::Transport>,
+    store: Arc<dyn LogStore>,
+) -> (RaftNode, RecordingMachine) {
+    let leader_id = leader.status().id;
+    harness.add_peer(transport, leader_id, harness.local_addr(leader_transport));
+    let machine = RecordingMachine::default();
+    let node = start_raft_node(
+        harness,
+        id,
+        &[],
+        &[],
+        transport.clone(),
+        store,
+        machine.clone(),
+    )
+    .await;
+    let meta = NodeMeta::at(harness.local_addr(transport).to_string());
+    leader
+        .change_membership(MembershipChange::add_learner_at(id, meta))
+        .await
+        .unwrap_or_else(|error| panic!("{id} was not added as a learner: {error}"));
+    leader
+        .wait_caught_up(id, PATIENCE)
+        .await
+        .unwrap_or_else(|error| panic!("the leader reaches {id} at its recorded address: {error}"));
+    leader
+        .change_membership(MembershipChange::promote(id))
+        .await
+        .unwrap_or_else(|error| panic!("{id} was not promoted: {error}"));
+    (node, machine)
+}
+
+/// Waits until `node` sees `leader` lead.
+async fn wait_for_leader_to_be(node: &RaftNode, leader: NodeId, why: &str) {
+    let mut status = node.watch_status();
+    timeout(PATIENCE, status.wait_for(|s| s.leader == Some(leader)))
+        .await
+        .unwrap_or_else(|_| panic!("{why}: {leader} did not lead within {PATIENCE:?}"))
+        .unwrap_or_else(|_| panic!("{why}: the node stopped"));
+}
+
+/// Proves: node addresses live in the membership. Node 1 bootstraps alone with its own address
+/// in its configuration; nodes 2 and 3 join knowing only node 1's address ([`join`]) and are
+/// reached at the addresses committed with the changes that add them; node 3 learns node 2's
+/// address and node 1's from the log, so when node 2 leads it reaches node 3 and node 3
+/// forwards a write to it; removing node 1 commits, and the others commit without it. Every
+/// node applies the same commands, and shutdown leaves no transport task running. `new_store`
+/// gives each node an empty log store.
+pub async fn joined_nodes_are_reached_through_the_membership<H: NetworkHarness>(
+    harness: &H,
+    new_store: impl Fn() -> Arc<dyn LogStore>,
+) {
+    let ids = [NodeId(1), NodeId(2), NodeId(3)];
+    let mut transports = Vec::new();
+    for id in ids {
+        transports.push(build_transport(harness, id).await);
+    }
+    let [t1, t2, t3] = [&transports[0], &transports[1], &transports[2]];
+    let m1 = RecordingMachine::default();
+    let n1 = start_raft_node(
+        harness,
+        ids[0],
+        &ids[..1],
+        &[(ids[0], &**t1)],
+        t1.clone(),
+        new_store(),
+        m1.clone(),
+    )
+    .await;
+    wait_for_leader_to_be(&n1, ids[0], "node 1 bootstraps alone").await;
+    n1.propose(Bytes::from("before"))
+        .await
+        .expect("node 1 commits alone");
+
+    // Node 2 joins knowing only where node 1 is; node 1's transport is told nothing by hand.
+    let (n2, m2) = join(harness, &n1, t1, ids[1], t2, new_store()).await;
+    // Node 3 joins knowing only the leader; it learns node 2's address from the membership.
+    let (n3, m3) = join(harness, &n1, t1, ids[2], t3, new_store()).await;
+    assert_eq!(
+        n3.status().membership.nodes.get(&ids[0]),
+        Some(&NodeMeta::at(harness.local_addr(t1).to_string())),
+        "the initial voter's address travelled in the log"
+    );
+    // Node 2 leads now: it reaches node 3, and a write through node 3 is forwarded to node 2,
+    // which nobody told node 3 of.
+    n1.transfer_leadership(ids[1])
+        .await
+        .expect("node 2 takes over");
+    wait_for_leader_to_be(
+        &n3,
+        ids[1],
+        "node 2 reaches node 3, which it was never told of",
+    )
+    .await;
+    n3.propose(Bytes::from("from three"))
+        .await
+        .expect("node 3 reaches the new leader");
+    let nodes = [n1.clone(), n2.clone(), n3.clone()];
+    wait_applied(&nodes, n2.status().commit_index).await;
+    assert_eq!(m3.applied(), m1.applied(), "node 3 applied what node 1 did");
+    assert_eq!(m2.applied(), m1.applied(), "node 2 applied what node 1 did");
+
+    // Removing node 1 commits, and the others still commit without it.
+    n2.change_membership(MembershipChange::remove(ids[0]))
+        .await
+        .expect("node 1 removed");
+    n3.propose(Bytes::from("after"))
+        .await
+        .expect("nodes 2 and 3 commit without node 1");
+    for node in nodes {
+        node.shutdown().await;
+    }
+    for (id, transport) in ids.iter().zip(&transports) {
+        assert_eq!(
+            harness.tasks_running(transport),
+            0,
+            "a task of {id}'s transport outlived shutdown"
+        );
+    }
 }
 
 /// Expands to one `#[tokio::test]` per case of the suite (multi-threaded runtime, two worker

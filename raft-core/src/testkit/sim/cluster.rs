@@ -1179,6 +1179,7 @@ impl Cluster {
             membership: request.membership,
             data_bytes: data.len() as u64,
             checksum: crate::snapshot::checksum(&data),
+            format_version: 1,
         };
         self.trace_line(format_args!(
             "{id} built a snapshot at {}/{} ({} bytes)",
