@@ -107,8 +107,9 @@ pub struct NodeInfo {
 
 /// Readiness: set once a leader is known and this node has applied everything that was
 /// committed when it first learned of a leader after starting (so a restarted node is not
-/// ready until it has caught up to where the cluster was when it came back). Cleared whenever
-/// no leader is known.
+/// ready until it has caught up to where the cluster was when it came back). An in-memory node
+/// that restarted is not ready before the cluster has recorded its new life and promoted it
+/// back (`Status::rejoined`). Cleared whenever no leader is known.
 #[derive(Debug, Default)]
 pub struct Readiness {
     ready: AtomicBool,
@@ -952,6 +953,8 @@ pub fn status_json(context: &AppContext) -> Value {
         }),
         "progress": progress,
         "ready": context.readiness.is_ready(),
+        "incarnation": status.incarnation.0,
+        "rejoined": status.rejoined(),
         "storage": context.node.storage.to_string(),
         "transport": context.node.transport.to_string(),
         "client_address": context.node.client_address.to_string(),
@@ -993,11 +996,13 @@ async fn readyz(State(context): Context) -> Response {
         StatusCode::SERVICE_UNAVAILABLE,
         "not_ready",
         format!(
-            "not ready: leader {:?}, applied {} of commit {} (ready once a leader is known and \
-             this node applied what was committed when it first saw one)",
+            "not ready: leader {:?}, applied {} of commit {}, rejoined {} (ready once a \
+             leader is known, this node runs in the life its membership records, and it applied \
+             what was committed when it first saw both)",
             status.leader.map(|id| id.0),
             status.applied_index.0,
-            status.commit_index.0
+            status.commit_index.0,
+            status.rejoined()
         ),
     )
     .into_response()

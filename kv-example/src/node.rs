@@ -64,6 +64,29 @@ fn open_log_store(
     })
 }
 
+/// The life this run starts in ([`raft_core::Incarnation`]). A RocksDB node keeps its state
+/// across restarts: always 0. An in-memory node takes the next count from
+/// `<data dir>/incarnation` (the only file it writes): every restart is a new life, which the
+/// cluster records and promotes back on its own once it has caught up.
+fn take_incarnation(config: &NodeConfig) -> Result<raft_core::Incarnation, String> {
+    if config.storage != StorageKind::Mem {
+        return Ok(raft_core::Incarnation(0));
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("creating {}: {e}", config.data_dir.display()))?;
+    let path = config.data_dir.join("incarnation");
+    let incarnation = raft_storage_mem::take_incarnation(&path)
+        .map_err(|e| format!("taking the next incarnation from {}: {e}", path.display()))?;
+    if incarnation > raft_core::Incarnation(0) {
+        tracing::warn!(
+            incarnation = incarnation.0,
+            "in-memory storage: this node restarted without its log; it rejoins in a new life \
+             (as a learner, promoted back once caught up) and is not ready until then"
+        );
+    }
+    Ok(incarnation)
+}
+
 /// Opens the state machine's map the configuration names.
 fn open_state(config: &NodeConfig) -> Result<Arc<KvState>, String> {
     Ok(Arc::new(match config.storage {
@@ -225,6 +248,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
     state.set_member_listener(Box::new(move |id, address| book.set(id, address)));
     let mut raft_config = config.raft_config();
     raft_config.seed = seed();
+    raft_config.incarnation = take_incarnation(&config)?;
     let options = RuntimeOptions {
         tick_interval: config.tick(),
         proposal_queue_max: config.proposal_queue_max,
@@ -398,7 +422,7 @@ async fn watch_status(
     let mut removed_seen = 0;
     loop {
         // A few fields are needed: no clone of the whole status on every commit.
-        let (current_leader, commit_index, applied_index, term, removed) = {
+        let (current_leader, commit_index, applied_index, term, removed, rejoined) = {
             let current = status.borrow_and_update();
             // Only a committed membership: an uncommitted one may still be cut from the log.
             // Committed removals are final (IDs are never reused), so the set only grows and
@@ -413,6 +437,7 @@ async fn watch_status(
                 current.applied_index,
                 current.term,
                 removed,
+                current.rejoined(),
             )
         };
         if let Some(removed) = removed {
@@ -429,7 +454,12 @@ async fn watch_status(
             }
             leader = current_leader;
         }
-        if current_leader.is_some() && catch_up_target.is_none() {
+        // A node that restarted without its state (in memory) is not ready until the leader
+        // has recorded its new life and promoted it back: before, the commit index it hears is
+        // only as far as it holds, and it serves nothing it can vouch for.
+        if !rejoined {
+            catch_up_target = None;
+        } else if current_leader.is_some() && catch_up_target.is_none() {
             catch_up_target = Some(commit_index);
         }
         let caught_up = catch_up_target.is_some_and(|target| applied_index >= target);
