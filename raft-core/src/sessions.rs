@@ -5,8 +5,9 @@
 //! put the same command in the log twice. A proposal made in a session
 //! ([`RaftNode::propose_in_session`](crate::runtime::RaftNode::propose_in_session)) carries a
 //! [`SessionTag`]: a [`SessionId`] and a sequence number. The runtime keeps a
-//! [`SessionTable`] beside the state machine and consults it before
-//! [`StateMachine::apply`](crate::StateMachine::apply), so the state machine does nothing:
+//! [`SessionTable`] beside the state machine and passes every committed batch through
+//! [`SessionTable::filter`] before [`StateMachine::apply`](crate::StateMachine::apply) (the
+//! simulator applies through the same filter), so the state machine does nothing:
 //!
 //! - a new session, or a sequence above the session's last: applied; the table records the
 //!   sequence and the state machine's answer;
@@ -60,7 +61,7 @@
 
 use crate::snapshot::{SnapshotReader, SnapshotWriter};
 use crate::state_machine::StateMachineError;
-use crate::types::{LogIndex, SessionId, SessionTag};
+use crate::types::{Entry, EntryPayload, LogIndex, SessionId, SessionTag};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -286,6 +287,66 @@ impl SessionTable {
         }
     }
 
+    /// Passes a batch of committed entries, in log order from the entry after the table's
+    /// index, through the table: a command outside sessions goes to the state machine; a
+    /// command in a session goes to it only when the table decides
+    /// [`SessionDecision::Apply`]; the others are answered from the table (see
+    /// [`FilteredBatch`]). Blank and membership entries only move the table's index.
+    pub fn filter(&mut self, entries: impl IntoIterator<Item = Entry>) -> FilteredBatch {
+        let mut batch = FilteredBatch {
+            commands: Vec::new(),
+            slots: Vec::new(),
+            last_index: self.applied,
+        };
+        for entry in entries {
+            let index = entry.index;
+            assert!(
+                index > batch.last_index,
+                "entries pass the table in log order: {index} after {}",
+                batch.last_index
+            );
+            batch.last_index = index;
+            let (tag, slot) = match entry.payload {
+                EntryPayload::Command(data) => {
+                    let position = batch.commands.len();
+                    batch.commands.push((index, data));
+                    (None, Some(Slot::Applied { position }))
+                }
+                EntryPayload::SessionCommand(command) => {
+                    let tag = command.tag;
+                    let slot = match self.decide(index, tag) {
+                        SessionDecision::Apply => {
+                            let position = batch.commands.len();
+                            batch.commands.push((index, command.command));
+                            Slot::Applied { position }
+                        }
+                        SessionDecision::Duplicate {
+                            index: first,
+                            answer,
+                        } => {
+                            let answer = match answer {
+                                SessionAnswer::Kept(bytes) => Some(Ok(bytes)),
+                                SessionAnswer::NotKept => {
+                                    Some(Err(SessionError::AnswerNotKept { tag, index: first }))
+                                }
+                                SessionAnswer::Pending => None,
+                            };
+                            Slot::Copy { first, answer }
+                        }
+                        SessionDecision::Stale(error) => Slot::Stale(error),
+                    };
+                    (Some(tag), Some(slot))
+                }
+                EntryPayload::Blank | EntryPayload::Membership(_) => (None, None),
+            };
+            if let Some(slot) = slot {
+                batch.slots.push((index, tag, slot));
+            }
+            self.passed(index);
+        }
+        batch
+    }
+
     /// Drops the sessions idle for more than `session_idle_entries_max` entries at `index`.
     fn expire(&mut self, index: LogIndex) {
         let idle = self.limits.session_idle_entries_max;
@@ -376,6 +437,169 @@ impl SessionTable {
     }
 }
 
+/// A batch of committed entries after the session table: the commands for the state machine,
+/// and how every command of the batch is answered once the state machine has answered those.
+/// The one implementation of the filter: the runtime's applier and the simulator both apply
+/// through it.
+///
+/// ```
+/// use bytes::Bytes;
+/// use raft_core::sessions::{SessionLimits, SessionTable};
+/// use raft_core::{Entry, EntryPayload, LogIndex, SessionCommand, SessionId, SessionTag, Term};
+///
+/// let limits = SessionLimits {
+///     sessions_max: 8,
+///     session_idle_entries_max: 100,
+///     session_result_bytes_max: 16,
+/// };
+/// let mut table = SessionTable::new(limits);
+/// let tag = SessionTag { session: SessionId(7), sequence: 1 };
+/// let command = |index| Entry {
+///     term: Term(1),
+///     index: LogIndex(index),
+///     payload: EntryPayload::SessionCommand(SessionCommand { tag, command: Bytes::from("add 5") }),
+/// };
+/// // The command and a retry of it reach the log: only the first copy goes to the machine.
+/// let mut batch = table.filter(vec![command(1), command(2)]);
+/// let commands = batch.take_commands();
+/// assert_eq!(commands, vec![(LogIndex(1), Bytes::from("add 5"))]);
+/// let answers = batch.answer(&mut table, vec![Bytes::from("5")]);
+/// assert_eq!(answers[0].answer, Ok(Bytes::from("5")));
+/// assert_eq!(answers[1].answer, Ok(Bytes::from("5")), "the retry gets the first answer");
+/// assert!(answers[0].applied() && !answers[1].applied());
+/// assert_eq!(answers[1].applied_at, Some(LogIndex(1)));
+/// ```
+#[derive(Debug)]
+pub struct FilteredBatch {
+    /// For the state machine, in log order; taken by [`FilteredBatch::take_commands`].
+    commands: Vec<(LogIndex, Bytes)>,
+    /// Every command entry of the batch (plain or in a session), in log order.
+    /// Invariant: the `Applied` slots number `commands` in order (`position` 0, 1, ...).
+    slots: Vec<(LogIndex, Option<SessionTag>, Slot)>,
+    /// The index of the batch's last entry, of any kind (the table's index for an empty
+    /// batch).
+    last_index: LogIndex,
+}
+
+/// How one command entry of a [`FilteredBatch`] is answered.
+#[derive(Clone, Debug)]
+enum Slot {
+    /// The state machine applies it: its answer is the machine's `position`th.
+    Applied { position: usize },
+    /// A copy of the command applied at `first`, answered by the table: with `answer`, or,
+    /// when `first` is in this batch (its answer still pending), with the answer that copy
+    /// gets from the machine.
+    Copy {
+        first: LogIndex,
+        answer: Option<Result<Bytes, SessionError>>,
+    },
+    /// A command older than its session's last: never applied.
+    Stale(SessionError),
+}
+
+/// The answer to one command entry of a batch, from [`FilteredBatch::answer`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandAnswer {
+    /// The entry.
+    pub index: LogIndex,
+    /// Its session and sequence, for a command in a session.
+    pub tag: Option<SessionTag>,
+    /// Where its command took effect: at `index` when the state machine applied this entry's
+    /// command; at an earlier index for a copy of a command applied there (the table answered
+    /// it); `None` for a command older than its session's last, never applied.
+    pub applied_at: Option<LogIndex>,
+    /// What its proposer is told: the state machine's answer (for a copy, the first copy's),
+    /// or why there is none.
+    pub answer: Result<Bytes, SessionError>,
+}
+
+impl CommandAnswer {
+    /// True when the state machine applied this entry's command (not the table for it).
+    pub fn applied(&self) -> bool {
+        self.applied_at == Some(self.index)
+    }
+}
+
+impl FilteredBatch {
+    /// The commands for the state machine, in log order (each taken once: a second call gives
+    /// none).
+    pub fn take_commands(&mut self) -> Vec<(LogIndex, Bytes)> {
+        std::mem::take(&mut self.commands)
+    }
+
+    /// The index of the batch's last entry, of any kind: where the state machine stands once
+    /// it has applied the batch.
+    pub fn last_index(&self) -> LogIndex {
+        self.last_index
+    }
+
+    /// How many commands the state machine is to answer.
+    pub fn commands_len(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|(_, _, slot)| matches!(slot, Slot::Applied { .. }))
+            .count()
+    }
+
+    /// The state machine answered the batch's commands with `answers` (in order, one each):
+    /// records the answers of commands in sessions in `table` and answers every command entry
+    /// of the batch, in log order.
+    ///
+    /// # Panics
+    /// If `answers` does not hold one answer per command (check
+    /// [`FilteredBatch::commands_len`] first: a state machine that answers fewer is a fault
+    /// to report, not a panic).
+    pub fn answer(self, table: &mut SessionTable, answers: Vec<Bytes>) -> Vec<CommandAnswer> {
+        assert_eq!(
+            answers.len(),
+            self.commands_len(),
+            "one answer per command applied"
+        );
+        for (index, tag, slot) in &self.slots {
+            if let (Some(tag), Slot::Applied { position }) = (tag, slot) {
+                table.answered(*index, *tag, &answers[*position]);
+            }
+        }
+        let first_answer = |first: LogIndex| {
+            let k = self
+                .slots
+                .binary_search_by_key(&first, |(index, _, _)| *index)
+                .ok()?;
+            match &self.slots[k].2 {
+                Slot::Applied { position } => Some(answers[*position].clone()),
+                Slot::Copy { .. } | Slot::Stale(_) => None,
+            }
+        };
+        let mut out = Vec::with_capacity(self.slots.len());
+        for (index, tag, slot) in self.slots.iter().cloned() {
+            let (applied_at, answer) = match slot {
+                Slot::Applied { position } => (Some(index), Ok(answers[position].clone())),
+                Slot::Copy {
+                    first,
+                    answer: Some(answer),
+                } => (Some(first), answer),
+                Slot::Copy {
+                    first,
+                    answer: None,
+                } => {
+                    let tag = tag.expect("only commands in sessions have copies");
+                    let answer = first_answer(first)
+                        .ok_or(SessionError::AnswerNotKept { tag, index: first });
+                    (Some(first), answer)
+                }
+                Slot::Stale(error) => (None, Err(error)),
+            };
+            out.push(CommandAnswer {
+                index,
+                tag,
+                applied_at,
+                answer,
+            });
+        }
+        out
+    }
+}
+
 /// The serde form of a table: sessions oldest first, as (id, last sequence, its index, answer).
 #[derive(Serialize, Deserialize)]
 struct TableImage {
@@ -400,18 +624,47 @@ pub const SNAPSHOT_HEADER_VERSION: u8 = 1;
 /// Bytes of the header before the table: magic, version, length.
 const SNAPSHOT_HEADER_BYTES: usize = 17;
 
-/// Writes the header and `table` at the head of a snapshot; the state machine writes next.
-pub async fn write_snapshot_header(
-    out: &mut SnapshotWriter,
-    table: &SessionTable,
-) -> Result<(), StateMachineError> {
+/// The header and `table`, as they head a snapshot: the bytes [`write_snapshot_header`]
+/// writes, for a driver that builds its snapshots in memory (the simulator does).
+pub fn encode_snapshot_header(table: &SessionTable) -> Vec<u8> {
     let encoded = table.encode();
     let mut header = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + encoded.len());
     header.extend_from_slice(SNAPSHOT_MAGIC);
     header.push(SNAPSHOT_HEADER_VERSION);
     header.extend_from_slice(&(encoded.len() as u64).to_be_bytes());
     header.extend_from_slice(&encoded);
-    out.write(&header).await
+    header
+}
+
+/// Writes the header and `table` at the head of a snapshot; the state machine writes next.
+pub async fn write_snapshot_header(
+    out: &mut SnapshotWriter,
+    table: &SessionTable,
+) -> Result<(), StateMachineError> {
+    out.write(&encode_snapshot_header(table)).await
+}
+
+/// The length of the table that the first [`SNAPSHOT_HEADER_BYTES`] of a snapshot of
+/// `total_bytes` announce; `None` when they are not a header (a snapshot built before
+/// sessions existed, or shorter than a header).
+fn header_table_bytes(head: &[u8], total_bytes: u64) -> Result<Option<u64>, String> {
+    if head.len() < SNAPSHOT_HEADER_BYTES || &head[..8] != SNAPSHOT_MAGIC {
+        return Ok(None);
+    }
+    if head[8] != SNAPSHOT_HEADER_VERSION {
+        return Err(format!(
+            "version {} (this build reads {SNAPSHOT_HEADER_VERSION})",
+            head[8]
+        ));
+    }
+    let length = u64::from_be_bytes(head[9..17].try_into().expect("8 bytes"));
+    let rest = total_bytes.saturating_sub(SNAPSHOT_HEADER_BYTES as u64);
+    if length > rest {
+        return Err(format!(
+            "a {length}-byte table in a snapshot with {rest} bytes left"
+        ));
+    }
+    Ok(Some(length))
 }
 
 /// Reads the header and table at the head of a snapshot, leaving `data` at the state
@@ -423,25 +676,10 @@ pub async fn read_snapshot_header(
 ) -> Result<Option<SessionTable>, StateMachineError> {
     let fail = |why: String| StateMachineError(format!("the snapshot's session header: {why}"));
     let head = data.read_prefix(SNAPSHOT_HEADER_BYTES).await?;
-    if head.len() < SNAPSHOT_HEADER_BYTES || &head[..8] != SNAPSHOT_MAGIC {
+    let Some(length) = header_table_bytes(&head, data.total_bytes()).map_err(fail)? else {
         data.unread(Bytes::from(head));
         return Ok(None);
-    }
-    if head[8] != SNAPSHOT_HEADER_VERSION {
-        return Err(fail(format!(
-            "version {} (this build reads {SNAPSHOT_HEADER_VERSION})",
-            head[8]
-        )));
-    }
-    let length = u64::from_be_bytes(head[9..17].try_into().expect("8 bytes"));
-    let rest = data
-        .total_bytes()
-        .saturating_sub(SNAPSHOT_HEADER_BYTES as u64);
-    if length > rest {
-        return Err(fail(format!(
-            "a {length}-byte table in a snapshot with {rest} bytes left"
-        )));
-    }
+    };
     let encoded = data.read_prefix(length as usize).await?;
     if encoded.len() as u64 != length {
         return Err(fail(format!("{} of {length} table bytes", encoded.len())));
@@ -449,6 +687,48 @@ pub async fn read_snapshot_header(
     let table = SessionTable::decode(limits, &encoded).map_err(fail)?;
     data.start_state_machine_data();
     Ok(Some(table))
+}
+
+/// The session table a snapshot at `last_index` carries (`None`: it carries none, built
+/// before sessions existed), as the node that installs it holds it: at `last_index`, an
+/// empty one for a snapshot without a header. Refused when the table claims entries past
+/// the snapshot.
+pub fn table_at_snapshot(
+    table: Option<SessionTable>,
+    last_index: LogIndex,
+    limits: SessionLimits,
+) -> Result<SessionTable, String> {
+    let mut table = table.unwrap_or_else(|| SessionTable::new(limits));
+    if table.applied() > last_index {
+        return Err(format!(
+            "the snapshot at {last_index} holds a session table at {}",
+            table.applied()
+        ));
+    }
+    table.passed(last_index);
+    Ok(table)
+}
+
+/// Splits a snapshot held in memory, at `last_index`, into its session table (as
+/// [`table_at_snapshot`] gives it) and the state machine's bytes: what
+/// [`read_snapshot_header`] reads from a stored one.
+pub fn split_snapshot(
+    data: &Bytes,
+    last_index: LogIndex,
+    limits: SessionLimits,
+) -> Result<(SessionTable, Bytes), String> {
+    let fail = |why: String| format!("the snapshot's session header: {why}");
+    let head = &data[..data.len().min(SNAPSHOT_HEADER_BYTES)];
+    let (table, rest) = match header_table_bytes(head, data.len() as u64).map_err(fail)? {
+        None => (None, data.clone()),
+        Some(length) => {
+            let end = SNAPSHOT_HEADER_BYTES + length as usize;
+            let table =
+                SessionTable::decode(limits, &data[SNAPSHOT_HEADER_BYTES..end]).map_err(fail)?;
+            (Some(table), data.slice(end..))
+        }
+    };
+    Ok((table_at_snapshot(table, last_index, limits)?, rest))
 }
 
 #[cfg(test)]

@@ -8,13 +8,11 @@
 use super::driver::Shared;
 use super::{MachineRead, NodeError, Responder};
 use crate::protocol::SnapshotRequest;
-use crate::sessions::{
-    self, SessionAnswer, SessionDecision, SessionError, SessionLimits, SessionTable,
-};
+use crate::sessions::{self, SessionLimits, SessionTable};
 use crate::snapshot::{SnapshotFormatError, SnapshotMeta, SnapshotReader, SnapshotWriter};
 use crate::state_machine::{ApplyBatch, StateMachine, StateMachineError};
 use crate::storage::LogStore;
-use crate::types::{Entry, EntryPayload, LogIndex, SessionTag};
+use crate::types::{Entry, EntryPayload, LogIndex};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -48,20 +46,6 @@ pub(super) struct Applier {
     pub(super) sessions: SessionTable,
 }
 
-/// A batch of entries after the session table: what goes to the state machine, and how the
-/// proposers of the commands that do not are answered.
-struct Filtered {
-    /// For the state machine, in log order.
-    commands: Vec<(LogIndex, Bytes)>,
-    /// Commands in sessions among `commands`: their answers go to the table.
-    session_applied: Vec<(LogIndex, SessionTag)>,
-    /// Copies of commands applied earlier in this batch: (index, first copy's index, tag);
-    /// they answer the first copy's answer.
-    duplicates_in_batch: Vec<(LogIndex, LogIndex, SessionTag)>,
-    /// Answers settled by the table alone, by index.
-    settled: HashMap<LogIndex, Result<Bytes, NodeError>>,
-}
-
 /// The session table a snapshot carries at its head (an empty one at the snapshot's index for
 /// a snapshot built before sessions existed), leaving `reader` at the state machine's data.
 pub(super) async fn read_sessions(
@@ -69,18 +53,8 @@ pub(super) async fn read_sessions(
     meta: &SnapshotMeta,
     limits: SessionLimits,
 ) -> Result<SessionTable, StateMachineError> {
-    let mut table = sessions::read_snapshot_header(reader, limits)
-        .await?
-        .unwrap_or_else(|| SessionTable::new(limits));
-    if table.applied() > meta.last_index {
-        return Err(StateMachineError(format!(
-            "the snapshot at {} holds a session table at {}",
-            meta.last_index,
-            table.applied()
-        )));
-    }
-    table.passed(meta.last_index);
-    Ok(table)
+    let table = sessions::read_snapshot_header(reader, limits).await?;
+    sessions::table_at_snapshot(table, meta.last_index, limits).map_err(StateMachineError)
 }
 
 /// Runs entries the state machine already holds through the session table alone, as
@@ -178,15 +152,14 @@ impl Applier {
             return Ok(());
         };
         let last_index = last.index;
-        let Filtered {
-            commands,
-            session_applied,
-            duplicates_in_batch,
-            settled,
-        } = self.filter_sessions(entries);
-        let indexes: Vec<LogIndex> = commands.iter().map(|(index, _)| *index).collect();
+        assert_eq!(
+            self.sessions.applied(),
+            self.applied,
+            "the table is at the applied index"
+        );
+        let mut filtered = self.sessions.filter(entries);
         let batch = ApplyBatch {
-            commands,
+            commands: filtered.take_commands(),
             last_index,
         };
         let fail = |responders: &mut HashMap<LogIndex, Responder>, why: String| {
@@ -196,44 +169,20 @@ impl Applier {
             Err(why)
         };
         match self.state_machine.apply_batch(batch).await {
-            Ok(answers) if answers.len() != indexes.len() => {
+            Ok(answers) if answers.len() != filtered.commands_len() => {
                 // A broken state machine is a fail-stop with a message that names the fault,
                 // not a panic that silently ends this task.
                 let why = format!(
                     "the state machine answered {} of {} commands in a batch; it must answer every command",
                     answers.len(),
-                    indexes.len()
+                    filtered.commands_len()
                 );
                 return fail(&mut responders, why);
             }
             Ok(answers) => {
-                let answered: HashMap<LogIndex, &Bytes> = if session_applied.is_empty() {
-                    HashMap::new()
-                } else {
-                    indexes.iter().copied().zip(answers.iter()).collect()
-                };
-                for (index, tag) in session_applied {
-                    self.sessions.answered(index, tag, answered[&index]);
-                }
-                for (index, first, tag) in duplicates_in_batch {
-                    if let Some(responder) = responders.remove(&index) {
-                        let answer = answered.get(&first).map(|bytes| (*bytes).clone());
-                        let answer =
-                            answer.ok_or(NodeError::Session(SessionError::AnswerNotKept {
-                                tag,
-                                index: first,
-                            }));
-                        let _ = responder.send(answer);
-                    }
-                }
-                for (index, result) in settled {
-                    if let Some(responder) = responders.remove(&index) {
-                        let _ = responder.send(result);
-                    }
-                }
-                for (index, answer) in indexes.into_iter().zip(answers) {
-                    if let Some(responder) = responders.remove(&index) {
-                        let _ = responder.send(Ok(answer));
+                for answered in filtered.answer(&mut self.sessions, answers) {
+                    if let Some(responder) = responders.remove(&answered.index) {
+                        let _ = responder.send(answered.answer.map_err(NodeError::Session));
                     }
                 }
                 // Proposals of entries without a command (membership changes) are done too.
@@ -249,61 +198,6 @@ impl Applier {
             .store(last_index.0, Ordering::Release);
         self.shared.notify.notify_one();
         Ok(())
-    }
-
-    /// Passes a batch's entries through the session table: the commands for the state
-    /// machine, and how the proposers of the others are answered.
-    fn filter_sessions(&mut self, entries: Vec<Entry>) -> Filtered {
-        assert_eq!(
-            self.sessions.applied(),
-            self.applied,
-            "the table is at the applied index"
-        );
-        let mut filtered = Filtered {
-            commands: Vec::with_capacity(entries.len()),
-            session_applied: Vec::new(),
-            duplicates_in_batch: Vec::new(),
-            settled: HashMap::new(),
-        };
-        for entry in entries {
-            let index = entry.index;
-            match entry.payload {
-                EntryPayload::Command(data) => filtered.commands.push((index, data)),
-                EntryPayload::SessionCommand(command) => {
-                    let tag = command.tag;
-                    let settled = match self.sessions.decide(index, tag) {
-                        SessionDecision::Apply => {
-                            filtered.commands.push((index, command.command));
-                            filtered.session_applied.push((index, tag));
-                            None
-                        }
-                        SessionDecision::Duplicate {
-                            index: first,
-                            answer,
-                        } => match answer {
-                            SessionAnswer::Kept(bytes) => Some(Ok(bytes)),
-                            SessionAnswer::NotKept => {
-                                Some(Err(NodeError::Session(SessionError::AnswerNotKept {
-                                    tag,
-                                    index: first,
-                                })))
-                            }
-                            SessionAnswer::Pending => {
-                                filtered.duplicates_in_batch.push((index, first, tag));
-                                None
-                            }
-                        },
-                        SessionDecision::Stale(error) => Some(Err(NodeError::Session(error))),
-                    };
-                    if let Some(result) = settled {
-                        filtered.settled.insert(index, result);
-                    }
-                }
-                EntryPayload::Blank | EntryPayload::Membership(_) => {}
-            }
-            self.sessions.passed(index);
-        }
-        filtered
     }
 
     async fn install(&mut self, meta: SnapshotMeta) -> Result<(), String> {
