@@ -158,7 +158,9 @@ struct Session {
 
 /// The session table: per session, the last sequence applied and its answer. Replicated
 /// state, the same on every node at the same applied index (see the [module docs](self)).
-#[derive(Clone, Debug)]
+/// Two tables are equal when they hold the same sessions, answers and index under the same
+/// limits (an answer pending differs from one not kept: compare tables between batches).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionTable {
     limits: SessionLimits,
     /// Invariant: at most `limits.sessions_max` sessions.

@@ -1,7 +1,8 @@
 //! Randomized simulation of whole clusters: each seed picks 1, 2, 3 or 5 voters and a fault
-//! mix, runs closed-loop clients through crashes, partitions, a lossy network (whose messages
-//! outlive crashes), slow and failing disks and membership churn, checks the Raft
-//! invariants after every step, requires the cluster to settle once the faults stop, and checks
+//! mix, runs closed-loop clients (some in client sessions, retrying) through crashes,
+//! partitions, a lossy network (whose messages outlive crashes), slow and failing disks and
+//! membership churn, checks the Raft invariants (exactly-once sessions among them) after every
+//! step, requires the cluster to settle once the faults stop, and checks
 //! the client history for linearizability (see `raft_core::testkit::sim`).
 //!
 //! - `SIM_SEEDS=N` runs N seeds (default 500), `SIM_SEED_START=S` starts them at S (default 1).
@@ -311,6 +312,45 @@ fn reads_without_the_log_and_transfers_happened() {
             seeds / 2,
         ),
         ("liveness transfers that timed out", live_timed_out, 1),
+    ] {
+        assert!(count >= least, "too few {what}: {count} (want {least})");
+    }
+}
+
+/// Clients in sessions retried, and the session tables did their work: copies of commands
+/// already applied reached the log (retries, re-forwards, duplicated forwards) and were kept
+/// from the state machines, retries were given the first answer, and some were told only that
+/// their command applied once (an answer limit that keeps none). That none applied twice and
+/// every answer matched the first is checked by the invariants on every seed.
+#[test]
+fn client_sessions_retried_and_each_command_applied_once() {
+    let reports = reports();
+    if reports.len() < 100 {
+        return;
+    }
+    let sum = |f: fn(&RunReport) -> u64| reports.iter().map(f).sum::<u64>();
+    let operations = sum(|r| r.session_operations as u64);
+    let retries = sum(|r| r.session_retries);
+    let from_table = sum(|r| r.answered_from_table);
+    let not_kept = sum(|r| r.answers_not_kept);
+    let filtered = sum(|r| r.session_copies_filtered);
+    let with_sessions = reports.iter().filter(|r| r.session_clients > 0).count();
+    println!(
+        "{with_sessions} runs with session clients: {operations} operations in sessions, \
+         {retries} retries, {from_table} answered from the session table, {not_kept} \
+         \"applied once, answer not kept\"; {filtered} copies kept from state machines"
+    );
+    let seeds = reports.len() as u64;
+    assert!(
+        with_sessions > reports.len() / 2,
+        "too few runs with sessions: {with_sessions}"
+    );
+    for (what, count, least) in [
+        ("operations in sessions", operations, 100 * seeds),
+        ("retries", retries, seeds),
+        ("answers from the session table", from_table, seeds / 10),
+        ("answers not kept", not_kept, seeds / 20),
+        ("copies kept from state machines", filtered, seeds),
     ] {
         assert!(count >= least, "too few {what}: {count} (want {least})");
     }

@@ -2,7 +2,7 @@
 //! joined by a simulated network, on one virtual clock.
 
 use super::invariants::Invariants;
-use super::kv::{self, KvStore};
+use super::kv::{self, KvReplica, KvStore};
 use super::rng::{mix, SimRng};
 use super::trace::{ShowEntries, ShowMessage, Trace, TRACE_BYTES_MAX_DEFAULT};
 use crate::config::Config;
@@ -11,10 +11,11 @@ use crate::message::{Message, MessageBody};
 use crate::protocol::{
     ProposeError, RawNode, Ready, Restore, Role, SnapshotRequest, SnapshotWrite, TransferError,
 };
+use crate::sessions::{SessionError, SessionLimits, SessionTable};
 use crate::snapshot::SnapshotMeta;
 use crate::storage::LogWrite;
 use crate::testkit::linearizability::{KvInput, KvOutput};
-use crate::types::{Entry, HardState, LogIndex, NodeId, ProposalId, Term};
+use crate::types::{Entry, HardState, LogIndex, NodeId, ProposalId, SessionId, SessionTag, Term};
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -170,7 +171,7 @@ pub struct CutId(pub u64);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProposalOutcome {
     /// Its entry applied at the proposer, with the state machine's answer (`None` for bytes that
-    /// are not a key-value command).
+    /// are not a key-value command, and for entries without a command).
     Applied {
         /// The proposer.
         node: NodeId,
@@ -180,6 +181,25 @@ pub enum ProposalOutcome {
         term: Term,
         /// The state machine's answer.
         output: Option<KvOutput>,
+        /// For a command in a session that the session table kept from the state machine (a
+        /// copy of a command applied before: a retry, a duplicated forward), where the first
+        /// copy applied; `output` is the answer it got then. `None` when the state machine
+        /// applied this entry's command.
+        duplicate_of: Option<LogIndex>,
+        /// Virtual time of the answer.
+        at_ms: u64,
+    },
+    /// Its entry, a command in a session, applied at the proposer, but the session table
+    /// answered it without the state machine and without an answer: the command applied once
+    /// before and its answer was not kept ([`SessionError::AnswerNotKept`]), or the session
+    /// had moved past it ([`SessionError::SequenceStale`], never applied).
+    Session {
+        /// The proposer.
+        node: NodeId,
+        /// Where the entry is.
+        index: LogIndex,
+        /// Why there is no answer.
+        error: SessionError,
         /// Virtual time of the answer.
         at_ms: u64,
     },
@@ -330,6 +350,11 @@ pub struct ClusterStats {
     pub snapshots_built: u64,
     /// Membership changes accepted by a leader.
     pub membership_changes: u64,
+    /// Proposals made in a client session ([`Cluster::propose_in_session`]).
+    pub session_proposals: u64,
+    /// Copies of commands in sessions that a node's session table kept from its state machine
+    /// (each node's count: a copy in the log counts once per node that applies it).
+    pub session_copies_filtered: u64,
 }
 
 /// A leadership transfer the protocol abandoned ([`Ready::transfer_failed`]), with the state of
@@ -374,6 +399,7 @@ pub struct ClusterBuilder {
     trace_bytes_max: usize,
     replay_hint: String,
     record_readies: bool,
+    forward_sessions: bool,
 }
 
 impl ClusterBuilder {
@@ -441,6 +467,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// Makes every node forward proposals in one-off sessions, as the runtime does
+    /// ([`RawNode::set_forward_sessions`], numbered from a value drawn from the seed per node
+    /// and life). Off by default, so scenarios see the protocol's own forward de-duplication.
+    pub fn forward_sessions(mut self, enabled: bool) -> Self {
+        self.forward_sessions = enabled;
+        self
+    }
+
     /// Builds the cluster and starts every node.
     pub fn build(self) -> Cluster {
         Cluster::start(self)
@@ -499,7 +533,8 @@ struct SimNode {
     writes: VecDeque<PendingWrite>,
     /// When the last queued write completes (writes complete in order).
     last_write_done_ms: u64,
-    kv: KvStore,
+    /// The state machine behind its session table.
+    kv: KvReplica,
     /// Reads whose read index is known, waiting for `kv` to apply it: (index, read) -> key.
     /// The value is the key and the ticks waited: a read that waits longer than
     /// `proposal_wait_ticks` (a node that stopped applying, removed without knowing) fails.
@@ -568,6 +603,10 @@ pub struct Cluster {
     read_in_call: Option<(ProposalId, bool)>,
     /// Transfers abandoned and not yet taken by [`Cluster::take_transfer_failures`].
     transfer_failures: Vec<TransferFailure>,
+    /// The bounds of every node's session table (from the configuration's template).
+    session_limits: SessionLimits,
+    /// Nodes forward proposals in one-off sessions ([`ClusterBuilder::forward_sessions`]).
+    forward_sessions: bool,
 }
 
 impl Cluster {
@@ -588,6 +627,7 @@ impl Cluster {
             trace_bytes_max: TRACE_BYTES_MAX_DEFAULT,
             replay_hint: "rerun the test that printed this".into(),
             record_readies: false,
+            forward_sessions: false,
         }
     }
 
@@ -598,6 +638,7 @@ impl Cluster {
 
     fn start(builder: ClusterBuilder) -> Cluster {
         let seed = builder.seed;
+        let session_limits = SessionLimits::from_config(&builder.template);
         let mut cluster = Cluster {
             seed,
             now_ms: 0,
@@ -616,7 +657,7 @@ impl Cluster {
             network_rng: SimRng::stream(seed, 1),
             disk_rng: SimRng::stream(seed, 2),
             tick_rng: SimRng::stream(seed, 3),
-            invariants: Invariants::new(seed, builder.replay_hint),
+            invariants: Invariants::new(seed, builder.replay_hint, session_limits),
             trace: Trace::new(builder.trace, builder.trace_bytes_max),
             stats: ClusterStats::default(),
             pending: BTreeMap::new(),
@@ -626,6 +667,8 @@ impl Cluster {
             pending_reads: BTreeMap::new(),
             read_in_call: None,
             transfer_failures: Vec::new(),
+            session_limits,
+            forward_sessions: builder.forward_sessions,
         };
         let mut skew_rng = SimRng::stream(seed, 6);
         let skew_max = match builder.timing {
@@ -653,7 +696,7 @@ impl Cluster {
                 receiving: None,
                 writes: VecDeque::new(),
                 last_write_done_ms: 0,
-                kv: KvStore::default(),
+                kv: KvReplica::new(session_limits),
                 reads_awaiting_apply: BTreeMap::new(),
                 tick_skew_ms: skew_rng.between(0, skew_max),
                 incarnation: 0,
@@ -703,12 +746,15 @@ impl Cluster {
         config.incarnation = crate::Incarnation(node.amnesias);
         self.drop_entries_replaced_by_snapshot(k);
         let node = &self.nodes[k];
+        let limits = self.session_limits;
         let (kv, applied) = match &node.durable.snapshot {
-            Some((meta, data)) => match KvStore::from_snapshot(data, meta.last_index) {
-                Some(kv) => (kv, meta.last_index),
-                None => self.fail(format_args!("{id} holds a snapshot that does not decode")),
+            Some((meta, data)) => match KvReplica::from_snapshot(data, meta.last_index, limits) {
+                Ok(kv) => (kv, meta.last_index),
+                Err(why) => self.fail(format_args!(
+                    "{id} holds a snapshot that does not decode: {why}"
+                )),
             },
-            None => (KvStore::default(), LogIndex(0)),
+            None => (KvReplica::new(limits), LogIndex(0)),
         };
         let restore = Restore {
             hard_state: node.durable.hard_state,
@@ -716,10 +762,15 @@ impl Cluster {
             entries: node.durable.entries.clone(),
             applied,
         };
-        let raw = match RawNode::new(config, restore) {
+        let mut raw = match RawNode::new(config, restore) {
             Ok(raw) => raw,
             Err(error) => self.fail(format_args!("{id} cannot start from its disk: {error}")),
         };
+        if self.forward_sessions {
+            // What the runtime draws at random, from the seed: a new range every life.
+            let first = mix(mix(mix(self.seed, 0x5e55), id.0), node.restarts);
+            raw.set_forward_sessions(SessionId(first));
+        }
         self.invariants.on_start(id, &raw, applied);
         let node = &mut self.nodes[k];
         node.seen = (raw.role(), raw.term());
@@ -1141,10 +1192,11 @@ impl Cluster {
                 meta.last_index, held.last_index
             ));
         }
-        let Some(kv) = KvStore::from_snapshot(data, meta.last_index) else {
-            self.fail(format_args!(
-                "{id} received a snapshot that does not decode"
-            ));
+        let kv = match KvReplica::from_snapshot(data, meta.last_index, self.session_limits) {
+            Ok(kv) => kv,
+            Err(why) => self.fail(format_args!(
+                "{id} received a snapshot that does not decode: {why}"
+            )),
         };
         self.trace_line(format_args!(
             "{id} installs the snapshot at {}/{} ({} bytes)",
@@ -1172,6 +1224,7 @@ impl Cluster {
                 request.last_index
             ));
         }
+        // The session table heads the data, as the runtime writes it.
         let data = kv.snapshot_bytes();
         let meta = SnapshotMeta {
             last_index: request.last_index,
@@ -1202,6 +1255,8 @@ impl Cluster {
             .snapshot_built(Ok(meta));
     }
 
+    /// Applies committed entries as the runtime's applier does: one batch through the session
+    /// table ([`KvReplica::apply`]), then each proposer is answered.
     fn apply(&mut self, k: usize, committed: &[crate::protocol::CommittedEntry]) {
         let Some(last) = committed.last().map(|c| c.entry.index) else {
             return;
@@ -1211,27 +1266,72 @@ impl Cluster {
             // A commit raised in this very step is checked before anything applies it.
             self.invariants.observe(id, raw);
         }
+        let entries: Vec<Entry> = committed.iter().map(|c| c.entry.clone()).collect();
+        for entry in &entries {
+            self.invariants.on_apply(id, entry);
+        }
+        let answers = self.nodes[k].kv.apply(entries);
+        for answer in &answers {
+            self.invariants.on_command_answered(id, answer);
+            if !answer.applied() {
+                self.stats.session_copies_filtered += 1;
+            }
+        }
+        // Both lists are in log order; every command entry has an answer.
+        let mut answers = answers.into_iter().peekable();
         for item in committed {
-            self.invariants.on_apply(id, &item.entry);
-            let output = self.nodes[k].kv.apply(&item.entry);
+            let index = item.entry.index;
+            let answer = answers.next_if(|a| a.index == index);
             let Some(proposal) = item.proposal else {
                 continue;
             };
-            let (index, term, at_ms) = (item.entry.index, item.entry.term, self.now_ms);
-            self.trace_line(format_args!(
-                "{id} proposal {:x} applied at {index}/{term}: {output:?}",
-                proposal.0
-            ));
-            self.invariants.on_acknowledged(index, term);
-            let outcome = ProposalOutcome::Applied {
-                node: id,
-                index,
-                term,
-                output,
-                at_ms,
+            let (term, at_ms) = (item.entry.term, self.now_ms);
+            let outcome = match answer {
+                None => ProposalOutcome::Applied {
+                    node: id,
+                    index,
+                    term,
+                    output: None,
+                    duplicate_of: None,
+                    at_ms,
+                },
+                Some(answer) => match answer.answer {
+                    Ok(bytes) => ProposalOutcome::Applied {
+                        node: id,
+                        index,
+                        term,
+                        output: kv::decode_output(&bytes),
+                        duplicate_of: answer.applied_at.filter(|at| *at != index),
+                        at_ms,
+                    },
+                    Err(error) => ProposalOutcome::Session {
+                        node: id,
+                        index,
+                        error,
+                        at_ms,
+                    },
+                },
             };
+            if self.trace.enabled() {
+                let shown = match &outcome {
+                    ProposalOutcome::Applied {
+                        output,
+                        duplicate_of: Some(first),
+                        ..
+                    } => format!("{output:?}, the answer of the copy at {first}"),
+                    ProposalOutcome::Applied { output, .. } => format!("{output:?}"),
+                    ProposalOutcome::Session { error, .. } => format!("{error}"),
+                    other => format!("{other:?}"),
+                };
+                self.trace_line(format_args!(
+                    "{id} proposal {:x} applied at {index}/{term}: {shown}",
+                    proposal.0
+                ));
+            }
+            self.invariants.on_acknowledged(index, term);
             self.finish(proposal, outcome);
         }
+        assert!(answers.next().is_none(), "every answer belongs to an entry");
         self.nodes[k]
             .raw
             .as_mut()
@@ -1337,7 +1437,7 @@ impl Cluster {
                 break;
             }
             let ((index, read), (key, _)) = entry.remove_entry();
-            let output = KvOutput::Value(self.nodes[k].kv.get(&key).cloned());
+            let output = KvOutput::Value(self.nodes[k].kv.store().get(&key).cloned());
             self.trace_line(format_args!(
                 "{id} read {:x} served at {applied}: {output:?}",
                 read.0
@@ -1650,6 +1750,44 @@ impl Cluster {
         self.propose(node, kv::encode(input))
     }
 
+    /// Proposes `data` at `node` in the client session `tag` ([`RawNode::propose_in_session`])
+    /// and returns the proposal's ID. Proposing the same `tag` again (here or at another node)
+    /// is a retry: the command applies once, and every copy is answered with the first answer
+    /// (see [`crate::sessions`]).
+    pub fn propose_in_session(
+        &mut self,
+        node: impl Into<NodeId>,
+        tag: SessionTag,
+        data: impl Into<Bytes>,
+    ) -> ProposalId {
+        let node = node.into();
+        let data = data.into();
+        let id = ProposalId(self.next_proposal);
+        self.next_proposal += 1;
+        self.stats.proposals += 1;
+        self.stats.session_proposals += 1;
+        self.pending.insert(id, node);
+        self.trace_line(format_args!(
+            "{node} proposal {:x} in session {tag} of {}B",
+            id.0,
+            data.len()
+        ));
+        self.raw_mut(node).propose_in_session(id, tag, data);
+        self.process_ready(node);
+        self.after_step();
+        id
+    }
+
+    /// Proposes a key-value command at `node` in the client session `tag`.
+    pub fn propose_kv_in_session(
+        &mut self,
+        node: impl Into<NodeId>,
+        tag: SessionTag,
+        input: &KvInput,
+    ) -> ProposalId {
+        self.propose_in_session(node, tag, kv::encode(input))
+    }
+
     /// Reads `key` at `node` without the log: the node asks the protocol for a read index
     /// ([`RawNode::read_index`]; a leader confirms it with a heartbeat round or its lease, a
     /// follower asks the leader) and answers from its state machine once it has applied that
@@ -1954,7 +2092,7 @@ impl Cluster {
         self.stats.writes_lost += sim.writes.len() as u64;
         sim.writes.clear();
         sim.receiving = None;
-        sim.kv = KvStore::default();
+        sim.kv = KvReplica::new(self.session_limits);
         self.stats.crashes += 1;
         self.messages_survive_crash(node);
         let lost: Vec<ProposalId> = self
@@ -2144,7 +2282,12 @@ impl Cluster {
 
     /// `node`'s state machine (empty while it is down).
     pub fn kv(&self, node: impl Into<NodeId>) -> &KvStore {
-        &self.nodes[self.index_of(node.into())].kv
+        self.nodes[self.index_of(node.into())].kv.store()
+    }
+
+    /// `node`'s session table, at its state machine's applied index (empty while it is down).
+    pub fn sessions(&self, node: impl Into<NodeId>) -> &SessionTable {
+        self.nodes[self.index_of(node.into())].kv.sessions()
     }
 
     /// How `proposal` ended, if it has.
@@ -2218,7 +2361,7 @@ impl Cluster {
     }
 
     /// End-of-run checks: every disk holds every entry a client was told applied, and live
-    /// nodes that applied the same index hold the same key-value state.
+    /// nodes that applied the same index hold the same key-value state and session table.
     pub fn check_end_of_run(&self) {
         // Every voter of the final membership must hold every acknowledged write (removed
         // nodes stop receiving, learners may hold less).
@@ -2235,7 +2378,7 @@ impl Cluster {
         for (position, first) in live.iter().enumerate() {
             for second in &live[position + 1..] {
                 let (a, b) = (&first.kv, &second.kv);
-                if a.applied_index() == b.applied_index() && a != b {
+                if a.applied_index() == b.applied_index() && !a.same_state(b) {
                     self.fail(format_args!(
                         "{} and {} applied up to {} yet hold different data",
                         first.id,

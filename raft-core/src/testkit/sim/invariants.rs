@@ -45,14 +45,29 @@
 //! - **Amnesia**: a node that restarts with a wiped disk (an in-memory store) starts a new
 //!   durable history in a new incarnation; the checks above hold it to that history alone, so
 //!   whatever its earlier life acknowledged must survive on the others.
+//! - **Exactly-once sessions**: `session_applied` keeps, for every (session, sequence) whose
+//!   command a state machine applied, the index where it first applied and the answer it gave.
+//!   A state machine may apply that command again only at that same index (a node that lost
+//!   its volatile state replays it from a snapshot and the log): anywhere else it applied
+//!   twice, whichever node, life or snapshot the earlier application came from. Every copy the
+//!   session table answers instead must name that first index, and an answer it gives must be
+//!   the first answer, byte for byte; a command refused as stale must be older than a sequence
+//!   its session applied. The check is exact only while no session is evicted or expires (a
+//!   retry past the table's window applies again, by design), so a run that could evict one
+//!   (more sessions than `sessions_max`, or more entries than `session_idle_entries_max`)
+//!   fails as misconfigured rather than pass unchecked. Snapshots must carry the table: an
+//!   installed snapshot's table is compared with the committed log replayed through a fresh
+//!   one.
 
 use super::cluster::DurableState;
-use super::kv::KvStore;
+use super::kv::KvReplica;
 use super::trace::ShowMessage;
 use crate::message::{AppendResponse, Message, MessageBody};
 use crate::protocol::{RawNode, Role};
+use crate::sessions::{CommandAnswer, SessionError, SessionLimits};
 use crate::snapshot::SnapshotMeta;
-use crate::types::{Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
+use crate::types::{Entry, EntryPayload, HardState, LogIndex, NodeId, SessionId, SessionTag, Term};
+use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
@@ -105,10 +120,21 @@ pub(crate) struct Invariants {
     backed: LogIndex,
     /// The latest term whose leader committed an entry, and that entry's index.
     newest_commit: (Term, LogIndex),
+    /// The bounds of every node's session table.
+    session_limits: SessionLimits,
+    /// Every (session, sequence) a state machine applied: where it first applied, and the
+    /// answer it gave. Invariant: no state machine applies it anywhere else.
+    session_applied: HashMap<SessionTag, (LogIndex, Bytes)>,
+    /// The highest sequence applied in each session.
+    session_sequence_max: HashMap<SessionId, u64>,
+    /// The first entries applied (`applied`) applied in order through a fresh session table,
+    /// as far as the latest snapshot install checked: installs mostly come at rising indexes,
+    /// so each replays only the entries after the one before.
+    reference: KvReplica,
 }
 
 impl Invariants {
-    pub(crate) fn new(seed: u64, replay_hint: String) -> Invariants {
+    pub(crate) fn new(seed: u64, replay_hint: String, session_limits: SessionLimits) -> Invariants {
         Invariants {
             seed,
             replay_hint,
@@ -120,6 +146,10 @@ impl Invariants {
             acknowledged: Vec::new(),
             backed: LogIndex(0),
             newest_commit: (Term(0), LogIndex(0)),
+            session_limits,
+            session_applied: HashMap::new(),
+            session_sequence_max: HashMap::new(),
+            reference: KvReplica::new(session_limits),
         }
     }
 
@@ -308,10 +338,113 @@ impl Invariants {
         }
     }
 
-    /// A client was told that the entry at `index` of `term` applied.
+    /// `node`'s session table and state machine answered a command entry (see the module
+    /// documentation, "Exactly-once sessions").
+    pub(crate) fn on_command_answered(&mut self, node: NodeId, answered: &CommandAnswer) {
+        let Some(tag) = answered.tag else {
+            return; // outside sessions: the state machine applies every copy
+        };
+        let index = answered.index;
+        if index.0 > self.session_limits.session_idle_entries_max {
+            self.fail(format_args!(
+                "{node} applied {tag} at {index}, beyond session_idle_entries_max {}: sessions \
+                 may expire, and the exactly-once check needs them not to (raise the limit)",
+                self.session_limits.session_idle_entries_max
+            ));
+        }
+        let first = self.session_applied.get(&tag);
+        match (answered.applied_at, first) {
+            (Some(at), first) if at == index => {
+                let Ok(answer) = &answered.answer else {
+                    self.fail(format_args!(
+                        "{node} applied {tag} at {index} and gave no answer: {:?}",
+                        answered.answer
+                    ));
+                };
+                match first {
+                    Some((first, _)) if *first != index => self.fail(format_args!(
+                        "exactly once: {node}'s state machine applied {tag} at {index}, but it \
+                         applied at {first} before: the command took effect twice"
+                    )),
+                    Some((_, first_answer)) if first_answer != answer => self.fail(format_args!(
+                        "{node} applied {tag} at {index} with the answer {answer:?}, where the \
+                         first application answered {first_answer:?}"
+                    )),
+                    Some(_) => {}
+                    None => self.first_session_apply(node, tag, index, answer.clone()),
+                }
+            }
+            (Some(at), None) => self.fail(format_args!(
+                "{node} answered {tag} at {index} as a copy of the command applied at {at}, but \
+                 no state machine applied it"
+            )),
+            (Some(at), Some((first, first_answer))) => {
+                if at != *first {
+                    self.fail(format_args!(
+                        "{node} answered {tag} at {index} as a copy of the command applied at \
+                         {at}, but it applied at {first}"
+                    ));
+                }
+                if let Ok(answer) = &answered.answer {
+                    if answer != first_answer {
+                        self.fail(format_args!(
+                            "a retry got another answer: {node} answered the copy of {tag} at \
+                             {index} with {answer:?}, where its first application at {first} \
+                             answered {first_answer:?}"
+                        ));
+                    }
+                }
+            }
+            (None, _) => {
+                let highest = self.session_sequence_max.get(&tag.session).copied();
+                let stale = match &answered.answer {
+                    Err(SessionError::SequenceStale { last_sequence, .. }) => {
+                        *last_sequence > tag.sequence && highest >= Some(*last_sequence)
+                    }
+                    _ => false,
+                };
+                if !stale {
+                    self.fail(format_args!(
+                        "{node} refused {tag} at {index} as stale with {:?}, while the highest \
+                         sequence its session applied is {highest:?}",
+                        answered.answer
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The first application of `tag` anywhere, at `index`.
+    fn first_session_apply(
+        &mut self,
+        node: NodeId,
+        tag: SessionTag,
+        index: LogIndex,
+        answer: Bytes,
+    ) {
+        let highest = self.session_sequence_max.entry(tag.session).or_insert(0);
+        if tag.sequence <= *highest {
+            let highest = *highest;
+            self.fail(format_args!(
+                "{node} applied {tag} at {index} after its session applied sequence {highest}"
+            ));
+        }
+        *highest = tag.sequence;
+        let sessions = self.session_sequence_max.len();
+        if sessions > self.session_limits.sessions_max {
+            self.fail(format_args!(
+                "{sessions} sessions applied, more than sessions_max {}: sessions may be \
+                 evicted, and the exactly-once check needs them not to (raise the limit)",
+                self.session_limits.sessions_max
+            ));
+        }
+        self.session_applied.insert(tag, (index, answer));
+    }
+
     /// `node` replaced its state machine with a snapshot: the snapshot must end on a committed
-    /// entry, and its state must equal every committed entry up to it applied in order.
-    pub(crate) fn on_install(&mut self, node: NodeId, meta: &SnapshotMeta, kv: &KvStore) {
+    /// entry, and its state (data and session table) must equal every committed entry up to
+    /// it applied in order through a fresh session table.
+    pub(crate) fn on_install(&mut self, node: NodeId, meta: &SnapshotMeta, kv: &KvReplica) {
         let at = meta.last_index;
         let k = at.0 as usize - 1;
         match self.committed.get(k) {
@@ -327,18 +460,31 @@ impl Invariants {
                 "{node} installed a snapshot at {at} that no state machine reached"
             ));
         }
-        let mut reference = KvStore::default();
-        for (position, (term, payload)) in self.applied[..at.0 as usize].iter().enumerate() {
-            reference.apply(&Entry {
-                term: *term,
-                index: LogIndex(position as u64 + 1),
-                payload: payload.clone(),
-            });
+        if self.reference.applied_index() > at {
+            self.reference = KvReplica::new(self.session_limits); // an older snapshot
         }
-        if reference.data() != kv.data() {
+        let from = self.reference.applied_index().0 as usize;
+        let entries: Vec<Entry> = self.applied[from..at.0 as usize]
+            .iter()
+            .zip(from as u64 + 1..)
+            .map(|((term, payload), index)| Entry {
+                term: *term,
+                index: LogIndex(index),
+                payload: payload.clone(),
+            })
+            .collect();
+        self.reference.apply(entries);
+        let reference = &self.reference;
+        if reference.store().data() != kv.store().data() {
             self.fail(format_args!(
                 "{node} installed a snapshot at {at} whose state differs from the committed log \
                  applied up to it"
+            ));
+        }
+        if !reference.same_state(kv) {
+            self.fail(format_args!(
+                "{node} installed a snapshot at {at} whose session table differs from the \
+                 committed log applied up to it through a fresh table"
             ));
         }
         let watch = self.nodes.entry(node).or_default();
@@ -351,6 +497,7 @@ impl Invariants {
         watch.applied = at;
     }
 
+    /// A client was told that the entry at `index` of `term` applied.
     pub(crate) fn on_acknowledged(&mut self, index: LogIndex, term: Term) {
         self.acknowledged.push((index, term));
     }

@@ -7,13 +7,17 @@
 //! `messages` leave at once; the `write` goes to the simulated disk, where it becomes durable
 //! after a seeded delay, in order with earlier writes; only then do `messages_after_write`
 //! leave and [`RawNode::persisted`](crate::protocol::RawNode::persisted) hear of it; committed
-//! entries are applied to the state machine and their proposals answered. A crash drops the
+//! entries are applied to the state machine and their proposals answered. They pass the
+//! runtime's own session filter first ([`SessionTable::filter`](crate::sessions::SessionTable::filter),
+//! through [`kv::KvReplica`]): a copy of a command already applied in its client session
+//! is answered from the table and never reaches the state machine, and every snapshot
+//! carries the table at its head in the runtime's format. A crash drops the
 //! node's protocol state, its unfinished writes and its state machine; messages in flight to
 //! or from it survive with a seeded probability (arriving at its next life, sometimes twice)
 //! and are otherwise lost. A write may stall (a slow fsync) or fail: then the node fail-stops,
 //! releasing nothing of that write, and restarts later. A restart builds a new `RawNode` from
 //! what the disk holds, with a seed derived from (run seed, node, restart count), and the
-//! state machine replays the log.
+//! state machine and its session table start from the disk's snapshot and replay the log.
 //!
 //! After every step, the [safety invariants](self#invariants) are checked; a violation panics
 //! with the seed and the command that replays it.
@@ -66,7 +70,17 @@
 //! or one way, crashes and restarts nodes, and asks the leader to hand leadership to another
 //! voter (sometimes cutting the old leader off as the target campaigns). Gets go through the
 //! log or, in a share the seed picks, are read without it ([`Cluster::read_kv`]: ReadIndex,
-//! follower reads, and lease reads on seeds that turn `lease_reads` on); node clocks tick at
+//! follower reads, and lease reads on seeds that turn `lease_reads` on). A share of the clients
+//! the seed picks (none, half or all) propose in client sessions
+//! ([`Cluster::propose_in_session`]) and retry: a command whose outcome is unknown (a timeout,
+//! a failure that may have applied, a crash of the node asked) is proposed again with the
+//! same session and sequence, to a node picked afresh, up to [`SESSION_ATTEMPTS_MAX`] times,
+//! while the network duplicates forwards too; most seeds also forward in one-off sessions, as
+//! the runtime does, and some keep few or no answers in the table
+//! (`session_result_bytes_max`), so a retry learns only that its command applied once. A
+//! retried command is one operation for the linearizability checker, from its first attempt
+//! to its answer; one no attempt answered stays unknown, and it "did not happen" only when
+//! every attempt failed definitely. Node clocks tick at
 //! rates within the lease's drift assumption ([`lease_clock_margin_holds`]). Then every cut
 //! heals, every node restarts and loss stops, the leader hands over once more, and a leader
 //! must exist, every operation in flight must be answered and a fresh write must apply on every
@@ -102,7 +116,14 @@
 //! that applied as far holding the same state; no
 //! read without the log given a read index below an entry known committed when it was asked
 //! (a stale read); an abandoned leadership transfer reported only as a timeout by a leader
-//! still in its term, and none lasting past an election timeout.
+//! still in its term, and none lasting past an election timeout. Exactly-once sessions: no
+//! state machine applies a (session, sequence) command at any index but the one where it first
+//! applied (on any node, in any life, through any snapshot), every copy the session table
+//! answers names that index and gets the first answer byte for byte, a command refused as
+//! stale is older than one its session applied, and a snapshot installed carries the session
+//! table that the committed log replayed through a fresh table gives (the check needs no
+//! session evicted or expired in a run, and a run whose limits would allow it fails as
+//! misconfigured).
 
 mod cluster;
 mod invariants;
@@ -119,5 +140,5 @@ pub use cluster::{
 };
 pub use run::{
     lease_clock_margin_holds, run, FaultRates, RunReport, SimOptions, TransferEnd,
-    CHECK_STEPS_RETRY_MAX, DRIVER_TIMERS_MAX, OPERATIONS_MAX,
+    CHECK_STEPS_RETRY_MAX, DRIVER_TIMERS_MAX, OPERATIONS_MAX, SESSION_ATTEMPTS_MAX,
 };

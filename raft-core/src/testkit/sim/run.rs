@@ -2,14 +2,15 @@
 //! a liveness phase heals everything, and the client history is checked for linearizability.
 
 use super::cluster::{Cluster, CutId, DiskTiming, NetworkFaults, ProposalOutcome, Stepped, Timing};
-use super::rng::SimRng;
+use super::rng::{mix, SimRng};
 use crate::config::Config;
 use crate::membership::{MembershipChange, MembershipError};
 use crate::protocol::{ProposeError, Role, TransferError};
+use crate::sessions::SessionError;
 use crate::testkit::linearizability::{
     check, CheckLimits, CheckResult, History, KvInput, KvModel, KvOutput,
 };
-use crate::types::{LogIndex, NodeId, ProposalId, Term};
+use crate::types::{LogIndex, NodeId, ProposalId, SessionId, SessionTag, Term};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
@@ -29,6 +30,9 @@ pub const VOTERS_MAX: usize = 7;
 /// Fewest voters membership churn shrinks a cluster to, on most seeds; the others (and every
 /// cluster that starts with fewer) may shrink to one voter and grow back through two.
 pub const VOTERS_MIN: usize = 3;
+/// Most times a session client proposes one command (the first attempt and its retries)
+/// before it gives up on it (outcome unknown) and moves to its next sequence.
+pub const SESSION_ATTEMPTS_MAX: u32 = 4;
 
 /// How often each kind of fault happens, and how hard the network and disks are.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -92,6 +96,16 @@ pub struct SimOptions {
     pub profile: &'static str,
     /// Closed-loop clients, each with one operation in flight.
     pub clients: usize,
+    /// Of those, how many (the first ones) propose in a client session of their own
+    /// ([`Cluster::propose_in_session`]): a write (or get through the log) whose outcome is
+    /// unknown (a timeout, a failure that may have applied, a crash of the node asked) is
+    /// proposed again with the same session and sequence, to a node picked afresh, up to
+    /// [`SESSION_ATTEMPTS_MAX`] times, and stays one operation from the first attempt to the
+    /// answer.
+    pub session_clients: usize,
+    /// Nodes forward proposals in one-off sessions, as the runtime's do
+    /// ([`crate::protocol::RawNode::set_forward_sessions`]).
+    pub forward_sessions: bool,
     /// Keys the clients use (fewer keys, more contention).
     pub keys: usize,
     /// Virtual time with faults and clients running.
@@ -137,7 +151,9 @@ impl SimOptions {
     /// share of gets read without the log (none, half, most or all), how often leadership is
     /// transferred (never on a quarter of the seeds), snapshots and membership churn, and the
     /// disk: slow fsyncs (a heartbeat interval or more) on half the seeds, failing writes on a
-    /// fifth.
+    /// fifth; and client sessions: none, half or all of the clients in sessions, forwards in
+    /// one-off sessions on four seeds in five, and on two in five an answer limit
+    /// (`session_result_bytes_max`) that keeps no answers or only one-byte ones.
     pub fn from_seed(seed: u64) -> SimOptions {
         let mut rng = SimRng::stream(seed, 100);
         let nodes = [1, 2, 3, 5][rng.weighted(&[1, 1, 4, 4])];
@@ -178,6 +194,11 @@ impl SimOptions {
         if amnesia.chance(0.35) {
             faults.amnesia_probability = amnesia.between(3, 10) as f64 / 10.0;
         }
+        let mut sessions = SimRng::stream(seed, 105);
+        let session_share = [0.0, 0.5, 1.0][sessions.weighted(&[1, 2, 2])];
+        let forward_sessions = sessions.chance(0.8);
+        config.session_result_bytes_max = [1024, 1, 0][sessions.weighted(&[3, 1, 1])];
+        let clients = rng.between(3, 6) as usize;
         SimOptions {
             seed,
             nodes,
@@ -185,7 +206,9 @@ impl SimOptions {
             voters_min,
             profile,
             config,
-            clients: rng.between(3, 6) as usize,
+            clients,
+            session_clients: (clients as f64 * session_share).round() as usize,
+            forward_sessions,
             keys: rng.between(2, 5) as usize,
             fault_phase_ms: 20_000,
             liveness_ms_max: 10_000,
@@ -441,6 +464,20 @@ pub struct RunReport {
     pub snapshots_installed: u64,
     /// Snapshot chunks sent.
     pub snapshot_chunks: u64,
+    /// Clients that proposed in sessions.
+    pub session_clients: usize,
+    /// Operations proposed in sessions.
+    pub session_operations: usize,
+    /// Attempts beyond the first of operations in sessions (retries proposed).
+    pub session_retries: u64,
+    /// Operations in sessions answered for a copy the session table kept from the state
+    /// machine: a retry (or re-forward) given the first answer.
+    pub answered_from_table: u64,
+    /// Operations in sessions answered "applied once, answer not kept".
+    pub answers_not_kept: u64,
+    /// Copies of commands in sessions the nodes' session tables kept from their state
+    /// machines (per node that applied them).
+    pub session_copies_filtered: u64,
     /// Entries the cluster committed.
     pub committed: usize,
     /// Virtual time at the end.
@@ -519,7 +556,13 @@ enum Event {
     Issue {
         client: usize,
     },
+    /// The attempt `attempt` of `op` timed out (if it is still the live one).
     Timeout {
+        op: usize,
+        attempt: u32,
+    },
+    /// Propose `op`, in its session, once more.
+    Retry {
         op: usize,
     },
     Fault,
@@ -549,8 +592,19 @@ struct OpRecord {
     input: KvInput,
     /// A get read without the log (it has no effect: a failure drops it from the history).
     without_log: bool,
+    /// The first attempt's time: a retried operation is one operation, from its first
+    /// attempt to its answer.
     call_ms: u64,
     outcome: OpOutcome,
+    /// The session and sequence of an operation in a session; every attempt proposes them.
+    session: Option<SessionTag>,
+    /// Attempts started.
+    attempts: u32,
+    /// The attempt the client waits on now; `None` between a failed attempt and its retry.
+    live_attempt: Option<u32>,
+    /// Some attempt ended without a definite answer (it may have applied): the operation can
+    /// no longer be one that did not happen.
+    uncertain: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -560,6 +614,10 @@ struct Client {
     /// The last value this client saw for each key (what its compare-and-swaps expect).
     seen: BTreeMap<String, Option<Bytes>>,
     written: u64,
+    /// The client's session, for a session client.
+    session: Option<SessionId>,
+    /// The sequence of its last command in the session (one in flight at a time).
+    sequence: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -696,6 +754,11 @@ struct Driver<'a> {
     refused_for_transfer: usize,
     voters_max: usize,
     voters_min: usize,
+    /// Retries scheduled and not yet proposed.
+    retries_scheduled: usize,
+    session_retries: u64,
+    answered_from_table: u64,
+    answers_not_kept: u64,
 }
 
 impl<'a> Driver<'a> {
@@ -726,14 +789,22 @@ impl<'a> Driver<'a> {
                 super::trace::TRACE_BYTES_MAX_DEFAULT,
             )
             .replay_hint(options.replay_hint.clone())
+            .forward_sessions(options.forward_sessions)
             .build();
+        let mut clients = vec![Client::default(); options.clients];
+        for (client, state) in clients.iter_mut().enumerate() {
+            if client < options.session_clients {
+                // What a client draws at random, from the seed; far from the forwards' ranges.
+                state.session = Some(SessionId(mix(mix(options.seed, 0xc11e), client as u64)));
+            }
+        }
         Driver {
             options,
             cluster,
             fault_rng: SimRng::stream(options.seed, 4),
             amnesia_rng: SimRng::stream(options.seed, 6),
             client_rng: SimRng::stream(options.seed, 5),
-            clients: vec![Client::default(); options.clients],
+            clients,
             ops: Vec::new(),
             waiting: BTreeMap::new(),
             timers: BTreeMap::new(),
@@ -752,6 +823,10 @@ impl<'a> Driver<'a> {
             refused_for_transfer: 0,
             voters_max: options.nodes,
             voters_min: options.nodes,
+            retries_scheduled: 0,
+            session_retries: 0,
+            answered_from_table: 0,
+            answers_not_kept: 0,
         }
     }
 
@@ -805,8 +880,9 @@ impl<'a> Driver<'a> {
         match event {
             Event::Issue { client } if faults => self.issue(client),
             Event::Issue { .. } => {}
-            Event::Timeout { op } if faults => self.timeout(op),
+            Event::Timeout { op, attempt } if faults => self.timeout(op, attempt),
             Event::Timeout { .. } => {}
+            Event::Retry { op } => self.retry(op),
             Event::Fault if faults => self.fault(),
             Event::Fault => {}
             Event::Heal(cut) => self.cluster.heal(cut),
@@ -823,14 +899,33 @@ impl<'a> Driver<'a> {
     // ----- clients ------------------------------------------------------------------------
 
     fn issue(&mut self, client: usize) {
-        let live = self.cluster.live_nodes();
-        if live.is_empty() || self.ops.len() >= OPERATIONS_MAX / 2 {
+        if self.cluster.live_nodes().is_empty() || self.ops.len() >= OPERATIONS_MAX / 2 {
             let retry = self.cluster.now_ms() + self.options.client_think_ms_max.max(10);
             self.schedule(retry, Event::Issue { client });
             return;
         }
-        // Clients ask members (as a client given the member list would); any live node while
-        // no leader is known.
+        let node = self.pick_node().expect("a node is up");
+        let input = self.next_input(client);
+        let without_log = matches!(input, KvInput::Get { .. })
+            && self.client_rng.chance(self.options.read_index_probability);
+        let op = if without_log {
+            self.read(client, node, input)
+        } else if self.clients[client].session.is_some() {
+            self.propose_in_session(client, node, input)
+        } else {
+            self.propose(client, node, input)
+        };
+        let timeout = self.cluster.now_ms() + self.options.client_timeout_ms;
+        self.schedule(timeout, Event::Timeout { op, attempt: 1 });
+    }
+
+    /// The node a client asks: a random live member (as a client given the member list
+    /// would), any live node while no leader is known; `None` when every node is down.
+    fn pick_node(&mut self) -> Option<NodeId> {
+        let live = self.cluster.live_nodes();
+        if live.is_empty() {
+            return None;
+        }
         let members = self.members();
         let targets: Vec<NodeId> = live
             .iter()
@@ -838,17 +933,7 @@ impl<'a> Driver<'a> {
             .filter(|n| members.as_ref().is_none_or(|m| m.contains(n)))
             .collect();
         let targets = if targets.is_empty() { live } else { targets };
-        let node = targets[self.client_rng.below(targets.len() as u64) as usize];
-        let input = self.next_input(client);
-        let without_log = matches!(input, KvInput::Get { .. })
-            && self.client_rng.chance(self.options.read_index_probability);
-        let op = if without_log {
-            self.read(client, node, input)
-        } else {
-            self.propose(client, node, input)
-        };
-        let timeout = self.cluster.now_ms() + self.options.client_timeout_ms;
-        self.schedule(timeout, Event::Timeout { op });
+        Some(targets[self.client_rng.below(targets.len() as u64) as usize])
     }
 
     fn next_input(&mut self, client: usize) -> KvInput {
@@ -882,6 +967,10 @@ impl<'a> Driver<'a> {
             without_log,
             call_ms: self.cluster.now_ms(),
             outcome: OpOutcome::Pending,
+            session: None,
+            attempts: 1,
+            live_attempt: Some(1),
+            uncertain: false,
         });
         if client != FRESH_CLIENT {
             self.clients[client].busy = Some(op);
@@ -911,12 +1000,91 @@ impl<'a> Driver<'a> {
         op
     }
 
-    fn timeout(&mut self, op: usize) {
-        if self.ops[op].outcome != OpOutcome::Pending {
+    /// Starts `client`'s next command in its session: sequence one above its last.
+    fn propose_in_session(&mut self, client: usize, node: NodeId, input: KvInput) -> usize {
+        let op = self.start_op(client, &input, false);
+        let state = &mut self.clients[client];
+        state.sequence += 1;
+        let tag = SessionTag {
+            session: state.session.expect("a session client"),
+            sequence: state.sequence,
+        };
+        self.ops[op].session = Some(tag);
+        self.propose_attempt(op, node);
+        op
+    }
+
+    /// Proposes the live attempt of `op`, in its session, at `node`.
+    fn propose_attempt(&mut self, op: usize, node: NodeId) {
+        let record = &self.ops[op];
+        let tag = record.session.expect("attempts are proposed in sessions");
+        let (client, attempt, input) = (record.client, record.attempts, record.input.clone());
+        let proposal = self.cluster.propose_kv_in_session(node, tag, &input);
+        self.cluster.trace_line(format_args!(
+            "client {client} op {op} attempt {attempt} at {node} as {:x} in {tag}: {input:?}",
+            proposal.0
+        ));
+        self.waiting.insert(proposal, op);
+    }
+
+    /// A retry of `op` is due: proposes it again, at a node picked afresh.
+    fn retry(&mut self, op: usize) {
+        self.retries_scheduled -= 1;
+        let record = &self.ops[op];
+        if record.outcome != OpOutcome::Pending || record.live_attempt.is_some() {
+            return;
+        }
+        let Some(node) = self.pick_node() else {
+            let again = self.cluster.now_ms() + self.options.client_think_ms_max.max(10);
+            self.retries_scheduled += 1;
+            self.schedule(again, Event::Retry { op });
+            return;
+        };
+        let record = &mut self.ops[op];
+        record.attempts += 1;
+        record.live_attempt = Some(record.attempts);
+        let attempt = record.attempts;
+        self.session_retries += 1;
+        self.propose_attempt(op, node);
+        let timeout = self.cluster.now_ms() + self.options.client_timeout_ms;
+        self.schedule(timeout, Event::Timeout { op, attempt });
+    }
+
+    /// The live attempt of `op` in a session ended without an answer (`uncertain`: it may
+    /// have applied): the client retries after a short pause while it has attempts left, and
+    /// otherwise gives up on it.
+    fn attempt_failed(&mut self, op: usize, uncertain: bool) {
+        let record = &mut self.ops[op];
+        record.live_attempt = None;
+        record.uncertain |= uncertain;
+        if record.attempts < SESSION_ATTEMPTS_MAX {
+            let pause = self
+                .client_rng
+                .between(1, self.options.client_think_ms_max.max(1));
+            self.retries_scheduled += 1;
+            self.schedule(self.cluster.now_ms() + pause, Event::Retry { op });
+            return;
+        }
+        let outcome = if record.uncertain {
+            OpOutcome::Unknown
+        } else {
+            OpOutcome::DidNotHappen
+        };
+        self.end_op(op, outcome);
+    }
+
+    fn timeout(&mut self, op: usize, attempt: u32) {
+        let record = &self.ops[op];
+        if record.outcome != OpOutcome::Pending || record.live_attempt != Some(attempt) {
             return;
         }
         self.waiting.retain(|_, waiting_op| *waiting_op != op);
-        self.cluster.trace_line(format_args!("op {op} timed out"));
+        self.cluster
+            .trace_line(format_args!("op {op} attempt {attempt} timed out"));
+        if self.ops[op].session.is_some() {
+            self.attempt_failed(op, true);
+            return;
+        }
         let outcome = if self.ops[op].without_log {
             OpOutcome::DidNotHappen // a read changes nothing: one without an answer is dropped
         } else {
@@ -927,6 +1095,14 @@ impl<'a> Driver<'a> {
 
     fn collect_outcomes(&mut self) {
         for (proposal, outcome) in self.cluster.take_outcomes() {
+            if let ProposalOutcome::Applied { index, .. } | ProposalOutcome::Session { index, .. } =
+                outcome
+            {
+                // Its proposer was told the entry applied (the invariants hold every disk to
+                // it at the end), whether or not a client still waits on it: the liveness
+                // phase waits for every node to apply that far.
+                self.acknowledged_max = self.acknowledged_max.max(index);
+            }
             let Some(op) = self.waiting.remove(&proposal) else {
                 continue; // the client gave up on it
             };
@@ -936,6 +1112,10 @@ impl<'a> Driver<'a> {
             } = outcome
             {
                 self.refused_for_transfer += 1;
+            }
+            if self.ops[op].session.is_some() {
+                self.session_outcome(op, outcome);
+                continue;
             }
             let without_log = self.ops[op].without_log;
             let outcome = match outcome {
@@ -954,7 +1134,6 @@ impl<'a> Driver<'a> {
                     index,
                     ..
                 } => {
-                    self.acknowledged_max = self.acknowledged_max.max(index);
                     if let Some((fresh_op, fresh_index)) = self.fresh.as_mut() {
                         if *fresh_op == op {
                             *fresh_index = Some(index);
@@ -965,12 +1144,64 @@ impl<'a> Driver<'a> {
                 ProposalOutcome::Applied { output: None, .. } => {
                     panic!("op {op}'s entry applied without an answer")
                 }
+                ProposalOutcome::Session {
+                    error: SessionError::AnswerNotKept { .. },
+                    ..
+                } => {
+                    // Its forward travelled in a one-off session and applied once; the copy
+                    // its proposer placed was answered by the table, which kept no answer.
+                    self.answers_not_kept += 1;
+                    OpOutcome::Unknown
+                }
+                ProposalOutcome::Session { error, .. } => {
+                    panic!("op {op}, outside client sessions, was refused: {error}")
+                }
                 ProposalOutcome::Failed { error, .. } if error.is_definite() => {
                     OpOutcome::DidNotHappen
                 }
                 ProposalOutcome::Failed { .. } | ProposalOutcome::Lost { .. } => OpOutcome::Unknown,
             };
             self.end_op(op, outcome);
+        }
+    }
+
+    /// How the live attempt of `op`, in a session, ended. Any attempt's answer is the
+    /// operation's (a copy answered by the session table carries the first copy's answer);
+    /// one that may have applied leaves the operation uncertain, and a failure is retried.
+    fn session_outcome(&mut self, op: usize, outcome: ProposalOutcome) {
+        let tag = self.ops[op].session.expect("an operation in a session");
+        match outcome {
+            ProposalOutcome::Applied {
+                output: Some(output),
+                at_ms,
+                duplicate_of,
+                ..
+            } => {
+                if duplicate_of.is_some() {
+                    self.answered_from_table += 1;
+                }
+                self.end_op(op, OpOutcome::Returned { output, at_ms });
+            }
+            ProposalOutcome::Applied { output: None, .. } => {
+                panic!("op {op} ({tag})'s entry applied without an answer")
+            }
+            ProposalOutcome::Session {
+                error: SessionError::AnswerNotKept { .. },
+                ..
+            } => {
+                // It applied, once; what it answered is lost. The history cannot say "took
+                // effect, answer unknown", so it stays unknown (that includes having applied).
+                self.answers_not_kept += 1;
+                self.end_op(op, OpOutcome::Unknown);
+            }
+            ProposalOutcome::Session { error, .. } => {
+                panic!("op {op} ({tag}), whose client still waits on it, was refused: {error}")
+            }
+            ProposalOutcome::Failed { error, .. } => {
+                self.attempt_failed(op, !error.is_definite());
+            }
+            ProposalOutcome::Lost { .. } => self.attempt_failed(op, true),
+            ProposalOutcome::Read { .. } => panic!("op {op} ({tag}) was answered as a read"),
         }
     }
 
@@ -1459,6 +1690,7 @@ impl<'a> Driver<'a> {
                         .all(|n| membership.incarnation_of(*n) == self.cluster.incarnation(*n));
                 self.waiting.is_empty()
                     && rejoined
+                    && self.retries_scheduled == 0
                     && !self.cluster.node(leader).membership_change_pending()
                     && members
                         .into_iter()
@@ -1540,6 +1772,12 @@ impl<'a> Driver<'a> {
             snapshots_built: stats.snapshots_built,
             snapshots_installed: stats.snapshots_installed,
             snapshot_chunks: stats.snapshot_chunks_sent,
+            session_clients: self.options.session_clients,
+            session_operations: self.ops.iter().filter(|op| op.session.is_some()).count(),
+            session_retries: self.session_retries,
+            answered_from_table: self.answered_from_table,
+            answers_not_kept: self.answers_not_kept,
+            session_copies_filtered: stats.session_copies_filtered,
             committed: self.cluster.committed_len(),
             end_ms: self.cluster.now_ms(),
             liveness_ms: self.cluster.now_ms() - liveness_since_ms,
