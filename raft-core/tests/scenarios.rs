@@ -10,7 +10,10 @@ use raft_core::message::{AppendResponse, MessageBody};
 use raft_core::protocol::{ProposeError, Restore, Role, TransferError};
 use raft_core::testkit::linearizability::{KvInput, KvOutput};
 use raft_core::testkit::sim::{Cluster, ProposalOutcome};
-use raft_core::{Entry, EntryPayload, HardState, LogIndex, Message, NodeId, ProposalId, Term};
+use raft_core::{
+    Entry, EntryPayload, HardState, LogIndex, Message, NodeId, ProposalId, SessionId, SessionTag,
+    Term,
+};
 
 /// A log whose entry `k + 1` has term `terms[k]`, each carrying a distinct command.
 fn log(terms: &[u64]) -> Vec<Entry> {
@@ -502,6 +505,65 @@ fn a_duplicated_forward_refused_after_a_step_down_is_applied_once() {
         !matches!(cluster.outcome(proposal), Some(ProposalOutcome::Failed { error, .. }) if error.is_definite()),
         "the command is in the log: it may not be reported as never applied"
     );
+}
+
+/// A client in a session whose answer is lost retries the same (session, sequence) at another
+/// node: the command is in the log twice, the state machines apply it once (the session table
+/// answers the copy), and the retry gets the first answer. A compare-and-swap shows it: applied
+/// twice, the copy would answer `Swapped(false)`.
+#[test]
+fn a_retry_in_a_session_applies_once_and_gets_the_first_answer() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    cluster.stabilize();
+    let tag = SessionTag {
+        session: SessionId(77),
+        sequence: 1,
+    };
+    let swap = KvInput::cas("x", None, "once");
+    let first = cluster.propose_kv_in_session(2, tag, &swap);
+    cluster.deliver_matching(is_forward); // n1 appends it; its answer to n2 is lost
+    cluster.drop_in_flight(|m| matches!(m.body, MessageBody::ForwardResponse { .. }));
+    cluster.stabilize();
+    assert_eq!(
+        cluster.outcome(first),
+        None,
+        "n2 never learnt where its command went"
+    );
+
+    let retry = cluster.propose_kv_in_session(3, tag, &swap);
+    cluster.stabilize();
+    let commands: Vec<LogIndex> = cluster
+        .log(1)
+        .iter()
+        .filter(|e| matches!(&e.payload, EntryPayload::SessionCommand(c) if c.tag == tag))
+        .map(|e| e.index)
+        .collect();
+    assert_eq!(
+        commands.len(),
+        2,
+        "the command and its retry are both in the log"
+    );
+    match cluster.outcome(retry) {
+        Some(ProposalOutcome::Applied {
+            output,
+            duplicate_of,
+            index,
+            ..
+        }) => {
+            assert_eq!(output, &Some(KvOutput::Swapped(true)), "the first answer");
+            assert_eq!(*duplicate_of, Some(commands[0]));
+            assert_eq!(*index, commands[1]);
+        }
+        other => panic!("the retry was not answered: {other:?}"),
+    }
+    for node in 1..=3 {
+        assert_eq!(
+            cluster.kv(node).get("x").map(|v| &v[..]),
+            Some(&b"once"[..])
+        );
+        assert_eq!(cluster.sessions(node).last_sequence(tag.session), Some(1));
+    }
 }
 
 /// Raft §5.2 (and Figure 2, "persistent state... updated on stable storage before responding"):

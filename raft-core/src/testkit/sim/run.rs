@@ -473,7 +473,8 @@ pub struct RunReport {
     /// Operations in sessions answered for a copy the session table kept from the state
     /// machine: a retry (or re-forward) given the first answer.
     pub answered_from_table: u64,
-    /// Operations in sessions answered "applied once, answer not kept".
+    /// Operations answered "applied once, answer not kept": in a client session, or outside
+    /// one when their forward travelled in a one-off session.
     pub answers_not_kept: u64,
     /// Copies of commands in sessions the nodes' session tables kept from their state
     /// machines (per node that applied them).
