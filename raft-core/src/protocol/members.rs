@@ -48,8 +48,8 @@ impl RawNode {
     /// campaign, and its longer log kept the other voter from winning. Such a candidate does
     /// not count its own vote (it is not in the configuration the votes are counted in).
     ///
-    /// Either way it must vote in this life ([`crate::Incarnation`]): a node that restarted without
-    /// its state waits until the leader has recorded its new life and promoted it back.
+    /// Either way it must vote in this life ([`crate::Incarnation`]): a node that restarted
+    /// without its state waits until the leader has recorded its new life and promoted it back.
     pub(super) fn may_campaign(&self) -> bool {
         let (me, life) = (self.id, self.config.incarnation);
         if self.membership().counts(me, life) {
@@ -77,11 +77,12 @@ impl RawNode {
             .is_some_and(|p| p.incarnation == self.membership().incarnation_of(id))
     }
 
-    /// Sorts out a message by its sender's life ([`crate::Incarnation`]) before anything else sees
-    /// it. Returns false to drop it: it comes from an older life than the membership records
-    /// (that process is dead), or it is a vote (request or answer) from a life the membership
-    /// has not recorded (its promises died with the life before) or from a rejoining one. A leader that hears a newer
-    /// life of a follower starts that follower's progress afresh: its log may be gone.
+    /// Sorts out a message by its sender's life ([`crate::Incarnation`]) before anything else
+    /// sees it. Returns false to drop it: it comes from an older life than the membership
+    /// records (that process is dead), or it is a vote (request or answer) from a life the
+    /// membership has not recorded (its promises died with the life before) or from a
+    /// rejoining one. A leader that hears a newer life of a follower starts that follower's
+    /// progress afresh: its log may be gone.
     pub(super) fn admit_incarnation(&mut self, message: &Message) -> bool {
         let recorded = self.membership().incarnation_of(message.from);
         if message.incarnation < recorded {
