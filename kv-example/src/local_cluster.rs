@@ -328,33 +328,40 @@ impl LocalCluster {
 
     /// Waits until every running member answers `/readyz` with 200.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        for member in self.members.iter().filter(|m| m.child.is_some()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.wait_member_ready(member.id, left).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until member `id` answers `/readyz` with 200, up to `timeout`; returns how long
+    /// that took.
+    pub async fn wait_member_ready(&self, id: u64, timeout: Duration) -> Result<Duration, String> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(1))
             .build()
             .map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + timeout;
-        for member in self.members.iter().filter(|m| m.child.is_some()) {
-            let url = format!("{}/readyz", member.endpoint());
-            loop {
-                let ready = http
-                    .get(&url)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                if ready {
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    return Err(format!(
-                        "member {} was not ready within {timeout:?}; its log is {}",
-                        member.id,
-                        self.log_path(member.id).display()
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
+        let started = Instant::now();
+        let url = format!("{}/readyz", self.endpoint(id));
+        loop {
+            let ready = http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return Ok(started.elapsed());
             }
+            if started.elapsed() >= timeout {
+                return Err(format!(
+                    "member {id} was not ready within {timeout:?}; its log is {}",
+                    self.log_path(id).display()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Ok(())
     }
 
     /// The tail of member `id`'s log (for test failures).

@@ -256,34 +256,6 @@ async fn write_through(
     Ok(())
 }
 
-/// How long `id` takes to answer `/readyz` with 200, up to `within`.
-async fn time_to_ready(
-    cluster: &LocalCluster,
-    id: u64,
-    within: Duration,
-) -> Result<Duration, String> {
-    let started = Instant::now();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(1))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let url = format!("{}/readyz", cluster.endpoint(id));
-    loop {
-        let ready = http
-            .get(&url)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if ready {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > within {
-            return Err(format!("node {id} was not ready within {within:?}"));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Issue 12, scenario 4: in-memory nodes killed in turn (the leader, then the next leader, then
 /// a follower), each restarted at once with nothing and written to while it comes back. Before
 /// incarnations, a restarted node reported ready having applied nothing, the leader's progress
@@ -320,7 +292,9 @@ async fn amnesia_scenario(cluster: &mut LocalCluster) -> Result<(), String> {
             write_through(cluster, &mut acknowledged, others[i as usize % 2], key).await?;
         }
         let waited = restarted_at.elapsed();
-        let ready = time_to_ready(cluster, victim, Duration::from_secs(20)).await?;
+        let ready = cluster
+            .wait_member_ready(victim, Duration::from_secs(20))
+            .await?;
         tracing_free_log(&format!(
             "round {round}: node {victim} ready {:?} after its restart",
             waited + ready
