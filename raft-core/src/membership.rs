@@ -122,8 +122,8 @@ impl Membership {
     /// voters without it) to a learner. Within one (a change was under way), only the
     /// incoming half loses it: an incoming voter becomes a learner at once, an outgoing one
     /// when the joint configuration is left, and one the change was removing is simply
-    /// recorded (it leaves as planned). The outgoing half, the last committed voters, stays
-    /// as it was, so every quorum before and after still holds a majority of it, and with
+    /// recorded (it leaves as planned). The outgoing half (the voters before the change)
+    /// stays as it was, so every quorum before and after still holds a majority of it, and with
     /// `id` counting nowhere those majorities meet outside `id`: that is what makes recording
     /// a restart safe even while another change is uncommitted. A learner keeps its role.
     /// Refused for a non-member, for an incarnation not newer than the recorded one, and when
