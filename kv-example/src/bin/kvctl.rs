@@ -7,7 +7,7 @@ use kv_example::client::{members_text, status_table, ClientError, KvClient};
 use kv_example::config::{StorageKind, TransportKind};
 use kv_example::failover::{self, FailoverResult, FailoverSettings};
 use kv_example::local_cluster::{fresh_temp_dir, ClusterSpec, LocalCluster};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -45,7 +45,7 @@ enum Commands {
         /// The value.
         value: String,
     },
-    /// Print a key's value.
+    /// Write a key's value to standard output, byte for byte (no newline is added).
     Get {
         /// The key.
         key: String,
@@ -298,7 +298,14 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Commands::Get { key, consistency } => {
             match client()?.get(&key, &consistency).await.map_err(show)? {
-                Some(value) => println!("{}", String::from_utf8_lossy(&value)),
+                // The value's bytes exactly: no newline added, nothing decoded as text.
+                Some(value) => {
+                    let mut stdout = std::io::stdout().lock();
+                    stdout
+                        .write_all(&value)
+                        .and_then(|()| stdout.flush())
+                        .map_err(|e| format!("writing the value to standard output: {e}"))?;
+                }
                 None => {
                     eprintln!("key {key:?} not found");
                     return Ok(ExitCode::from(4));
