@@ -18,6 +18,11 @@
 //! releasing nothing of that write, and restarts later. A restart builds a new `RawNode` from
 //! what the disk holds, with a seed derived from (run seed, node, restart count), and the
 //! state machine and its session table start from the disk's snapshot and replay the log.
+//! [`Cluster::restart_amnesiac`] restarts a node with a wiped disk instead, as an in-memory
+//! store comes back, in a new [`Incarnation`](crate::Incarnation); the randomized runs do so on
+//! about a third of the seeds, whenever the cluster can afford it (its membership settled,
+//! every life recorded, a voter leaving two others), and require every such node to be
+//! recorded and promoted back before the run ends.
 //!
 //! After every step, the [safety invariants](self#invariants) are checked; a violation panics
 //! with the seed and the command that replays it.
