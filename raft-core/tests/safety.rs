@@ -315,6 +315,15 @@ fn an_amnesiac_nodes_acknowledgements_count_for_nothing() {
     let y = cluster.propose_kv(1, &KvInput::put("y", "1"));
     // Before any tick: n1 has not recorded n3's new life yet (that waits for its next tick).
     cluster.stabilize();
+    // Nor do its heartbeat answers confirm n1's leadership for a read: n1 would answer from
+    // its own state, without `x`.
+    let read = cluster.read_kv(1, "x");
+    cluster.stabilize();
+    assert!(
+        !matches!(cluster.outcome(read), Some(ProposalOutcome::Read { .. })),
+        "a read confirmed by an amnesiac node's heartbeat answer: {:?}",
+        cluster.outcome(read)
+    );
     for _ in 0..20 {
         cluster.tick(1, 1);
         cluster.tick(c, 1);
