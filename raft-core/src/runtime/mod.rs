@@ -417,7 +417,10 @@ impl RaftNode {
     /// # #[async_trait::async_trait]
     /// # impl raft_core::StateMachine for Counter {
     /// #     async fn apply(&mut self, _: raft_core::LogIndex, _: bytes::Bytes)
-    /// #         -> Result<bytes::Bytes, raft_core::StateMachineError> { unimplemented!() }
+    /// #         -> Result<bytes::Bytes, raft_core::StateMachineError> {
+    /// #         self.total += 1;
+    /// #         Ok(bytes::Bytes::from(self.total.to_string()))
+    /// #     }
     /// # }
     /// # async fn example(node: &RaftNode) -> Result<(), NodeError> {
     /// // The node was started with `Box::new(Counter::default())`.
