@@ -22,9 +22,11 @@
 //! one step (a single voter) or before its candidate write was acknowledged finds its appends
 //! in `messages_after_write`. Forwards and read requests promise nothing and never wait.
 
+mod deferral;
 mod election;
 mod log;
 mod members;
+pub mod plan;
 mod progress;
 mod proposals;
 mod reads;
@@ -126,6 +128,13 @@ pub struct Ready {
     /// Build a snapshot once everything handed out so far is applied, then report it with
     /// [`RawNode::snapshot_built`].
     pub build_snapshot: Option<SnapshotRequest>,
+    /// The write may wait for a later ready's, to share one sync with it: a leader's plain
+    /// append of entries whose appends have not yet gone to every follower it pipelines to, so
+    /// its own sync is not yet what a commit waits for. An IO layer may hold such a write back
+    /// for a bounded time (the runtime's `leader_write_delay_max`), but never past a ready
+    /// whose write may not wait: that one takes every held write with it. Ignoring the hint
+    /// is always correct.
+    pub write_may_wait: bool,
 }
 
 impl Ready {
@@ -290,6 +299,8 @@ pub struct RawNode {
     snapshot_writes: Vec<SnapshotWrite>,
     snapshot_chunks: Vec<Message>,
     purge_to: Option<LogIndex>,
+    /// Leader only: whether its own writes may wait (`Ready::write_may_wait`).
+    write_deferral: deferral::WriteDeferral,
 }
 
 impl RawNode {
@@ -369,6 +380,7 @@ impl RawNode {
             snapshot_writes: Vec::new(),
             snapshot_chunks: Vec::new(),
             purge_to: None,
+            write_deferral: deferral::WriteDeferral::default(),
             config,
         };
         node.reset_election_timeout();
@@ -386,6 +398,9 @@ impl RawNode {
             Role::Leader => self.tick_leader(),
             _ => self.tick_election(),
         }
+        let leading = self.role == Role::Leader;
+        self.write_deferral
+            .on_tick(leading.then_some(&self.progress));
     }
 
     /// Handles a message from a peer. Messages for another node, from a non-member or with a
@@ -586,18 +601,34 @@ impl RawNode {
             self.take_committed()
         };
         let build_snapshot = self.take_build_request();
+        let write = LogWrite {
+            truncate_from,
+            entries,
+            hard_state: save_hard_state.then_some(hard_state),
+        };
+        let purge_to = self.purge_to.take();
+        let needs_writer = !write.is_empty()
+            || !messages_after_write.is_empty()
+            || !snapshot_writes.is_empty()
+            || purge_to.is_some();
+        let plain =
+            messages_after_write.is_empty() && snapshot_writes.is_empty() && purge_to.is_none();
+        let write_may_wait = self.write_deferral.decide(
+            self.role == Role::Leader,
+            &messages,
+            &write,
+            needs_writer,
+            plain,
+        );
         Ready {
             snapshot_writes,
-            purge_to: self.purge_to.take(),
+            purge_to,
             snapshot_chunks: std::mem::take(&mut self.snapshot_chunks),
             install_snapshot,
             build_snapshot,
             number: self.ready_number,
-            write: LogWrite {
-                truncate_from,
-                entries,
-                hard_state: save_hard_state.then_some(hard_state),
-            },
+            write,
+            write_may_wait,
             messages,
             messages_after_write,
             committed,

@@ -1,10 +1,11 @@
 //! The driver task: owns the protocol and feeds it time, messages and proposals.
 
 use super::applier::{Applier, ApplyJob};
-use super::writer::{self, WriteJob};
+use super::writer;
 use super::{MachineRead, NodeError, ProposalRequest, ReadResponder, Responder, RuntimeOptions};
 use crate::message::{Message, MessageBody};
 use crate::network::Network;
+use crate::protocol::plan::{ReadyPlan, WriteJob};
 use crate::protocol::{RawNode, Ready, Role, Status, TransferError};
 use crate::snapshot::SnapshotMeta;
 use crate::state_machine::StateMachine;
@@ -76,16 +77,6 @@ pub(super) struct DriverParts {
 
 pub(super) struct Driver {
     raw: RawNode,
-    /// Followers the leader pipelines to that answered since the tick before (or have nothing
-    /// in flight), counted at each tick: a leader's new entries have reached them all after
-    /// this many appends. A follower that went silent drops out at the next tick, so the
-    /// leader stops waiting for appends to it.
-    pipelined_peers: usize,
-    /// Each pipelined follower's match index at the last tick, to tell which still answer.
-    match_at_tick: HashMap<NodeId, LogIndex>,
-    /// Appends carrying entries sent since the leader last handed entries to the writer
-    /// without letting it wait.
-    appends_since_write: usize,
     options: RuntimeOptions,
     network: Arc<dyn Network>,
     inbox: mpsc::Receiver<Message>,
@@ -167,9 +158,6 @@ impl Driver {
         );
         Driver {
             raw: parts.raw,
-            pipelined_peers: 0,
-            match_at_tick: HashMap::new(),
-            appends_since_write: 0,
             options: parts.options,
             network: parts.network,
             inbox: parts.inbox,
@@ -449,32 +437,32 @@ impl Driver {
         self.network.members_changed(self.raw.membership());
     }
 
-    /// Carries out one ready in the documented order: independent messages now; the write
-    /// (and the messages behind it) to the writer; committed entries to the applier.
+    /// Carries out one ready in the documented order ([`ReadyPlan`]): independent messages
+    /// now; the write (and the messages behind it) to the writer; committed entries to the
+    /// applier.
     async fn handle_ready(&mut self, ready: Ready) -> Result<(), String> {
         self.tell_network_of_members();
-        let deferrable = self.leader_write_may_wait(&ready);
-        let write_job = needs_write_job(&ready);
-        for message in ready.messages {
+        let plan = ReadyPlan::new(ready);
+        for message in plan.send_now {
             send(&*self.network, message);
         }
-        for chunk in ready.snapshot_chunks {
+        for chunk in plan.snapshot_chunks {
             // A full queue drops the chunk: the leader resends from the last acknowledged byte.
             if self.snapshot_chunks.try_send(chunk).is_err() {
                 tracing::debug!("snapshot chunk queue full; chunk dropped");
             }
         }
-        for (id, error) in ready.failed_proposals {
+        for (id, error) in plan.failed_proposals {
             if let Some(responder) = self.responders.remove(&id) {
                 let _ = responder.send(Err(NodeError::Propose(error)));
             }
         }
-        for (id, error) in ready.failed_reads {
+        for (id, error) in plan.failed_reads {
             if let Some(responder) = self.read_responders.remove(&id) {
                 let _ = responder.send(Err(NodeError::Propose(error)));
             }
         }
-        for (id, index) in ready.reads {
+        for (id, index) in plan.reads {
             if let Some(responder) = self.read_responders.remove(&id) {
                 self.reads_awaiting_apply
                     .entry(index)
@@ -483,30 +471,24 @@ impl Driver {
             }
         }
         self.release_reads();
-        if write_job {
-            let job = WriteJob {
-                number: ready.number,
-                deferrable,
-                snapshot_writes: ready.snapshot_writes,
-                purge_to: ready.purge_to,
-                write: ready.write,
-                messages: ready.messages_after_write,
-            };
+        if let Some(mut job) = plan.write {
+            // Holding writes back is off when the wait is zero.
+            job.may_wait &= !self.options.leader_write_delay_max.is_zero();
             self.writes
                 .send(job)
                 .await
                 .map_err(|_| "the log writer stopped".to_string())?;
         }
-        if let Some(meta) = ready.install_snapshot {
+        if let Some(meta) = plan.install_snapshot {
             self.applies
                 .send(ApplyJob::Install(meta))
                 .await
                 .map_err(|_| "the state machine applier stopped".to_string())?;
         }
-        if !ready.committed.is_empty() {
+        if !plan.apply.is_empty() {
             let mut responders = Vec::new();
-            let mut entries = Vec::with_capacity(ready.committed.len());
-            for committed in ready.committed {
+            let mut entries = Vec::with_capacity(plan.apply.len());
+            for committed in plan.apply {
                 if let Some(id) = committed.proposal {
                     if let Some(responder) = self.responders.remove(&id) {
                         responders.push((committed.entry.index, responder));
@@ -523,52 +505,13 @@ impl Driver {
                 .await
                 .map_err(|_| "the state machine applier stopped".to_string())?;
         }
-        if let Some(request) = ready.build_snapshot {
+        if let Some(request) = plan.build_snapshot {
             self.applies
                 .send(ApplyJob::Build(request))
                 .await
                 .map_err(|_| "the state machine applier stopped".to_string())?;
         }
         Ok(())
-    }
-
-    /// Whether this ready's write may wait for a later one (see
-    /// [`RuntimeOptions::leader_write_delay_max`]): a leader's plain append of entries that
-    /// have not yet gone to every pipelined follower. A write that may not wait takes every
-    /// queued one with it, so the count of appends starts again.
-    fn leader_write_may_wait(&mut self, ready: &Ready) -> bool {
-        let leading =
-            self.raw.role() == Role::Leader && !self.options.leader_write_delay_max.is_zero();
-        if leading {
-            self.appends_since_write +=
-                ready.messages.iter().filter(|m| carries_entries(m)).count();
-        }
-        let plain_append = !ready.write.entries.is_empty()
-            && ready.write.truncate_from.is_none()
-            && ready.messages_after_write.is_empty()
-            && ready.snapshot_writes.is_empty()
-            && ready.purge_to.is_none();
-        let may_wait = leading && plain_append && self.appends_since_write < self.pipelined_peers;
-        if !leading || (needs_write_job(ready) && !may_wait) {
-            self.appends_since_write = 0;
-        }
-        may_wait
-    }
-
-    /// Counts, once per tick, the pipelined followers that answered since the last tick (or
-    /// have nothing in flight): see `pipelined_peers`.
-    fn count_pipelined_peers(&mut self, status: &Status) {
-        let previous = std::mem::take(&mut self.match_at_tick);
-        self.pipelined_peers = 0;
-        for peer in status.progress.iter().filter(|p| p.pipelined) {
-            let answered = previous
-                .get(&peer.id)
-                .is_none_or(|before| peer.match_index > *before);
-            if answered || peer.inflight_messages == 0 {
-                self.pipelined_peers += 1;
-            }
-            self.match_at_tick.insert(peer.id, peer.match_index);
-        }
     }
 
     fn publish_status(&mut self, ticked: bool) {
@@ -581,11 +524,7 @@ impl Driver {
                 || current.applied_index != self.last_applied
         };
         if changed || ticked {
-            let status = self.raw.status();
-            if ticked {
-                self.count_pipelined_peers(&status);
-            }
-            self.status.send_replace(status);
+            self.status.send_replace(self.raw.status());
         }
     }
 
@@ -651,20 +590,6 @@ impl Driver {
             tracing::error!(%why, "raft node stopped after a failure");
         }
     }
-}
-
-/// True for an append that carries entries (not one that only tells the commit index).
-fn carries_entries(message: &Message) -> bool {
-    matches!(&message.body, MessageBody::Append { entries, .. } if !entries.is_empty())
-}
-
-/// True when a ready has something for the writer: a write, messages that wait for one, or
-/// snapshot data and purges.
-fn needs_write_job(ready: &Ready) -> bool {
-    !ready.write.is_empty()
-        || !ready.messages_after_write.is_empty()
-        || !ready.snapshot_writes.is_empty()
-        || ready.purge_to.is_some()
 }
 
 pub(super) fn send(network: &dyn Network, message: Message) {

@@ -8,6 +8,7 @@ use super::trace::{ShowEntries, ShowMessage, Trace, TRACE_BYTES_MAX_DEFAULT};
 use crate::config::Config;
 use crate::membership::{MembershipChange, MembershipError};
 use crate::message::{Message, MessageBody};
+use crate::protocol::plan::{self, ReadyPlan, WriteGroup, WriteJob, WriteStep};
 use crate::protocol::{
     ProposeError, RawNode, Ready, Restore, Role, SnapshotRequest, SnapshotWrite, TransferError,
 };
@@ -131,6 +132,12 @@ impl NetworkFaults {
 /// fails: nothing of it becomes durable and the node fail-stops, as a driver must on a
 /// storage error (it releases none of the write's messages and never reports it persisted);
 /// it restarts from its disk after up to `fail_restart_ms_max`.
+///
+/// The disk writes as the runtime's writer does, with the same pieces
+/// ([`crate::protocol::plan`]): it takes every queued job as one group (group commit), holds a
+/// group whose writes may all wait ([`Ready::write_may_wait`]) for up to
+/// `leader_write_hold_ms` (the runtime's `leader_write_delay_max`), and releases a group's
+/// messages once all of it is durable.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DiskTiming {
     /// Fastest write.
@@ -147,6 +154,8 @@ pub struct DiskTiming {
     pub write_fail_probability: f64,
     /// Longest time a node that fail-stopped stays down.
     pub fail_restart_ms_max: u64,
+    /// Longest time a group of writes that may all wait is held for a later one (0: never).
+    pub leader_write_hold_ms: u64,
 }
 
 impl DiskTiming {
@@ -159,6 +168,7 @@ impl DiskTiming {
         slow_write_ms_max: 0,
         write_fail_probability: 0.0,
         fail_restart_ms_max: 0,
+        leader_write_hold_ms: 0,
     };
 }
 
@@ -489,16 +499,14 @@ struct Envelope {
     to_incarnation: u64,
 }
 
-/// A write handed to the disk and not yet durable.
+/// The group of writes the disk is making durable.
 #[derive(Debug)]
-struct PendingWrite {
-    number: u64,
-    /// The disk will fail this write (the node fail-stops when it would complete).
+struct GroupInFlight {
+    group: WriteGroup,
+    /// Jobs merged into it.
+    jobs: usize,
+    /// The disk will fail this group (the node fail-stops when it would complete).
     fails: bool,
-    snapshot_writes: Vec<SnapshotWrite>,
-    purge_to: Option<LogIndex>,
-    write: LogWrite,
-    after_write: Vec<Message>,
 }
 
 /// Something scheduled on the virtual clock other than a message.
@@ -509,6 +517,11 @@ enum Timer {
         incarnation: u64,
     },
     WriteDone {
+        node: NodeId,
+        incarnation: u64,
+    },
+    /// Writes held back for a later one ([`DiskTiming::leader_write_hold_ms`]) go now.
+    WriteHoldEnds {
         node: NodeId,
         incarnation: u64,
     },
@@ -529,10 +542,14 @@ struct SimNode {
     durable: DurableState,
     /// A snapshot being received: its data so far (lost in a crash).
     receiving: Option<(SnapshotMeta, Vec<u8>)>,
-    /// Invariant: in ready-number order; they complete front first.
-    writes: VecDeque<PendingWrite>,
-    /// When the last queued write completes (writes complete in order).
-    last_write_done_ms: u64,
+    /// Where received snapshot data goes, checked as the runtime's writer checks it.
+    snapshot_cursor: plan::SnapshotCursor,
+    /// Jobs waiting for the disk. Invariant: in ready-number order, all after `writing`'s.
+    queued: VecDeque<WriteJob>,
+    /// The group the disk is writing.
+    writing: Option<GroupInFlight>,
+    /// While queued jobs that may all wait are held: when the hold ends.
+    hold_ends_ms: Option<u64>,
     /// The state machine behind its session table.
     kv: KvReplica,
     /// Reads whose read index is known, waiting for `kv` to apply it: (index, read) -> key.
@@ -694,8 +711,10 @@ impl Cluster {
                     snapshot: None,
                 },
                 receiving: None,
-                writes: VecDeque::new(),
-                last_write_done_ms: 0,
+                snapshot_cursor: plan::SnapshotCursor::default(),
+                queued: VecDeque::new(),
+                writing: None,
+                hold_ends_ms: None,
                 kv: KvReplica::new(session_limits),
                 reads_awaiting_apply: BTreeMap::new(),
                 tick_skew_ms: skew_rng.between(0, skew_max),
@@ -776,7 +795,6 @@ impl Cluster {
         node.seen = (raw.role(), raw.term());
         node.raw = Some(raw);
         node.kv = kv;
-        node.last_write_done_ms = self.now_ms;
         let incarnation = node.incarnation;
         if let Timing::Simulated { tick_ms, .. } = self.timing {
             let phase = 1 + self.tick_rng.below(tick_ms.max(1));
@@ -851,44 +869,38 @@ impl Cluster {
         ))
     }
 
-    /// Steps 1-5 of the protocol's documented order, with the write completing later.
+    /// Carries out a ready as the runtime does ([`ReadyPlan`]), with the write completing
+    /// later.
     fn handle_ready(&mut self, k: usize, ready: Ready) {
         let id = self.nodes[k].id;
         self.record_ready(id, &ready);
-        for message in ready.messages {
+        let plan = ReadyPlan::new(ready);
+        for message in plan.send_now {
             self.check_promises(k, &message);
             self.send(message);
         }
-        for chunk in ready.snapshot_chunks {
+        for chunk in plan.snapshot_chunks {
             self.send_snapshot_chunk(k, chunk);
         }
-        self.queue_write(
-            k,
-            PendingWrite {
-                number: ready.number,
-                fails: false,
-                snapshot_writes: ready.snapshot_writes,
-                purge_to: ready.purge_to,
-                write: ready.write,
-                after_write: ready.messages_after_write,
-            },
-        );
-        if self.nodes[k].raw.is_none() {
-            return; // the write failed at once (manual timing) and the node fail-stopped
+        if let Some(job) = plan.write {
+            self.queue_write(k, job);
+            if self.nodes[k].raw.is_none() {
+                return; // the write failed at once (manual timing) and the node fail-stopped
+            }
         }
-        if let Some(meta) = ready.install_snapshot {
+        if let Some(meta) = plan.install_snapshot {
             self.install_snapshot(k, meta);
         }
-        self.apply(k, &ready.committed);
-        if let Some(request) = ready.build_snapshot {
+        self.apply(k, &plan.apply);
+        if let Some(request) = plan.build_snapshot {
             self.build_snapshot(k, request);
         }
-        self.reads_indexed(k, ready.reads, ready.failed_reads);
+        self.reads_indexed(k, plan.reads, plan.failed_reads);
         self.serve_reads(k);
-        if let Some(error) = ready.transfer_failed {
+        if let Some(error) = plan.transfer_failed {
             self.transfer_failed(k, error);
         }
-        for (proposal, error) in ready.failed_proposals {
+        for (proposal, error) in plan.failed_proposals {
             self.trace_line(format_args!(
                 "{id} proposal {:x} failed: {error:?}",
                 proposal.0
@@ -934,10 +946,50 @@ impl Cluster {
         });
     }
 
-    fn queue_write(&mut self, k: usize, mut pending: PendingWrite) {
-        let empty = pending.write.is_empty()
-            && pending.snapshot_writes.is_empty()
-            && pending.purge_to.is_none();
+    /// Queues a job for the disk, which starts on it when idle.
+    fn queue_write(&mut self, k: usize, job: WriteJob) {
+        let node = &mut self.nodes[k];
+        let in_flight = node.queued.len() + node.writing.as_ref().map_or(0, |w| w.jobs);
+        if in_flight >= WRITES_IN_FLIGHT_MAX {
+            let id = node.id;
+            self.fail(format_args!(
+                "{id} has {WRITES_IN_FLIGHT_MAX} writes in flight"
+            ));
+        }
+        node.queued.push_back(job);
+        self.start_write(k);
+    }
+
+    /// An idle disk takes every queued job as one group, as the runtime's writer does: at
+    /// once, unless they may all wait and the hold has not ended.
+    fn start_write(&mut self, k: usize) {
+        let node = &mut self.nodes[k];
+        if node.writing.is_some() || node.queued.is_empty() || node.raw.is_none() {
+            return;
+        }
+        let hold_ms = self.disk.leader_write_hold_ms;
+        if let Timing::Simulated { .. } = self.timing {
+            node.queued.make_contiguous();
+            let holding = hold_ms > 0
+                && plan::group_may_wait(node.queued.as_slices().0)
+                && node.hold_ends_ms.is_none_or(|end| self.now_ms < end);
+            if holding {
+                if node.hold_ends_ms.is_none() {
+                    let end = self.now_ms + hold_ms;
+                    node.hold_ends_ms = Some(end);
+                    let timer = Timer::WriteHoldEnds {
+                        node: node.id,
+                        incarnation: node.incarnation,
+                    };
+                    self.add_timer(end, timer);
+                }
+                return;
+            }
+        }
+        node.hold_ends_ms = None;
+        let count = node.queued.len().min(plan::MERGED_WRITES_MAX);
+        let group = WriteGroup::merge(node.queued.drain(..count));
+        let empty = group.is_empty();
         let delay = if empty {
             0
         } else if self.disk_rng.chance(self.disk.slow_write_probability) {
@@ -949,96 +1001,132 @@ impl Cluster {
             self.disk_rng
                 .between(self.disk.write_delay_ms_min, self.disk.write_delay_ms_max)
         };
-        let planned = !empty && std::mem::take(&mut self.nodes[k].fail_next_write);
-        pending.fails =
-            planned || (!empty && self.disk_rng.chance(self.disk.write_fail_probability));
         let node = &mut self.nodes[k];
-        if node.writes.len() >= WRITES_IN_FLIGHT_MAX {
-            let id = node.id;
-            self.fail(format_args!(
-                "{id} has {WRITES_IN_FLIGHT_MAX} writes in flight"
-            ));
-        }
-        node.writes.push_back(pending);
+        let planned = !empty && std::mem::take(&mut node.fail_next_write);
+        let fails = planned || (!empty && self.disk_rng.chance(self.disk.write_fail_probability));
+        node.writing = Some(GroupInFlight {
+            group,
+            jobs: count,
+            fails,
+        });
         match self.timing {
             Timing::Manual => self.complete_write(k),
             Timing::Simulated { .. } => {
-                let done_ms = node.last_write_done_ms.max(self.now_ms + delay);
-                node.last_write_done_ms = done_ms;
                 let timer = Timer::WriteDone {
                     node: node.id,
                     incarnation: node.incarnation,
                 };
-                self.add_timer(done_ms, timer);
+                self.add_timer(self.now_ms + delay, timer);
             }
         }
     }
 
-    /// The oldest write of node `k` is durable: update the disk, release the messages that
-    /// waited for it, tell the protocol.
+    /// The group node `k`'s disk was writing is durable: update the disk, release the
+    /// messages that waited for it, tell the protocol; then start on the next group.
     fn complete_write(&mut self, k: usize) {
         let node = &mut self.nodes[k];
         let id = node.id;
-        let Some(pending) = node.writes.front() else {
+        let Some(writing) = node.writing.take() else {
             self.fail(format_args!("{id} completed a write it never queued"));
         };
-        if pending.fails {
+        if writing.fails {
+            self.nodes[k].writing = Some(writing);
             self.fail_stop(k);
             return;
         }
+        let group = writing.group;
+        let mut snapshot_steps = false;
+        for step in group.steps {
+            match step {
+                WriteStep::Snapshot(write) => {
+                    snapshot_steps = true;
+                    self.write_snapshot_data(k, write);
+                }
+                WriteStep::Purge(up_to) => {
+                    snapshot_steps = true;
+                    self.purge(k, up_to);
+                }
+                WriteStep::Log(write) => self.write_log(k, write),
+            }
+        }
+        self.stats.writes_completed += 1;
+        if snapshot_steps {
+            self.stats.snapshot_writes += 1;
+        }
+        self.trace_line(format_args!("{id} write #{} durable", group.persisted));
+        for message in group.release {
+            self.check_promises(k, &message);
+            self.send(message);
+        }
+        if let Some(raw) = self.nodes[k].raw.as_mut() {
+            raw.persisted(group.persisted);
+        }
+        self.start_write(k);
+    }
+
+    /// Received snapshot data reaches the disk, placed as the runtime's writer places it; the
+    /// last piece makes the snapshot durable once its data checks out.
+    fn write_snapshot_data(&mut self, k: usize, write: SnapshotWrite) {
         let node = &mut self.nodes[k];
-        let pending = node.writes.pop_front().expect("peeked above");
-        for write in &pending.snapshot_writes {
-            if write.offset == 0 {
-                node.receiving = Some((write.meta.clone(), Vec::new()));
-            }
-            let Some((meta, data)) = node.receiving.as_mut() else {
-                self.fail(format_args!("{id} wrote snapshot data without a sink"));
-            };
-            if !meta.same_snapshot(&write.meta) || data.len() as u64 != write.offset {
+        let id = node.id;
+        let place = match node.snapshot_cursor.place(&write) {
+            Ok(place) => place,
+            Err(error) => self.fail(format_args!("{id}: {error}")),
+        };
+        if place.opens {
+            node.receiving = Some((write.meta.clone(), Vec::new()));
+        }
+        let (_, data) = node
+            .receiving
+            .as_mut()
+            .expect("the cursor places data only in an open sink");
+        data.extend_from_slice(&write.data);
+        if place.finishes {
+            let (meta, data) = node.receiving.take().expect("open above");
+            if crate::snapshot::checksum(&data) != meta.checksum
+                || data.len() as u64 != meta.data_bytes
+            {
                 self.fail(format_args!(
-                    "{id} wrote snapshot data at {} that does not continue its sink",
-                    write.offset
+                    "{id} finished a snapshot at {} whose data fails its checksum",
+                    meta.last_index
                 ));
             }
-            data.extend_from_slice(&write.data);
-            if write.last {
-                let (meta, data) = node.receiving.take().expect("checked above");
-                if crate::snapshot::checksum(&data) != meta.checksum
-                    || data.len() as u64 != meta.data_bytes
-                {
-                    self.fail(format_args!(
-                        "{id} finished a snapshot at {} whose data fails its checksum",
-                        meta.last_index
-                    ));
-                }
-                if meta.last_index > node.durable.snapshot_index() {
-                    node.durable.snapshot = Some((meta, Bytes::from(data)));
-                }
+            if meta.last_index > node.durable.snapshot_index() {
+                node.durable.snapshot = Some((meta, Bytes::from(data)));
             }
         }
+    }
+
+    /// The disk drops its log up to `up_to`, which its snapshot must cover.
+    fn purge(&mut self, k: usize, up_to: LogIndex) {
+        let node = &mut self.nodes[k];
+        let id = node.id;
         let durable = &mut node.durable;
-        if let Some(up_to) = pending.purge_to {
-            if up_to > durable.snapshot_index() {
-                let covered = durable.snapshot_index();
-                self.fail(format_args!(
-                    "{id} purged its log up to {up_to}, beyond its snapshot at {covered}"
-                ));
-            }
-            if up_to >= durable.first_index {
-                let count =
-                    ((up_to.0 - durable.first_index.0 + 1) as usize).min(durable.entries.len());
-                durable.entries.drain(..count);
-                durable.first_index = up_to.next();
-            }
+        if up_to > durable.snapshot_index() {
+            let covered = durable.snapshot_index();
+            self.fail(format_args!(
+                "{id} purged its log up to {up_to}, beyond its snapshot at {covered}"
+            ));
         }
-        if let Some(from) = pending.write.truncate_from {
+        if up_to >= durable.first_index {
+            let count = ((up_to.0 - durable.first_index.0 + 1) as usize).min(durable.entries.len());
+            durable.entries.drain(..count);
+            durable.first_index = up_to.next();
+        }
+    }
+
+    /// One log write reaches the disk.
+    fn write_log(&mut self, k: usize, write: LogWrite) {
+        let node = &mut self.nodes[k];
+        let id = node.id;
+        let durable = &mut node.durable;
+        if let Some(from) = write.truncate_from {
             let keep =
                 (from.0.saturating_sub(durable.first_index.0) as usize).min(durable.entries.len());
             self.invariants.on_truncate(id, &durable.entries[keep..]);
             durable.entries.truncate(keep);
         }
-        if let Some(first) = pending.write.entries.first() {
+        if let Some(first) = write.entries.first() {
             let previous = if first.index.prev() == durable.snapshot_index() {
                 durable
                     .snapshot
@@ -1049,11 +1137,10 @@ impl Cluster {
                     .entry(first.index.prev())
                     .map_or(Term(0), |e| e.term)
             };
-            self.invariants
-                .on_entries(id, previous, &pending.write.entries);
+            self.invariants.on_entries(id, previous, &write.entries);
         }
         let durable = &mut self.nodes[k].durable;
-        for entry in &pending.write.entries {
+        for entry in &write.entries {
             if entry.index != durable.last_index().next() {
                 let last = durable.last_index();
                 self.fail(format_args!(
@@ -1063,7 +1150,7 @@ impl Cluster {
             }
             durable.entries.push(entry.clone());
         }
-        if let Some(hard_state) = pending.write.hard_state {
+        if let Some(hard_state) = write.hard_state {
             if hard_state.commit > durable.last_index() {
                 self.fail(format_args!(
                     "{id} saved commit {} past its log",
@@ -1073,21 +1160,8 @@ impl Cluster {
             self.invariants.on_durable_hard_state(id, hard_state);
             durable.hard_state = hard_state;
         }
+        self.invariants.on_durable_entries(id, &write.entries);
         self.invariants.on_durable_write(id, durable);
-        self.stats.writes_completed += 1;
-        if pending.purge_to.is_some() || !pending.snapshot_writes.is_empty() {
-            self.stats.snapshot_writes += 1;
-        }
-        if !pending.write.is_empty() {
-            self.trace_line(format_args!("{id} write #{} durable", pending.number));
-        }
-        for message in pending.after_write {
-            self.check_promises(k, &message);
-            self.send(message);
-        }
-        if let Some(raw) = self.nodes[k].raw.as_mut() {
-            raw.persisted(pending.number);
-        }
     }
 
     /// A message is about to leave node `k`: every promise it makes must be durable on its
@@ -1118,14 +1192,17 @@ impl Cluster {
     /// and the protocol never hears of them. The node restarts from its disk later.
     fn fail_stop(&mut self, k: usize) {
         let id = self.nodes[k].id;
-        let held_back: usize = self.nodes[k]
-            .writes
+        let node = &self.nodes[k];
+        let queued: usize = node
+            .queued
             .iter()
-            .map(|w| w.after_write.len())
+            .map(|job| job.messages_after_write.len())
             .sum();
+        let writing = node.writing.as_ref();
+        let held_back = queued + writing.map_or(0, |w| w.group.release.len());
         self.trace_line(format_args!(
             "{id} write #{} failed: fail-stop, {held_back} messages never sent",
-            self.nodes[k].writes.front().map_or(0, |w| w.number)
+            writing.map_or(0, |w| w.group.persisted)
         ));
         self.stats.writes_failed += 1;
         self.crash(id);
@@ -1637,6 +1714,13 @@ impl Cluster {
                     }
                     Stepped::Internal
                 }
+                Timer::WriteHoldEnds { node, incarnation } => {
+                    let k = self.index_of(node);
+                    if self.nodes[k].incarnation == incarnation && self.nodes[k].raw.is_some() {
+                        self.start_write(k);
+                    }
+                    Stepped::Internal
+                }
                 Timer::Restart { node, incarnation } => {
                     // Unless it was restarted (and perhaps crashed again) meanwhile.
                     if self.nodes[self.index_of(node)].incarnation == incarnation {
@@ -2089,9 +2173,12 @@ impl Cluster {
         let sim = &mut self.nodes[k];
         sim.raw = None;
         sim.incarnation += 1;
-        self.stats.writes_lost += sim.writes.len() as u64;
-        sim.writes.clear();
+        let jobs = sim.queued.len() + sim.writing.take().map_or(0, |w| w.jobs);
+        self.stats.writes_lost += jobs as u64;
+        sim.queued.clear();
+        sim.hold_ends_ms = None;
         sim.receiving = None;
+        sim.snapshot_cursor.reset();
         sim.kv = KvReplica::new(self.session_limits);
         self.stats.crashes += 1;
         self.messages_survive_crash(node);

@@ -9,14 +9,15 @@
 //!   agree on both. By induction on the index, two logs that agree on the term at an index then
 //!   agree on every entry before it, which is the property, without comparing whole logs.
 //! - **Commits a durable quorum backs**: what counts as committed is computed from the disks,
-//!   not from what nodes claim. For each node and each term its durable hard state has held,
-//!   `durable_in_term` keeps the highest index of an entry of that term that its durable log
-//!   held at the same time (history: it survives crashes and never shrinks). A leader of term
-//!   T may raise its commit index to `c` only when a quorum of its membership has
-//!   `durable_in_term[T] >= c`: then a majority holds the entry durably *and* took it while in
-//!   term T, so every later election meets one of them before it can pass T (Raft §5.4.3). A
-//!   durable majority alone is not enough: in Figure 8 an entry of term 2 sits on a majority
-//!   and is still overwritten. `backed` is the highest index so verified; a node that claims a
+//!   not from what nodes claim. For each node and each term, `durable_in_term` keeps the
+//!   highest index of an entry of that term its durable log has held (history: it survives
+//!   crashes and never shrinks). A leader of term T may raise its commit index to `c` only
+//!   when a quorum of its membership has `durable_in_term[T] >= c`: then a majority holds an
+//!   entry of term T at `c` or beyond durably, so every later election meets one of them,
+//!   which votes only for a log at least as up to date (Raft §5.4.3), whatever term that
+//!   voter has moved on to (a group commit may make an acknowledged entry and a later vote
+//!   durable together). A durable majority of the entry alone is not enough: in Figure 8 an
+//!   entry of term 2 sits on a majority and is still overwritten. `backed` is the highest index so verified; a node that claims a
 //!   commit index beyond it (or applies an entry beyond it) is a violation at once.
 //! - **Leader Completeness**: `committed` is the cluster's committed log, each entry with the
 //!   term of the leader that committed it. Every leader of that term or a later one must hold
@@ -93,9 +94,9 @@ struct Watch {
     leader_term: Term,
     leader_checked: usize,
     durable: HardState,
-    /// For each term the durable hard state has held: the highest index of an entry of that
-    /// term held by the durable log at the same time. Invariant: never shrinks, kept across
-    /// crashes (it records what the disk once promised, not what it holds now).
+    /// For each term: the highest index of an entry of that term the durable log has held.
+    /// Invariant: never shrinks, kept across crashes (it records what the disk once promised,
+    /// not what it holds now).
     durable_in_term: BTreeMap<Term, LogIndex>,
 }
 
@@ -189,10 +190,8 @@ impl Invariants {
         let watch = self.nodes.entry(node).or_default();
         watch.durable = hard_state;
         watch.commit_max = hard_state.commit;
-        let last_term = entries.last().map_or(Term(0), |e| e.term);
-        if last_term == hard_state.term {
-            let last = entries.last().map_or(LogIndex(0), |e| e.index);
-            watch.durable_in_term.insert(hard_state.term, last);
+        for entry in entries {
+            watch.durable_in_term.insert(entry.term, entry.index);
         }
         self.backed = self.backed.max(hard_state.commit);
     }
@@ -215,10 +214,28 @@ impl Invariants {
                 "{node}'s disk holds {last}/{last_term}, of a term beyond its durable term {term}"
             ));
         }
-        if last_term == term && term > Term(0) {
+        if last_term > Term(0) {
             let watch = self.nodes.entry(node).or_default();
-            let held = watch.durable_in_term.entry(term).or_insert(LogIndex(0));
+            let held = watch
+                .durable_in_term
+                .entry(last_term)
+                .or_insert(LogIndex(0));
             *held = (*held).max(last);
+        }
+    }
+
+    /// Entries of a write of `node` reached its disk (before [`Self::on_durable_write`]): an
+    /// entry of term T at index i held durably counts toward commits of T up to i, whatever
+    /// term the node has moved on to (a vote for a later candidate does not undo it: Raft's
+    /// commit rule counts replicas of the leader's own-term entries, §5.4.2).
+    pub(crate) fn on_durable_entries(&mut self, node: NodeId, entries: &[Entry]) {
+        let watch = self.nodes.entry(node).or_default();
+        for entry in entries {
+            let held = watch
+                .durable_in_term
+                .entry(entry.term)
+                .or_insert(LogIndex(0));
+            *held = (*held).max(entry.index);
         }
     }
 

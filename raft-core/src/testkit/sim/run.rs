@@ -308,7 +308,8 @@ fn fault_rates(rng: &mut SimRng, profile: &str, nodes: usize) -> FaultRates {
 }
 
 /// Slow fsyncs on half the seeds (a share of writes stalls for one to four heartbeat
-/// intervals), failing writes on a fifth (the node fail-stops and restarts from its disk).
+/// intervals), failing writes on a fifth (the node fail-stops and restarts from its disk), and
+/// a leader's writes held back for a later one on most.
 fn disk_faults(rng: &mut SimRng, faults: &mut FaultRates, config: &Config) {
     let heartbeat_ms = u64::from(config.heartbeat_interval_ticks) * TICK_MS;
     if rng.chance(0.5) {
@@ -319,6 +320,10 @@ fn disk_faults(rng: &mut SimRng, faults: &mut FaultRates, config: &Config) {
     if rng.chance(0.2) {
         faults.disk.write_fail_probability = rng.between(1, 10) as f64 / 1000.0;
         faults.disk.fail_restart_ms_max = rng.between(20, 1_000);
+    }
+    // A leader's writes held for the next one on most seeds, as the runtime does by default.
+    if rng.chance(0.7) {
+        faults.disk.leader_write_hold_ms = rng.between(1, 3);
     }
 }
 
