@@ -6,4 +6,5 @@ pub mod linearizability;
 pub mod log_store_suite;
 pub mod network_bench;
 pub mod network_suite;
+pub mod runtime_sim;
 pub mod sim;
