@@ -178,11 +178,11 @@ fn same_seed_same_trace_and_different_seeds_differ() {
         options.keep_trace = true;
         run(&options)
     };
-    for seed in [42, 7] {
+    for seed in [42, 7, 11, 12, 13, 14] {
         let first = traced(seed);
         let again = traced(seed);
         let lines = first.trace.as_ref().expect("asked for a trace");
-        assert!(lines.len() > 500, "a trace of {} events", lines.len());
+        assert!(lines.len() > 200, "a trace of {} events", lines.len());
         if first.trace != again.trace {
             let again_lines = again.trace.as_ref().expect("asked for a trace");
             let at = lines

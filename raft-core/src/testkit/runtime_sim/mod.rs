@@ -72,7 +72,7 @@ use crate::protocol::Role;
 use crate::runtime::{NodeError, RaftNode, RuntimeOptions};
 use crate::sessions::SessionLimits;
 use crate::testkit::linearizability::{
-    check, CheckLimits, CheckResult, History, KvInput, KvModel, KvOutput,
+    check, CheckLimits, CheckResult, History, KvInput, KvModel, KvOutput, OpId,
 };
 use crate::testkit::sim::kv::{decode_output, encode};
 use crate::testkit::sim::rng::{mix, SimRng};
@@ -288,7 +288,8 @@ pub fn run(options: &RuntimeSimOptions) -> RuntimeReport {
     }
     RUNNING.with(|running| running.set(true));
     let running = Running;
-    let report = runtime.block_on(Sim::new(options).run());
+    // Built inside the runtime: the run's clock starts at the paused clock's start.
+    let report = runtime.block_on(async { Sim::new(options).run().await });
     drop(runtime);
     drop(running);
     report
@@ -388,6 +389,7 @@ impl Sim {
                     world: self.world.clone(),
                     voters: self.voters.clone(),
                     stop: self.clients_stop.clone(),
+                    answered: None,
                 };
                 tokio::spawn(client.run())
             })
@@ -801,7 +803,12 @@ struct Client {
     world: SharedWorld,
     voters: Vec<NodeId>,
     stop: Arc<AtomicBool>,
+    /// The last operation's outcome, noted at the client's next moment: (operation, node
+    /// asked, input, answer if any, when it came).
+    answered: Option<Answered>,
 }
+
+type Answered = (OpId, NodeId, KvInput, Option<KvOutput>, u64);
 
 const KEYS: [&str; 3] = ["x", "y", "z"];
 
@@ -828,8 +835,22 @@ impl Client {
     async fn run(mut self) {
         let mut counter = 0u64;
         loop {
+            // Also after an answer: several clients' answers may come in one step, in an
+            // order that is not the seed's (the runtime keeps its waiting callers in hash
+            // maps), so each client notes its answer only at its own moment.
             let pause = self.rng.between(0, 20);
             self.pause(pause).await;
+            if let Some((op, target, input, answer, time)) = self.answered.take() {
+                let mut world = lock(&self.world);
+                world.record(format_args!(
+                    "client {} asked {target} {input:?}: {answer:?}",
+                    self.index
+                ));
+                drop(world);
+                if let Some(output) = answer {
+                    self.history.lock().expect("history").ret(op, output, time);
+                }
+            }
             let target = self.voters[self.rng.below(self.voters.len() as u64) as usize];
             let handle = self.handles.lock().expect("handles").get(&target).cloned();
             if self.stop.load(Ordering::Relaxed)
@@ -890,16 +911,7 @@ impl Client {
                 // happened, which the checker allows too.
                 Some(Err(_)) | None => None,
             };
-            let now = self.now_ns();
-            let mut world = lock(&self.world);
-            world.record(format_args!(
-                "client {} asked {target} {input:?}: {answer:?}",
-                self.index
-            ));
-            drop(world);
-            if let Some(output) = answer {
-                self.history.lock().expect("history").ret(op, output, now);
-            }
+            self.answered = Some((op, target, input, answer, self.now_ns()));
         }
     }
 }
