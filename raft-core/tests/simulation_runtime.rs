@@ -4,7 +4,7 @@
 //! leadership transfers; then liveness, the linearizability of the client history, and the
 //! same state everywhere (see `raft_core::testkit::runtime_sim`).
 //!
-//! - `SIM_SEEDS=N` runs N seeds (default 60: this suite shares the seed budget of `make test`
+//! - `SIM_SEEDS=N` runs N seeds (default 200: this suite shares the seed budget of `make test`
 //!   with `tests/simulation.rs`), `SIM_SEED_START=S` starts them at S (default 1).
 //! - `SIM_SEED=S` replays seed S alone and writes its trace to `SIM_TRACE` (default: a file in
 //!   the temporary directory, whose path is printed).
@@ -18,7 +18,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-const SEEDS_DEFAULT: u64 = 60;
+const SEEDS_DEFAULT: u64 = 200;
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;

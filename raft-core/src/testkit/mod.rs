@@ -1,5 +1,6 @@
-//! The test kit (feature `testkit`): a deterministic cluster simulator, a linearizability
-//! checker, and conformance suites that any `LogStore` or `Network` implementation can run.
+//! The test kit (feature `testkit`): a deterministic cluster simulator of the protocol
+//! ([`sim`]) and of the real runtime ([`runtime_sim`]), a linearizability checker, and
+//! conformance suites that any `LogStore` or `Network` implementation can run.
 
 pub mod cluster;
 pub mod linearizability;
