@@ -81,12 +81,24 @@ impl Applier {
         let mut next = None;
         // Every handle of the node dropped: no read comes any more.
         let mut reads_open = true;
+        // Whose turn it is to go first when both a job and a read wait.
+        let mut read_goes_first = false;
         loop {
+            read_goes_first = !read_goes_first;
+            if read_goes_first && next.is_none() {
+                if let Ok(read) = reads.try_recv() {
+                    read(&*self.state_machine);
+                    continue;
+                }
+            }
             let job = match next.take() {
                 Some(job) => job,
-                // Neither kind of work waits behind the other for long (tokio picks a ready
-                // branch at random): a read needs no job, and every job is bounded.
+                // Neither kind of work waits behind the other for long: every other turn a
+                // queued read goes first (above), else a queued job does, and a read needs no
+                // job and every job is bounded. `biased;` rather than tokio's random pick, so
+                // that one seed of the runtime-level simulation replays the same run.
                 None => tokio::select! {
+                    biased;
                     job = jobs.recv() => match job {
                         Some(job) => job,
                         None => return,

@@ -294,7 +294,7 @@ impl RaftNode {
         let promotion_lag_entries_max = config.promotion_lag_entries_max;
         let mut raw = RawNode::new(config.clone(), restore).map_err(|e| NodeError::Config(e.0))?;
         // Every forward travels in a one-off session, numbered from a random value per life.
-        raw.set_forward_sessions(SessionId::random());
+        raw.set_forward_sessions(forward_sessions_first(&config));
         let (inbound, inbox) = Inbound::channel(config.id, options.inbox_messages_max);
         network.start(inbound).await.map_err(NodeError::Network)?;
         let (proposal_sender, proposal_receiver) = mpsc::channel(options.proposal_queue_max);
@@ -628,6 +628,17 @@ impl RaftNode {
                 .unwrap_or_else(|| "shut down".to_string()),
         )
     }
+}
+
+/// The first session of this life's forwards: random, except in the runtime-level simulation
+/// (feature `testkit`), which draws it from the node's seed so that a seed replays one run.
+fn forward_sessions_first(config: &Config) -> SessionId {
+    #[cfg(feature = "testkit")]
+    if let Some(first) = crate::testkit::runtime_sim::forward_sessions_first(config) {
+        return first;
+    }
+    let _ = config;
+    SessionId::random()
 }
 
 /// Reads what the protocol needs to resume: the hard state, the snapshot, the log and the

@@ -131,7 +131,7 @@
 //! misconfigured).
 
 mod cluster;
-mod invariants;
+pub(crate) mod invariants;
 pub mod kv;
 pub mod rng;
 mod run;
