@@ -271,6 +271,24 @@ impl std::error::Error for ConfigError {}
 mod tests {
     use super::*;
 
+    /// A log byte bound below the largest command would call for a snapshot at every entry
+    /// (and 0 would mean none at all): both are refused by name.
+    #[test]
+    fn a_log_byte_bound_below_one_command_is_refused() {
+        let mut config = Config::new(NodeId(1), vec![NodeId(1)]);
+        config.log_bytes_max = config.proposal_bytes_max - 1;
+        let error = config.validate().expect_err("a bound below one command");
+        assert!(error.0.contains("log_bytes_max"), "{error}");
+        config.log_bytes_max = 0;
+        let error = config.validate().expect_err("a zero bound");
+        assert!(
+            error.0.contains("log_bytes_max must be at least 1"),
+            "{error}"
+        );
+        config.log_bytes_max = config.proposal_bytes_max;
+        assert_eq!(config.validate(), Ok(()));
+    }
+
     /// Issue 12, scenario 3: `protocol/reads.rs` calls a lease as long as one tick less than
     /// the minimum election timeout unsafe even with clocks in step (a follower's promise may
     /// end a tick early); the configuration refuses it.
