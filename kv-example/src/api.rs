@@ -59,17 +59,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use raft_core::protocol::{ProposeError, Role};
+use raft_core::protocol::ProposeError;
 use raft_core::runtime::{NodeError, RaftNode};
 use raft_core::sessions::SessionError;
-use raft_core::{SessionId, Term};
+use raft_core::SessionId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 /// Limits on what a client may send.
 #[derive(Clone, Debug)]
@@ -145,9 +144,6 @@ pub struct AppContext {
     pub node: NodeInfo,
     /// Readiness, kept by the node's status watcher.
     pub readiness: Arc<Readiness>,
-    /// The node's current term, sent by the status watcher only when it changes, so waiting
-    /// for a new term costs nothing per commit.
-    pub terms: watch::Receiver<Term>,
     /// The RocksDB log store's group-commit counters, when the node uses it.
     pub log_store_stats: Option<LogStoreStats>,
 }
@@ -388,11 +384,9 @@ impl AppContext {
 
     /// Proposes `command` and waits, within the request timeout, for its answer.
     ///
-    /// On a follower the protocol forwards the command to the leader. If that leader dies
-    /// before it answers, the protocol keeps waiting until `leader_wait_ms` has passed since
-    /// the proposal and then reports the outcome unknown: nobody will ever answer that forward.
-    /// So a forwarded command also ends, with the same unknown outcome, as soon as
-    /// [`AppContext::forward_unanswerable`] shows that no answer can come any more; clients
+    /// On a follower the protocol forwards the command to the leader. If that leader is
+    /// replaced before it answers, the protocol ends the forward as soon as a leader of a newer
+    /// term has committed here ([`ProposeError::LeaderReplaced`], outcome unknown): clients
     /// can retry on the new leader without waiting out `leader_wait_ms`.
     ///
     /// A write with a request ID (`session`) goes in that one-off Raft session: a retry of it
@@ -405,7 +399,6 @@ impl AppContext {
     ) -> Result<Answer, ApiError> {
         self.metrics.record_proposal(operation);
         let write = command.is_write();
-        let forwarded_in = self.follower_term();
         let proposal = async {
             match session {
                 Some(session) => {
@@ -416,20 +409,8 @@ impl AppContext {
                 None => self.raft.propose(command.encode()).await,
             }
         };
-        let outcome = async {
-            match forwarded_in {
-                None => Some(proposal.await),
-                Some(term) => tokio::select! {
-                    // An answer that is ready wins: it was sent before the read barrier of
-                    // `forward_unanswerable` could end.
-                    biased;
-                    outcome = proposal => Some(outcome),
-                    () = self.forward_unanswerable(term) => None,
-                },
-            }
-        };
-        match tokio::time::timeout(self.limits.request_timeout, outcome).await {
-            Ok(Some(Ok(bytes))) => match Answer::decode(&bytes) {
+        match tokio::time::timeout(self.limits.request_timeout, proposal).await {
+            Ok(Ok(bytes)) => match Answer::decode(&bytes) {
                 Ok(Answer::Invalid(why)) => Err(ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "invalid_command",
@@ -442,8 +423,7 @@ impl AppContext {
                     error.to_string(),
                 )),
             },
-            Ok(Some(Err(error))) => Err(node_error(error, write)),
-            Ok(None) => Err(forward_unanswered(write)),
+            Ok(Err(error)) => Err(node_error(error, write)),
             Err(_) if write => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "timeout",
@@ -462,36 +442,6 @@ impl AppContext {
                     self.limits.request_timeout.as_millis()
                 ),
             )),
-        }
-    }
-
-    /// The term, when this node follows another node's leadership (a proposal made now is
-    /// forwarded to that leader).
-    fn follower_term(&self) -> Option<Term> {
-        // Borrowed, not cloned: this runs for every proposal.
-        let receiver = self.raft.watch_status();
-        let status = receiver.borrow();
-        let follows_another = status.leader.is_some_and(|leader| leader != status.id);
-        (status.role == Role::Follower && follows_another).then_some(status.term)
-    }
-
-    /// Resolves once a proposal forwarded to the leader of `term` can no longer get an answer:
-    /// this node has moved to a later term and has applied up to a read index of a leader of
-    /// that later term. Such a leader answers a read index only after committing an entry of
-    /// its own term, so everything the old leader placed and that survives is then committed
-    /// and applied here, and a proposal placed that way has been answered already. One still
-    /// waiting was never placed as far as this node knows: either the old leader never got it,
-    /// or its answer was lost with it, while the command itself may have been committed.
-    /// Its outcome is unknown, exactly what the protocol reports once `leader_wait_ms` ends.
-    async fn forward_unanswerable(&self, term: Term) {
-        let mut terms = self.terms.clone();
-        if terms.wait_for(|current| *current > term).await.is_err() {
-            // The watcher ended with the node: the proposal fails on its own.
-            return std::future::pending().await;
-        }
-        // A read fails while no leader is known (or leadership changes again): try again.
-        while self.raft.read_index().await.is_err() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -550,6 +500,7 @@ pub fn node_error(error: NodeError, write: bool) -> ApiError {
             "no leader was known within leader_wait_ms; nothing was applied; retry".into(),
         )
         .applied("no"),
+        NodeError::Propose(ProposeError::LeaderReplaced) => forward_unanswered(write),
         NodeError::Propose(ProposeError::OutcomeUnknown) if write => unavailable(
             "indeterminate",
             "leadership changed while the write was in flight: it may or may not have been \
@@ -1006,4 +957,33 @@ async fn readyz(State(context): Context) -> Response {
         ),
     )
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A forward the protocol ends because its leader was replaced (a newer leader committed
+    /// here) keeps the answer the API gave when it decided that itself: a 503 `indeterminate`
+    /// that says so, with `applied: "unknown"` for a write and a plain retry for a read.
+    #[test]
+    fn a_forward_to_a_replaced_leader_answers_503_indeterminate() {
+        let write = node_error(NodeError::Propose(ProposeError::LeaderReplaced), true);
+        assert_eq!(write.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(write.code, "indeterminate");
+        assert_eq!(write.applied, Some("unknown"));
+        assert!(
+            write
+                .message
+                .starts_with("the leader this node forwarded the write to was replaced"),
+            "{}",
+            write.message
+        );
+        assert_eq!(write.failure(), Failure::Indeterminate);
+
+        let read = node_error(NodeError::Propose(ProposeError::LeaderReplaced), false);
+        assert_eq!(read.code, "indeterminate");
+        assert_eq!(read.applied, None);
+        assert!(read.message.ends_with("; retry"), "{}", read.message);
+    }
 }

@@ -259,13 +259,11 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
         .await
         .map_err(|e| format!("starting raft: {e}"))?;
     let readiness = Arc::new(Readiness::default());
-    let (term_sender, terms) = tokio::sync::watch::channel(raft.status().term);
     let wal_flusher = matches!(config.storage, StorageKind::Rocksdb)
         .then(|| tokio::spawn(flush_wal_periodically(Arc::downgrade(&state))));
     let watcher = tokio::spawn(watch_status(
         raft.clone(),
         readiness.clone(),
-        term_sender,
         metrics.clone(),
         address_book.clone(),
     ));
@@ -297,7 +295,6 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
             peer_address: config.peer_listen_address()?,
         },
         readiness,
-        terms,
         log_store_stats: rocks_store
             .map(|store| Box::new(move || store.write_stats()) as api::LogStoreStats),
     });
@@ -406,12 +403,11 @@ pub async fn termination_signal() {
     }
 }
 
-/// Keeps readiness, the term channel and the leader-change counter up to date from the node's
+/// Keeps readiness and the leader-change counter up to date from the node's
 /// status, and drops members from the transport once the membership in force removes them.
 async fn watch_status(
     raft: RaftNode,
     readiness: Arc<Readiness>,
-    terms: tokio::sync::watch::Sender<raft_core::Term>,
     metrics: Arc<Metrics>,
     address_book: Arc<AddressBook>,
 ) {
@@ -422,7 +418,7 @@ async fn watch_status(
     let mut removed_seen = 0;
     loop {
         // A few fields are needed: no clone of the whole status on every commit.
-        let (current_leader, commit_index, applied_index, term, removed, rejoined) = {
+        let (current_leader, commit_index, applied_index, removed, rejoined) = {
             let current = status.borrow_and_update();
             // Only a committed membership: an uncommitted one may still be cut from the log.
             // Committed removals are final (IDs are never reused), so the set only grows and
@@ -435,7 +431,6 @@ async fn watch_status(
                 current.leader,
                 current.commit_index,
                 current.applied_index,
-                current.term,
                 removed,
                 current.rejoined(),
             )
@@ -446,8 +441,6 @@ async fn watch_status(
                 address_book.forget(id.0);
             }
         }
-        // Receivers wake only when the term changes, not on every commit.
-        terms.send_if_modified(|current| std::mem::replace(current, term) != term);
         if current_leader != leader {
             if leader.is_some() || current_leader.is_some() {
                 metrics.record_leader_change();

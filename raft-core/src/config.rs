@@ -73,13 +73,28 @@ pub struct Config {
     /// How long after a confirmed heartbeat round the leader's lease lasts, in ticks. Must be
     /// below `election_timeout_ticks_min`.
     pub read_lease_ticks: u32,
-    /// Reads this node tracks at once; past it a read is refused.
+    /// Reads this node tracks at once; past it a read is refused. The runtime
+    /// ([`crate::runtime`]) holds at most as many again whose read index is known and that
+    /// wait for the state machine to reach it; past that too a read fails at once with
+    /// [`crate::protocol::ProposeError::TooManyPending`].
     pub pending_reads_max: usize,
     /// Take a snapshot once this many entries were applied since the last one; 0 turns the
     /// automatic policy off (a snapshot is then taken only when asked for).
     pub snapshot_interval_entries: u64,
+    /// Most payload bytes of applied entries the in-memory log (and so the log store) holds:
+    /// past it the node takes a snapshot and compacts, whatever `snapshot_interval_entries`
+    /// says (0 included), and the tail it keeps below the snapshot is cut to half this many
+    /// bytes, whatever `snapshot_tail_entries` says.
+    ///
+    /// A snapshot, not a refusal of proposals: the bytes are in entries already committed and
+    /// applied, which refusing new commands would not free; the size trigger is what TiKV's
+    /// `raft-log-gc-size-limit` does, while etcd and openraft count entries only, so large
+    /// commands (or the count policy off) let their logs grow without bound. Entries not yet
+    /// applied are bounded elsewhere: `uncommitted_bytes_max` on the leader, and a follower
+    /// applies what it holds. Must be at least `proposal_bytes_max`.
+    pub log_bytes_max: usize,
     /// Entries kept in the log below a new snapshot, so that a briefly lagging follower still
-    /// catches up from the log instead of a snapshot.
+    /// catches up from the log instead of a snapshot (within `log_bytes_max / 2` bytes).
     pub snapshot_tail_entries: u64,
     /// Largest snapshot chunk sent in one message.
     pub snapshot_chunk_bytes_max: usize,
@@ -131,6 +146,7 @@ impl Config {
             read_lease_ticks: 11,
             pending_reads_max: 1 << 16,
             snapshot_interval_entries: 100_000,
+            log_bytes_max: 256 << 20,
             snapshot_tail_entries: 10_000,
             snapshot_chunk_bytes_max: 1 << 20,
             snapshot_inflight_chunks_max: 4,
@@ -196,6 +212,7 @@ impl Config {
             ("pending_proposals_max", self.pending_proposals_max),
             ("apply_batch_entries_max", self.apply_batch_entries_max),
             ("pending_reads_max", self.pending_reads_max),
+            ("log_bytes_max", self.log_bytes_max),
             ("snapshot_chunk_bytes_max", self.snapshot_chunk_bytes_max),
             (
                 "snapshot_inflight_chunks_max",
@@ -220,6 +237,12 @@ impl Config {
                 "read_lease_ticks ({}) must be below election_timeout_ticks_min - 1 ({}): a longer lease can outlast the followers' vote promise",
                 self.read_lease_ticks,
                 self.election_timeout_ticks_min.saturating_sub(1)
+            ));
+        }
+        if self.log_bytes_max < self.proposal_bytes_max {
+            return fail(format!(
+                "log_bytes_max ({}) must be at least proposal_bytes_max ({}): else one entry calls for a snapshot",
+                self.log_bytes_max, self.proposal_bytes_max
             ));
         }
         if self.session_idle_entries_max == 0 {
@@ -247,6 +270,24 @@ impl std::error::Error for ConfigError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A log byte bound below the largest command would call for a snapshot at every entry
+    /// (and 0 would mean none at all): both are refused by name.
+    #[test]
+    fn a_log_byte_bound_below_one_command_is_refused() {
+        let mut config = Config::new(NodeId(1), vec![NodeId(1)]);
+        config.log_bytes_max = config.proposal_bytes_max - 1;
+        let error = config.validate().expect_err("a bound below one command");
+        assert!(error.0.contains("log_bytes_max"), "{error}");
+        config.log_bytes_max = 0;
+        let error = config.validate().expect_err("a zero bound");
+        assert!(
+            error.0.contains("log_bytes_max must be at least 1"),
+            "{error}"
+        );
+        config.log_bytes_max = config.proposal_bytes_max;
+        assert_eq!(config.validate(), Ok(()));
+    }
 
     /// Issue 12, scenario 3: `protocol/reads.rs` calls a lease as long as one tick less than
     /// the minimum election timeout unsafe even with clocks in step (a follower's promise may

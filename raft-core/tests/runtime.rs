@@ -727,3 +727,91 @@ async fn a_read_as_the_wrong_type_is_refused_and_a_panicking_read_leaves_the_nod
     assert_eq!(read_register(node, "x").await, Some("2".to_string()));
     node.shutdown().await;
 }
+
+/// Applies a command only once the test hands it a permit: a state machine that stalls.
+struct Stalled {
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait]
+impl StateMachine for Stalled {
+    async fn apply(&mut self, _: LogIndex, command: Bytes) -> Result<Bytes, StateMachineError> {
+        self.permits.acquire().await.expect("open").forget();
+        Ok(command)
+    }
+}
+
+/// Reads whose index is known wait for the state machine to reach it; while it stalls they
+/// may not pile up without bound: past `pending_reads_max` of them a read fails at once with
+/// the definite `TooManyPending`, and those admitted are served once the machine catches up.
+/// Each read is asked alone, so the protocol's own bound (the reads it tracks) never refuses
+/// one: only the runtime's queue can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_waiting_for_a_stalled_state_machine_are_bounded_by_pending_reads_max() {
+    const READS_MAX: usize = 4;
+    const READS: usize = 10;
+    let mut config = Config::new(NodeId(1), vec![NodeId(1)]);
+    config.pending_reads_max = READS_MAX;
+    config.proposal_wait_ticks = 5_000; // admitted reads wait as long as the test needs
+    let permits = Arc::new(tokio::sync::Semaphore::new(0));
+    let machine = Stalled {
+        permits: permits.clone(),
+    };
+    let node = RaftNode::start(
+        config,
+        options(),
+        Arc::new(MemLogStore::new()),
+        Box::new(machine),
+        LocalRouter::new().network(NodeId(1)),
+    )
+    .await
+    .unwrap();
+    let writer = node.clone();
+    let write = tokio::spawn(async move { writer.propose(Bytes::from("stalls")).await });
+    tokio::time::timeout(TIMEOUT, async {
+        while node.status().commit_index <= node.status().applied_index {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the write commits; its apply stalls");
+    let stalled_at = node.status().commit_index;
+
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..READS {
+        let reader = node.clone();
+        let mut read = tokio::spawn(async move { reader.read_index().await });
+        match tokio::time::timeout(Duration::from_millis(200), &mut read).await {
+            Ok(answer) => {
+                let error = answer
+                    .unwrap()
+                    .expect_err("no read is served while stalled");
+                assert!(
+                    matches!(error, NodeError::Propose(ProposeError::TooManyPending)),
+                    "got {error}"
+                );
+                assert!(error.is_definite());
+                refused += 1;
+            }
+            Err(_) => admitted.push(read), // waits for the state machine
+        }
+    }
+    assert_eq!(
+        (admitted.len(), refused),
+        (READS_MAX, READS - READS_MAX),
+        "pending_reads_max reads wait, the rest fail at once"
+    );
+
+    permits.add_permits(1);
+    write.await.unwrap().expect("the write applies");
+    for read in admitted {
+        let index = tokio::time::timeout(TIMEOUT, read)
+            .await
+            .expect("served once applied")
+            .unwrap()
+            .expect("confirmed");
+        assert!(index >= stalled_at);
+    }
+    node.shutdown().await;
+}

@@ -421,6 +421,58 @@ fn the_uncommitted_limit_refuses_proposals_until_the_log_commits() {
 }
 
 /// Occurrences of `command` in `node`'s log.
+/// Payload bytes of the entries node `node` holds in memory.
+fn log_bytes(cluster: &Cluster, node: u64) -> usize {
+    let raw = cluster.node(node);
+    (raw.first_index().0..=raw.last_index().0)
+        .map(|k| {
+            raw.entry(LogIndex(k))
+                .expect("held")
+                .payload
+                .payload_bytes()
+        })
+        .sum()
+}
+
+/// `log_bytes_max` bounds the in-memory log (and the store, which purges with it) even with
+/// the entry-count policy off (`snapshot_interval_entries = 0`, which used to leave the log
+/// unbounded): past the bound each node takes a snapshot and compacts, keeping a tail of at
+/// most half the bound. The commands are 100 bytes, so a hundred of them are five times it.
+#[test]
+fn the_log_byte_bound_takes_snapshots_with_the_entry_count_policy_off() {
+    const LOG_BYTES_MAX: usize = 2_000;
+    let mut cluster = Cluster::builder(3)
+        .config(|c| {
+            c.snapshot_interval_entries = 0;
+            c.log_bytes_max = LOG_BYTES_MAX;
+            c.proposal_bytes_max = 100;
+        })
+        .build();
+    cluster.campaign(1);
+    cluster.stabilize();
+    let command = Bytes::from(vec![b'x'; 100]);
+    let mut held_max = 0;
+    for _ in 0..100 {
+        cluster.propose(1, command.clone());
+        cluster.stabilize();
+        for node in 1..=3 {
+            held_max = held_max.max(log_bytes(&cluster, node));
+        }
+    }
+    // Applied entries held stay within the bound; at most the last apply batch (one entry
+    // here, one per stabilize) is over it until the snapshot it asks for compacts.
+    assert!(
+        held_max <= LOG_BYTES_MAX + 100,
+        "a node held {held_max} bytes of log"
+    );
+    for node in 1..=3 {
+        let raw = cluster.node(node);
+        assert!(raw.snapshot().is_some(), "n{node} took a snapshot");
+        assert!(raw.first_index() > LogIndex(50), "n{node} compacted");
+    }
+    assert_eq!(cluster.committed_commands().len(), 100);
+}
+
 fn copies_in_log(cluster: &Cluster, node: u64, command: &Bytes) -> usize {
     cluster
         .log(node)
@@ -504,6 +556,80 @@ fn a_duplicated_forward_refused_after_a_step_down_is_applied_once() {
     assert!(
         !matches!(cluster.outcome(proposal), Some(ProposalOutcome::Failed { error, .. }) if error.is_definite()),
         "the command is in the log: it may not be reported as never applied"
+    );
+}
+
+/// A follower forwards a command to the leader, which appends it (only n3 hears of it) and
+/// dies before its answer reaches the follower. Nobody will ever answer that forward. Once a
+/// leader of a newer term has committed an entry here, everything the dead leader placed that
+/// survives is committed below it (here the command itself), so the forward ends at once with
+/// an outcome-unknown error instead of waiting out `proposal_wait_ticks`.
+#[test]
+fn a_forward_to_a_dead_leader_ends_unknown_once_a_newer_leader_commits_here() {
+    let mut cluster = Cluster::builder(3)
+        .config(|c| c.check_quorum = false) // no lease: n3 may be elected at once
+        .build();
+    cluster.campaign(1);
+    cluster.stabilize();
+    let command = raft_core::testkit::sim::kv::encode(&KvInput::put("x", "lost answer"));
+    let proposal = cluster.propose(2, command.clone());
+    cluster.deliver_matching(is_forward); // n1 appends it at i2
+    cluster.drop_in_flight(|m| matches!(m.body, MessageBody::ForwardResponse { .. }));
+    cluster.deliver_matching(|m| m.to == NodeId(3)); // only n3 holds i2
+    cluster.drop_in_flight(|_| true);
+    assert_eq!(copies_in_log(&cluster, 3, &command), 1);
+    assert_eq!(copies_in_log(&cluster, 2, &command), 0);
+    cluster.crash(1);
+
+    cluster.campaign(3);
+    cluster.stabilize(); // n3 leads term 2 and commits its blank entry, with i2 below it
+    assert_eq!(cluster.leader(), Some(NodeId(3)));
+    let node = cluster.node(2);
+    assert_eq!(node.entry_term(node.commit_index()), Some(Term(2)));
+    assert_eq!(
+        copies_in_log(&cluster, 2, &command),
+        1,
+        "the command committed"
+    );
+    match cluster.outcome(proposal) {
+        Some(ProposalOutcome::Failed { error, .. }) => {
+            assert_eq!(error, &ProposeError::LeaderReplaced);
+            assert!(!error.is_definite(), "the command did commit");
+        }
+        other => panic!("the forward should end at once, not after the wait: {other:?}"),
+    }
+}
+
+/// The rule's other half: a newer term alone, with nothing of it committed here yet, does not
+/// end a forward (the old leader's entries may still commit, and their answer with them).
+#[test]
+fn a_forward_waits_while_the_newer_leader_has_not_committed_here() {
+    let mut cluster = Cluster::builder(3)
+        .config(|c| c.check_quorum = false)
+        .build();
+    cluster.campaign(1);
+    cluster.stabilize();
+    let proposal = cluster.propose(2, "answer lost");
+    cluster.deliver_matching(is_forward);
+    cluster.drop_in_flight(|_| true);
+    cluster.crash(1);
+    cluster.campaign(3);
+    // n2 votes (pre-vote, then vote); n3 wins, but n2 never hears of its blank entry.
+    for _ in 0..10 {
+        cluster.drop_in_flight(|m| {
+            matches!(
+                m.body,
+                MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
+            )
+        });
+        cluster.deliver_all();
+    }
+    assert_eq!(cluster.node(3).role(), Role::Leader);
+    assert_eq!(cluster.node(2).term(), Term(2));
+    assert_eq!(
+        cluster.outcome(proposal),
+        None,
+        "term 2 has committed nothing here"
     );
 }
 

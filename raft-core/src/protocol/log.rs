@@ -31,6 +31,11 @@ pub(crate) struct RaftLog {
     unwritten_from: LogIndex,
     /// A truncation of the stored log not yet handed to storage.
     truncate_pending: Option<LogIndex>,
+    /// Payload bytes of the held entries at or below `applying`: what a snapshot would free
+    /// (the snapshot policy's byte bound, `Config::log_bytes_max`, is measured on it).
+    /// Invariant: equals the sum over `entries` up to `applying` (checked by
+    /// `assert_invariants` in debug builds: the sum costs a walk of the log).
+    applied_bytes_held: usize,
 }
 
 impl RaftLog {
@@ -44,6 +49,11 @@ impl RaftLog {
     ) -> RaftLog {
         let last = LogIndex(offset.0 + entries.len() as u64);
         let applied = applied.max(offset);
+        let applied_bytes_held = entries
+            .iter()
+            .take_while(|e| e.index <= applied)
+            .map(|e| e.payload.payload_bytes())
+            .sum();
         let log = RaftLog {
             offset,
             offset_term,
@@ -54,9 +64,32 @@ impl RaftLog {
             applied,
             unwritten_from: last.next(),
             truncate_pending: None,
+            applied_bytes_held,
         };
         log.assert_invariants();
         log
+    }
+
+    /// Payload bytes of the held entries already handed to the state machine.
+    pub(crate) fn applied_bytes_held(&self) -> usize {
+        self.applied_bytes_held
+    }
+
+    /// The highest index at or below `to` such that the entries after it, up to `to`, hold at
+    /// most `bytes_max` payload bytes: where to compact so that a tail kept below a snapshot
+    /// at `to` stays within that many bytes.
+    pub(crate) fn tail_start_within(&self, to: LogIndex, bytes_max: usize) -> LogIndex {
+        let mut start = to.min(self.last_index());
+        let mut bytes = 0usize;
+        while start > self.offset {
+            let entry = self.get(start).expect("a held entry");
+            bytes += entry.payload.payload_bytes();
+            if bytes > bytes_max {
+                return start;
+            }
+            start = start.prev();
+        }
+        start
     }
 
     /// The index before the first entry held: everything at or below it was compacted.
@@ -78,7 +111,15 @@ impl RaftLog {
         );
         let term = self.term(index).expect("a held entry");
         let count = (index.0 - self.offset.0) as usize;
-        self.entries.drain(..count);
+        let freed: usize = self
+            .entries
+            .drain(..count)
+            .map(|e| e.payload.payload_bytes())
+            .sum();
+        self.applied_bytes_held = self
+            .applied_bytes_held
+            .checked_sub(freed)
+            .expect("compacted entries are applied, so counted");
         self.offset = index;
         self.offset_term = term;
         self.assert_invariants();
@@ -97,6 +138,7 @@ impl RaftLog {
             self.offset_term = term;
             self.committed = index;
             self.applying = index;
+            self.applied_bytes_held = 0; // the entries kept are above `applying`
             self.persisted = self.persisted.max(index);
             self.unwritten_from = self.unwritten_from.max(index.next());
             self.assert_invariants();
@@ -104,6 +146,7 @@ impl RaftLog {
         }
         let held_beyond = self.last_index() > index;
         self.entries.clear();
+        self.applied_bytes_held = 0;
         self.offset = index;
         self.offset_term = term;
         self.committed = index;
@@ -291,6 +334,7 @@ impl RaftLog {
             return Vec::new();
         }
         let out: Vec<Entry> = self.range(self.applying.next(), to).cloned().collect();
+        self.applied_bytes_held += out.iter().map(|e| e.payload.payload_bytes()).sum::<usize>();
         self.applying = to;
         out
     }
@@ -315,6 +359,18 @@ impl RaftLog {
     }
 
     pub(crate) fn assert_invariants(&self) {
+        if cfg!(debug_assertions) {
+            let applied_bytes: usize = self
+                .entries
+                .iter()
+                .take_while(|e| e.index <= self.applying)
+                .map(|e| e.payload.payload_bytes())
+                .sum();
+            assert_eq!(
+                applied_bytes, self.applied_bytes_held,
+                "applied bytes miscounted"
+            );
+        }
         let last = self.last_index();
         assert!(self.applied <= self.applying, "applied beyond applying");
         assert!(self.applying <= self.committed, "applying beyond commit");

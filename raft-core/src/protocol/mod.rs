@@ -292,6 +292,9 @@ pub struct RawNode {
     snapshot_wanted: bool,
     /// The applied index at which the automatic policy takes the next snapshot.
     snapshot_next_auto: u64,
+    /// The applied bytes held when the last snapshot build failed, until one succeeds: the
+    /// byte bound then waits for half a bound more before it asks again.
+    snapshot_bytes_failed_at: Option<usize>,
     /// A snapshot being received from the leader.
     receiving: Option<snapshots::Receiving>,
     /// A received snapshot on its way into the state machine.
@@ -375,6 +378,7 @@ impl RawNode {
             snapshot_building: false,
             snapshot_wanted: false,
             snapshot_next_auto,
+            snapshot_bytes_failed_at: None,
             receiving: None,
             install: None,
             snapshot_writes: Vec::new(),
@@ -480,6 +484,7 @@ impl RawNode {
                 Role::Follower => self.step_follower(message.from, body),
             },
         }
+        self.end_unanswerable_forwards();
         self.assert_invariants();
     }
 
@@ -523,6 +528,7 @@ impl RawNode {
                 self.maybe_commit();
             }
         }
+        self.end_unanswerable_forwards();
         self.assert_invariants();
     }
 
@@ -807,6 +813,19 @@ impl RawNode {
         } else {
             self.messages.push(message);
         }
+    }
+
+    /// Once an entry of a newer term than a forward's leader is committed here, that forward
+    /// can get no answer that matters: it ends [`ProposeError::LeaderReplaced`] at once (see
+    /// `Proposals::newer_term_committed`). Called wherever the commit index may have moved:
+    /// after a step (appends, heartbeats, snapshots, a leader's acknowledgements) and after a
+    /// write became durable (a leader counting itself).
+    fn end_unanswerable_forwards(&mut self) {
+        let committed_term = self
+            .log
+            .term(self.log.committed)
+            .expect("the commit index is at or above the log's offset");
+        self.proposals.newer_term_committed(committed_term);
     }
 
     fn reset_election_timeout(&mut self) {

@@ -29,6 +29,13 @@ pub enum ProposeError {
     /// Leadership changed (or the leader did not answer a forward in time) after the command may
     /// have been appended: it may or may not take effect.
     OutcomeUnknown,
+    /// The proposal was forwarded to the leader of an older term that never answered, and a
+    /// leader of a newer term has since committed an entry here. No answer can come any more:
+    /// whatever the old leader placed and that survives is committed below that entry, so the
+    /// command may have been applied (without this node knowing where) or may never be. It
+    /// ends at once rather than waiting out `proposal_wait_ticks`; retry on the new leader,
+    /// in a session if it must not apply twice.
+    LeaderReplaced,
     /// A read could not be confirmed (leadership changed, or the leader did not answer in
     /// time). Reads change nothing, so it is safe to retry.
     ReadAborted,
@@ -40,7 +47,10 @@ pub enum ProposeError {
 impl ProposeError {
     /// True when the command certainly did not and will not take effect.
     pub fn is_definite(&self) -> bool {
-        !matches!(self, ProposeError::OutcomeUnknown)
+        !matches!(
+            self,
+            ProposeError::OutcomeUnknown | ProposeError::LeaderReplaced
+        )
     }
 }
 
@@ -66,6 +76,11 @@ impl fmt::Display for ProposeError {
             ProposeError::ReadAborted => write!(
                 f,
                 "the read could not be confirmed by a leader in time; retry it"
+            ),
+            ProposeError::LeaderReplaced => write!(
+                f,
+                "the leader the write was forwarded to was replaced before it answered (a newer \
+                 leader has committed since); it may or may not be applied"
             ),
             ProposeError::OutcomeUnknown => write!(
                 f,
@@ -101,6 +116,9 @@ struct Forwarded {
     proposal: ProposalId,
     proposed: Proposed,
     deadline: u64,
+    /// The term of the leader it was sent to: once an entry of a later term is committed
+    /// here, that leader's answer can no longer matter (see [`ProposeError::LeaderReplaced`]).
+    term: Term,
 }
 
 /// Limits on the forward de-duplication window a leader keeps per follower.
@@ -114,6 +132,9 @@ pub(crate) struct Proposals {
     waiting: VecDeque<Waiting>,
     /// Forwarded to the leader and not answered yet, by forward key.
     forwarded: BTreeMap<u64, Forwarded>,
+    /// Invariant: at most the lowest `term` in `forwarded` (a lower bound, so the check for
+    /// forwards a newer leader made unanswerable costs nothing while none can be).
+    forwarded_term_min: Term,
     /// Placed in the log at (index -> term, id), waiting for that index to apply.
     placed: BTreeMap<LogIndex, (Term, ProposalId)>,
     /// The next forward key; starts at a random value so a restarted node's keys do not
@@ -182,7 +203,7 @@ impl Proposals {
 
     /// Records a forward and returns its key and the session it travels in (a new one-off
     /// session when forward sessions are on and the proposal has none yet).
-    pub(crate) fn forward(&mut self, waiting: Waiting) -> (u64, Option<SessionTag>) {
+    pub(crate) fn forward(&mut self, waiting: Waiting, term: Term) -> (u64, Option<SessionTag>) {
         let Waiting {
             id: proposal,
             mut proposed,
@@ -200,12 +221,16 @@ impl Proposals {
         let session = proposed.session;
         let key = self.next_forward_key;
         self.next_forward_key = self.next_forward_key.wrapping_add(1);
+        if self.forwarded.is_empty() || term < self.forwarded_term_min {
+            self.forwarded_term_min = term;
+        }
         self.forwarded.insert(
             key,
             Forwarded {
                 proposal,
                 proposed,
                 deadline,
+                term,
             },
         );
         (key, session)
@@ -238,6 +263,41 @@ impl Proposals {
                 },
             ),
         }
+    }
+
+    /// The entry at this node's commit index has term `committed_term`: forwards sent to
+    /// leaders of older terms and not answered end [`ProposeError::LeaderReplaced`] at once.
+    ///
+    /// Why no answer can matter any more: an entry of a newer term is committed, so every
+    /// entry of an older term that will ever be committed is at a lower index and committed
+    /// already (a later leader holds it; no leader of the older term can get a majority past
+    /// it, and entries after it in any later log have newer terms). A forward placed by its
+    /// leader is thus committed or lost for good; this node never heard where, so it cannot
+    /// tell which.
+    pub(crate) fn newer_term_committed(&mut self, committed_term: Term) {
+        if self.forwarded.is_empty() || committed_term <= self.forwarded_term_min {
+            return;
+        }
+        let unanswerable: Vec<u64> = self
+            .forwarded
+            .iter()
+            .filter(|(_, f)| f.term < committed_term)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in unanswerable {
+            let forwarded = self.forwarded.remove(&key).expect("key just listed");
+            self.fail(forwarded.proposal, ProposeError::LeaderReplaced);
+        }
+        self.forwarded_term_min = self
+            .forwarded
+            .values()
+            .map(|f| f.term)
+            .min()
+            .unwrap_or(committed_term);
+        assert!(
+            self.forwarded.values().all(|f| f.term >= committed_term),
+            "a forward to a replaced leader is still waiting"
+        );
     }
 
     /// Records that proposal `id` is the entry at (`index`, `term`). A proposal placed earlier
@@ -413,7 +473,7 @@ mod tests {
     #[test]
     fn a_proposal_displaced_at_its_index_ends_unknown() {
         let mut proposals = Proposals::new(1 << 32);
-        let (key, _) = proposals.forward(waiting(1, b"a"));
+        let (key, _) = proposals.forward(waiting(1, b"a"), Term(1));
         let answer = ForwardOutcome {
             id: ProposalId(key),
             result: Ok((Term(1), LogIndex(51))),
@@ -426,7 +486,7 @@ mod tests {
         );
         assert_eq!(proposals.tracked(), 1);
 
-        let (key, _) = proposals.forward(waiting(3, b"b"));
+        let (key, _) = proposals.forward(waiting(3, b"b"), Term(1));
         let answer = ForwardOutcome {
             id: ProposalId(key),
             result: Ok((Term(3), LogIndex(51))),
@@ -447,7 +507,7 @@ mod tests {
     fn a_refused_forward_is_forwarded_again_in_the_same_session() {
         let mut proposals = Proposals::new(1 << 32);
         proposals.set_forward_sessions(SessionId(500));
-        let (key, session) = proposals.forward(waiting(1, b"a"));
+        let (key, session) = proposals.forward(waiting(1, b"a"), Term(1));
         let expected = SessionTag {
             session: SessionId(500),
             sequence: 1,
@@ -459,10 +519,10 @@ mod tests {
         };
         proposals.forward_answered(&refused, LogIndex(0));
         let again = proposals.take_waiting().pop_front().expect("waits again");
-        let (_, session_again) = proposals.forward(again);
+        let (_, session_again) = proposals.forward(again, Term(1));
         assert_eq!(session_again, Some(expected), "the same session");
 
-        let (_, next) = proposals.forward(waiting(2, b"b"));
+        let (_, next) = proposals.forward(waiting(2, b"b"), Term(1));
         assert_eq!(next.map(|t| t.session), Some(SessionId(501)), "a new one");
         let mut client = waiting(3, b"c");
         let tag = SessionTag {
@@ -470,7 +530,11 @@ mod tests {
             sequence: 4,
         };
         client.proposed.session = Some(tag);
-        assert_eq!(proposals.forward(client).1, Some(tag), "the client's own");
+        assert_eq!(
+            proposals.forward(client, Term(1)).1,
+            Some(tag),
+            "the client's own"
+        );
     }
 
     /// Seed 2532 of the simulation: a follower's forward was placed at i260/t7 by a leader

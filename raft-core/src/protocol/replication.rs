@@ -454,7 +454,7 @@ impl RawNode {
                         batch_bytes = 0;
                     }
                     batch_bytes += data.len();
-                    let (key, session) = self.proposals.forward(waiting);
+                    let (key, session) = self.proposals.forward(waiting, self.term);
                     batch.push(ForwardedProposal {
                         id: ProposalId(key),
                         data,

@@ -101,6 +101,8 @@ impl RawNode {
                 tracing::warn!(%why, "building a snapshot failed");
                 self.snapshot_next_auto =
                     self.log.applying.0 + self.config.snapshot_interval_entries;
+                // The byte bound asks again after another half bound, not on every apply.
+                self.snapshot_bytes_failed_at = Some(self.log.applied_bytes_held());
                 return;
             }
         };
@@ -115,12 +117,15 @@ impl RawNode {
             meta.last_term
         );
         self.snapshot_next_auto = meta.last_index.0 + self.config.snapshot_interval_entries;
+        self.snapshot_bytes_failed_at = None;
         self.snapshot = Some(meta.clone());
+        let tail_bytes_max = self.config.log_bytes_max / 2;
         let purge = LogIndex(
             meta.last_index
                 .0
                 .saturating_sub(self.config.snapshot_tail_entries),
         )
+        .max(self.log.tail_start_within(meta.last_index, tail_bytes_max))
         .min(self.log.applied)
         .min(self.log.persisted);
         if self.log.compact_to(purge) {
@@ -142,6 +147,19 @@ impl RawNode {
         }
         self.snapshot_wanted
             || (self.config.snapshot_interval_entries > 0 && index.0 >= self.snapshot_next_auto)
+            || self.log_bytes_over_bound()
+    }
+
+    /// True when the applied entries held in memory are over `log_bytes_max` (by another half
+    /// bound after a failed build): the size policy, which holds even with
+    /// `snapshot_interval_entries = 0`.
+    fn log_bytes_over_bound(&self) -> bool {
+        let held = self.log.applied_bytes_held();
+        let bound = self.config.log_bytes_max;
+        match self.snapshot_bytes_failed_at {
+            None => held > bound,
+            Some(failed_at) => held > bound.max(failed_at.saturating_add(bound / 2)),
+        }
     }
 
     /// Ready-time: the snapshot to ask the driver for, if the policy or a request says so.
@@ -155,8 +173,9 @@ impl RawNode {
             self.snapshot_wanted = false;
             return None;
         }
-        let automatic =
-            self.config.snapshot_interval_entries > 0 && index.0 >= self.snapshot_next_auto;
+        let automatic = (self.config.snapshot_interval_entries > 0
+            && index.0 >= self.snapshot_next_auto)
+            || self.log_bytes_over_bound();
         if !automatic && !self.snapshot_wanted {
             return None;
         }

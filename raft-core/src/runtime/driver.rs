@@ -462,14 +462,31 @@ impl Driver {
                 let _ = responder.send(Err(NodeError::Propose(error)));
             }
         }
+        // Reads waiting for the state machine count against `pending_reads_max` on their own
+        // (the protocol bounds the reads it tracks with the same number), so a machine that
+        // stops applying holds at most that many; the rest fail at once, definitely.
+        let reads_awaiting_max = self.raw.config().pending_reads_max;
+        let mut reads_awaiting: usize = self.reads_awaiting_apply.values().map(Vec::len).sum();
         for (id, index) in plan.reads {
             if let Some(responder) = self.read_responders.remove(&id) {
-                self.reads_awaiting_apply
-                    .entry(index)
-                    .or_default()
-                    .push((responder, 0));
+                if index <= self.last_applied {
+                    let _ = responder.send(Ok(index));
+                } else if reads_awaiting >= reads_awaiting_max {
+                    let error = crate::protocol::ProposeError::TooManyPending;
+                    let _ = responder.send(Err(NodeError::Propose(error)));
+                } else {
+                    reads_awaiting += 1;
+                    self.reads_awaiting_apply
+                        .entry(index)
+                        .or_default()
+                        .push((responder, 0));
+                }
             }
         }
+        assert!(
+            reads_awaiting <= reads_awaiting_max,
+            "reads awaiting apply over pending_reads_max"
+        );
         self.release_reads();
         if let Some(mut job) = plan.write {
             // Holding writes back is off when the wait is zero.

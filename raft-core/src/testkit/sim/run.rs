@@ -153,7 +153,9 @@ impl SimOptions {
     /// disk: slow fsyncs (a heartbeat interval or more) on half the seeds, failing writes on a
     /// fifth; and client sessions: none, half or all of the clients in sessions, forwards in
     /// one-off sessions on four seeds in five, and on two in five an answer limit
-    /// (`session_result_bytes_max`) that keeps no answers or only one-byte ones.
+    /// (`session_result_bytes_max`) that keeps no answers or only one-byte ones; and on a
+    /// quarter a `log_bytes_max` of a few hundred to a few thousand bytes, so the log's byte
+    /// bound takes snapshots.
     pub fn from_seed(seed: u64) -> SimOptions {
         let mut rng = SimRng::stream(seed, 100);
         let nodes = [1, 2, 3, 5][rng.weighted(&[1, 1, 4, 4])];
@@ -198,6 +200,13 @@ impl SimOptions {
         let session_share = [0.0, 0.5, 1.0][sessions.weighted(&[1, 2, 2])];
         let forward_sessions = sessions.chance(0.8);
         config.session_result_bytes_max = [1024, 1, 0][sessions.weighted(&[3, 1, 1])];
+        // On a quarter of the seeds the in-memory log's byte bound is small enough to hit: the
+        // nodes then snapshot by size too (also when the entry-count policy is off).
+        let mut log_bytes = SimRng::stream(seed, 106);
+        if log_bytes.chance(0.25) {
+            config.log_bytes_max = log_bytes.between(300, 3_000) as usize;
+            config.proposal_bytes_max = config.proposal_bytes_max.min(300);
+        }
         let clients = rng.between(3, 6) as usize;
         SimOptions {
             seed,
