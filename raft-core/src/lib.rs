@@ -168,7 +168,8 @@
 //!    disk write.
 //! 2. **Persist** `ready.write` through [`LogStore::write`]: truncate the conflicting suffix,
 //!    append the entries, save the hard state. Writes are made durable in `ready.number`
-//!    order; they may be merged (group commit).
+//!    order; they may be merged (group commit). A write marked `ready.write_may_wait` may
+//!    be held back, for a bounded time, to share a sync with a later one.
 //! 3. **Then send** `ready.messages_after_write`: votes and acknowledgements of entries. A
 //!    vote must never leave before the hard state that records it is durable, and a follower
 //!    must never acknowledge an entry it could lose in a crash.
@@ -191,6 +192,13 @@
 //!    `ready.build_snapshot`, record the machine's
 //!    [`StateMachine::snapshot_format_version`] in its meta and report it with
 //!    [`protocol::RawNode::snapshot_built`].
+//! 8. **Reads and transfers**: answer each `(id, index)` of `ready.reads` once the state
+//!    machine has applied `index`, fail those of `ready.failed_reads`, and tell whoever asked
+//!    for a leadership transfer of `ready.transfer_failed`.
+//!
+//! [`protocol::plan`] holds these decisions as pure functions (which part of a ready goes
+//! where, how queued writes merge into one group, where snapshot data goes); the runtime and
+//! the simulator both carry readies out through them, and its example drives a node by hand.
 //!
 //! Time reaches the protocol only through [`protocol::RawNode::tick`] and randomness only
 //! through the seed in [`Config`], so one seed replays a whole cluster bit for bit

@@ -8,13 +8,9 @@
 //! in ticks and randomness comes from a generator seeded by the configuration, so the same
 //! inputs always give the same outputs: one seed replays a whole simulated cluster.
 //!
-//! Handling a `Ready` (the runtime in [`crate::runtime`] does exactly this):
-//! 1. send `messages` (they rely on nothing that is not durable yet: see
-//!    [`Promise`](crate::message::Promise));
-//! 2. make `write` durable in the log store, in `number` order with earlier readies;
-//! 3. send `messages_after_write` (votes and acknowledgements that promise durable state);
-//! 4. call [`RawNode::persisted`] with the ready's `number`;
-//! 5. apply `committed` in order and call [`RawNode::applied`]; report `failed_proposals`.
+//! Handling a `Ready` follows the [IO contract](crate#the-io-contract), written once in the
+//! crate docs; [`plan`] holds its decisions as pure functions, which the runtime
+//! ([`crate::runtime`]) and the simulator share.
 //!
 //! A leader may send its appends before its own write is durable (step 1 before step 2); it
 //! counts itself toward a commit majority only once step 4 says the entries are durable. No
