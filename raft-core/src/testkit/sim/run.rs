@@ -241,6 +241,14 @@ impl SimOptions {
         let mut clocks = SimRng::stream(seed, 106);
         let clocks_at_extremes = config.lease_reads && clocks.chance(0.5);
         let (tick_ms, tick_skew_ms_max) = if clocks_at_extremes {
+            // Often with a narrow election timeout too: followers then time out about when
+            // their promise ends, the moment a lease too long is caught at. Only with PreVote:
+            // without it, a node with a stale log and a fast clock campaigns again before a
+            // slow node with the longest log ever times out (each new term resets its timer),
+            // and nobody is elected (etcd's reason for PreVote).
+            if config.pre_vote && clocks.chance(0.6) {
+                config.election_timeout_ticks_max = config.election_timeout_ticks_min + 2;
+            }
             (2 * TICK_MS, 4)
         } else {
             (TICK_MS, 1)
