@@ -76,8 +76,9 @@ pub struct FaultRates {
     /// current one, and a voter leaves at least two others.
     pub amnesia_probability: f64,
     /// Weight of wiping a voter's disk right after it acknowledged an entry that no more
-    /// voters than a bare quorum hold, then taking the leader away (see
-    /// [`Driver::arm_amnesia_after_ack`]).
+    /// voters than a bare quorum hold (once the leader counted it), then taking the leader
+    /// away: it crashes or is cut off, while every other cut heals. The fault waits up to two
+    /// seconds for that moment.
     pub amnesia_after_ack_weight: u32,
     /// Weight of holding back the messages between two random nodes for up to
     /// `hold_back_ms_max`, both ways, then delivering them in a new order
@@ -171,7 +172,12 @@ impl SimOptions {
     /// disk: slow fsyncs (a heartbeat interval or more) on half the seeds, failing writes on a
     /// fifth; and client sessions: none, half or all of the clients in sessions, forwards in
     /// one-off sessions on four seeds in five, and on two in five an answer limit
-    /// (`session_result_bytes_max`) that keeps no answers or only one-byte ones.
+    /// (`session_result_bytes_max`) that keeps no answers or only one-byte ones. Each from a
+    /// stream of its own too: on half the lease seeds, clocks at the edge of the lease's drift
+    /// assumption (see [`lease_clock_margin_holds`]), often with a narrow election timeout; on
+    /// half the seeds, link pairs held back ([`Cluster::hold_back`]), at random and around
+    /// campaigns; on most seeds that lose disks, a disk lost right after a bare-quorum
+    /// acknowledgement (`FaultRates::amnesia_after_ack_weight`).
     pub fn from_seed(seed: u64) -> SimOptions {
         let mut rng = SimRng::stream(seed, 100);
         let nodes = [1, 2, 3, 5][rng.weighted(&[1, 1, 4, 4])];
