@@ -217,6 +217,8 @@ fn faults_actually_happened() {
     let sum = |f: fn(&RunReport) -> u64| reports.iter().map(f).sum::<u64>();
     let crashes = sum(|r| r.crashes);
     let amnesias = sum(|r| r.amnesias);
+    let amnesias_after_ack = sum(|r| r.amnesias_after_ack);
+    let holds = sum(|r| r.link_holds);
     let partitions = sum(|r| r.partitions);
     let one_way = sum(|r| r.one_way_cuts);
     let dropped = sum(|r| r.messages_dropped);
@@ -231,14 +233,20 @@ fn faults_actually_happened() {
         .map(|r| r.leader_terms.saturating_sub(1) as u64)
         .sum::<u64>();
     println!(
-        "crashes {crashes} (disk lost {amnesias}), partitions {partitions}, one-way cuts {one_way}, dropped \
-         {dropped}, duplicated {duplicated}, reordered {reordered}, lost to cuts {cut}, \
+        "crashes {crashes} (disk lost {amnesias}, {amnesias_after_ack} of them right after an \
+         acknowledgement), partitions {partitions}, one-way cuts {one_way}, link pairs held back \
+         {holds}, dropped {dropped}, duplicated {duplicated}, reordered {reordered}, lost to cuts {cut}, \
          delivered across restarts {across_restarts}, slow writes {slow}, failed writes \
          {failed}, leader changes {leader_changes}"
     );
     for (what, count) in [
         ("crashes", crashes),
         ("restarts with a lost disk", amnesias),
+        (
+            "disks lost right after an acknowledgement",
+            amnesias_after_ack,
+        ),
+        ("link pairs held back", holds),
         ("partitions", partitions),
         ("one-way cuts", one_way),
         ("dropped messages", dropped),

@@ -321,6 +321,8 @@ pub struct ClusterStats {
     pub messages_reordered: u64,
     /// Messages lost to a cut link.
     pub messages_cut: u64,
+    /// Messages held back on a link ([`Cluster::hold_back`]).
+    pub messages_held: u64,
     /// Messages lost because the sender or receiver crashed.
     pub messages_lost_to_crashes: u64,
     /// Messages delivered to a later life of their receiver, or from an earlier life of
@@ -410,6 +412,7 @@ pub struct ClusterBuilder {
     replay_hint: String,
     record_readies: bool,
     forward_sessions: bool,
+    clocks_at_extremes: bool,
 }
 
 impl ClusterBuilder {
@@ -482,6 +485,15 @@ impl ClusterBuilder {
     /// and life). Off by default, so scenarios see the protocol's own forward de-duplication.
     pub fn forward_sessions(mut self, enabled: bool) -> Self {
         self.forward_sessions = enabled;
+        self
+    }
+
+    /// With [`Timing::Simulated`], gives each node's clock either no skew or the largest
+    /// (`tick_skew_ms_max`), drawn per node from the seed, instead of any skew in between: the
+    /// clocks then sit at both ends of the rates the timing allows, as far apart as a lease's
+    /// drift assumption lets them be. Off by default.
+    pub fn clocks_at_extremes(mut self, enabled: bool) -> Self {
+        self.clocks_at_extremes = enabled;
         self
     }
 
@@ -599,6 +611,9 @@ pub struct Cluster {
     /// The latest delivery time of an in-order message on each link (from, to): the next
     /// in-order message on that link arrives no earlier.
     link_tail_ms: BTreeMap<(NodeId, NodeId), u64>,
+    /// Links (from, to) whose messages are held back until the time given
+    /// ([`Cluster::hold_back`]).
+    held_until_ms: BTreeMap<(NodeId, NodeId), u64>,
     /// Timers by (time, sequence number); sequence numbers are shared with messages, so equal
     /// times resolve in scheduling order.
     timers: BTreeMap<(u64, u64), Timer>,
@@ -645,6 +660,7 @@ impl Cluster {
             replay_hint: "rerun the test that printed this".into(),
             record_readies: false,
             forward_sessions: false,
+            clocks_at_extremes: false,
         }
     }
 
@@ -669,6 +685,7 @@ impl Cluster {
             next_cut: 1,
             in_flight: BTreeMap::new(),
             link_tail_ms: BTreeMap::new(),
+            held_until_ms: BTreeMap::new(),
             timers: BTreeMap::new(),
             sequence: 0,
             network_rng: SimRng::stream(seed, 1),
@@ -717,7 +734,11 @@ impl Cluster {
                 hold_ends_ms: None,
                 kv: KvReplica::new(session_limits),
                 reads_awaiting_apply: BTreeMap::new(),
-                tick_skew_ms: skew_rng.between(0, skew_max),
+                tick_skew_ms: if builder.clocks_at_extremes {
+                    skew_max * u64::from(skew_rng.chance(0.5))
+                } else {
+                    skew_rng.between(0, skew_max)
+                },
                 incarnation: 0,
                 restarts: 0,
                 amnesias: 0,
@@ -1621,6 +1642,9 @@ impl Cluster {
 
     /// When a message sent now on the link `from` -> `to` arrives.
     fn delivery_time(&mut self, from: NodeId, to: NodeId) -> u64 {
+        if let Some(at_ms) = self.held_at_ms(from, to) {
+            return at_ms;
+        }
         let network = self.network;
         let rng = &mut self.network_rng;
         if rng.chance(network.long_delay_probability) {
@@ -1636,6 +1660,50 @@ impl Cluster {
         let tail = self.link_tail_ms.entry((from, to)).or_insert(0);
         *tail = (*tail).max(at_ms);
         *tail
+    }
+
+    /// While the link `from` -> `to` is held back, when a message on it arrives: after the
+    /// hold, within the network's ordinary delay, in no particular order.
+    fn held_at_ms(&mut self, from: NodeId, to: NodeId) -> Option<u64> {
+        let until_ms = *self.held_until_ms.get(&(from, to))?;
+        if until_ms <= self.now_ms {
+            self.held_until_ms.remove(&(from, to));
+            return None;
+        }
+        self.stats.messages_held += 1;
+        let spread_ms = self.network.delay_ms_max.max(1);
+        Some(until_ms + self.network_rng.between(0, spread_ms))
+    }
+
+    /// Holds back every message between `a` and `b`, both ways, in flight now or sent before
+    /// `until_ms`: they all arrive after `until_ms`, within the network's ordinary delay, in a
+    /// seeded order that ignores the order they were sent in (a stalled connection that
+    /// resumes, its lanes racing each other). Messages on other links pass as usual, so the
+    /// two ends hear the rest of the cluster long before they hear each other.
+    pub fn hold_back(&mut self, a: impl Into<NodeId>, b: impl Into<NodeId>, until_ms: u64) {
+        let (a, b) = (a.into(), b.into());
+        assert_ne!(a, b, "a link joins two nodes");
+        self.trace_line(format_args!("hold back {a}<->{b} until {until_ms}"));
+        for link in [(a, b), (b, a)] {
+            let until = self.held_until_ms.entry(link).or_insert(0);
+            *until = (*until).max(until_ms);
+        }
+        let held: Vec<(u64, u64)> = self
+            .in_flight
+            .iter()
+            .filter(|(_, e)| {
+                let link = (e.message.from, e.message.to);
+                link == (a, b) || link == (b, a)
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for key in held {
+            let envelope = self.in_flight.remove(&key).expect("listed above");
+            let (from, to) = (envelope.message.from, envelope.message.to);
+            let at_ms = self.held_at_ms(from, to).unwrap_or(key.0).max(key.0);
+            let key = (at_ms, self.next_sequence());
+            self.in_flight.insert(key, envelope);
+        }
     }
 
     /// True when no cut blocks messages from `from` to `to`.

@@ -86,7 +86,18 @@
 //! retried command is one operation for the linearizability checker, from its first attempt
 //! to its answer; one no attempt answered stays unknown, and it "did not happen" only when
 //! every attempt failed definitely. Node clocks tick at
-//! rates within the lease's drift assumption ([`lease_clock_margin_holds`]). Then every cut
+//! rates within the lease's drift assumption ([`lease_clock_margin_holds`]); on half the
+//! lease seeds they sit at its edge (ticks of 20 ms, each clock exact or 4 ms slow per tick:
+//! the slowest lease ends 5 ms before the fastest follower's vote promise), often with a
+//! narrow election timeout (PreVote on), so followers time out as their promise ends. On
+//! half the seeds the messages between two nodes are held back for a while, both ways, and
+//! then arrive in a new order ([`Cluster::hold_back`]): at random, and around a campaign
+//! (the campaigner and one other voter), where a late answer carrying a newer term can
+//! overtake the request sent before it. On most seeds that lose disks, a voter also loses
+//! its disk right after it acknowledged an entry only a bare quorum holds (once the leader
+//! counted it), and the leader then crashes or is cut off while every other cut heals: a
+//! stale leader may reach the amnesiac node, and a candidate lacking the entry may ask it for
+//! the vote it needs. Then every cut
 //! heals, every node restarts and loss stops, the leader hands over once more, and a leader
 //! must exist, every operation in flight must be answered and a fresh write must apply on every
 //! node, within a bounded virtual time of the last catch-up (a member applying an entry of the
