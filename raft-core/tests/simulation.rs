@@ -242,10 +242,6 @@ fn faults_actually_happened() {
     for (what, count) in [
         ("crashes", crashes),
         ("restarts with a lost disk", amnesias),
-        (
-            "disks lost right after an acknowledgement",
-            amnesias_after_ack,
-        ),
         ("link pairs held back", holds),
         ("partitions", partitions),
         ("one-way cuts", one_way),
@@ -263,6 +259,11 @@ fn faults_actually_happened() {
             "too few {what}: {count}"
         );
     }
+    // Only on seeds that lose disks, run PreVote and change no membership, once a run.
+    assert!(
+        amnesias_after_ack >= reports.len() as u64 / 50,
+        "too few disks lost right after an acknowledgement: {amnesias_after_ack}"
+    );
     for profile in ["calm", "lossy", "partitions", "crashes", "chaos"] {
         assert!(
             reports.iter().any(|r| r.profile == profile),
