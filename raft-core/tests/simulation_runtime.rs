@@ -13,22 +13,12 @@
 
 use raft_core::testkit::log_store_suite::{run_all, StoreHarness};
 use raft_core::testkit::runtime_sim::{run, DiskFaults, RuntimeReport, RuntimeSimOptions, SimDisk};
+use raft_core::testkit::seeds::{env_u64, run_seeds};
 use raft_core::{LogStore, StorageError};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 const SEEDS_DEFAULT: u64 = 200;
-
-fn env_u64(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    Some(
-        value
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
-    )
-}
 
 /// The reports of every seed of this run, computed once (on every core) and shared by the
 /// tests that assert on them. Empty when replaying a single seed.
@@ -41,7 +31,9 @@ fn reports() -> &'static [RuntimeReport] {
         let start = env_u64("SIM_SEED_START").unwrap_or(1);
         let count = env_u64("SIM_SEEDS").unwrap_or(SEEDS_DEFAULT);
         let began = std::time::Instant::now();
-        let reports = run_seeds(start..start + count);
+        let reports = run_seeds(start..start + count, |seed| {
+            run(&RuntimeSimOptions::from_seed(seed))
+        });
         let seconds = began.elapsed().as_secs_f64();
         println!(
             "{count} runtime seeds in {seconds:.1} s ({:.1} seeds/s)",
@@ -49,45 +41,6 @@ fn reports() -> &'static [RuntimeReport] {
         );
         reports
     })
-}
-
-/// Runs seeds on every core; stops at the first failure and panics with its message (which
-/// holds the replay command).
-fn run_seeds(seeds: std::ops::Range<u64>) -> Vec<RuntimeReport> {
-    let next = AtomicU64::new(seeds.start);
-    let failed = AtomicBool::new(false);
-    let reports = Mutex::new(Vec::new());
-    let failures = Mutex::new(Vec::new());
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= seeds.end || failed.load(Ordering::Relaxed) {
-                    return;
-                }
-                let options = RuntimeSimOptions::from_seed(seed);
-                match panic::catch_unwind(AssertUnwindSafe(|| run(&options))) {
-                    Ok(report) => reports.lock().unwrap().push(report),
-                    Err(payload) => {
-                        failed.store(true, Ordering::Relaxed);
-                        let message = payload
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .unwrap_or_else(|| format!("seed {seed} panicked"));
-                        failures.lock().unwrap().push(message);
-                    }
-                }
-            });
-        }
-    });
-    let failures = failures.into_inner().unwrap();
-    if !failures.is_empty() {
-        panic!("{}", failures.join("\n\n"));
-    }
-    let mut reports = reports.into_inner().unwrap();
-    reports.sort_by_key(|r| r.seed);
-    reports
 }
 
 #[test]

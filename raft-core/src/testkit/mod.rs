@@ -8,4 +8,5 @@ pub mod log_store_suite;
 pub mod network_bench;
 pub mod network_suite;
 pub mod runtime_sim;
+pub mod seeds;
 pub mod sim;
