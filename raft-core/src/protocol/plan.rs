@@ -8,7 +8,7 @@
 //! 1. [`ReadyPlan::new`] splits a ready into what leaves at once, the job for the writer (the
 //!    write and the messages that wait for it), and what goes to the state machine;
 //! 2. the writer queues [`WriteJob`]s, and takes them as one group when the first may not
-//!    wait ([`group_may_wait`], at most [`MERGED_WRITES_MAX`] at a time);
+//!    wait ([`group_may_wait`]; [`group_len`] says how many);
 //! 3. [`WriteGroup::merge`] folds the group into the fewest store operations that keep their
 //!    order ([`WriteStep`]), and names the messages to release and the ready number to report
 //!    once every step is durable;
@@ -154,6 +154,25 @@ pub struct WriteJob {
 /// wait (one that may not takes the others with it), and the group is not full.
 pub fn group_may_wait(jobs: &[WriteJob]) -> bool {
     !jobs.is_empty() && jobs.len() < MERGED_WRITES_MAX && jobs.iter().all(|job| job.may_wait)
+}
+
+/// How many of the queued jobs, front first, make the next group: at most
+/// [`MERGED_WRITES_MAX`], and the data of one received snapshot at most. A job that opens a
+/// new sink after earlier snapshot data in the group starts the next group, so that the
+/// acknowledgements of the earlier snapshot's bytes leave while those bytes are still the
+/// sink's (opening the new one drops them). At least one when any job is queued.
+pub fn group_len<'a>(jobs: impl IntoIterator<Item = &'a WriteJob>) -> usize {
+    let mut count = 0;
+    let mut snapshot_data = false;
+    for job in jobs.into_iter().take(MERGED_WRITES_MAX) {
+        let opens = job.snapshot_writes.iter().any(|write| write.offset == 0);
+        if opens && snapshot_data {
+            break;
+        }
+        snapshot_data |= !job.snapshot_writes.is_empty();
+        count += 1;
+    }
+    count
 }
 
 /// One store operation of a merged group.
@@ -449,6 +468,33 @@ mod tests {
         assert!(!group_may_wait(&[]));
         assert!(group_may_wait(&[waiting(1), waiting(2)]));
         assert!(!group_may_wait(&[waiting(1), job(2, LogWrite::default())]));
+    }
+
+    #[test]
+    fn a_new_snapshot_starts_the_next_group() {
+        let meta = |index| SnapshotMeta {
+            last_index: LogIndex(index),
+            last_term: Term(1),
+            membership: crate::membership::Membership::new([crate::types::NodeId(1)]),
+            data_bytes: 8,
+            checksum: 0,
+            format_version: 0,
+        };
+        let data = |number, index, offset| WriteJob {
+            number,
+            snapshot_writes: vec![SnapshotWrite {
+                meta: meta(index),
+                offset,
+                data: bytes::Bytes::from(vec![0; 4]),
+                last: false,
+            }],
+            ..WriteJob::default()
+        };
+        let queued = [data(1, 10, 0), data(2, 10, 4), job(3, LogWrite::default())];
+        assert_eq!(group_len(&queued), 3);
+        let queued = [data(1, 10, 0), job(2, LogWrite::default()), data(3, 20, 0)];
+        assert_eq!(group_len(&queued), 2, "the newer snapshot waits");
+        assert_eq!(group_len(&queued[2..]), 1);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::protocol::plan::{self, WriteGroup, WriteJob, WriteStep, MERGED_WRITES
 use crate::protocol::SnapshotWrite;
 use crate::snapshot::SnapshotSink;
 use crate::storage::LogStore;
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,23 +32,31 @@ pub(super) async fn run(
         cursor: plan::SnapshotCursor::default(),
         sink: None,
     };
-    while let Some(first) = jobs.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MERGED_WRITES_MAX {
-            let Ok(job) = jobs.try_recv() else { break };
-            batch.push(job);
+    // Jobs received and not yet written, in order (a group may leave some for the next).
+    let mut queued: VecDeque<WriteJob> = VecDeque::new();
+    loop {
+        if queued.is_empty() {
+            match jobs.recv().await {
+                Some(job) => queued.push_back(job),
+                None => return,
+            }
         }
-        if plan::group_may_wait(&batch) {
+        while queued.len() < MERGED_WRITES_MAX {
+            let Ok(job) = jobs.try_recv() else { break };
+            queued.push_back(job);
+        }
+        if plan::group_may_wait(queued.make_contiguous()) {
             let deadline = Instant::now() + leader_write_delay_max;
-            while plan::group_may_wait(&batch) {
+            while plan::group_may_wait(queued.make_contiguous()) {
                 match tokio::time::timeout_at(deadline, jobs.recv()).await {
-                    Ok(Some(job)) => batch.push(job),
+                    Ok(Some(job)) => queued.push_back(job),
                     // Waited long enough, or the driver stopped: write what there is.
                     Ok(None) | Err(_) => break,
                 }
             }
         }
-        let group = WriteGroup::merge(batch);
+        let count = plan::group_len(&queued);
+        let group = WriteGroup::merge(queued.drain(..count));
         if let Err(why) = write_group(&*store, &mut receiving, group.steps).await {
             shared.fail(why);
             return;

@@ -1008,7 +1008,7 @@ impl Cluster {
             }
         }
         node.hold_ends_ms = None;
-        let count = node.queued.len().min(plan::MERGED_WRITES_MAX);
+        let count = plan::group_len(&node.queued);
         let group = WriteGroup::merge(node.queued.drain(..count));
         let empty = group.is_empty();
         let delay = if empty {
