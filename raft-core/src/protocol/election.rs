@@ -136,7 +136,12 @@ impl RawNode {
             if self.may_campaign() {
                 self.start_election();
             } else {
-                // Learners, joining and removed nodes never campaign.
+                // Learners, joining and removed nodes never campaign. Silent for a whole
+                // election timeout, the leader is no longer known: a learner that kept it
+                // (with its clock restarted) would refuse every vote for ever under
+                // CheckQuorum's promise (`vote_promised_to_leader`), while a promotion that
+                // needs its vote waits for a leader (seed 1523 of 20000).
+                self.leader = None;
                 self.reset_election_timeout();
             }
         }
