@@ -157,19 +157,17 @@ pub fn group_may_wait(jobs: &[WriteJob]) -> bool {
 }
 
 /// How many of the queued jobs, front first, make the next group: at most
-/// [`MERGED_WRITES_MAX`], and the data of one received snapshot at most. A job that opens a
-/// new sink after earlier snapshot data in the group starts the next group, so that the
-/// acknowledgements of the earlier snapshot's bytes leave while those bytes are still the
-/// sink's (opening the new one drops them). At least one when any job is queued.
+/// [`MERGED_WRITES_MAX`], and a job that opens a new snapshot sink always starts a group, so
+/// that every acknowledgement queued before it (of the earlier snapshot's bytes, even one
+/// that only repeats them) leaves while those bytes are still the sink's: opening the new one
+/// drops them. At least one when any job is queued.
 pub fn group_len<'a>(jobs: impl IntoIterator<Item = &'a WriteJob>) -> usize {
     let mut count = 0;
-    let mut snapshot_data = false;
     for job in jobs.into_iter().take(MERGED_WRITES_MAX) {
         let opens = job.snapshot_writes.iter().any(|write| write.offset == 0);
-        if opens && snapshot_data {
+        if opens && count > 0 {
             break;
         }
-        snapshot_data |= !job.snapshot_writes.is_empty();
         count += 1;
     }
     count
@@ -495,6 +493,12 @@ mod tests {
         let queued = [data(1, 10, 0), job(2, LogWrite::default()), data(3, 20, 0)];
         assert_eq!(group_len(&queued), 2, "the newer snapshot waits");
         assert_eq!(group_len(&queued[2..]), 1);
+        let queued = [job(1, LogWrite::default()), data(2, 20, 0)];
+        assert_eq!(
+            group_len(&queued),
+            1,
+            "even after a job without snapshot data"
+        );
     }
 
     #[test]
