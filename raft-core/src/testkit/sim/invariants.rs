@@ -17,7 +17,11 @@
 //!   which votes only for a log at least as up to date (Raft §5.4.3), whatever term that
 //!   voter has moved on to (a group commit may make an acknowledged entry and a later vote
 //!   durable together). A durable majority of the entry alone is not enough: in Figure 8 an
-//!   entry of term 2 sits on a majority and is still overwritten. `backed` is the highest index so verified; a node that claims a
+//!   entry of term 2 sits on a majority and is still overwritten. A node's durable history is
+//!   that of the life (incarnation) the leader's membership records, as the protocol counts
+//!   only that life: an in-memory node that acknowledged, then lost its disk before the leader
+//!   counted the acknowledgement, still counts (no protocol can see that loss) until a leader
+//!   records its new life. `backed` is the highest index so verified; a node that claims a
 //!   commit index beyond it (or applies an entry beyond it) is a violation at once.
 //! - **Leader Completeness**: `committed` is the cluster's committed log, each entry with the
 //!   term of the leader that committed it. Every leader of that term or a later one must hold
@@ -98,6 +102,10 @@ struct Watch {
     /// Invariant: never shrinks, kept across crashes (it records what the disk once promised,
     /// not what it holds now).
     durable_in_term: BTreeMap<Term, LogIndex>,
+    /// The `durable_in_term` of each earlier life, lost with its disk: `earlier_lives[k]` is
+    /// that of incarnation `k`. A leader whose membership still records such a life counts
+    /// what it acknowledged before the loss, as the protocol does (see `check_backed`).
+    earlier_lives: Vec<BTreeMap<Term, LogIndex>>,
 }
 
 /// The checker. Panics on the first violation, naming the seed.
@@ -292,13 +300,15 @@ impl Invariants {
         watch.durable = hard_state;
     }
 
-    /// `node` lost its disk and comes back in a new incarnation: what the old disk promised is
-    /// void, so its durable history starts afresh (commits verified before stay verified; a
-    /// committed entry it alone held is then missed by Leader Completeness).
+    /// `node` lost its disk and comes back in a new incarnation: its durable history starts
+    /// afresh. The old one is kept for leaders whose membership still records the old life
+    /// (see `check_backed`); a committed entry that life alone held is then missed by Leader
+    /// Completeness.
     pub(crate) fn on_amnesia(&mut self, node: NodeId) {
         let watch = self.nodes.entry(node).or_default();
         watch.durable = HardState::default();
-        watch.durable_in_term.clear();
+        let lost = std::mem::take(&mut watch.durable_in_term);
+        watch.earlier_lives.push(lost);
     }
 
     /// `node` starts (again) from its durable state.
@@ -613,14 +623,26 @@ impl Invariants {
             ));
         }
         let term = raw.term();
-        let held = |id: NodeId| {
-            self.nodes
-                .get(&id)
-                .and_then(|w| w.durable_in_term.get(&term))
-                .copied()
-                .unwrap_or(LogIndex(0))
-        };
         let membership = raw.membership();
+        // The life the leader's membership records is the one whose acknowledgements count
+        // (`Membership::counts`). A node that lost its disk since acknowledging, and whose new
+        // life the membership has not recorded, still counts with what its earlier life held:
+        // the leader cannot know of the loss, and that new life neither votes nor counts
+        // until a leader records it (a commit that needs a quorum, so of the entry too), so
+        // every election still meets a holder. Leader Completeness and the end-of-run checks
+        // verify that this reasoning holds; counting a life the membership no longer records
+        // is a violation here.
+        let held = |id: NodeId| {
+            let Some(watch) = self.nodes.get(&id) else {
+                return LogIndex(0);
+            };
+            let life = membership.incarnation_of(id).0 as usize;
+            let history = watch
+                .earlier_lives
+                .get(life)
+                .unwrap_or(&watch.durable_in_term);
+            history.get(&term).copied().unwrap_or(LogIndex(0))
+        };
         if !membership.is_quorum(|id| held(id) >= to) {
             let holders: Vec<String> = membership
                 .all_voters()

@@ -1598,8 +1598,8 @@ impl<'a> Driver<'a> {
     /// The leader and a voter other than it, up, that hold the leader's last durable entry
     /// when only a bare quorum of the voters' disks does, and that may lose its disk. The
     /// leader has committed the entry and has nothing beyond it: every acknowledgement it can
-    /// count was counted before the disk was lost (one counted after would rest on a disk that
-    /// no longer holds the entry, a loss no protocol can see, and the commit check flags it).
+    /// count was counted before the disk was lost, so the loss leaves the entry one holder
+    /// short of a quorum, the case the fault is after.
     fn bare_quorum_holder(&self) -> Option<(NodeId, NodeId)> {
         let leader = self.cluster.leader()?;
         let raw = self.cluster.node(leader);
