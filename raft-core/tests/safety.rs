@@ -347,3 +347,80 @@ fn an_amnesiac_nodes_acknowledgements_count_for_nothing() {
         );
     }
 }
+
+/// Seed 1523 of 20000. A learner that heard its leader once and then nothing must still answer
+/// a vote after a silent election timeout: a single voter that proposed promoting it and then
+/// stepped down (CheckQuorum in the joint configuration) needs exactly that vote. The learner
+/// may not campaign, so at each timeout it only restarted its clock; it kept the leader it no
+/// longer heard, and CheckQuorum's promise to that leader (`leader known and the clock below
+/// the minimum timeout`) refused every vote for ever. Now it forgets the silent leader.
+#[test]
+fn a_learner_that_no_longer_hears_its_leader_answers_votes() {
+    let restore = bootstrapped(&[1], &[2], 1);
+    let mut config = Config::new(NodeId(2), Vec::new());
+    config.seed = 11;
+    config.check_quorum = true;
+    let timeout_max = config.election_timeout_ticks_max;
+    let mut learner = RawNode::new(config, restore).expect("a valid node");
+    let from_leader = |body| Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        term: Term(2),
+        incarnation: raft_core::Incarnation(0),
+        body,
+    };
+    learner.step(from_leader(MessageBody::Heartbeat {
+        commit: LogIndex(1),
+        read_seq: 0,
+        follower_incarnation: raft_core::Incarnation(0),
+    }));
+    let answer = learner.ready();
+    learner.persisted(answer.number);
+    assert_eq!(
+        learner.leader(),
+        Some(NodeId(1)),
+        "the learner knows its leader"
+    );
+
+    // The leader falls silent (it lost its joint quorum) and campaigns in term 3, asking the
+    // learner, a voter of the incoming half, for its vote. Past one silent election timeout,
+    // whenever the pre-vote comes, it is granted (a pre-vote changes nothing on the receiver,
+    // so each tick can ask again).
+    let vote_request = |pre_vote| Message {
+        term: Term(3),
+        ..from_leader(MessageBody::VoteRequest {
+            pre_vote,
+            last_log_index: LogIndex(2),
+            last_log_term: Term(2),
+            transfer: false,
+        })
+    };
+    let granted = |ready: &Ready, pre: bool| {
+        ready
+            .messages
+            .iter()
+            .chain(ready.messages_after_write.iter())
+            .any(|m| {
+                matches!(m.body, MessageBody::VoteResponse { granted: true, pre_vote, .. } if pre_vote == pre)
+            })
+    };
+    for _ in 0..=timeout_max {
+        learner.tick();
+        let ready = learner.ready();
+        learner.persisted(ready.number);
+    }
+    for tick in 0..2 * timeout_max {
+        learner.tick();
+        learner.step(vote_request(true));
+        let ready = learner.ready();
+        assert!(
+            granted(&ready, true),
+            "tick {tick} after the silent timeout: the pre-vote is refused: {ready:?}"
+        );
+        learner.persisted(ready.number);
+    }
+    assert_eq!(learner.leader(), None, "a silent leader is forgotten");
+    learner.step(vote_request(false));
+    let ready = learner.ready();
+    assert!(granted(&ready, false), "the vote is granted: {ready:?}");
+}
