@@ -157,15 +157,23 @@ pub fn group_may_wait(jobs: &[WriteJob]) -> bool {
 }
 
 /// How many of the queued jobs, front first, make the next group: at most
-/// [`MERGED_WRITES_MAX`], and a job that opens a new snapshot sink always starts a group, so
-/// that every acknowledgement queued before it (of the earlier snapshot's bytes, even one
-/// that only repeats them) leaves while those bytes are still the sink's: opening the new one
-/// drops them. At least one when any job is queued.
+/// [`MERGED_WRITES_MAX`], and a job that takes away what an earlier job's messages promise
+/// always starts a group, so that those messages leave while the promise is still true:
+/// - one that opens a new snapshot sink: the acknowledgements queued before it (of the
+///   earlier snapshot's bytes, even one that only repeats them) count bytes opening the new
+///   sink drops;
+/// - one that truncates the log: the acknowledgements queued before it may name entries the
+///   truncation removes (an append of the old leader's, then a new leader's conflicting one);
+///   released after the merged write, they would promise entries the disk no longer holds,
+///   and the old leader could commit with them (seed 14969 of 20000).
+///
+/// At least one when any job is queued.
 pub fn group_len<'a>(jobs: impl IntoIterator<Item = &'a WriteJob>) -> usize {
     let mut count = 0;
     for job in jobs.into_iter().take(MERGED_WRITES_MAX) {
         let opens = job.snapshot_writes.iter().any(|write| write.offset == 0);
-        if opens && count > 0 {
+        let truncates = job.write.truncate_from.is_some();
+        if (opens || truncates) && count > 0 {
             break;
         }
         count += 1;
@@ -499,6 +507,42 @@ mod tests {
             1,
             "even after a job without snapshot data"
         );
+    }
+
+    #[test]
+    fn a_truncation_starts_the_next_group() {
+        let append = |number, from, to, term| {
+            job(
+                number,
+                LogWrite {
+                    entries: entries(from, to, term),
+                    ..LogWrite::default()
+                },
+            )
+        };
+        let truncate = |number, from, term| {
+            job(
+                number,
+                LogWrite {
+                    truncate_from: Some(LogIndex(from)),
+                    entries: entries(from, from, term),
+                    ..LogWrite::default()
+                },
+            )
+        };
+        let queued = [
+            append(1, 241, 241, 7),
+            append(2, 242, 242, 7),
+            truncate(3, 240, 8),
+        ];
+        assert_eq!(
+            group_len(&queued),
+            2,
+            "the acknowledgements of i241 and i242 leave before the truncation removes them"
+        );
+        assert_eq!(group_len(&queued[2..]), 1);
+        let queued = [truncate(1, 240, 8), append(2, 241, 241, 8)];
+        assert_eq!(group_len(&queued), 2, "a truncation may open a group");
     }
 
     #[test]
