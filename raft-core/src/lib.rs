@@ -205,19 +205,17 @@
 //! (`testkit::sim` does exactly that under faults).
 #![deny(missing_docs)]
 
-pub mod config;
 pub mod local_network;
-pub mod membership;
-pub mod message;
 pub mod network;
-pub mod protocol;
 pub mod runtime;
 pub mod sessions;
 pub mod snapshot;
 pub mod state_machine;
 pub mod storage;
-pub mod types;
 pub mod wire;
+
+// The protocol and its data live in raft-proto; these keep every `raft_core::` path to them.
+pub use raft_proto::{config, membership, message, protocol, types};
 
 #[cfg(feature = "transport-kit")]
 pub mod transport_kit;

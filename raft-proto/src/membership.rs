@@ -9,8 +9,8 @@
 //! the new voters alone. Only one change is in progress at a time.
 //!
 //! ```
-//! use raft_core::membership::{Membership, MembershipChange};
-//! use raft_core::NodeId;
+//! use raft_proto::membership::{Membership, MembershipChange};
+//! use raft_proto::NodeId;
 //!
 //! let current = Membership::new([NodeId(1), NodeId(2), NodeId(3)]);
 //! // Add node 4 as a learner: no vote, no joint step needed.
@@ -23,7 +23,7 @@
 //! let last = joint.leave_joint();
 //! assert_eq!(last.voters.iter().copied().collect::<Vec<_>>(), [NodeId(2), NodeId(3), NodeId(4)]);
 //! assert!(last.removed.contains(&NodeId(1)));
-//! # Ok::<(), raft_core::membership::MembershipError>(())
+//! # Ok::<(), raft_proto::membership::MembershipError>(())
 //! ```
 
 use crate::types::{Incarnation, LogIndex, NodeId};

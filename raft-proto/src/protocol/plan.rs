@@ -24,10 +24,10 @@
 //! order is the [IO contract](crate#the-io-contract).
 //!
 //! ```
-//! use raft_core::protocol::plan::{ReadyPlan, WriteGroup, WriteStep};
-//! use raft_core::protocol::{RawNode, Restore, Role};
-//! use raft_core::types::{Entry, EntryPayload, LogIndex, NodeId, ProposalId};
-//! use raft_core::Config;
+//! use raft_proto::protocol::plan::{ReadyPlan, WriteGroup, WriteStep};
+//! use raft_proto::protocol::{RawNode, Restore, Role};
+//! use raft_proto::types::{Entry, EntryPayload, LogIndex, NodeId, ProposalId};
+//! use raft_proto::Config;
 //!
 //! let config = Config::new(NodeId(1), vec![NodeId(1)]);
 //! let mut node = RawNode::new(config, Restore::default()).expect("a valid config");
