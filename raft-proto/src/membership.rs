@@ -34,8 +34,8 @@ use std::collections::{BTreeMap, BTreeSet};
 /// What the cluster knows of a member besides its ID: where peers reach it and whatever the
 /// application adds (its client address, a zone; openraft calls this a `Node`). It is
 /// committed with the membership, so every node, and every node that joins later from the log
-/// or a snapshot, learns it; the runtime hands it to the [`crate::Network`] as memberships
-/// change ([`crate::Network::members_changed`]), so nobody adds peers by hand.
+/// or a snapshot, learns it; raft-core's runtime hands it to the `Network` as memberships
+/// change (`Network::members_changed`), so nobody adds peers by hand.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeMeta {
     /// Where peers reach the node, in the form the transport reads (`host:port` for TCP and
