@@ -32,13 +32,14 @@ bench:
 plant:
 	raft-core/mutants/plant.sh
 
-# Mutation testing of the protocol with cargo-mutants, the simulation and scenario tests as the
-# test command. Long (hundreds of mutants, each a rebuild and a simulation run); narrow it with
-# e.g. MUTANTS_FILES=raft-core/src/protocol/transfer.rs, add options with MUTANTS_ARGS (such as
+# Mutation testing of the protocol (raft-proto) with cargo-mutants, raft-core's simulation and
+# scenario tests as the test command (--test-package: the tests that exercise the protocol live
+# in raft-core). Long (hundreds of mutants, each a rebuild and a simulation run); narrow it with
+# e.g. MUTANTS_FILES=raft-proto/src/protocol/transfer.rs, add options with MUTANTS_ARGS (such as
 # "--output /tmp/mutants"). Survivors go in raft-core/MUTANTS.md.
-MUTANTS_FILES ?= raft-core/src/protocol/**/*.rs
+MUTANTS_FILES ?= raft-proto/src/protocol/**/*.rs
 MUTANTS_ARGS ?=
 mutants:
 	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install --locked cargo-mutants
-	$(CARGO) mutants --package raft-core --file '$(MUTANTS_FILES)' --cargo-arg=--release \
-		$(MUTANTS_ARGS) -- --test simulation --test scenarios
+	$(CARGO) mutants --package raft-proto --test-package raft-core --file '$(MUTANTS_FILES)' \
+		--cargo-arg=--release $(MUTANTS_ARGS) -- --test simulation --test scenarios

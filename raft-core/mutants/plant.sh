@@ -7,9 +7,12 @@
 #   raft-core/mutants/plant.sh                 # every patch
 #   raft-core/mutants/plant.sh c-double-vote   # some, by name
 #
+# Most patches plant their bug in the protocol (raft-proto/src/protocol), some in raft-core; the
+# tests that must catch it are raft-core's either way.
+#
 # PLANT_SCRATCH (default $TMPDIR/raft-plant) is the scratch copy, PLANT_TARGET_DIR (default
-# $TMPDIR/raft-plant-target) its cargo target directory, kept between runs so only raft-core
-# rebuilds. The working tree is never modified. Logs: $PLANT_SCRATCH.logs/<bug>.<target>.log.
+# $TMPDIR/raft-plant-target) its cargo target directory, kept between runs so only raft-proto
+# and raft-core rebuild. The working tree is never modified. Logs: $PLANT_SCRATCH.logs/<bug>.<target>.log.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)

@@ -158,66 +158,36 @@
 //! # }
 //! ```
 //!
-//! # The IO contract
+//! # The protocol and its IO contract
 //!
-//! The protocol ([`protocol::RawNode`]) does no IO. Each call to [`protocol::RawNode::ready`]
-//! returns a [`protocol::Ready`], and whoever drives the protocol must, for every ready:
+//! The protocol lives in a crate of its own, raft-proto, which depends on no async runtime
+//! and no IO crate (the `boundary` test checks its dependency graph). raft-core re-exports it
+//! under the paths it always had: [`protocol`], [`types`], [`membership`], [`message`],
+//! [`config`], the crate-root names such as [`Config`] and [`Entry`], and [`LogWrite`] and
+//! [`SnapshotMeta`] in [`storage`] and [`snapshot`].
 //!
-//! 1. **Send** `ready.messages` at once. They are a leader's appends and heartbeats, which
-//!    promise nothing about local durability, so a leader replicates in parallel with its own
-//!    disk write.
-//! 2. **Persist** `ready.write` through [`LogStore::write`]: truncate the conflicting suffix,
-//!    append the entries, save the hard state. Writes are made durable in `ready.number`
-//!    order; they may be merged (group commit). A write marked `ready.write_may_wait` may
-//!    be held back, for a bounded time, to share a sync with a later one.
-//! 3. **Then send** `ready.messages_after_write`: votes and acknowledgements of entries. A
-//!    vote must never leave before the hard state that records it is durable, and a follower
-//!    must never acknowledge an entry it could lose in a crash.
-//! 4. **Acknowledge** with [`protocol::RawNode::persisted`]`(ready.number)`. Only now does a
-//!    leader count its own copy of the entries toward a majority.
-//! 5. **Apply** `ready.committed` to the [`StateMachine`] in order, answer the proposer of
-//!    each entry that carries a proposal ID, and report progress with
-//!    [`protocol::RawNode::applied`]. Committed entries are handed out only once they are
-//!    durable locally, so a restarted node never has applied state beyond its log.
-//!    A [`EntryPayload::SessionCommand`] passes a [`sessions::SessionTable`] first: only
-//!    the first copy of each (session, sequence) reaches the state machine, and later copies
-//!    are answered from the table ([`runtime::RaftNode`] does this for every machine).
-//! 6. **Fail** each proposal in `ready.failed_proposals` with its error;
-//!    [`protocol::ProposeError::is_definite`] says whether the command may still apply.
-//! 7. **Snapshots**: before step 2, write `ready.snapshot_writes` into a store sink (the last
-//!    one finishes it) and purge the log up to `ready.purge_to`; fill each message of
-//!    `ready.snapshot_chunks` with its bytes from the store and send it; before step 5, install
-//!    `ready.install_snapshot` in the state machine, once it says it reads the snapshot's
-//!    format ([`snapshot::SnapshotFormatError::check`]); after step 5, build
-//!    `ready.build_snapshot`, record the machine's
-//!    [`StateMachine::snapshot_format_version`] in its meta and report it with
-//!    [`protocol::RawNode::snapshot_built`].
-//! 8. **Reads and transfers**: answer each `(id, index)` of `ready.reads` once the state
-//!    machine has applied `index`, fail those of `ready.failed_reads`, and tell whoever asked
-//!    for a leadership transfer of `ready.transfer_failed`.
-//!
-//! [`protocol::plan`] holds these decisions as pure functions (which part of a ready goes
-//! where, how queued writes merge into one group, where snapshot data goes); the runtime and
-//! the simulator both carry readies out through them, and its example drives a node by hand.
-//!
-//! Time reaches the protocol only through [`protocol::RawNode::tick`] and randomness only
-//! through the seed in [`Config`], so one seed replays a whole cluster bit for bit
-//! (`testkit::sim` does exactly that under faults).
+//! raft-proto's crate docs write the [IO contract](raft_proto#the-io-contract) once: what
+//! whoever drives a [`protocol::RawNode`] must do with each [`protocol::Ready`], and in which
+//! order, to keep committed data safe. [`runtime::RaftNode`] is that driver here: it persists
+//! through [`LogStore::write`], sends through the [`Network`], applies to the
+//! [`StateMachine`] behind a [`sessions::SessionTable`] (step 5), installs a snapshot only
+//! once [`snapshot::SnapshotFormatError::check`] passes and records
+//! [`StateMachine::snapshot_format_version`] in the meta of each one it builds (step 7).
+//! `testkit::sim` carries out the same contract through the same [`protocol::plan`] pieces
+//! under faults, so one seed replays a whole cluster bit for bit.
 #![deny(missing_docs)]
 
-pub mod config;
 pub mod local_network;
-pub mod membership;
-pub mod message;
 pub mod network;
-pub mod protocol;
 pub mod runtime;
 pub mod sessions;
 pub mod snapshot;
 pub mod state_machine;
 pub mod storage;
-pub mod types;
 pub mod wire;
+
+// The protocol and its data live in raft-proto; these keep every `raft_core::` path to them.
+pub use raft_proto::{config, membership, message, protocol, types};
 
 #[cfg(feature = "transport-kit")]
 pub mod transport_kit;

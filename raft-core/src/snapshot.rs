@@ -28,53 +28,15 @@
 //! # }).unwrap();
 //! ```
 
-use crate::membership::Membership;
 use crate::state_machine::StateMachineError;
 use crate::storage::{LogStore, StorageError};
-use crate::types::{LogIndex, Term};
+use crate::types::LogIndex;
 use async_trait::async_trait;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-/// What a snapshot covers and how to check its data.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotMeta {
-    /// The last log index whose effect the snapshot holds.
-    pub last_index: LogIndex,
-    /// The term of that entry.
-    pub last_term: Term,
-    /// The membership in force at `last_index`.
-    pub membership: Membership,
-    /// Length of the data in bytes.
-    pub data_bytes: u64,
-    /// CRC-32 (IEEE) of the data.
-    pub checksum: u32,
-    /// The format of the state machine's part of the data, as
-    /// [`StateMachine::snapshot_format_version`](crate::StateMachine::snapshot_format_version)
-    /// said when the snapshot was built. A node installs the snapshot only when its state
-    /// machine [installs that format](crate::StateMachine::installs_snapshot_format).
-    pub format_version: u32,
-}
-
-impl SnapshotMeta {
-    /// True when `other` describes the same data: a transfer of one can resume with the other.
-    pub fn same_snapshot(&self, other: &SnapshotMeta) -> bool {
-        (
-            self.last_index,
-            self.last_term,
-            self.data_bytes,
-            self.checksum,
-            self.format_version,
-        ) == (
-            other.last_index,
-            other.last_term,
-            other.data_bytes,
-            other.checksum,
-            other.format_version,
-        )
-    }
-}
+// What a snapshot is, as data: defined in raft-proto, with the protocol.
+pub use raft_proto::snapshot::{checksum, SnapshotMeta};
 
 /// A snapshot whose data format this node's state machine does not install
 /// ([`StateMachine::installs_snapshot_format`](crate::StateMachine::installs_snapshot_format)
@@ -111,11 +73,6 @@ impl SnapshotFormatError {
             writes: machine.snapshot_format_version(),
         })
     }
-}
-
-/// The CRC-32 (IEEE) that [`SnapshotMeta::checksum`] holds, computed over `data` at once.
-pub fn checksum(data: &[u8]) -> u32 {
-    crc32fast::hash(data)
 }
 
 /// A snapshot being written into a [`LogStore`]. Dropping it unfinished

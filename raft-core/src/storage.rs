@@ -12,6 +12,9 @@ use bytes::Bytes;
 use std::fmt;
 use std::ops::Range;
 
+// The writes the protocol asks for, as data: defined in raft-proto, with the protocol.
+pub use raft_proto::storage::LogWrite;
+
 pub mod validate;
 
 /// The first and last index a store holds.
@@ -36,25 +39,6 @@ impl LogBounds {
     /// True when no entry is held.
     pub fn is_empty(&self) -> bool {
         self.last < self.first
-    }
-}
-
-/// One ordered group of writes the protocol asks for in a single step. A store should make
-/// it durable with one sync; the default applies the parts in order.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LogWrite {
-    /// Remove every entry at or after this index first (a conflicting suffix).
-    pub truncate_from: Option<LogIndex>,
-    /// Then append these entries; the first follows the last kept entry.
-    pub entries: Vec<Entry>,
-    /// Then save this hard state.
-    pub hard_state: Option<HardState>,
-}
-
-impl LogWrite {
-    /// True when there is nothing to write.
-    pub fn is_empty(&self) -> bool {
-        self.truncate_from.is_none() && self.entries.is_empty() && self.hard_state.is_none()
     }
 }
 

@@ -1,5 +1,6 @@
 //! The async node runtime: one [`RawNode`] driven by tokio against a [`LogStore`], a
-//! [`StateMachine`] and a [`Network`], following the numbered contract in the crate docs.
+//! [`StateMachine`] and a [`Network`], following the numbered
+//! [IO contract](raft_proto#the-io-contract) in raft-proto's crate docs.
 //!
 //! Three tasks share the work so that disk, network and application overlap:
 //! - the *driver* owns the protocol: it ticks it, steps received messages and proposals in

@@ -9,8 +9,8 @@
 //! the new voters alone. Only one change is in progress at a time.
 //!
 //! ```
-//! use raft_core::membership::{Membership, MembershipChange};
-//! use raft_core::NodeId;
+//! use raft_proto::membership::{Membership, MembershipChange};
+//! use raft_proto::NodeId;
 //!
 //! let current = Membership::new([NodeId(1), NodeId(2), NodeId(3)]);
 //! // Add node 4 as a learner: no vote, no joint step needed.
@@ -23,7 +23,7 @@
 //! let last = joint.leave_joint();
 //! assert_eq!(last.voters.iter().copied().collect::<Vec<_>>(), [NodeId(2), NodeId(3), NodeId(4)]);
 //! assert!(last.removed.contains(&NodeId(1)));
-//! # Ok::<(), raft_core::membership::MembershipError>(())
+//! # Ok::<(), raft_proto::membership::MembershipError>(())
 //! ```
 
 use crate::types::{Incarnation, LogIndex, NodeId};
@@ -34,8 +34,8 @@ use std::collections::{BTreeMap, BTreeSet};
 /// What the cluster knows of a member besides its ID: where peers reach it and whatever the
 /// application adds (its client address, a zone; openraft calls this a `Node`). It is
 /// committed with the membership, so every node, and every node that joins later from the log
-/// or a snapshot, learns it; the runtime hands it to the [`crate::Network`] as memberships
-/// change ([`crate::Network::members_changed`]), so nobody adds peers by hand.
+/// or a snapshot, learns it; raft-core's runtime hands it to the `Network` as memberships
+/// change (`Network::members_changed`), so nobody adds peers by hand.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeMeta {
     /// Where peers reach the node, in the form the transport reads (`host:port` for TCP and

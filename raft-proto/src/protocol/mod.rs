@@ -9,14 +9,9 @@
 //! inputs always give the same outputs: one seed replays a whole simulated cluster.
 //!
 //! Handling a `Ready` follows the [IO contract](crate#the-io-contract), written once in the
-//! crate docs; [`plan`] holds its decisions as pure functions, which the runtime
-//! ([`crate::runtime`]) and the simulator share.
-//!
-//! A leader may send its appends before its own write is durable (step 1 before step 2); it
-//! counts itself toward a commit majority only once step 4 says the entries are durable. No
-//! message that carries a term ever leaves before that term is durable: a leader elected within
-//! one step (a single voter) or before its candidate write was acknowledged finds its appends
-//! in `messages_after_write`. Forwards and read requests promise nothing and never wait.
+//! crate docs with the ordering rules that keep committed data safe; [`plan`] holds its
+//! decisions as pure functions, which raft-core's runtime (`raft_core::runtime`) and its
+//! simulator share.
 
 mod deferral;
 mod election;
@@ -96,7 +91,7 @@ pub struct Ready {
     /// What to make durable.
     pub write: LogWrite,
     /// Messages that may be sent at once: they promise nothing, or only a term that is
-    /// already durable ([`Promise`](crate::message::Promise)).
+    /// already durable ([`Promise`]).
     pub messages: Vec<Message>,
     /// Messages that may be sent only once `write` (and every earlier ready's) is durable.
     pub messages_after_write: Vec<Message>,

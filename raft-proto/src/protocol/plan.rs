@@ -1,8 +1,8 @@
-//! The IO contract's decisions, as pure functions both IO layers share: the tokio runtime
-//! ([`crate::runtime`]) and the simulator (`testkit::sim`) carry out a [`Ready`] with the same
-//! pieces, so what the simulator proves of the order of sends, writes and applies holds for
-//! the code that runs in production. Only the IO itself differs (a store call or a simulated
-//! disk, a socket or a simulated link).
+//! The IO contract's decisions, as pure functions both IO layers share: raft-core's tokio
+//! runtime (`raft_core::runtime`) and its simulator (`raft_core::testkit::sim`) carry out a
+//! [`Ready`] with the same pieces, so what the simulator proves of the order of sends, writes
+//! and applies holds for the code that runs in production. Only the IO itself differs (a
+//! store call or a simulated disk, a socket or a simulated link).
 //!
 //! The pieces, in the order a ready goes through them:
 //! 1. [`ReadyPlan::new`] splits a ready into what leaves at once, the job for the writer (the
@@ -20,47 +20,8 @@
 //!
 //! # Driving a node by hand
 //!
-//! For a runtime of your own: one voter, a `Vec` for a disk and one for a state machine. The
-//! order is the [IO contract](crate#the-io-contract).
-//!
-//! ```
-//! use raft_core::protocol::plan::{ReadyPlan, WriteGroup, WriteStep};
-//! use raft_core::protocol::{RawNode, Restore, Role};
-//! use raft_core::types::{Entry, EntryPayload, LogIndex, NodeId, ProposalId};
-//! use raft_core::Config;
-//!
-//! let config = Config::new(NodeId(1), vec![NodeId(1)]);
-//! let mut node = RawNode::new(config, Restore::default()).expect("a valid config");
-//! let mut disk: Vec<Entry> = Vec::new();
-//! let mut applied: Vec<Entry> = Vec::new();
-//! node.campaign();
-//! node.propose(ProposalId(1), bytes::Bytes::from_static(b"x=1"));
-//! while node.has_ready() {
-//!     let plan = ReadyPlan::new(node.ready());
-//!     assert!(plan.send_now.is_empty(), "one voter has no one to send to");
-//!     if let Some(job) = plan.write {
-//!         let group = WriteGroup::merge([job]);
-//!         for step in group.steps {
-//!             if let WriteStep::Log(write) = step {
-//!                 if let Some(from) = write.truncate_from {
-//!                     disk.retain(|entry| entry.index < from);
-//!                 }
-//!                 disk.extend(write.entries); // and save write.hard_state, then sync
-//!             }
-//!         }
-//!         node.persisted(group.persisted); // only once the sync returned
-//!     }
-//!     for committed in plan.apply {
-//!         let index = committed.entry.index;
-//!         applied.push(committed.entry);
-//!         node.applied(index);
-//!     }
-//! }
-//! assert_eq!(node.role(), Role::Leader);
-//! let command = applied.iter().find(|e| matches!(&e.payload, EntryPayload::Command(_)));
-//! assert_eq!(command.map(|e| e.index), Some(LogIndex(2)), "after the leader's blank entry");
-//! assert_eq!(disk.len(), 2);
-//! ```
+//! For a runtime of your own, the [crate example](crate#three-nodes-driven-by-hand) drives
+//! three nodes through these pieces, in the order of the [IO contract](crate#the-io-contract).
 
 use super::snapshots::{SnapshotRequest, SnapshotWrite};
 use super::{CommittedEntry, ProposeError, Ready, TransferError};

@@ -74,7 +74,7 @@ pub struct Config {
     /// below `election_timeout_ticks_min`.
     pub read_lease_ticks: u32,
     /// Reads this node tracks at once; past it a read is refused. The runtime
-    /// ([`crate::runtime`]) holds at most as many again whose read index is known and that
+    /// (`raft_core::runtime`) holds at most as many again whose read index is known and that
     /// wait for the state machine to reach it; past that too a read fails at once with
     /// [`crate::protocol::ProposeError::TooManyPending`].
     pub pending_reads_max: usize,
@@ -103,7 +103,7 @@ pub struct Config {
     /// Ticks a leader waits for a follower to acknowledge a snapshot chunk before it resends
     /// from the last acknowledged byte (a lost chunk or connection).
     pub snapshot_resend_ticks: u32,
-    /// Client sessions the session table holds (see [`crate::sessions`]); a new session in a
+    /// Client sessions the session table holds (see `raft_core::sessions`); a new session in a
     /// full table evicts the one whose last command is oldest in the log. Every forwarded
     /// proposal takes one, so this also bounds how late a duplicated forward is still caught.
     /// Must be the same on every node.

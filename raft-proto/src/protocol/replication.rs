@@ -376,7 +376,7 @@ impl RawNode {
 
     /// Proposes a command in a client session: it is appended as a
     /// [`EntryPayload::SessionCommand`], so however often it (or a retry with the same
-    /// `session`) reaches the log, a runtime applies it once (see [`crate::sessions`]). The
+    /// `session`) reaches the log, a runtime applies it once (see `raft_core::sessions`). The
     /// outcome arrives as for [`RawNode::propose`].
     pub fn propose_in_session(&mut self, id: ProposalId, session: SessionTag, data: Bytes) {
         self.propose_command(

@@ -67,7 +67,7 @@ newtype_u64!(
 newtype_u64!(
     /// A client session: the proposals made in one session carry increasing sequence numbers,
     /// and the runtime applies each (session, sequence) at most once however often it reaches
-    /// the log (see [`crate::sessions`]). Pick one with [`SessionId::random`].
+    /// the log (see `raft_core::sessions`). Pick one with [`SessionId::random`].
     SessionId,
     "s"
 );
@@ -107,7 +107,7 @@ impl fmt::Display for SessionTag {
     }
 }
 
-/// A command proposed in a client session (see [`crate::sessions`]).
+/// A command proposed in a client session (see `raft_core::sessions`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionCommand {
     /// The session and the command's sequence number in it.
@@ -151,7 +151,7 @@ pub enum EntryPayload {
     Membership(crate::membership::Membership),
     /// A command proposed in a client session. The runtime hands the state machine its
     /// command only the first time the entry's (session, sequence) is applied; a copy applied
-    /// again answers the first result instead (see [`crate::sessions`]).
+    /// again answers the first result instead (see `raft_core::sessions`).
     SessionCommand(SessionCommand),
 }
 
