@@ -20,10 +20,12 @@ mod applier;
 mod driver;
 mod writer;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::membership::{Membership, MembershipChange, MembershipError};
 use crate::network::{Inbound, Network, NetworkError};
-use crate::protocol::{ProposeError, RawNode, Restore, Status, TransferError};
+use crate::protocol::{
+    ProposeError, RawNode, Restore, RestoreError, StartError, Status, TransferError,
+};
 use crate::sessions::{SessionError, SessionLimits, SessionTable};
 use crate::snapshot::{SnapshotFormatError, SnapshotMeta, SnapshotReader};
 use crate::state_machine::{AsAny, StateMachine, StateMachineError};
@@ -101,11 +103,13 @@ impl RuntimeOptions {
         ];
         for (name, value) in counts {
             if value == 0 {
-                return Err(NodeError::Config(format!("{name} must be at least 1")));
+                let error = ConfigError(format!("{name} must be at least 1"));
+                return Err(NodeError::Config(error));
             }
         }
         if self.tick_interval.is_zero() {
-            return Err(NodeError::Config("tick_interval must be above zero".into()));
+            let error = ConfigError("tick_interval must be above zero".into());
+            return Err(NodeError::Config(error));
         }
         Ok(())
     }
@@ -134,7 +138,11 @@ pub enum NodeError {
     /// applied.
     NotRunning(String),
     /// Starting failed: the configuration or options are invalid.
-    Config(String),
+    Config(ConfigError),
+    /// Starting failed: the hard state, log, snapshot and state machine the node restored
+    /// from do not fit together (a corrupt log, say). A store that finds its own data damaged
+    /// reports [`StorageError::Corrupt`] instead ([`NodeError::Storage`]).
+    Restore(RestoreError),
     /// Starting failed: the store could not be read.
     Storage(StorageError),
     /// Starting failed: the state machine could not report its applied index, or could not
@@ -166,7 +174,8 @@ impl fmt::Display for NodeError {
             NodeError::NotRunning(why) => {
                 write!(f, "the raft node is not running ({why}); nothing was done")
             }
-            NodeError::Config(why) => write!(f, "invalid node settings: {why}"),
+            NodeError::Config(error) => write!(f, "{error}"),
+            NodeError::Restore(error) => write!(f, "cannot start from the stored state: {error}"),
             NodeError::Storage(error) => write!(f, "{error}"),
             NodeError::StateMachine(error) => write!(f, "{error}"),
             NodeError::SnapshotFormat(error) => write!(f, "{error}"),
@@ -179,6 +188,15 @@ impl fmt::Display for NodeError {
 }
 
 impl std::error::Error for NodeError {}
+
+impl From<StartError> for NodeError {
+    fn from(error: StartError) -> Self {
+        match error {
+            StartError::Config(error) => NodeError::Config(error),
+            StartError::Restore(error) => NodeError::Restore(error),
+        }
+    }
+}
 
 impl NodeError {
     /// True when the command certainly did not and will not take effect. False for
@@ -280,9 +298,7 @@ impl RaftNode {
         network: Arc<dyn Network>,
     ) -> Result<RaftNode, NodeError> {
         options.validate()?;
-        config
-            .validate()
-            .map_err(|error| NodeError::Config(error.0))?;
+        config.validate().map_err(NodeError::Config)?;
         let mut state_machine = state_machine;
         // The machine's own type, not the box's.
         let machine_type = AsAny::as_any(&*state_machine).type_id();
@@ -292,7 +308,7 @@ impl RaftNode {
             restore_from(&store, &mut *state_machine, chunk_bytes, limits).await?;
         let applied = restore.applied;
         let promotion_lag_entries_max = config.promotion_lag_entries_max;
-        let mut raw = RawNode::new(config.clone(), restore).map_err(|e| NodeError::Config(e.0))?;
+        let mut raw = RawNode::new(config.clone(), restore)?;
         // Every forward travels in a one-off session, numbered from a random value per life.
         raw.set_forward_sessions(forward_sessions_first(&config));
         let (inbound, inbox) = Inbound::channel(config.id, options.inbox_messages_max);
@@ -660,10 +676,12 @@ async fn restore_from(
     if let Some(snapshot) = &snapshot {
         let at = snapshot.last_index;
         if bounds.first > at.next() {
-            return Err(NodeError::Storage(StorageError::Corrupt(format!(
-                "the log starts at {} but the snapshot ends at {at}: entries are missing",
-                bounds.first
-            ))));
+            return Err(NodeError::Restore(
+                RestoreError::EntriesMissingAfterSnapshot {
+                    first: bounds.first,
+                    snapshot: at,
+                },
+            ));
         }
         let matches = if bounds.first <= at && at <= bounds.last {
             let entry = store.entries(at..at.next()).await.map_err(storage)?;
@@ -674,10 +692,12 @@ async fn restore_from(
         if !matches {
             // A crash during an install left entries the snapshot replaced.
             if hard_state.commit > at {
-                return Err(NodeError::Storage(StorageError::Corrupt(format!(
-                    "the log disagrees with the snapshot at {at} below the commit index {}",
-                    hard_state.commit
-                ))));
+                return Err(NodeError::Restore(
+                    RestoreError::SnapshotConflictBelowCommit {
+                        index: at,
+                        commit: hard_state.commit,
+                    },
+                ));
             }
             store.purge(at).await.map_err(storage)?;
             let purged = store.bounds().await.map_err(storage)?;
@@ -687,10 +707,9 @@ async fn restore_from(
             bounds = store.bounds().await.map_err(storage)?;
         }
     } else if bounds.first != LogIndex(1) {
-        return Err(NodeError::Storage(StorageError::Corrupt(format!(
-            "the log starts at {} but no snapshot covers the entries before it",
-            bounds.first
-        ))));
+        return Err(NodeError::Restore(RestoreError::NoSnapshotBeforeLog {
+            first: bounds.first,
+        }));
     }
     let entries = if bounds.is_empty() {
         Vec::new()
@@ -725,10 +744,10 @@ async fn restore_from(
             .last
             .max(snapshot.as_ref().map_or(LogIndex(0), |s| s.last_index))
     {
-        return Err(NodeError::Storage(StorageError::Corrupt(format!(
-            "the state machine applied up to {applied} but the log ends at {}",
-            bounds.last
-        ))));
+        return Err(NodeError::Restore(RestoreError::AppliedBeyondLog {
+            applied,
+            last: bounds.last,
+        }));
     }
     let table_at = sessions.applied();
     let replayed = entries
