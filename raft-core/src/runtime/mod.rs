@@ -18,7 +18,10 @@
 
 mod applier;
 mod driver;
+mod stop;
 mod writer;
+
+pub use stop::{NodeTask, SnapshotError, StopCause, StopReason, StoreOperation};
 
 use crate::config::{Config, ConfigError};
 use crate::membership::{Membership, MembershipChange, MembershipError};
@@ -34,7 +37,6 @@ use crate::types::NodeId;
 use crate::types::{LogIndex, SessionId, SessionTag};
 use bytes::Bytes;
 use std::any::TypeId;
-use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,78 +118,66 @@ impl RuntimeOptions {
 }
 
 /// Why a node call failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     /// The protocol refused or lost the proposal; see [`ProposeError::is_definite`].
+    #[error(transparent)]
     Propose(ProposeError),
     /// A proposal in a client session was not given its answer: it is older than the
     /// session's last command (never applied), or it was applied once before and its answer
     /// was not kept (see [`crate::sessions`]).
+    #[error(transparent)]
     Session(SessionError),
     /// A leadership transfer failed.
+    #[error(transparent)]
     Transfer(TransferError),
     /// A membership change was refused.
+    #[error(transparent)]
     Membership(MembershipError),
-    /// A snapshot could not be taken.
-    Snapshot(String),
-    /// The node stopped (shut down, or failed on a storage or state machine error, which is
-    /// given) while the request was in its hands: a command may or may not have been applied.
-    Stopped(String),
+    /// A snapshot could not be taken; the node runs on.
+    #[error("no snapshot taken: {0}")]
+    Snapshot(#[source] SnapshotError),
+    /// The node stopped (shut down, or failed on a storage or state machine error: see
+    /// [`StopCause`]) while the request was in its hands: a command may or may not have been
+    /// applied.
+    #[error(transparent)]
+    Stopped(StopReason),
     /// The node was not running when asked (shut down, or failed: the reason is given), so
     /// the request never reached the protocol: a command certainly was not and will not be
     /// applied.
-    NotRunning(String),
+    #[error("{0}; the request never reached it, so nothing was done")]
+    NotRunning(#[source] StopReason),
     /// Starting failed: the configuration or options are invalid.
+    #[error(transparent)]
     Config(ConfigError),
     /// Starting failed: the hard state, log, snapshot and state machine the node restored
     /// from do not fit together (a corrupt log, say). A store that finds its own data damaged
     /// reports [`StorageError::Corrupt`] instead ([`NodeError::Storage`]).
-    Restore(RestoreError),
+    #[error("cannot start from the stored state: {0}")]
+    Restore(#[source] RestoreError),
     /// Starting failed: the store could not be read.
+    #[error(transparent)]
     Storage(StorageError),
     /// Starting failed: the state machine could not report its applied index, or could not
     /// install the stored snapshot.
+    #[error(transparent)]
     StateMachine(StateMachineError),
     /// Starting failed: the stored snapshot's data has a format this node's state machine does
     /// not install (see [`StateMachine::installs_snapshot_format`]). Nothing was misread and
     /// the snapshot is kept: a release that reads the format starts from it.
+    #[error(transparent)]
     SnapshotFormat(SnapshotFormatError),
     /// [`RaftNode::read`] asked for the state machine as a type it is not (the node was
     /// started with a machine of another type). Nothing was read.
+    #[error("this node's state machine is not a {requested}")]
     WrongStateMachineType {
         /// The type the caller asked for.
         requested: &'static str,
     },
     /// Starting failed: the transport could not start.
+    #[error(transparent)]
     Network(NetworkError),
 }
-
-impl fmt::Display for NodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NodeError::Propose(error) => write!(f, "{error}"),
-            NodeError::Session(error) => write!(f, "{error}"),
-            NodeError::Transfer(error) => write!(f, "{error}"),
-            NodeError::Membership(error) => write!(f, "{error}"),
-            NodeError::Snapshot(why) => write!(f, "no snapshot taken: {why}"),
-            NodeError::Stopped(why) => write!(f, "the raft node has stopped: {why}"),
-            NodeError::NotRunning(why) => {
-                write!(f, "the raft node is not running ({why}); nothing was done")
-            }
-            NodeError::Config(error) => write!(f, "{error}"),
-            NodeError::Restore(error) => write!(f, "cannot start from the stored state: {error}"),
-            NodeError::Storage(error) => write!(f, "{error}"),
-            NodeError::StateMachine(error) => write!(f, "{error}"),
-            NodeError::SnapshotFormat(error) => write!(f, "{error}"),
-            NodeError::WrongStateMachineType { requested } => {
-                write!(f, "this node's state machine is not a {requested}")
-            }
-            NodeError::Network(error) => write!(f, "{error}"),
-        }
-    }
-}
-
-impl std::error::Error for NodeError {}
 
 impl From<StartError> for NodeError {
     fn from(error: StartError) -> Self {
@@ -277,7 +267,9 @@ pub struct RaftNode {
     status: watch::Receiver<Status>,
     shutdown: Arc<tokio::sync::Notify>,
     driver: Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>,
-    stopped: watch::Receiver<Option<String>>,
+    stopped: watch::Receiver<Option<StopReason>>,
+    /// This node's ID, named in its stop reasons.
+    id: NodeId,
     /// `Config::promotion_lag_entries_max`, for [`RaftNode::wait_caught_up`].
     promotion_lag_entries_max: u64,
     /// Reads for the applier, which owns the state machine.
@@ -344,6 +336,7 @@ impl RaftNode {
             shutdown,
             driver: Arc::new(tokio::sync::Mutex::new(Some(handle))),
             stopped,
+            id: config.id,
             promotion_lag_entries_max,
             machine_reads,
             machine_type,
@@ -580,22 +573,38 @@ impl RaftNode {
         self.status.clone()
     }
 
-    /// Why the node stopped, once it has.
-    pub fn stopped_reason(&self) -> Option<String> {
+    /// Why the node stopped, once it has. Match on its [`StopReason::cause`] to tell a
+    /// shutdown from a failure, and which one:
+    ///
+    /// ```
+    /// # use raft_core::runtime::{RaftNode, StopCause, StoreOperation};
+    /// # fn example(node: &RaftNode) {
+    /// if let Some(reason) = node.stopped_reason() {
+    ///     match &reason.cause {
+    ///         StopCause::Shutdown => {}
+    ///         StopCause::LogStore { operation: StoreOperation::WriteLog, error } => {
+    ///             eprintln!("node {}: the disk refused a write: {error}", reason.node);
+    ///         }
+    ///         other => eprintln!("node {} failed: {other}", reason.node),
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn stopped_reason(&self) -> Option<StopReason> {
         self.stopped.borrow().clone()
     }
 
     /// Waits until the node stops (shut down, or failed) and returns why. Prefer this to
     /// waiting for [`RaftNode::watch_status`] to close: a status receiver wakes on every
     /// commit, this future wakes once.
-    pub async fn stopped(&self) -> String {
+    pub async fn stopped(&self) -> StopReason {
         let mut stopped = self.stopped.clone();
         let reason = match stopped.wait_for(Option::is_some).await {
             Ok(reason) => reason.clone(),
             // The driver ended without saying why (it panicked): the sender was dropped.
             Err(_) => self.stopped_reason(),
         };
-        reason.unwrap_or_else(|| "the raft driver ended".to_string())
+        reason.unwrap_or_else(|| self.reason(StopCause::TaskEnded(NodeTask::Driver)))
     }
 
     /// Waits until the node has applied at least `index` (or stopped).
@@ -632,17 +641,32 @@ impl RaftNode {
     }
 
     fn not_running_error(&self) -> NodeError {
-        NodeError::NotRunning(
-            self.stopped_reason()
-                .unwrap_or_else(|| "shut down".to_string()),
-        )
+        NodeError::NotRunning(self.published_or_unreported())
     }
 
     fn stopped_error(&self) -> NodeError {
-        NodeError::Stopped(
-            self.stopped_reason()
-                .unwrap_or_else(|| "shut down".to_string()),
-        )
+        NodeError::Stopped(self.published_or_unreported())
+    }
+
+    /// The published stop reason; before it is published, the driver ended without one (it
+    /// panicked), or is still on its way to publish the failure of another task.
+    fn published_or_unreported(&self) -> StopReason {
+        if let Some(reason) = self.stopped_reason() {
+            return reason;
+        }
+        let driver_gone = self.stopped.has_changed().is_err();
+        self.reason(if driver_gone {
+            StopCause::TaskEnded(NodeTask::Driver)
+        } else {
+            StopCause::Unreported
+        })
+    }
+
+    fn reason(&self, cause: StopCause) -> StopReason {
+        StopReason {
+            node: self.id,
+            cause,
+        }
     }
 }
 
