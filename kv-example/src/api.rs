@@ -910,7 +910,7 @@ pub fn status_json(context: &AppContext) -> Value {
         "transport": context.node.transport.to_string(),
         "client_address": context.node.client_address.to_string(),
         "peer_address": context.node.peer_address.to_string(),
-        "stopped": context.raft.stopped_reason(),
+        "stopped": context.raft.stopped_reason().map(|reason| reason.to_string()),
     })
 }
 
@@ -929,12 +929,8 @@ async fn metrics(State(context): Context) -> Response {
 async fn healthz(State(context): Context) -> Response {
     match context.raft.stopped_reason() {
         None => Json(json!({"status": "ok"})).into_response(),
-        Some(why) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "stopped",
-            format!("the raft node stopped: {why}"),
-        )
-        .into_response(),
+        Some(why) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", why.to_string())
+            .into_response(),
     }
 }
 

@@ -380,7 +380,8 @@ pub async fn run(config: NodeConfig, stop: impl Future<Output = ()>) -> Result<(
     };
     node.shutdown().await;
     match failure {
-        Some(reason) => Err(format!("the raft node stopped: {reason}")),
+        // "raft node <id> stopped: <cause>".
+        Some(reason) => Err(reason.to_string()),
         None => Ok(()),
     }
 }

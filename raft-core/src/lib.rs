@@ -200,7 +200,7 @@ pub use snapshot::{
     SnapshotFormatError, SnapshotMeta, SnapshotReader, SnapshotSink, SnapshotWriter,
 };
 pub use state_machine::{ApplyBatch, StateMachine, StateMachineError};
-pub use storage::{LogBounds, LogStore, LogWrite, StorageError};
+pub use storage::{LogBounds, LogStore, LogWrite, StorageError, StoreStopped};
 pub use types::{
     Entry, EntryPayload, HardState, Incarnation, LogIndex, NodeId, ProposalId, SessionCommand,
     SessionId, SessionTag, Term,

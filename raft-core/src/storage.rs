@@ -9,8 +9,8 @@ use crate::snapshot::{SnapshotMeta, SnapshotSink};
 use crate::types::{Entry, HardState, LogIndex, Term};
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
 
 // The writes the protocol asks for, as data: defined in raft-proto, with the protocol.
 pub use raft_proto::storage::LogWrite;
@@ -44,9 +44,13 @@ impl LogBounds {
 
 /// Why a store failed. A store that returns an error must not have acknowledged anything it did
 /// not write; the runtime stops the node (fail-stop) on any error from a write.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// The requested range is not (or no longer) held.
+    #[error(
+        "log range {}..{} is not held (the store holds {}..={})",
+        requested.start, requested.end, bounds.first, bounds.last
+    )]
     OutOfRange {
         /// What was asked for.
         requested: Range<LogIndex>,
@@ -54,14 +58,19 @@ pub enum StorageError {
         bounds: LogBounds,
     },
     /// The call breaks the store's contract (an append that would leave a hole, say).
+    #[error("invalid log store call: {0}")]
     InvalidArgument(String),
     /// The stored data cannot be trusted (a checksum, ordering or decoding failure).
+    #[error("log store is corrupt: {0}")]
     Corrupt(String),
     /// The underlying device or database failed.
-    Io(std::io::Error),
-    /// The store stopped accepting writes after an earlier failure.
-    Stopped(String),
+    #[error("log store IO error: {0}")]
+    Io(#[source] std::io::Error),
+    /// The store stopped accepting writes, for the reason given.
+    #[error("log store stopped accepting writes: {0}")]
+    Stopped(#[source] StoreStopped),
     /// The snapshot asked for is not held (it was replaced by a newer one, or never existed).
+    #[error("the snapshot at {last_index}/{last_term} is not held (replaced or never made)")]
     SnapshotNotHeld {
         /// Last index of the snapshot asked for.
         last_index: LogIndex,
@@ -70,36 +79,27 @@ pub enum StorageError {
     },
 }
 
-impl fmt::Display for StorageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StorageError::OutOfRange { requested, bounds } => write!(
-                f,
-                "log range {}..{} is not held (the store holds {}..={})",
-                requested.start, requested.end, bounds.first, bounds.last
-            ),
-            StorageError::InvalidArgument(why) => write!(f, "invalid log store call: {why}"),
-            StorageError::Corrupt(why) => write!(f, "log store is corrupt: {why}"),
-            StorageError::Io(error) => write!(f, "log store IO error: {error}"),
-            StorageError::Stopped(why) => write!(f, "log store stopped accepting writes: {why}"),
-            StorageError::SnapshotNotHeld {
-                last_index,
-                last_term,
-            } => write!(
-                f,
-                "the snapshot at {last_index}/{last_term} is not held (replaced or never made)"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for StorageError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            StorageError::Io(error) => Some(error),
-            _ => None,
-        }
-    }
+/// Why a store (or one of its snapshot sinks) takes no more calls: the cause carried by
+/// [`StorageError::Stopped`]. Cheap to clone, so a stopped store can hand the same cause to
+/// every later caller.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StoreStopped {
+    /// An earlier call failed with this error and the store stopped there (fail-stop), so
+    /// that nothing after the failure is acknowledged.
+    #[error("an earlier call failed: {0}")]
+    Failed(#[source] Arc<StorageError>),
+    /// A thread or task of the store that carries out calls ended (it panicked, or its
+    /// runtime shut down) before it answered.
+    #[error("a worker of the store ended before it answered")]
+    WorkerEnded,
+    /// This handle belongs to a life of the store that has ended: in the test kit's
+    /// simulation, the process that held it crashed.
+    #[error("the store's life ended (its process crashed)")]
+    LifeEnded,
+    /// This snapshot sink failed or was finished earlier; a new snapshot needs a new sink
+    /// ([`LogStore::begin_snapshot`]).
+    #[error("this snapshot sink failed or was finished earlier")]
+    SinkSpent,
 }
 
 impl From<std::io::Error> for StorageError {

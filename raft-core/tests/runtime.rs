@@ -5,7 +5,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use raft_core::local_network::LocalRouter;
 use raft_core::protocol::{ProposeError, Role, TransferError};
-use raft_core::runtime::{NodeError, RaftNode, RuntimeOptions};
+use raft_core::runtime::{
+    NodeError, RaftNode, RuntimeOptions, SnapshotError, StopCause, StoreOperation,
+};
 use raft_core::{
     Config, Entry, HardState, LogBounds, LogIndex, LogStore, NodeId, StateMachine,
     StateMachineError, StorageError,
@@ -282,6 +284,8 @@ async fn a_proposal_without_any_leader_fails_with_no_leader() {
 struct FailingStore {
     inner: MemLogStore,
     broken: Arc<AtomicBool>,
+    /// Fails `begin_snapshot` while set.
+    snapshots_broken: Arc<AtomicBool>,
 }
 
 #[async_trait]
@@ -313,6 +317,11 @@ impl LogStore for FailingStore {
     async fn begin_snapshot(
         &self,
     ) -> Result<Box<dyn raft_core::snapshot::SnapshotSink>, StorageError> {
+        if self.snapshots_broken.load(Ordering::SeqCst) {
+            return Err(StorageError::Io(std::io::Error::other(
+                "no room for a snapshot",
+            )));
+        }
         self.inner.begin_snapshot().await
     }
     async fn snapshot(&self) -> Result<Option<raft_core::snapshot::SnapshotMeta>, StorageError> {
@@ -346,6 +355,7 @@ async fn a_storage_failure_stops_the_node_and_acknowledges_nothing() {
         Arc::new(FailingStore {
             inner: MemLogStore::new(),
             broken: broken.clone(),
+            snapshots_broken: Arc::default(),
         }),
         Box::new(Recorder::default()),
         LocalRouter::new().network(NodeId(1)),
@@ -363,18 +373,123 @@ async fn a_storage_failure_stops_the_node_and_acknowledges_nothing() {
         !error.is_definite(),
         "the write may have reached no disk, or some: {error}"
     );
+    // A caller can tell what failed by matching, and reach the store's own error.
     let reason = node.stopped_reason().expect("the node stopped");
-    assert!(reason.contains("disk on fire"), "reason: {reason}");
+    assert_eq!(reason.node, NodeId(1));
+    let StopCause::LogStore {
+        operation: StoreOperation::WriteLog,
+        error,
+    } = &reason.cause
+    else {
+        panic!("a log store write failure, got {reason}");
+    };
+    let StorageError::Io(io) = &**error else {
+        panic!("the store's IO error, got {error}");
+    };
+    assert_eq!(io.to_string(), "disk on fire");
+    assert!(reason.to_string().contains("disk on fire"), "{reason}");
+    assert!(is_in_chain(&reason, "disk on fire"), "{reason:?}");
     let error = propose(&node, "after")
         .await
         .expect_err("a stopped node refuses");
-    assert!(matches!(error, NodeError::NotRunning(_)), "got {error}");
+    assert!(
+        matches!(
+            &error,
+            NodeError::NotRunning(reason)
+                if matches!(reason.cause, StopCause::LogStore { .. })
+        ),
+        "got {error}"
+    );
     assert!(
         error.is_definite(),
         "it never reached the protocol: {error}"
     );
     assert!(error.to_string().contains("disk on fire"), "{error}");
+    assert!(is_in_chain(&error, "disk on fire"), "{error:?}");
+    // Every waiter gets the same cause.
+    let waited = tokio::time::timeout(TIMEOUT, node.stopped())
+        .await
+        .expect("stopped already");
+    assert!(
+        matches!(waited.cause, StopCause::LogStore { .. }),
+        "{waited}"
+    );
     node.shutdown().await;
+}
+
+/// Issue 13: a snapshot that cannot be taken says why, typed, and the node runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_fails_says_why_and_the_node_runs_on() {
+    let snapshots_broken = Arc::new(AtomicBool::new(true));
+    let node = RaftNode::start(
+        Config::new(NodeId(1), vec![NodeId(1)]),
+        options(),
+        Arc::new(FailingStore {
+            inner: MemLogStore::new(),
+            broken: Arc::default(),
+            snapshots_broken: snapshots_broken.clone(),
+        }),
+        Box::new(Recorder::default()),
+        LocalRouter::new().network(NodeId(1)),
+    )
+    .await
+    .unwrap();
+    propose(&node, "first").await.expect("commits alone");
+    let snapshot = || async {
+        tokio::time::timeout(TIMEOUT, node.snapshot())
+            .await
+            .expect("the snapshot settles in time")
+            .expect_err("no snapshot can be taken")
+    };
+    let error = snapshot().await;
+    let NodeError::Snapshot(SnapshotError::Store {
+        operation: StoreOperation::BeginSnapshot,
+        error: store_error,
+    }) = &error
+    else {
+        panic!("the store's refusal to begin, got {error}");
+    };
+    assert!(
+        matches!(&**store_error, StorageError::Io(_)),
+        "{store_error}"
+    );
+    assert!(is_in_chain(&error, "no room for a snapshot"), "{error:?}");
+    assert!(error.is_definite(), "{error}");
+    // The store takes snapshots again, but this state machine builds none.
+    snapshots_broken.store(false, Ordering::SeqCst);
+    let error = snapshot().await;
+    assert!(
+        matches!(
+            &error,
+            NodeError::Snapshot(SnapshotError::Data(data))
+                if data.0.contains("does not build snapshots")
+        ),
+        "got {error}"
+    );
+    assert!(
+        node.stopped_reason().is_none(),
+        "a failed snapshot stops nothing"
+    );
+    propose(&node, "after").await.expect("the node runs on");
+    node.shutdown().await;
+    assert!(
+        matches!(node.stopped().await.cause, StopCause::Shutdown),
+        "{}",
+        node.stopped().await
+    );
+}
+
+/// True when an error in `error`'s `source()` chain (past `error` itself) says exactly
+/// `message`: the typed chain reaches the original error.
+fn is_in_chain(error: &dyn std::error::Error, message: &str) -> bool {
+    let mut source = error.source();
+    while let Some(error) = source {
+        if error.to_string() == message {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// Issue 14: every call on a node that has already stopped says that it certainly did nothing
@@ -592,7 +707,17 @@ async fn a_state_machine_that_skips_answers_stops_the_node_with_a_clear_reason()
     .await
     .unwrap();
     let error = propose(&node, "lost").await.expect_err("no answer to give");
-    assert!(matches!(error, NodeError::Stopped(_)), "got {error}");
+    assert!(
+        matches!(
+            &error,
+            NodeError::Stopped(reason) if matches!(
+                reason.cause,
+                StopCause::AnswerCount { answered: 0, commands: 1 }
+            )
+        ),
+        "got {error}"
+    );
+    assert!(!error.is_definite(), "{error}");
     // The caller hears first; the driver notices the failure on its next turn.
     let reason = tokio::time::timeout(TIMEOUT, async {
         loop {
@@ -605,7 +730,17 @@ async fn a_state_machine_that_skips_answers_stops_the_node_with_a_clear_reason()
     .await
     .expect("the node stops in time");
     assert!(
-        reason.contains("answered 0 of 1 commands"),
+        matches!(
+            reason.cause,
+            StopCause::AnswerCount {
+                answered: 0,
+                commands: 1
+            }
+        ),
+        "reason: {reason}"
+    );
+    assert!(
+        reason.to_string().contains("answered 0 of 1 commands"),
         "reason: {reason}"
     );
     node.shutdown().await;
@@ -722,7 +857,7 @@ async fn a_read_as_the_wrong_type_is_refused_and_a_panicking_read_leaves_the_nod
     .await;
     let panic = outcome.expect_err("the caller's task panicked");
     assert!(panic.is_panic());
-    assert_eq!(node.stopped_reason(), None, "the node runs on");
+    assert!(node.stopped_reason().is_none(), "the node runs on");
     propose(node, "set x 2").await.expect("still commits");
     assert_eq!(read_register(node, "x").await, Some("2".to_string()));
     node.shutdown().await;

@@ -7,9 +7,11 @@ use bytes::Bytes;
 use raft_core::local_network::LocalRouter;
 use raft_core::membership::{MembershipChange, MembershipError};
 use raft_core::protocol::Role;
-use raft_core::runtime::{NodeError, RaftNode, RuntimeOptions};
+use raft_core::runtime::{NodeError, RaftNode, RuntimeOptions, StopCause};
 use raft_core::snapshot::{SnapshotMeta, SnapshotReader, SnapshotWriter};
-use raft_core::{Config, LogIndex, LogStore, NodeId, StateMachine, StateMachineError};
+use raft_core::{
+    Config, LogIndex, LogStore, NodeId, SnapshotFormatError, StateMachine, StateMachineError,
+};
 use raft_storage_mem::MemLogStore;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -438,7 +440,15 @@ async fn a_follower_handed_a_snapshot_it_cannot_read_stops_and_an_upgrade_instal
         .await
         .expect("node 3 stops in time");
     assert!(
-        reason.contains("format version 2") && reason.contains("does not install"),
+        matches!(
+            reason.cause,
+            StopCause::SnapshotFormat(SnapshotFormatError { version: 2, .. })
+        ),
+        "reason: {reason}"
+    );
+    let message = reason.to_string();
+    assert!(
+        message.contains("format version 2") && message.contains("does not install"),
         "reason: {reason}"
     );
     assert_eq!(nodes[2].table.installs(), 0, "nothing was misread");

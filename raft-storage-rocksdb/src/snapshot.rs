@@ -17,7 +17,7 @@
 
 use crate::options::SnapshotOptions;
 use bytes::Bytes;
-use raft_core::{LogIndex, StorageError, Term};
+use raft_core::{LogIndex, StorageError, StoreStopped, Term};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -582,7 +582,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn stopped() -> StorageError {
-    StorageError::Stopped("this snapshot writer failed or finished earlier".into())
+    StorageError::Stopped(StoreStopped::SinkSpent)
 }
 
 /// Reads one snapshot's data: in chunks from the start, checking the checksum at the end, or

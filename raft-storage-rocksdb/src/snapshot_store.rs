@@ -9,7 +9,7 @@ use crate::codec;
 use crate::snapshot::{Finished, SnapshotFileMeta, SnapshotFiles, SnapshotId, SnapshotWriter};
 use async_trait::async_trait;
 use bytes::Bytes;
-use raft_core::{SnapshotMeta, SnapshotSink, StorageError};
+use raft_core::{SnapshotMeta, SnapshotSink, StorageError, StoreStopped};
 use std::sync::Arc;
 
 /// Snapshot files kept: the newest, and the one before it so that a leader streaming it to a
@@ -203,7 +203,8 @@ fn not_held(meta: &SnapshotMeta) -> StorageError {
 }
 
 fn failed_earlier() -> StorageError {
-    StorageError::Stopped("this snapshot sink failed earlier; its data was discarded".into())
+    // Its data was discarded.
+    StorageError::Stopped(StoreStopped::SinkSpent)
 }
 
 /// Runs blocking file IO on tokio's blocking threads. A panic there is resumed here.
@@ -213,8 +214,7 @@ async fn blocking<T: Send + 'static>(
     match tokio::task::spawn_blocking(work).await {
         Ok(result) => result,
         Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-        Err(error) => Err(StorageError::Stopped(format!(
-            "a snapshot file task did not run: {error}"
-        ))),
+        // Cancelled: the runtime is shutting down.
+        Err(_) => Err(StorageError::Stopped(StoreStopped::WorkerEnded)),
     }
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use raft_core::storage::validate::{check_append, check_hard_state, check_range, check_truncate};
 use raft_core::{
     Entry, HardState, LogBounds, LogIndex, LogStore, LogWrite, SnapshotMeta, SnapshotSink,
-    StorageError,
+    StorageError, StoreStopped,
 };
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, Direction,
@@ -91,7 +91,7 @@ struct Queue {
     /// Sum of `requests[..].bytes`. Invariant: `<= queue_bytes_max`.
     queued_bytes: usize,
     /// Why the store stopped accepting writes (fail-stop), if it did.
-    stopped: Option<String>,
+    stopped: Option<StoreStopped>,
     /// Set when the store is dropped: the writer finishes the queue and exits.
     closing: bool,
 }
@@ -188,7 +188,7 @@ impl RocksLogStore {
     }
 
     /// Why the store stopped accepting writes, if it did (fail-stop after a failed write).
-    pub fn stopped_reason(&self) -> Option<String> {
+    pub fn stopped_reason(&self) -> Option<StoreStopped> {
         self.shared.lock_queue().stopped.clone()
     }
 
@@ -208,9 +208,7 @@ impl RocksLogStore {
         Box::pin(async move {
             match receiver?.await {
                 Ok(result) => result,
-                Err(_) => Err(StorageError::Stopped(
-                    "the writer thread ended without answering".into(),
-                )),
+                Err(_) => Err(StorageError::Stopped(StoreStopped::WorkerEnded)),
             }
         })
     }
@@ -220,7 +218,7 @@ impl RocksLogStore {
         let result = snapshot_store::latest(&self.snapshots);
         if let Err(error @ StorageError::Corrupt(_)) = &result {
             self.shared
-                .stop(format!("reading the latest snapshot failed: {error}"));
+                .stop_on(failure("reading the latest snapshot failed", error));
         }
         result
     }
@@ -230,7 +228,7 @@ impl RocksLogStore {
         check_range(durable.bounds, &range)?;
         let result = self.shared.read_held(range);
         if let Err(error @ (StorageError::Io(_) | StorageError::Corrupt(_))) = &result {
-            self.shared.stop(format!("a read failed: {error}"));
+            self.shared.stop_on(failure("a read failed", error));
         }
         drop(durable);
         result
@@ -403,6 +401,19 @@ fn column_family<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily, Storage
         .ok_or_else(|| StorageError::Corrupt(format!("the column family {name:?} is missing")))
 }
 
+/// The error a store stops on for `error`, which goes back to its own caller unchanged
+/// (`StorageError` is not `Clone`): the same kind of error, its message prefixed with what the
+/// store was doing.
+fn failure(during: &str, error: &StorageError) -> StorageError {
+    match error {
+        StorageError::Io(io) => {
+            StorageError::Io(std::io::Error::new(io.kind(), format!("{during}: {io}")))
+        }
+        StorageError::Corrupt(why) => StorageError::Corrupt(format!("{during}: {why}")),
+        other => StorageError::Io(std::io::Error::other(format!("{during}: {other}"))),
+    }
+}
+
 fn database_error(error: rocksdb::Error) -> StorageError {
     match error.kind() {
         rocksdb::ErrorKind::Corruption => StorageError::Corrupt(format!("RocksDB: {error}")),
@@ -523,13 +534,16 @@ impl Shared {
         Ok(entries)
     }
 
-    /// Fail-stop: refuses every later write and fails every queued one.
-    fn stop(&self, reason: String) {
+    /// Fail-stop on `error`: refuses every later write and fails every queued one.
+    fn stop_on(&self, error: StorageError) {
+        self.stop(StoreStopped::Failed(Arc::new(error)));
+    }
+
+    /// Fail-stop: refuses every later write and fails every queued one, with the first
+    /// reason given.
+    fn stop(&self, reason: StoreStopped) {
         let mut queue = self.lock_queue();
-        if queue.stopped.is_none() {
-            queue.stopped = Some(reason.clone());
-        }
-        let reason = queue.stopped.clone().unwrap_or(reason);
+        let reason = queue.stopped.get_or_insert(reason).clone();
         for request in queue.requests.drain(..) {
             let _ = request
                 .done
@@ -619,7 +633,7 @@ impl Shared {
             }
             Err(error) => {
                 let message = format!("a write batch failed: {error}");
-                self.stop(message.clone());
+                self.stop_on(failure("a write batch failed", &error));
                 for request in group {
                     let _ = request
                         .done
@@ -701,7 +715,7 @@ fn run_writer(shared: Arc<Shared>) {
     impl Drop for StopOnPanic<'_> {
         fn drop(&mut self) {
             if thread::panicking() {
-                self.0.stop("the log writer thread panicked".into());
+                self.0.stop(StoreStopped::WorkerEnded);
             }
         }
     }
@@ -842,7 +856,7 @@ impl LogStore for RocksLogStore {
         Box::pin(async move {
             let result = read.await;
             if let Err(error @ (StorageError::Io(_) | StorageError::Corrupt(_))) = &result {
-                shared.stop(format!("reading a snapshot failed: {error}"));
+                shared.stop_on(failure("reading a snapshot failed", error));
             }
             result
         })

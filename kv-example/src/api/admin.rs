@@ -186,11 +186,14 @@ impl AppContext {
             self.limits.leader_wait,
             status.wait_for(|s| s.leader.is_some()),
         )
-        .await;
+        .await
+        // The leader, not the borrowed status: that must not be held across the await below.
+        .map(|waited| waited.map(|status| status.leader.expect("waited for a leader")));
         match known {
-            Ok(Ok(status)) => Ok(status.leader.expect("waited for a leader").0),
+            Ok(Ok(leader)) => Ok(leader.0),
+            // The status closes once the driver ended, which publishes why first.
             Ok(Err(_)) => Err(node_error(
-                NodeError::Stopped(self.raft.stopped_reason().unwrap_or_default()),
+                NodeError::Stopped(self.raft.stopped().await),
                 false,
             )),
             Err(_) => Err(ApiError::new(

@@ -6,13 +6,14 @@
 //! every snapshot.
 
 use super::driver::Shared;
+use super::stop::{SnapshotError, StopCause, StopReason, StoreOperation};
 use super::{MachineRead, NodeError, Responder};
 use crate::protocol::SnapshotRequest;
 use crate::sessions::{self, SessionLimits, SessionTable};
 use crate::snapshot::{SnapshotFormatError, SnapshotMeta, SnapshotReader, SnapshotWriter};
 use crate::state_machine::{ApplyBatch, StateMachine, StateMachineError};
 use crate::storage::LogStore;
-use crate::types::{Entry, EntryPayload, LogIndex};
+use crate::types::{Entry, EntryPayload, LogIndex, NodeId};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -36,6 +37,8 @@ pub(super) enum ApplyJob {
 const MERGED_APPLY_JOBS_MAX: usize = 64;
 
 pub(super) struct Applier {
+    /// This node, named in the stop reason the proposers of a failed batch are given.
+    pub(super) node: NodeId,
     pub(super) state_machine: Box<dyn StateMachine>,
     pub(super) store: Arc<dyn LogStore>,
     pub(super) shared: Arc<Shared>,
@@ -148,8 +151,8 @@ impl Applier {
                     Ok(())
                 }
             };
-            if let Err(why) = result {
-                self.shared.fail(why);
+            if let Err(cause) = result {
+                self.shared.fail(cause);
                 return;
             }
         }
@@ -159,7 +162,7 @@ impl Applier {
         &mut self,
         entries: Vec<Entry>,
         mut responders: HashMap<LogIndex, Responder>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StopCause> {
         let Some(last) = entries.last() else {
             return Ok(());
         };
@@ -174,22 +177,26 @@ impl Applier {
             commands: filtered.take_commands(),
             last_index,
         };
-        let fail = |responders: &mut HashMap<LogIndex, Responder>, why: String| {
+        let node = self.node;
+        let fail = |responders: &mut HashMap<LogIndex, Responder>, cause: StopCause| {
             for (_, responder) in responders.drain() {
-                let _ = responder.send(Err(NodeError::Stopped(why.clone())));
+                let reason = StopReason {
+                    node,
+                    cause: cause.clone(),
+                };
+                let _ = responder.send(Err(NodeError::Stopped(reason)));
             }
-            Err(why)
+            Err(cause)
         };
         match self.state_machine.apply_batch(batch).await {
             Ok(answers) if answers.len() != filtered.commands_len() => {
-                // A broken state machine is a fail-stop with a message that names the fault,
+                // A broken state machine is a fail-stop with a cause that names the fault,
                 // not a panic that silently ends this task.
-                let why = format!(
-                    "the state machine answered {} of {} commands in a batch; it must answer every command",
-                    answers.len(),
-                    filtered.commands_len()
-                );
-                return fail(&mut responders, why);
+                let cause = StopCause::AnswerCount {
+                    answered: answers.len(),
+                    commands: filtered.commands_len(),
+                };
+                return fail(&mut responders, cause);
             }
             Ok(answers) => {
                 for answered in filtered.answer(&mut self.sessions, answers) {
@@ -202,7 +209,13 @@ impl Applier {
                     let _ = responder.send(Ok(Bytes::new()));
                 }
             }
-            Err(error) => return fail(&mut responders, error.to_string()),
+            Err(error) => {
+                let cause = StopCause::Apply {
+                    last_index,
+                    error: Arc::new(error),
+                };
+                return fail(&mut responders, cause);
+            }
         }
         self.applied = last_index;
         self.shared
@@ -212,19 +225,24 @@ impl Applier {
         Ok(())
     }
 
-    async fn install(&mut self, meta: SnapshotMeta) -> Result<(), String> {
+    async fn install(&mut self, meta: SnapshotMeta) -> Result<(), StopCause> {
         // Refused before a byte reaches the machine; the store keeps the snapshot, so a
         // release that reads its format installs it at the next start.
-        SnapshotFormatError::check(&meta, &*self.state_machine).map_err(|e| e.to_string())?;
+        SnapshotFormatError::check(&meta, &*self.state_machine)
+            .map_err(StopCause::SnapshotFormat)?;
         let mut reader = SnapshotReader::new(self.store.clone(), meta.clone(), self.chunk_bytes);
         let limits = self.sessions.limits();
+        let failed = |error| StopCause::SnapshotInstall {
+            index: meta.last_index,
+            error: Arc::new(error),
+        };
         let sessions = read_sessions(&mut reader, &meta, limits)
             .await
-            .map_err(|e| format!("installing the snapshot at {}: {e}", meta.last_index))?;
+            .map_err(failed)?;
         self.state_machine
             .install_snapshot(&meta, &mut reader)
             .await
-            .map_err(|e| format!("installing the snapshot at {}: {e}", meta.last_index))?;
+            .map_err(failed)?;
         tracing::info!(index = %meta.last_index, bytes = meta.data_bytes, "installed a snapshot");
         self.applied = meta.last_index;
         self.sessions = sessions;
@@ -235,31 +253,38 @@ impl Applier {
         Ok(())
     }
 
-    async fn build(&mut self, request: SnapshotRequest) -> Result<SnapshotMeta, String> {
+    async fn build(&mut self, request: SnapshotRequest) -> Result<SnapshotMeta, SnapshotError> {
         if self.applied != request.last_index {
-            return Err(format!(
-                "asked for a snapshot at {} but the state machine is at {}",
-                request.last_index, self.applied
-            ));
+            return Err(SnapshotError::NotAtIndex {
+                requested: request.last_index,
+                applied: self.applied,
+            });
         }
+        let store_failed = |operation| {
+            move |error| SnapshotError::Store {
+                operation,
+                error: Arc::new(error),
+            }
+        };
+        let data_failed = |error| SnapshotError::Data(Arc::new(error));
         let sink = self
             .store
             .begin_snapshot()
             .await
-            .map_err(|e| format!("starting a snapshot: {e}"))?;
+            .map_err(store_failed(StoreOperation::BeginSnapshot))?;
         let mut out = SnapshotWriter::new(sink, self.chunk_bytes);
         assert_eq!(self.sessions.applied(), self.applied);
         sessions::write_snapshot_header(&mut out, &self.sessions)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(data_failed)?;
         self.state_machine
             .build_snapshot(&mut out)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(data_failed)?;
         let (sink, data_bytes, checksum) = out
             .into_sink()
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(data_failed)?
             .expect("a writer into a sink");
         let meta = SnapshotMeta {
             last_index: request.last_index,
@@ -272,7 +297,7 @@ impl Applier {
         };
         sink.finish(&meta)
             .await
-            .map_err(|e| format!("storing the snapshot: {e}"))?;
+            .map_err(store_failed(StoreOperation::FinishSnapshot))?;
         tracing::info!(index = %meta.last_index, bytes = data_bytes, "built a snapshot");
         Ok(meta)
     }

@@ -1,6 +1,7 @@
 //! The driver task: owns the protocol and feeds it time, messages and proposals.
 
 use super::applier::{Applier, ApplyJob};
+use super::stop::{NodeTask, SnapshotError, StopCause, StopReason};
 use super::writer;
 use super::{MachineRead, NodeError, ProposalRequest, ReadResponder, Responder, RuntimeOptions};
 use crate::message::{Message, MessageBody};
@@ -29,22 +30,22 @@ pub(super) struct Shared {
     /// Highest log index applied to the state machine.
     pub(super) applied_index: AtomicU64,
     /// Set when the writer or applier failed; the node stops (fail-stop).
-    pub(super) failure: Mutex<Option<String>>,
+    pub(super) failure: Mutex<Option<StopCause>>,
     /// Snapshots the applier built (or failed to), in order.
-    pub(super) snapshots_built: Mutex<Vec<Result<SnapshotMeta, String>>>,
+    pub(super) snapshots_built: Mutex<Vec<Result<SnapshotMeta, SnapshotError>>>,
     pub(super) notify: Notify,
 }
 
 impl Shared {
-    pub(super) fn fail(&self, why: String) {
-        tracing::error!(%why, "raft node failing stop");
+    pub(super) fn fail(&self, cause: StopCause) {
+        tracing::error!(%cause, "raft node failing stop");
         let mut failure = self.failure.lock().expect("failure lock poisoned");
-        failure.get_or_insert(why);
+        failure.get_or_insert(cause);
         drop(failure);
         self.notify.notify_one();
     }
 
-    pub(super) fn snapshot_built(&self, result: Result<SnapshotMeta, String>) {
+    pub(super) fn snapshot_built(&self, result: Result<SnapshotMeta, SnapshotError>) {
         self.snapshots_built
             .lock()
             .expect("snapshot lock poisoned")
@@ -52,7 +53,7 @@ impl Shared {
         self.notify.notify_one();
     }
 
-    fn failure(&self) -> Option<String> {
+    fn failure(&self) -> Option<StopCause> {
         self.failure.lock().expect("failure lock poisoned").clone()
     }
 }
@@ -68,7 +69,7 @@ pub(super) struct DriverParts {
     /// Users' reads of the state machine, for the applier.
     pub(super) machine_reads: mpsc::Receiver<MachineRead>,
     pub(super) status: watch::Sender<Status>,
-    pub(super) stopped: watch::Sender<Option<String>>,
+    pub(super) stopped: watch::Sender<Option<StopReason>>,
     pub(super) shutdown: Arc<Notify>,
     pub(super) applied: LogIndex,
     /// The session table at `applied`.
@@ -82,7 +83,7 @@ pub(super) struct Driver {
     inbox: mpsc::Receiver<Message>,
     proposals: mpsc::Receiver<ProposalRequest>,
     status: watch::Sender<Status>,
-    stopped: watch::Sender<Option<String>>,
+    stopped: watch::Sender<Option<StopReason>>,
     shutdown: Arc<Notify>,
     shared: Arc<Shared>,
     /// Proposers waiting for an outcome, by the ID given to the protocol.
@@ -116,7 +117,7 @@ type SnapshotResponder = oneshot::Sender<Result<SnapshotMeta, NodeError>>;
 /// How the driver's loop ended.
 enum Exit {
     Shutdown,
-    Failed(String),
+    Failed(StopCause),
 }
 
 impl Driver {
@@ -144,6 +145,7 @@ impl Driver {
             .in_current_span(),
         );
         let applier = Applier {
+            node: parts.raw.id(),
             state_machine: parts.state_machine,
             store: parts.store,
             shared: shared.clone(),
@@ -235,8 +237,8 @@ impl Driver {
                 tokio::task::yield_now().await;
                 self.step_queued();
             }
-            if let Some(why) = self.shared.failure() {
-                return Exit::Failed(why);
+            if let Some(cause) = self.shared.failure() {
+                return Exit::Failed(cause);
             }
             self.absorb_progress();
             while self.raw.has_ready() {
@@ -248,8 +250,8 @@ impl Driver {
                 if transfer_failed.is_some() {
                     self.settle_transfer(false, transfer_failed);
                 }
-                if let Err(why) = self.handle_ready(ready).await {
-                    return Exit::Failed(why);
+                if let Err(cause) = self.handle_ready(ready).await {
+                    return Exit::Failed(cause);
                 }
             }
             self.settle_transfer(ticked, None);
@@ -309,9 +311,7 @@ impl Driver {
                 } else {
                     let answer = match self.raw.snapshot() {
                         Some(meta) => Ok(meta.clone()),
-                        None => Err(NodeError::Snapshot(
-                            "nothing has been applied yet".to_string(),
-                        )),
+                        None => Err(NodeError::Snapshot(SnapshotError::NothingApplied)),
                     };
                     let _ = responder.send(answer);
                 }
@@ -417,7 +417,11 @@ impl Driver {
                 .expect("snapshot lock poisoned"),
         );
         for result in built {
-            self.raw.snapshot_built(result.clone());
+            let reported = match &result {
+                Ok(meta) => Ok(meta.clone()),
+                Err(error) => Err(error as &dyn std::error::Error),
+            };
+            self.raw.snapshot_built(reported);
             // Callers told of the snapshot see it (and the compacted log) in the status.
             self.status.send_replace(self.raw.status());
             for waiter in self.snapshot_waiters.drain(..) {
@@ -440,7 +444,7 @@ impl Driver {
     /// Carries out one ready in the documented order ([`ReadyPlan`]): independent messages
     /// now; the write (and the messages behind it) to the writer; committed entries to the
     /// applier.
-    async fn handle_ready(&mut self, ready: Ready) -> Result<(), String> {
+    async fn handle_ready(&mut self, ready: Ready) -> Result<(), StopCause> {
         self.tell_network_of_members();
         let plan = ReadyPlan::new(ready);
         for message in plan.send_now {
@@ -494,13 +498,13 @@ impl Driver {
             self.writes
                 .send(job)
                 .await
-                .map_err(|_| "the log writer stopped".to_string())?;
+                .map_err(|_| StopCause::TaskEnded(NodeTask::Writer))?;
         }
         if let Some(meta) = plan.install_snapshot {
             self.applies
                 .send(ApplyJob::Install(meta))
                 .await
-                .map_err(|_| "the state machine applier stopped".to_string())?;
+                .map_err(|_| StopCause::TaskEnded(NodeTask::Applier))?;
         }
         if !plan.apply.is_empty() {
             let mut responders = Vec::new();
@@ -520,13 +524,13 @@ impl Driver {
             self.applies
                 .send(job)
                 .await
-                .map_err(|_| "the state machine applier stopped".to_string())?;
+                .map_err(|_| StopCause::TaskEnded(NodeTask::Applier))?;
         }
         if let Some(request) = plan.build_snapshot {
             self.applies
                 .send(ApplyJob::Build(request))
                 .await
-                .map_err(|_| "the state machine applier stopped".to_string())?;
+                .map_err(|_| StopCause::TaskEnded(NodeTask::Applier))?;
         }
         Ok(())
     }
@@ -546,9 +550,12 @@ impl Driver {
     }
 
     async fn stop(mut self, exit: Exit) {
-        let reason = match &exit {
-            Exit::Shutdown => "shut down".to_string(),
-            Exit::Failed(why) => why.clone(),
+        let reason = StopReason {
+            node: self.raw.id(),
+            cause: match &exit {
+                Exit::Shutdown => StopCause::Shutdown,
+                Exit::Failed(cause) => cause.clone(),
+            },
         };
         self.stopped.send_replace(Some(reason.clone()));
         // Requests still queued never reached the protocol: they certainly did nothing.
@@ -603,8 +610,8 @@ impl Driver {
         let _ = writer.await;
         let _ = applier.await;
         network.shutdown().await;
-        if let Exit::Failed(why) = exit {
-            tracing::error!(%why, "raft node stopped after a failure");
+        if let Exit::Failed(cause) = exit {
+            tracing::error!(%cause, "raft node stopped after a failure");
         }
     }
 }

@@ -19,12 +19,17 @@
 
 mod applier;
 mod driver;
+mod stop;
 mod writer;
 
-use crate::config::Config;
+pub use stop::{NodeTask, SnapshotError, StopCause, StopReason, StoreOperation};
+
+use crate::config::{Config, ConfigError};
 use crate::membership::{Membership, MembershipChange, MembershipError};
 use crate::network::{Inbound, Network, NetworkError};
-use crate::protocol::{ProposeError, RawNode, Restore, Status, TransferError};
+use crate::protocol::{
+    ProposeError, RawNode, Restore, RestoreError, StartError, Status, TransferError,
+};
 use crate::sessions::{SessionError, SessionLimits, SessionTable};
 use crate::snapshot::{SnapshotFormatError, SnapshotMeta, SnapshotReader};
 use crate::state_machine::{AsAny, StateMachine, StateMachineError};
@@ -33,7 +38,6 @@ use crate::types::NodeId;
 use crate::types::{LogIndex, SessionId, SessionTag};
 use bytes::Bytes;
 use std::any::TypeId;
-use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,84 +106,88 @@ impl RuntimeOptions {
         ];
         for (name, value) in counts {
             if value == 0 {
-                return Err(NodeError::Config(format!("{name} must be at least 1")));
+                let error = ConfigError(format!("{name} must be at least 1"));
+                return Err(NodeError::Config(error));
             }
         }
         if self.tick_interval.is_zero() {
-            return Err(NodeError::Config("tick_interval must be above zero".into()));
+            let error = ConfigError("tick_interval must be above zero".into());
+            return Err(NodeError::Config(error));
         }
         Ok(())
     }
 }
 
 /// Why a node call failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     /// The protocol refused or lost the proposal; see [`ProposeError::is_definite`].
+    #[error(transparent)]
     Propose(ProposeError),
     /// A proposal in a client session was not given its answer: it is older than the
     /// session's last command (never applied), or it was applied once before and its answer
     /// was not kept (see [`crate::sessions`]).
+    #[error(transparent)]
     Session(SessionError),
     /// A leadership transfer failed.
+    #[error(transparent)]
     Transfer(TransferError),
     /// A membership change was refused.
+    #[error(transparent)]
     Membership(MembershipError),
-    /// A snapshot could not be taken.
-    Snapshot(String),
-    /// The node stopped (shut down, or failed on a storage or state machine error, which is
-    /// given) while the request was in its hands: a command may or may not have been applied.
-    Stopped(String),
+    /// A snapshot could not be taken; the node runs on.
+    #[error("no snapshot taken: {0}")]
+    Snapshot(#[source] SnapshotError),
+    /// The node stopped (shut down, or failed on a storage or state machine error: see
+    /// [`StopCause`]) while the request was in its hands: a command may or may not have been
+    /// applied.
+    #[error(transparent)]
+    Stopped(StopReason),
     /// The node was not running when asked (shut down, or failed: the reason is given), so
     /// the request never reached the protocol: a command certainly was not and will not be
     /// applied.
-    NotRunning(String),
+    #[error("{0}; the request never reached it, so nothing was done")]
+    NotRunning(#[source] StopReason),
     /// Starting failed: the configuration or options are invalid.
-    Config(String),
+    #[error(transparent)]
+    Config(ConfigError),
+    /// Starting failed: the hard state, log, snapshot and state machine the node restored
+    /// from do not fit together (a corrupt log, say). A store that finds its own data damaged
+    /// reports [`StorageError::Corrupt`] instead ([`NodeError::Storage`]).
+    #[error("cannot start from the stored state: {0}")]
+    Restore(#[source] RestoreError),
     /// Starting failed: the store could not be read.
+    #[error(transparent)]
     Storage(StorageError),
     /// Starting failed: the state machine could not report its applied index, or could not
     /// install the stored snapshot.
+    #[error(transparent)]
     StateMachine(StateMachineError),
     /// Starting failed: the stored snapshot's data has a format this node's state machine does
     /// not install (see [`StateMachine::installs_snapshot_format`]). Nothing was misread and
     /// the snapshot is kept: a release that reads the format starts from it.
+    #[error(transparent)]
     SnapshotFormat(SnapshotFormatError),
     /// [`RaftNode::read`] asked for the state machine as a type it is not (the node was
     /// started with a machine of another type). Nothing was read.
+    #[error("this node's state machine is not a {requested}")]
     WrongStateMachineType {
         /// The type the caller asked for.
         requested: &'static str,
     },
     /// Starting failed: the transport could not start.
+    #[error(transparent)]
     Network(NetworkError),
 }
 
-impl fmt::Display for NodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NodeError::Propose(error) => write!(f, "{error}"),
-            NodeError::Session(error) => write!(f, "{error}"),
-            NodeError::Transfer(error) => write!(f, "{error}"),
-            NodeError::Membership(error) => write!(f, "{error}"),
-            NodeError::Snapshot(why) => write!(f, "no snapshot taken: {why}"),
-            NodeError::Stopped(why) => write!(f, "the raft node has stopped: {why}"),
-            NodeError::NotRunning(why) => {
-                write!(f, "the raft node is not running ({why}); nothing was done")
-            }
-            NodeError::Config(why) => write!(f, "invalid node settings: {why}"),
-            NodeError::Storage(error) => write!(f, "{error}"),
-            NodeError::StateMachine(error) => write!(f, "{error}"),
-            NodeError::SnapshotFormat(error) => write!(f, "{error}"),
-            NodeError::WrongStateMachineType { requested } => {
-                write!(f, "this node's state machine is not a {requested}")
-            }
-            NodeError::Network(error) => write!(f, "{error}"),
+impl From<StartError> for NodeError {
+    fn from(error: StartError) -> Self {
+        match error {
+            StartError::Config(error) => NodeError::Config(error),
+            StartError::Restore(error) => NodeError::Restore(error),
         }
     }
 }
-
-impl std::error::Error for NodeError {}
 
 impl NodeError {
     /// True when the command certainly did not and will not take effect. False for
@@ -260,7 +268,9 @@ pub struct RaftNode {
     status: watch::Receiver<Status>,
     shutdown: Arc<tokio::sync::Notify>,
     driver: Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>,
-    stopped: watch::Receiver<Option<String>>,
+    stopped: watch::Receiver<Option<StopReason>>,
+    /// This node's ID, named in its stop reasons.
+    id: NodeId,
     /// `Config::promotion_lag_entries_max`, for [`RaftNode::wait_caught_up`].
     promotion_lag_entries_max: u64,
     /// Reads for the applier, which owns the state machine.
@@ -281,9 +291,7 @@ impl RaftNode {
         network: Arc<dyn Network>,
     ) -> Result<RaftNode, NodeError> {
         options.validate()?;
-        config
-            .validate()
-            .map_err(|error| NodeError::Config(error.0))?;
+        config.validate().map_err(NodeError::Config)?;
         let mut state_machine = state_machine;
         // The machine's own type, not the box's.
         let machine_type = AsAny::as_any(&*state_machine).type_id();
@@ -293,7 +301,7 @@ impl RaftNode {
             restore_from(&store, &mut *state_machine, chunk_bytes, limits).await?;
         let applied = restore.applied;
         let promotion_lag_entries_max = config.promotion_lag_entries_max;
-        let mut raw = RawNode::new(config.clone(), restore).map_err(|e| NodeError::Config(e.0))?;
+        let mut raw = RawNode::new(config.clone(), restore)?;
         // Every forward travels in a one-off session, numbered from a random value per life.
         raw.set_forward_sessions(forward_sessions_first(&config));
         let (inbound, inbox) = Inbound::channel(config.id, options.inbox_messages_max);
@@ -329,6 +337,7 @@ impl RaftNode {
             shutdown,
             driver: Arc::new(tokio::sync::Mutex::new(Some(handle))),
             stopped,
+            id: config.id,
             promotion_lag_entries_max,
             machine_reads,
             machine_type,
@@ -565,22 +574,38 @@ impl RaftNode {
         self.status.clone()
     }
 
-    /// Why the node stopped, once it has.
-    pub fn stopped_reason(&self) -> Option<String> {
+    /// Why the node stopped, once it has. Match on its [`StopReason::cause`] to tell a
+    /// shutdown from a failure, and which one:
+    ///
+    /// ```
+    /// # use raft_core::runtime::{RaftNode, StopCause, StoreOperation};
+    /// # fn example(node: &RaftNode) {
+    /// if let Some(reason) = node.stopped_reason() {
+    ///     match &reason.cause {
+    ///         StopCause::Shutdown => {}
+    ///         StopCause::LogStore { operation: StoreOperation::WriteLog, error } => {
+    ///             eprintln!("node {}: the disk refused a write: {error}", reason.node);
+    ///         }
+    ///         other => eprintln!("node {} failed: {other}", reason.node),
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn stopped_reason(&self) -> Option<StopReason> {
         self.stopped.borrow().clone()
     }
 
     /// Waits until the node stops (shut down, or failed) and returns why. Prefer this to
     /// waiting for [`RaftNode::watch_status`] to close: a status receiver wakes on every
     /// commit, this future wakes once.
-    pub async fn stopped(&self) -> String {
+    pub async fn stopped(&self) -> StopReason {
         let mut stopped = self.stopped.clone();
         let reason = match stopped.wait_for(Option::is_some).await {
             Ok(reason) => reason.clone(),
             // The driver ended without saying why (it panicked): the sender was dropped.
             Err(_) => self.stopped_reason(),
         };
-        reason.unwrap_or_else(|| "the raft driver ended".to_string())
+        reason.unwrap_or_else(|| self.reason(StopCause::TaskEnded(NodeTask::Driver)))
     }
 
     /// Waits until the node has applied at least `index` (or stopped).
@@ -617,17 +642,32 @@ impl RaftNode {
     }
 
     fn not_running_error(&self) -> NodeError {
-        NodeError::NotRunning(
-            self.stopped_reason()
-                .unwrap_or_else(|| "shut down".to_string()),
-        )
+        NodeError::NotRunning(self.published_or_unreported())
     }
 
     fn stopped_error(&self) -> NodeError {
-        NodeError::Stopped(
-            self.stopped_reason()
-                .unwrap_or_else(|| "shut down".to_string()),
-        )
+        NodeError::Stopped(self.published_or_unreported())
+    }
+
+    /// The published stop reason; before it is published, the driver ended without one (it
+    /// panicked), or is still on its way to publish the failure of another task.
+    fn published_or_unreported(&self) -> StopReason {
+        if let Some(reason) = self.stopped_reason() {
+            return reason;
+        }
+        let driver_gone = self.stopped.has_changed().is_err();
+        self.reason(if driver_gone {
+            StopCause::TaskEnded(NodeTask::Driver)
+        } else {
+            StopCause::Unreported
+        })
+    }
+
+    fn reason(&self, cause: StopCause) -> StopReason {
+        StopReason {
+            node: self.id,
+            cause,
+        }
     }
 }
 
@@ -661,10 +701,12 @@ async fn restore_from(
     if let Some(snapshot) = &snapshot {
         let at = snapshot.last_index;
         if bounds.first > at.next() {
-            return Err(NodeError::Storage(StorageError::Corrupt(format!(
-                "the log starts at {} but the snapshot ends at {at}: entries are missing",
-                bounds.first
-            ))));
+            return Err(NodeError::Restore(
+                RestoreError::EntriesMissingAfterSnapshot {
+                    first: bounds.first,
+                    snapshot: at,
+                },
+            ));
         }
         let matches = if bounds.first <= at && at <= bounds.last {
             let entry = store.entries(at..at.next()).await.map_err(storage)?;
@@ -675,10 +717,12 @@ async fn restore_from(
         if !matches {
             // A crash during an install left entries the snapshot replaced.
             if hard_state.commit > at {
-                return Err(NodeError::Storage(StorageError::Corrupt(format!(
-                    "the log disagrees with the snapshot at {at} below the commit index {}",
-                    hard_state.commit
-                ))));
+                return Err(NodeError::Restore(
+                    RestoreError::SnapshotConflictBelowCommit {
+                        index: at,
+                        commit: hard_state.commit,
+                    },
+                ));
             }
             store.purge(at).await.map_err(storage)?;
             let purged = store.bounds().await.map_err(storage)?;
@@ -688,10 +732,9 @@ async fn restore_from(
             bounds = store.bounds().await.map_err(storage)?;
         }
     } else if bounds.first != LogIndex(1) {
-        return Err(NodeError::Storage(StorageError::Corrupt(format!(
-            "the log starts at {} but no snapshot covers the entries before it",
-            bounds.first
-        ))));
+        return Err(NodeError::Restore(RestoreError::NoSnapshotBeforeLog {
+            first: bounds.first,
+        }));
     }
     let entries = if bounds.is_empty() {
         Vec::new()
@@ -726,10 +769,10 @@ async fn restore_from(
             .last
             .max(snapshot.as_ref().map_or(LogIndex(0), |s| s.last_index))
     {
-        return Err(NodeError::Storage(StorageError::Corrupt(format!(
-            "the state machine applied up to {applied} but the log ends at {}",
-            bounds.last
-        ))));
+        return Err(NodeError::Restore(RestoreError::AppliedBeyondLog {
+            applied,
+            last: bounds.last,
+        }));
     }
     let table_at = sessions.applied();
     let replayed = entries

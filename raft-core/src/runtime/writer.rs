@@ -3,11 +3,12 @@
 //! writes received snapshot chunks into a store sink and purges the compacted log.
 
 use super::driver::{send, Shared};
+use super::stop::{StopCause, StoreOperation};
 use crate::network::Network;
 use crate::protocol::plan::{self, WriteGroup, WriteJob, WriteStep, MERGED_WRITES_MAX};
 use crate::protocol::SnapshotWrite;
 use crate::snapshot::SnapshotSink;
-use crate::storage::LogStore;
+use crate::storage::{LogStore, StorageError};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -57,8 +58,8 @@ pub(super) async fn run(
         }
         let count = plan::group_len(&queued);
         let group = WriteGroup::merge(queued.drain(..count));
-        if let Err(why) = write_group(&*store, &mut receiving, group.steps).await {
-            shared.fail(why);
+        if let Err(cause) = write_group(&*store, &mut receiving, group.steps).await {
+            shared.fail(cause);
             return;
         }
         for message in group.release {
@@ -76,17 +77,17 @@ async fn write_group(
     store: &dyn LogStore,
     receiving: &mut Receiving,
     steps: Vec<WriteStep>,
-) -> Result<(), String> {
+) -> Result<(), StopCause> {
     for step in steps {
         match step {
             WriteStep::Log(write) => store
                 .write(&write)
                 .await
-                .map_err(|e| format!("log store write failed: {e}"))?,
+                .map_err(failed(StoreOperation::WriteLog))?,
             WriteStep::Purge(up_to) => store
                 .purge(up_to)
                 .await
-                .map_err(|e| format!("log store purge failed: {e}"))?,
+                .map_err(failed(StoreOperation::PurgeLog))?,
             WriteStep::Snapshot(write) => write_snapshot(store, receiving, write).await?,
         }
     }
@@ -99,16 +100,16 @@ async fn write_snapshot(
     store: &dyn LogStore,
     receiving: &mut Receiving,
     write: SnapshotWrite,
-) -> Result<(), String> {
+) -> Result<(), StopCause> {
     let place = receiving
         .cursor
         .place(&write)
-        .map_err(|error| error.to_string())?;
+        .map_err(StopCause::SnapshotData)?;
     if place.opens {
         let sink = store
             .begin_snapshot()
             .await
-            .map_err(|e| format!("starting to receive a snapshot: {e}"))?;
+            .map_err(failed(StoreOperation::BeginSnapshot))?;
         receiving.sink = Some(sink);
     }
     let sink = receiving
@@ -117,12 +118,20 @@ async fn write_snapshot(
         .expect("the cursor places data only in an open sink");
     sink.write(&write.data)
         .await
-        .map_err(|e| format!("writing a received snapshot: {e}"))?;
+        .map_err(failed(StoreOperation::WriteSnapshot))?;
     if place.finishes {
         let sink = receiving.sink.take().expect("open above");
         sink.finish(&write.meta)
             .await
-            .map_err(|e| format!("storing a received snapshot: {e}"))?;
+            .map_err(failed(StoreOperation::FinishSnapshot))?;
     }
     Ok(())
+}
+
+/// The fail-stop cause of a store error in `operation`.
+fn failed(operation: StoreOperation) -> impl FnOnce(StorageError) -> StopCause {
+    move |error| StopCause::LogStore {
+        operation,
+        error: Arc::new(error),
+    }
 }

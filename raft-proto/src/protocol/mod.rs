@@ -74,6 +74,96 @@ pub struct Restore {
     pub applied: LogIndex,
 }
 
+/// Why [`RawNode::new`] refused to start.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// What storage restored does not fit together.
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+}
+
+/// Durable state whose parts do not fit together: the store lost or mixed up entries (a
+/// corrupt log), or the [`Restore`] was put together wrongly. Found before anything is
+/// changed. [`RawNode::new`] checks a [`Restore`]; the runtime also checks what it reads
+/// from the store before it builds one (the variants that say so).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    /// Two neighbouring entries are not at consecutive indexes.
+    #[error("the restored log has a hole between {before} and {after}")]
+    LogHole {
+        /// The index of the entry before the hole.
+        before: LogIndex,
+        /// The index of the entry after it.
+        after: LogIndex,
+    },
+    /// The log starts after index 1 and no snapshot covers the entries before it.
+    #[error("the restored log starts at {first} but no snapshot covers the entries before it")]
+    NoSnapshotBeforeLog {
+        /// The first index the log holds.
+        first: LogIndex,
+    },
+    /// The log starts past the entry that follows the snapshot.
+    #[error(
+        "the restored log starts at {first}, after the snapshot at {snapshot}: entries are missing"
+    )]
+    EntriesMissingAfterSnapshot {
+        /// The first index the log holds.
+        first: LogIndex,
+        /// The snapshot's last index.
+        snapshot: LogIndex,
+    },
+    /// The log reaches the snapshot's index but does not hold its entry there.
+    #[error("the restored log does not hold the snapshot's entry {index}/{term}")]
+    SnapshotEntryMissing {
+        /// The snapshot's last index.
+        index: LogIndex,
+        /// The snapshot's last term.
+        term: Term,
+    },
+    /// The runtime's check of the store: the log's entry at the snapshot's index has another
+    /// term, and the hard state says entries past it were committed, so the log cannot be
+    /// cut back to the snapshot (below the commit index, that would be the leftover of an
+    /// interrupted install, which the runtime drops).
+    #[error("the log disagrees with the snapshot at {index}, below the commit index {commit}")]
+    SnapshotConflictBelowCommit {
+        /// The snapshot's last index.
+        index: LogIndex,
+        /// The hard state's commit index.
+        commit: LogIndex,
+    },
+    /// The hard state's commit index is past the last entry restored.
+    #[error("the restored commit index {commit} is beyond the last entry {last}")]
+    CommitBeyondLog {
+        /// The hard state's commit index.
+        commit: LogIndex,
+        /// The last index restored (log or snapshot).
+        last: LogIndex,
+    },
+    /// The state machine is behind the snapshot: it must install the snapshot first.
+    #[error(
+        "the state machine applied up to {applied}, below the snapshot at {snapshot}: install \
+         the snapshot first"
+    )]
+    AppliedBelowSnapshot {
+        /// The state machine's applied index.
+        applied: LogIndex,
+        /// The snapshot's last index.
+        snapshot: LogIndex,
+    },
+    /// The runtime's check of the store: the state machine holds entries the log and the
+    /// snapshot do not.
+    #[error("the state machine applied up to {applied} but the log ends at {last}")]
+    AppliedBeyondLog {
+        /// The state machine's applied index.
+        applied: LogIndex,
+        /// The last index the log (or, past it, the snapshot) holds.
+        last: LogIndex,
+    },
+}
+
 /// A committed entry to apply, with the proposal it answers when this node proposed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommittedEntry {
@@ -299,7 +389,7 @@ pub struct RawNode {
 
 impl RawNode {
     /// Starts a node from its configuration and what storage holds.
-    pub fn new(config: Config, restore: Restore) -> Result<RawNode, ConfigError> {
+    pub fn new(config: Config, restore: Restore) -> Result<RawNode, StartError> {
         config.validate()?;
         let hard_state = restore.hard_state;
         let RestoredLog {
@@ -310,16 +400,19 @@ impl RawNode {
         } = restore_log(&config, &restore)?;
         let last = LogIndex(offset.0 + entries.len() as u64);
         if hard_state.commit > last {
-            return Err(ConfigError(format!(
-                "restored commit index {} is beyond the last entry {last}",
-                hard_state.commit
-            )));
+            return Err(RestoreError::CommitBeyondLog {
+                commit: hard_state.commit,
+                last,
+            }
+            .into());
         }
         let applied = restore.applied.min(last);
         if applied < offset && restore.snapshot.is_some() {
-            return Err(ConfigError(format!(
-                "the state machine applied up to {applied}, below the snapshot at {offset}: install the snapshot first"
-            )));
+            return Err(RestoreError::AppliedBelowSnapshot {
+                applied,
+                snapshot: offset,
+            }
+            .into());
         }
         let memberships: Vec<(LogIndex, Membership)> = entries
             .iter()
@@ -883,22 +976,20 @@ struct RestoredLog {
 
 /// Checks what storage restored and finds where the in-memory log starts: after the
 /// snapshot, or (when the store kept a tail below it) at the first entry held.
-fn restore_log(config: &Config, restore: &Restore) -> Result<RestoredLog, ConfigError> {
+fn restore_log(config: &Config, restore: &Restore) -> Result<RestoredLog, RestoreError> {
     let entries = &restore.entries;
     for pair in entries.windows(2) {
         if pair[1].index != pair[0].index.next() {
-            return Err(ConfigError(format!(
-                "restored log has a hole between {} and {}",
-                pair[0].index, pair[1].index
-            )));
+            return Err(RestoreError::LogHole {
+                before: pair[0].index,
+                after: pair[1].index,
+            });
         }
     }
     let first = entries.first().map(|e| e.index);
     let Some(snapshot) = &restore.snapshot else {
         if let Some(first) = first.filter(|f| *f != LogIndex(1)) {
-            return Err(ConfigError(format!(
-                "restored log starts at {first} but no snapshot covers the entries before it"
-            )));
+            return Err(RestoreError::NoSnapshotBeforeLog { first });
         }
         // A later life of a node whose storage did not survive: the cluster it started with
         // has moved on, so it knows no members until a leader tells it.
@@ -927,9 +1018,10 @@ fn restore_log(config: &Config, restore: &Restore) -> Result<RestoredLog, Config
         return Ok(after_snapshot);
     };
     if first > at.next() {
-        return Err(ConfigError(format!(
-            "restored log starts at {first}, after the snapshot at {at}: entries are missing"
-        )));
+        return Err(RestoreError::EntriesMissingAfterSnapshot {
+            first,
+            snapshot: at,
+        });
     }
     if first == at.next() {
         return Ok(RestoredLog {
@@ -942,10 +1034,10 @@ fn restore_log(config: &Config, restore: &Restore) -> Result<RestoredLog, Config
         .get(position)
         .is_some_and(|e| e.index == at && e.term == snapshot.last_term);
     if !matches {
-        return Err(ConfigError(format!(
-            "restored log does not hold the snapshot's entry {at}/{}",
-            snapshot.last_term
-        )));
+        return Err(RestoreError::SnapshotEntryMissing {
+            index: at,
+            term: snapshot.last_term,
+        });
     }
     // Keep the tail below the snapshot (lagging followers catch up from it): its first entry
     // becomes the offset. Memberships in the tail are re-read from the entries; the newest at

@@ -91,14 +91,15 @@ impl RawNode {
     }
 
     /// The driver built the snapshot asked for in [`super::Ready::build_snapshot`] and its
-    /// store holds it (`Ok`), or failed to (`Err`, with the reason; the node tries again after
-    /// another interval). The log below the snapshot, less the configured tail, is purged.
-    pub fn snapshot_built(&mut self, result: Result<SnapshotMeta, String>) {
+    /// store holds it (`Ok`), or failed to (`Err`, with the driver's error, which is only
+    /// logged; the node tries again after another interval). The log below the snapshot, less
+    /// the configured tail, is purged.
+    pub fn snapshot_built(&mut self, result: Result<SnapshotMeta, &dyn std::error::Error>) {
         self.snapshot_building = false;
         let meta = match result {
             Ok(meta) => meta,
-            Err(why) => {
-                tracing::warn!(%why, "building a snapshot failed");
+            Err(error) => {
+                tracing::warn!(%error, "building a snapshot failed");
                 self.snapshot_next_auto =
                     self.log.applying.0 + self.config.snapshot_interval_entries;
                 // The byte bound asks again after another half bound, not on every apply.

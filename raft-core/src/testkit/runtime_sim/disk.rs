@@ -5,12 +5,13 @@
 use super::world::{lock, SharedWorld};
 use crate::snapshot::{SnapshotMeta, SnapshotSink};
 use crate::storage::validate::{check_append, check_hard_state, check_range, check_truncate};
-use crate::storage::{LogBounds, LogStore, LogWrite, StorageError};
+use crate::storage::{LogBounds, LogStore, LogWrite, StorageError, StoreStopped};
 use crate::testkit::sim::DurableState;
 use crate::types::{Entry, HardState, LogIndex, NodeId, Term};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How a run's disks behave. Drawn from the seed by [`super::RuntimeSimOptions::from_seed`].
@@ -100,18 +101,14 @@ impl SimDisk {
         let world = lock(&self.world);
         let disk = &world.disks[&self.node];
         if !world.is_current(self.node, self.life) {
-            return Err(StorageError::Stopped(format!(
-                "{} crashed (life {} ended)",
-                self.node, self.life
-            )));
+            return Err(StorageError::Stopped(StoreStopped::LifeEnded));
         }
-        if disk.failed_life == Some(self.life) {
-            return Err(StorageError::Stopped(format!(
-                "an earlier write of {} failed",
-                self.node
-            )));
+        match &disk.failed_life {
+            Some((life, failure)) if *life == self.life => Err(StorageError::Stopped(
+                StoreStopped::Failed(Arc::clone(failure)),
+            )),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Waits for the write's seeded delay; then says whether it may complete: the life still
@@ -137,20 +134,21 @@ impl SimDisk {
             world.counters.writes_lost += 1;
             let (node, life) = (self.node, self.life);
             world.record(format_args!("{node} lost {what} of life {life} in a crash"));
-            return Err(StorageError::Stopped(format!("{node} crashed")));
+            return Err(StorageError::Stopped(StoreStopped::LifeEnded));
         }
         let chance = world.disk_faults.write_failure_chance;
         if world.rng.chance(chance) {
             world.counters.writes_failed += 1;
             let now = world.now_ms();
-            let disk = world.disks.get_mut(&self.node).expect("a disk per node");
-            disk.failed_life = Some(self.life);
-            disk.failed_at_ms.get_or_insert(now);
             let node = self.node;
+            let failure =
+                || std::io::Error::other(format!("simulated failure of {what} on {node}"));
+            let disk = world.disks.get_mut(&node).expect("a disk per node");
+            // The same failure, kept for the calls this life makes after it.
+            disk.failed_life = Some((self.life, Arc::new(StorageError::Io(failure()))));
+            disk.failed_at_ms.get_or_insert(now);
             world.record(format_args!("{node} failed {what}"));
-            return Err(StorageError::Io(std::io::Error::other(format!(
-                "simulated failure of {what} on {node}"
-            ))));
+            return Err(StorageError::Io(failure()));
         }
         Ok(())
     }

@@ -69,7 +69,7 @@ pub use world::TRACE_LINES_MAX;
 
 use crate::config::Config;
 use crate::protocol::Role;
-use crate::runtime::{NodeError, RaftNode, RuntimeOptions};
+use crate::runtime::{NodeError, RaftNode, RuntimeOptions, StopCause};
 use crate::sessions::SessionLimits;
 use crate::testkit::linearizability::{
     check, CheckLimits, CheckResult, History, KvInput, KvModel, KvOutput, OpId,
@@ -514,12 +514,12 @@ impl Sim {
     /// every node whose disk failed a write did stop, within a second.
     fn check_stops(&mut self) {
         let now = self.now_ms();
-        let stopped: Vec<(NodeId, String)> = self
+        let stopped: Vec<(NodeId, StopCause)> = self
             .lives
             .iter()
             .filter_map(|(id, life)| {
                 let life = life.as_ref()?;
-                life.node.stopped_reason().map(|why| (*id, why))
+                life.node.stopped_reason().map(|why| (*id, why.cause))
             })
             .collect();
         for (id, why) in stopped {

@@ -27,8 +27,9 @@ pub(crate) struct Disk {
     /// Bytes written into the snapshot sinks open in the current life (received or being
     /// built), by sink. Lost at a crash.
     pub(crate) open_sinks: BTreeMap<u64, usize>,
-    /// The life whose write failed: that life's store refuses every later call.
-    pub(crate) failed_life: Option<u64>,
+    /// The life whose write failed, and the failure: that life's store refuses every later
+    /// call with it.
+    pub(crate) failed_life: Option<(u64, std::sync::Arc<crate::storage::StorageError>)>,
     /// The virtual time (ms) of the first write that failed in the current life.
     pub(crate) failed_at_ms: Option<u64>,
 }
