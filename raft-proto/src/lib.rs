@@ -124,7 +124,7 @@
 //! let restarted = RawNode::new(Config::new(NodeId(3), voters.to_vec()), restore)?;
 //! assert_eq!(restarted.term(), hosts[0].node.term());
 //! assert_eq!(restarted.last_index(), LogIndex(2));
-//! # Ok::<(), raft_proto::ConfigError>(())
+//! # Ok::<(), raft_proto::protocol::StartError>(())
 //! ```
 //!
 //! # The IO contract
