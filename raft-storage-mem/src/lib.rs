@@ -83,7 +83,7 @@ pub use incarnation::take_incarnation;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use raft_core::storage::validate::{check_append, check_hard_state, check_range, check_truncate};
+use raft_core::storage::validate::{check_range, check_write};
 use raft_core::{
     Entry, HardState, LogBounds, LogIndex, LogStore, LogWrite, SnapshotMeta, SnapshotSink,
     StorageError,
@@ -197,24 +197,14 @@ impl MemState {
     /// Checks a whole group against the current state, then applies it. Nothing changes when the
     /// check fails.
     fn write(&mut self, write: &LogWrite) -> Result<(), StorageError> {
-        let mut last = self.bounds().last;
-        if let Some(from) = write.truncate_from {
-            check_truncate(self.bounds(), self.hard_state.commit, from)?;
-            last = last.min(from.prev());
-        }
-        check_append(
-            LogBounds {
-                first: self.first,
-                last,
-            },
+        let last = check_write(
+            self.bounds(),
+            &self.hard_state,
+            write.truncate_from,
             &write.entries,
-        )?;
-        if let Some(last_entry) = write.entries.last() {
-            last = last_entry.index;
-        }
-        if let Some(hard_state) = &write.hard_state {
-            check_hard_state(&self.hard_state, hard_state, last)?;
-        }
+            write.hard_state.as_ref(),
+        )?
+        .last;
 
         if let Some(from) = write.truncate_from {
             if from <= self.bounds().last {

@@ -5,7 +5,7 @@ use crate::options::RocksLogStoreOptions;
 use crate::snapshot::{sync_directory, SnapshotFileMeta, SnapshotFiles};
 use crate::snapshot_store;
 use bytes::Bytes;
-use raft_core::storage::validate::{check_append, check_hard_state, check_range, check_truncate};
+use raft_core::storage::validate::{check_range, check_write};
 use raft_core::{
     Entry, HardState, LogBounds, LogIndex, LogStore, LogWrite, SnapshotMeta, SnapshotSink,
     StorageError, StoreStopped,
@@ -659,22 +659,16 @@ fn plan_write(
     entries: &[Entry],
     hard_state: Option<&HardState>,
 ) -> Result<(LogState, Option<Range<LogIndex>>), StorageError> {
-    let mut bounds = pending.bounds;
-    let mut delete = None;
-    if let Some(from) = truncate_from {
-        check_truncate(bounds, pending.hard_state.commit, from)?;
-        if from <= bounds.last {
-            delete = Some(from..bounds.last.next());
-            bounds.last = from.prev();
-        }
-    }
-    check_append(bounds, entries)?;
-    if let Some(last) = entries.last() {
-        bounds.last = last.index;
-    }
-    if let Some(hard_state) = hard_state {
-        check_hard_state(&pending.hard_state, hard_state, bounds.last)?;
-    }
+    let bounds = check_write(
+        pending.bounds,
+        &pending.hard_state,
+        truncate_from,
+        entries,
+        hard_state,
+    )?;
+    let delete = truncate_from
+        .filter(|from| *from <= pending.bounds.last)
+        .map(|from| from..pending.bounds.last.next());
     let after = LogState {
         bounds,
         hard_state: hard_state.copied().unwrap_or(pending.hard_state),

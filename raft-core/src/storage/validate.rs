@@ -89,6 +89,33 @@ pub fn check_hard_state(
     Ok(())
 }
 
+/// Checks a whole log write against the state it applies to (`bounds` and the `saved` hard
+/// state): the truncation ([`check_truncate`]), then the entries against the shortened log
+/// ([`check_append`]), then the hard state against the log's new end
+/// ([`check_hard_state`]). Returns the log's bounds after the write. Every store runs this one
+/// sequence, so a write one store refuses every store refuses, with the same message.
+pub fn check_write(
+    bounds: LogBounds,
+    saved: &HardState,
+    truncate_from: Option<LogIndex>,
+    entries: &[Entry],
+    hard_state: Option<&HardState>,
+) -> Result<LogBounds, StorageError> {
+    let mut after = bounds;
+    if let Some(from) = truncate_from {
+        check_truncate(bounds, saved.commit, from)?;
+        after.last = after.last.min(from.prev());
+    }
+    check_append(after, entries)?;
+    if let Some(last) = entries.last() {
+        after.last = last.index;
+    }
+    if let Some(hard_state) = hard_state {
+        check_hard_state(saved, hard_state, after.last)?;
+    }
+    Ok(after)
+}
+
 /// Checks that `range` is well formed and held.
 pub fn check_range(bounds: LogBounds, range: &Range<LogIndex>) -> Result<(), StorageError> {
     if range.start > range.end {

@@ -4,7 +4,7 @@
 
 use super::world::{lock, SharedWorld};
 use crate::snapshot::{SnapshotMeta, SnapshotSink};
-use crate::storage::validate::{check_append, check_hard_state, check_range, check_truncate};
+use crate::storage::validate::{check_range, check_write};
 use crate::storage::{LogBounds, LogStore, LogWrite, StorageError, StoreStopped};
 use crate::testkit::sim::DurableState;
 use crate::types::{Entry, HardState, LogIndex, NodeId, Term};
@@ -159,24 +159,14 @@ impl SimDisk {
         let node = self.node;
         let image = &world.disks[&node].image;
         let bounds = bounds_of(image);
-        let mut last = bounds.last;
-        if let Some(from) = write.truncate_from {
-            check_truncate(bounds, image.hard_state.commit, from)?;
-            last = last.min(from.prev());
-        }
-        check_append(
-            LogBounds {
-                first: bounds.first,
-                last,
-            },
+        let last = check_write(
+            bounds,
+            &image.hard_state,
+            write.truncate_from,
             &write.entries,
-        )?;
-        if let Some(entry) = write.entries.last() {
-            last = entry.index;
-        }
-        if let Some(hard_state) = &write.hard_state {
-            check_hard_state(&image.hard_state, hard_state, last)?;
-        }
+            write.hard_state.as_ref(),
+        )?
+        .last;
         let removed: Vec<Entry> = match write.truncate_from {
             Some(from) if from <= bounds.last => image.entries[offset(image, from)..].to_vec(),
             _ => Vec::new(),
