@@ -404,37 +404,34 @@ pub async fn termination_signal() {
     }
 }
 
-/// Keeps readiness and the leader-change counter up to date from the node's
-/// status, and drops members from the transport once the membership in force removes them.
+/// Keeps readiness and the leader-change counter up to date from the node's narrow signals
+/// (leadership, the applied index, the committed membership), and drops members from the
+/// transport once a committed membership removes them.
 async fn watch_status(
     raft: RaftNode,
     readiness: Arc<Readiness>,
     metrics: Arc<Metrics>,
     address_book: Arc<AddressBook>,
 ) {
-    let mut status = raft.watch_status();
+    let status = raft.status();
+    let (me, life) = (status.id, status.incarnation);
+    let mut leadership = raft.watch_leadership();
+    let mut applied = raft.watch_applied();
+    let mut membership = raft.watch_membership();
     let mut leader = None;
     // The commit index seen when a leader was first known after start.
     let mut catch_up_target = None;
     let mut removed_seen = 0;
     loop {
-        // A few fields are needed: no clone of the whole status on every commit.
-        let (current_leader, commit_index, applied_index, removed, rejoined) = {
-            let current = status.borrow_and_update();
-            // Only a committed membership: an uncommitted one may still be cut from the log.
+        let current_leader = leadership.borrow_and_update().leader;
+        let (removed, rejoined) = {
+            let committed = membership.borrow_and_update();
+            let members = &committed.membership;
             // Committed removals are final (IDs are never reused), so the set only grows and
             // its size tells news.
-            let committed = current.commit_index >= current.membership_index;
-            let removed = current.membership.removed.len();
-            let removed =
-                (committed && removed != removed_seen).then(|| current.membership.removed.clone());
-            (
-                current.leader,
-                current.commit_index,
-                current.applied_index,
-                removed,
-                current.rejoined(),
-            )
+            let removed_now = members.removed.len();
+            let removed = (removed_now != removed_seen).then(|| members.removed.clone());
+            (removed, members.rejoined(me, life))
         };
         if let Some(removed) = removed {
             removed_seen = removed.len();
@@ -449,16 +446,25 @@ async fn watch_status(
             leader = current_leader;
         }
         // A node that restarted without its state (in memory) is not ready until the leader
-        // has recorded its new life and promoted it back: before, the commit index it hears is
-        // only as far as it holds, and it serves nothing it can vouch for.
+        // has recorded its new life and promoted it back (committed): before, the commit index
+        // it hears is only as far as it holds, and it serves nothing it can vouch for.
         if !rejoined {
             catch_up_target = None;
         } else if current_leader.is_some() && catch_up_target.is_none() {
-            catch_up_target = Some(commit_index);
+            catch_up_target = Some(raft.status().commit_index);
         }
+        let applied_index = *applied.borrow_and_update();
         let caught_up = catch_up_target.is_some_and(|target| applied_index >= target);
         readiness.set(current_leader.is_some() && caught_up);
-        if status.changed().await.is_err() {
+        // The applied index is watched only while readiness waits for it: once caught up, it
+        // stays so (the applied index only grows) until leadership or the membership changes.
+        let waiting_for_apply = catch_up_target.is_some() && !caught_up;
+        let closed = tokio::select! {
+            changed = leadership.changed() => changed.is_err(),
+            changed = membership.changed() => changed.is_err(),
+            changed = applied.changed(), if waiting_for_apply => changed.is_err(),
+        };
+        if closed {
             readiness.set(false);
             return;
         }

@@ -950,3 +950,107 @@ async fn reads_waiting_for_a_stalled_state_machine_are_bounded_by_pending_reads_
     }
     node.shutdown().await;
 }
+
+/// Proves: each of a node's narrow signals wakes for its own event only. Fifty commits on a
+/// steady leader move the applied index everywhere but change no node's leadership (a
+/// receiver that did not see a new value was not woken); a membership change shows in every
+/// node's committed membership once committed; and a wait for a learner to catch up is decided
+/// by the leader's protocol: at once on a follower (not the leader) and for a node that is no
+/// learner, and with the latest figures when the learner never answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_signal_wakes_for_its_own_event() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    propose(cluster.node(leader), "first")
+        .await
+        .expect("commits");
+    let first = cluster.node(leader).status().commit_index;
+    cluster.wait_applied_everywhere(first).await;
+    let mut leaderships: Vec<_> = (0..3).map(|p| cluster.node(p).watch_leadership()).collect();
+    let before: Vec<_> = leaderships
+        .iter_mut()
+        .map(|l| *l.borrow_and_update())
+        .collect();
+    let mut applied = cluster.node(leader).watch_applied();
+    applied.borrow_and_update();
+    for round in 0..50 {
+        propose(cluster.node(leader), &format!("w{round}"))
+            .await
+            .expect("commits");
+    }
+    let last = cluster.node(leader).status().commit_index;
+    assert!(
+        last.0 >= first.0 + 50,
+        "commit index {last} after 50 writes from {first}"
+    );
+    cluster.wait_applied_everywhere(last).await;
+    assert!(
+        applied.has_changed().expect("running"),
+        "the applied index moved"
+    );
+    assert!(*applied.borrow() >= last);
+    for (position, leadership) in leaderships.iter().enumerate() {
+        let changed = leadership.has_changed().expect("running");
+        let now = *leadership.borrow();
+        assert_eq!(
+            changed,
+            now != before[position],
+            "node {position}: woken with {now:?} after {:?}",
+            before[position]
+        );
+    }
+
+    let change = raft_core::MembershipChange::add_learner(NodeId(4));
+    let membership = tokio::time::timeout(TIMEOUT, cluster.node(leader).change_membership(change))
+        .await
+        .expect("in time")
+        .expect("the learner is added");
+    assert!(membership.learners.contains(&NodeId(4)));
+    for position in 0..3 {
+        let mut committed = cluster.node(position).watch_membership();
+        let seen = tokio::time::timeout(
+            TIMEOUT,
+            committed.wait_for(|c| c.membership.learners.contains(&NodeId(4))),
+        )
+        .await
+        .expect("every node learns the committed membership")
+        .expect("running")
+        .clone();
+        assert!(seen.index > LogIndex(0));
+        assert_eq!(seen.membership, membership, "node {position}");
+    }
+
+    let follower = (leader + 1) % 3;
+    let short = Duration::from_millis(300);
+    match cluster
+        .node(follower)
+        .wait_caught_up(NodeId(4), TIMEOUT)
+        .await
+    {
+        Err(NodeError::Membership(raft_core::MembershipError::NotLeader(Some(id)))) => {
+            assert_eq!(id, cluster.voters[leader]);
+        }
+        other => panic!("a follower answers NotLeader at once, got {other:?}"),
+    }
+    match cluster
+        .node(leader)
+        .wait_caught_up(NodeId(9), TIMEOUT)
+        .await
+    {
+        Err(NodeError::Membership(raft_core::MembershipError::UnknownNode(NodeId(9)))) => {}
+        other => panic!("a node that is no learner is unknown at once, got {other:?}"),
+    }
+    match cluster.node(leader).wait_caught_up(NodeId(4), short).await {
+        Err(NodeError::Membership(raft_core::MembershipError::NotCaughtUp {
+            id,
+            match_index,
+            last_index,
+            ..
+        })) => {
+            assert_eq!((id, match_index), (NodeId(4), LogIndex(0)));
+            assert!(last_index >= last, "figures of now: {last_index}");
+        }
+        other => panic!("a silent learner never catches up, got {other:?}"),
+    }
+    cluster.shutdown().await;
+}

@@ -105,6 +105,16 @@ impl Membership {
         self.incarnations.get(&id).copied().unwrap_or_default()
     }
 
+    /// True when node `id`, running in life `incarnation`, is the life this membership
+    /// records and is not waiting to be promoted back: false for a node that restarted
+    /// without its state until the leader has recorded its new life and, if it voted,
+    /// promoted it back. Life 0 (a node that keeps its state) needs no record.
+    pub fn rejoined(&self, id: NodeId, incarnation: Incarnation) -> bool {
+        let recorded = self.incarnation_of(id) == incarnation;
+        let member = incarnation == Incarnation(0) || self.is_member(id);
+        recorded && member && !self.rejoining.contains(&id)
+    }
+
     /// True when what `id` says in its life `incarnation` counts toward quorums (votes,
     /// commits, CheckQuorum, reads): it votes (in either half of a joint configuration), the
     /// membership records that life, and it is not rejoining. A restarted life that the

@@ -181,17 +181,17 @@ fn not_leader(leader: Option<u64>, why: &str) -> ApiError {
 impl AppContext {
     /// The leader, waiting up to `leader_wait` for one to be known.
     async fn wait_for_leader(&self) -> Result<u64, ApiError> {
-        let mut status = self.raft.watch_status();
+        let mut leadership = self.raft.watch_leadership();
         let known = tokio::time::timeout(
             self.limits.leader_wait,
-            status.wait_for(|s| s.leader.is_some()),
+            leadership.wait_for(|l| l.leader.is_some()),
         )
         .await
-        // The leader, not the borrowed status: that must not be held across the await below.
-        .map(|waited| waited.map(|status| status.leader.expect("waited for a leader")));
+        // The leader, not the borrowed value: that must not be held across the await below.
+        .map(|waited| waited.map(|l| l.leader.expect("waited for a leader")));
         match known {
             Ok(Ok(leader)) => Ok(leader.0),
-            // The status closes once the driver ended, which publishes why first.
+            // The signal closes once the driver ended, which publishes why first.
             Ok(Err(_)) => Err(node_error(
                 NodeError::Stopped(self.raft.stopped().await),
                 false,

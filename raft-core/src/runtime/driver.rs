@@ -1,13 +1,15 @@
 //! The driver task: owns the protocol and feeds it time, messages and proposals.
 
 use super::applier::{Applier, ApplyJob};
+use super::signals::Signals;
 use super::stop::{NodeTask, SnapshotError, StopCause, StopReason};
 use super::writer;
 use super::{MachineRead, NodeError, ProposalRequest, ReadResponder, Responder, RuntimeOptions};
+use crate::membership::MembershipError;
 use crate::message::{Message, MessageBody};
 use crate::network::Network;
 use crate::protocol::plan::{ReadyPlan, WriteJob};
-use crate::protocol::{RawNode, Ready, Role, Status, TransferError};
+use crate::protocol::{RawNode, Ready, Role, TransferError};
 use crate::snapshot::SnapshotMeta;
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
@@ -68,7 +70,7 @@ pub(super) struct DriverParts {
     pub(super) proposals: mpsc::Receiver<ProposalRequest>,
     /// Users' reads of the state machine, for the applier.
     pub(super) machine_reads: mpsc::Receiver<MachineRead>,
-    pub(super) status: watch::Sender<Status>,
+    pub(super) signals: Signals,
     pub(super) stopped: watch::Sender<Option<StopReason>>,
     pub(super) shutdown: Arc<Notify>,
     pub(super) applied: LogIndex,
@@ -82,7 +84,7 @@ pub(super) struct Driver {
     network: Arc<dyn Network>,
     inbox: mpsc::Receiver<Message>,
     proposals: mpsc::Receiver<ProposalRequest>,
-    status: watch::Sender<Status>,
+    signals: Signals,
     stopped: watch::Sender<Option<StopReason>>,
     shutdown: Arc<Notify>,
     shared: Arc<Shared>,
@@ -97,6 +99,8 @@ pub(super) struct Driver {
     next_proposal: u64,
     /// A leadership transfer awaiting its outcome: (target, caller, ticks waited).
     transfer: Option<(NodeId, TransferResponder, u32)>,
+    /// Callers waiting for a learner to catch up ([`super::RaftNode::wait_caught_up`]).
+    catch_up_waiters: Vec<(NodeId, CatchUpResponder)>,
     /// Callers waiting for a snapshot taken by hand.
     snapshot_waiters: Vec<SnapshotResponder>,
     /// Snapshot chunks on their way to be read from the store and sent.
@@ -113,6 +117,11 @@ pub(super) struct Driver {
 
 type TransferResponder = oneshot::Sender<Result<(), NodeError>>;
 type SnapshotResponder = oneshot::Sender<Result<SnapshotMeta, NodeError>>;
+type CatchUpResponder = oneshot::Sender<Result<(), NodeError>>;
+
+/// Callers waiting for learners to catch up, at most; past it a wait fails at once with
+/// `ProposeError::TooManyPending`.
+const CATCH_UP_WAITERS_MAX: usize = 64;
 
 /// How the driver's loop ended.
 enum Exit {
@@ -164,7 +173,7 @@ impl Driver {
             network: parts.network,
             inbox: parts.inbox,
             proposals: parts.proposals,
-            status: parts.status,
+            signals: parts.signals,
             stopped: parts.stopped,
             shutdown: parts.shutdown,
             shared,
@@ -173,6 +182,7 @@ impl Driver {
             reads_awaiting_apply: BTreeMap::new(),
             next_proposal: 1,
             transfer: None,
+            catch_up_waiters: Vec::new(),
             snapshot_waiters: Vec::new(),
             snapshot_chunks,
             writes,
@@ -256,6 +266,7 @@ impl Driver {
             }
             self.settle_transfer(ticked, None);
             self.publish_status(ticked);
+            self.settle_catch_up();
         }
     }
 
@@ -304,6 +315,17 @@ impl Driver {
                         let _ = responder.send(Err(NodeError::Membership(error)));
                     }
                 }
+            }
+            ProposalRequest::WaitCaughtUp { id, responder } => {
+                self.catch_up_waiters
+                    .retain(|(_, waiter)| !waiter.is_closed());
+                if self.catch_up_waiters.len() >= CATCH_UP_WAITERS_MAX {
+                    let error = crate::protocol::ProposeError::TooManyPending;
+                    let _ = responder.send(Err(NodeError::Propose(error)));
+                    return;
+                }
+                self.catch_up_waiters.push((id, responder));
+                self.settle_catch_up();
             }
             ProposalRequest::Snapshot { responder } => {
                 if self.raw.request_snapshot() || self.raw.snapshot_building() {
@@ -423,7 +445,7 @@ impl Driver {
             };
             self.raw.snapshot_built(reported);
             // Callers told of the snapshot see it (and the compacted log) in the status.
-            self.status.send_replace(self.raw.status());
+            self.signals.publish(&self.raw, self.last_applied, true);
             for waiter in self.snapshot_waiters.drain(..) {
                 let _ = waiter.send(result.clone().map_err(NodeError::Snapshot));
             }
@@ -535,17 +557,30 @@ impl Driver {
         Ok(())
     }
 
+    /// Publishes the narrow signals that changed, and the display status on a tick.
     fn publish_status(&mut self, ticked: bool) {
-        let changed = {
-            let current = self.status.borrow();
-            current.role != self.raw.role()
-                || current.term != self.raw.term()
-                || current.leader != self.raw.leader()
-                || current.commit_index != self.raw.commit_index()
-                || current.applied_index != self.last_applied
-        };
-        if changed || ticked {
-            self.status.send_replace(self.raw.status());
+        self.signals.publish(&self.raw, self.last_applied, ticked);
+    }
+
+    /// Answers the callers waiting for a learner to catch up once the protocol would accept
+    /// its promotion, or can no longer (this node stopped leading; the learner is gone).
+    /// Callers that gave up are dropped.
+    fn settle_catch_up(&mut self) {
+        if self.catch_up_waiters.is_empty() {
+            return;
+        }
+        for (id, responder) in std::mem::take(&mut self.catch_up_waiters) {
+            if responder.is_closed() {
+                continue;
+            }
+            match self.raw.learner_caught_up(id) {
+                Err(MembershipError::NotCaughtUp { .. }) => {
+                    self.catch_up_waiters.push((id, responder));
+                }
+                verdict => {
+                    let _ = responder.send(verdict.map_err(NodeError::Membership));
+                }
+            }
         }
     }
 
@@ -564,11 +599,7 @@ impl Driver {
             request.refuse(|| NodeError::NotRunning(reason.clone()));
         }
         // A stopped node leads nothing and knows no leader.
-        self.status.send_modify(|status| {
-            status.role = crate::protocol::Role::Follower;
-            status.leader = None;
-            status.progress.clear();
-        });
+        self.signals.stopped();
         // Every proposal still tracked fails; queued writes and applies finish first.
         self.raw.abandon_proposals();
         let ready = self.raw.ready();
@@ -591,6 +622,9 @@ impl Driver {
         }
         if let Some((_, responder, _)) = self.transfer.take() {
             let _ = responder.send(Err(NodeError::Stopped(reason.clone())));
+        }
+        for (_, waiter) in self.catch_up_waiters.drain(..) {
+            let _ = waiter.send(Err(NodeError::Stopped(reason.clone())));
         }
         for waiter in self.snapshot_waiters.drain(..) {
             let _ = waiter.send(Err(NodeError::Stopped(reason.clone())));

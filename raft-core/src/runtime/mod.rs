@@ -19,9 +19,11 @@
 
 mod applier;
 mod driver;
+mod signals;
 mod stop;
 mod writer;
 
+pub use signals::{CommittedMembership, Leadership};
 pub use stop::{NodeTask, SnapshotError, StopCause, StopReason, StoreOperation};
 
 use crate::config::{Config, ConfigError};
@@ -75,6 +77,12 @@ pub struct RuntimeOptions {
     /// batch of proposals. The bound covers a follower that stopped answering; tokio's timer
     /// rounds it up to the next millisecond.
     pub leader_write_delay_max: Duration,
+    /// The session ID of this life's first forward (a follower sends each forwarded command
+    /// in a one-off session, numbered up from it). `None`, the default: a random one, drawn at
+    /// start. Set it only where runs must repeat exactly (a simulator), and then to a value no
+    /// other life of any node uses, or the session table would take one life's forward for a
+    /// retry of another's.
+    pub forward_sessions_first: Option<SessionId>,
 }
 
 impl Default for RuntimeOptions {
@@ -89,6 +97,7 @@ impl Default for RuntimeOptions {
             machine_read_queue_max: 1024,
             snapshot_send_queue_max: 64,
             leader_write_delay_max: Duration::from_millis(1),
+            forward_sessions_first: None,
         }
     }
 }
@@ -230,6 +239,9 @@ impl ProposalRequest {
             ProposalRequest::Snapshot { responder } => {
                 let _ = responder.send(Err(error()));
             }
+            ProposalRequest::WaitCaughtUp { responder, .. } => {
+                let _ = responder.send(Err(error()));
+            }
         }
     }
 }
@@ -254,6 +266,11 @@ enum ProposalRequest {
         change: MembershipChange,
         responder: Responder,
     },
+    /// A wait, on the leader, for a learner to catch up.
+    WaitCaughtUp {
+        id: NodeId,
+        responder: oneshot::Sender<Result<(), NodeError>>,
+    },
     /// A snapshot by hand.
     Snapshot {
         responder: oneshot::Sender<Result<SnapshotMeta, NodeError>>,
@@ -265,7 +282,7 @@ enum ProposalRequest {
 #[derive(Clone)]
 pub struct RaftNode {
     proposals: mpsc::Sender<ProposalRequest>,
-    status: watch::Receiver<Status>,
+    signals: signals::SignalReceivers,
     shutdown: Arc<tokio::sync::Notify>,
     driver: Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>,
     stopped: watch::Receiver<Option<StopReason>>,
@@ -303,12 +320,16 @@ impl RaftNode {
         let promotion_lag_entries_max = config.promotion_lag_entries_max;
         let mut raw = RawNode::new(config.clone(), restore)?;
         // Every forward travels in a one-off session, numbered from a random value per life.
-        raw.set_forward_sessions(forward_sessions_first(&config));
+        raw.set_forward_sessions(
+            options
+                .forward_sessions_first
+                .unwrap_or_else(SessionId::random),
+        );
         let (inbound, inbox) = Inbound::channel(config.id, options.inbox_messages_max);
         network.start(inbound).await.map_err(NodeError::Network)?;
         let (proposal_sender, proposal_receiver) = mpsc::channel(options.proposal_queue_max);
         let (machine_reads, machine_read_queue) = mpsc::channel(options.machine_read_queue_max);
-        let (status_sender, status) = watch::channel(raw.status());
+        let (signals, signal_receivers) = signals::Signals::new(&raw, applied);
         let (stopped_sender, stopped) = watch::channel(None);
         let shutdown = Arc::new(tokio::sync::Notify::new());
         // Every line the node's tasks log carries its ID: several nodes may share a process.
@@ -323,7 +344,7 @@ impl RaftNode {
                 inbox,
                 proposals: proposal_receiver,
                 machine_reads: machine_read_queue,
-                status: status_sender,
+                signals,
                 stopped: stopped_sender,
                 shutdown: shutdown.clone(),
                 applied,
@@ -333,7 +354,7 @@ impl RaftNode {
         let handle = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
         Ok(RaftNode {
             proposals: proposal_sender,
-            status,
+            signals: signal_receivers,
             shutdown,
             driver: Arc::new(tokio::sync::Mutex::new(Some(handle))),
             stopped,
@@ -498,11 +519,11 @@ impl RaftNode {
         answer.await.unwrap_or_else(|_| Err(self.stopped_error()))?;
         // The first entry applied; with a joint configuration the leader (this one or the
         // next) appends the final one on its own.
-        let mut status = self.status.clone();
-        let done = status
-            .wait_for(|s| !s.membership.is_joint() && s.commit_index >= s.membership_index)
+        let mut membership = self.signals.membership.clone();
+        let done = membership
+            .wait_for(|committed| !committed.membership.is_joint())
             .await
-            .map(|s| s.membership.clone());
+            .map(|committed| committed.membership.clone());
         done.map_err(|_| self.stopped_error())
     }
 
@@ -513,30 +534,12 @@ impl RaftNode {
     /// `within` runs out, [`MembershipError::UnknownNode`] when `id` is not a learner, or
     /// [`MembershipError::NotLeader`] when this node does not lead.
     pub async fn wait_caught_up(&self, id: NodeId, within: Duration) -> Result<(), NodeError> {
-        let lag_entries_max = self.promotion_lag_entries_max;
-        let verdict = |s: &Status| -> Option<Result<(), MembershipError>> {
-            if s.leader != Some(s.id) {
-                return Some(Err(MembershipError::NotLeader(s.leader)));
-            }
-            if !s.membership.learners.contains(&id) {
-                return Some(Err(MembershipError::UnknownNode(id)));
-            }
-            let match_index = s
-                .progress
-                .iter()
-                .find(|p| p.id == id)
-                .map_or(LogIndex(0), |p| p.match_index);
-            let caught_up = match_index > LogIndex(0)
-                && s.last_index.0.saturating_sub(match_index.0) <= lag_entries_max;
-            caught_up.then_some(Ok(()))
-        };
-        let mut status = self.status.clone();
-        let waited = tokio::time::timeout(within, status.wait_for(|s| verdict(s).is_some())).await;
-        match waited {
-            Ok(Ok(status)) => verdict(&status)
-                .expect("wait_for returned on a verdict")
-                .map_err(NodeError::Membership),
-            Ok(Err(_)) => Err(self.stopped_error()),
+        let (responder, answer) = oneshot::channel();
+        self.submit(ProposalRequest::WaitCaughtUp { id, responder })
+            .await?;
+        match tokio::time::timeout(within, answer).await {
+            Ok(answer) => answer.unwrap_or_else(|_| Err(self.stopped_error())),
+            // Dropping the receiver withdraws the wait; the figures are the latest published.
             Err(_) => {
                 let status = self.status();
                 let match_index = status
@@ -548,7 +551,7 @@ impl RaftNode {
                     id,
                     match_index,
                     last_index: status.last_index,
-                    lag_entries_max,
+                    lag_entries_max: self.promotion_lag_entries_max,
                 }))
             }
         }
@@ -563,15 +566,55 @@ impl RaftNode {
         answer.await.unwrap_or_else(|_| Err(self.stopped_error()))
     }
 
-    /// The node's current status.
+    /// The node's current status, for display: role, term, leader, commit and applied indexes
+    /// as of now; the rest (membership, log bounds, per-follower progress, snapshot) as of the
+    /// last tick or the last change of leadership, committed membership or snapshot. To wait for
+    /// an event, use the narrow signals instead: [`RaftNode::watch_leadership`],
+    /// [`RaftNode::wait_applied`] and [`RaftNode::watch_applied`],
+    /// [`RaftNode::watch_membership`], [`RaftNode::wait_caught_up`].
     pub fn status(&self) -> Status {
-        self.status.borrow().clone()
+        self.signals.status()
     }
 
-    /// A receiver that sees every status change (role, term, leader, commit and applied
-    /// indexes), and at least one update per tick while the node runs.
+    /// A receiver of the display status, refreshed on every tick and when leadership, the
+    /// committed membership or the snapshot changes (not on every commit: the status is built
+    /// for display, and a rebuild copies the membership and every follower's progress).
     pub fn watch_status(&self) -> watch::Receiver<Status> {
-        self.status.clone()
+        self.signals.status.clone()
+    }
+
+    /// Who leads, as this node knows it now.
+    pub fn leadership(&self) -> Leadership {
+        *self.signals.leadership.borrow()
+    }
+
+    /// A receiver that wakes once per change of this node's term, role or known leader; it
+    /// closes when the node stops (after publishing that a stopped node leads nothing).
+    ///
+    /// ```
+    /// # use raft_core::runtime::RaftNode;
+    /// # async fn example(node: &RaftNode) {
+    /// let mut leadership = node.watch_leadership();
+    /// // Wait until some leader is known; copy the value out (the borrow holds the channel).
+    /// if let Ok(now) = leadership.wait_for(|l| l.leader.is_some()).await.map(|l| *l) {
+    ///     println!("{:?} leads term {}", now.leader, now.term.0);
+    /// }
+    /// # }
+    /// ```
+    pub fn watch_leadership(&self) -> watch::Receiver<Leadership> {
+        self.signals.leadership.clone()
+    }
+
+    /// A receiver of the highest index this node's state machine has applied, once per
+    /// advance. [`RaftNode::wait_applied`] waits on it.
+    pub fn watch_applied(&self) -> watch::Receiver<LogIndex> {
+        self.signals.applied.clone()
+    }
+
+    /// A receiver of the newest committed membership, once per change (a membership in the
+    /// log but not committed is not published: a new leader may still cut it).
+    pub fn watch_membership(&self) -> watch::Receiver<CommittedMembership> {
+        self.signals.membership.clone()
     }
 
     /// Why the node stopped, once it has. Match on its [`StopReason::cause`] to tell a
@@ -596,8 +639,7 @@ impl RaftNode {
     }
 
     /// Waits until the node stops (shut down, or failed) and returns why. Prefer this to
-    /// waiting for [`RaftNode::watch_status`] to close: a status receiver wakes on every
-    /// commit, this future wakes once.
+    /// waiting for a signal to close: this future wakes once.
     pub async fn stopped(&self) -> StopReason {
         let mut stopped = self.stopped.clone();
         let reason = match stopped.wait_for(Option::is_some).await {
@@ -610,9 +652,9 @@ impl RaftNode {
 
     /// Waits until the node has applied at least `index` (or stopped).
     pub async fn wait_applied(&self, index: LogIndex) -> Result<(), NodeError> {
-        let mut status = self.status.clone();
-        let result = status
-            .wait_for(|s| s.applied_index >= index)
+        let mut applied = self.signals.applied.clone();
+        let result = applied
+            .wait_for(|applied| *applied >= index)
             .await
             .map(|_| ());
         result.map_err(|_| self.stopped_error())
@@ -670,18 +712,6 @@ impl RaftNode {
         }
     }
 }
-
-/// The first session of this life's forwards: random, except in the runtime-level simulation
-/// (feature `testkit`), which draws it from the node's seed so that a seed replays one run.
-fn forward_sessions_first(config: &Config) -> SessionId {
-    #[cfg(feature = "testkit")]
-    if let Some(first) = crate::testkit::runtime_sim::forward_sessions_first(config) {
-        return first;
-    }
-    let _ = config;
-    SessionId::random()
-}
-
 /// Reads what the protocol needs to resume: the hard state, the snapshot, the log and the
 /// state machine's applied index, checked against each other. A state machine behind the
 /// snapshot installs it first; stale entries a crash left below an installed snapshot are

@@ -1026,8 +1026,8 @@ pub async fn join<H: NetworkHarness>(
 
 /// Waits until `node` sees `leader` lead.
 async fn wait_for_leader_to_be(node: &RaftNode, leader: NodeId, why: &str) {
-    let mut status = node.watch_status();
-    timeout(PATIENCE, status.wait_for(|s| s.leader == Some(leader)))
+    let mut leadership = node.watch_leadership();
+    timeout(PATIENCE, leadership.wait_for(|l| l.leader == Some(leader)))
         .await
         .unwrap_or_else(|_| panic!("{why}: {leader} did not lead within {PATIENCE:?}"))
         .unwrap_or_else(|_| panic!("{why}: the node stopped"));

@@ -24,6 +24,21 @@ impl RawNode {
             .map_or(self.base_membership.0, |(at, _)| *at)
     }
 
+    /// The newest committed membership and the index of the entry that set it: the one a
+    /// caller may rely on (a membership in force but not committed may still be cut from the
+    /// log by a new leader). A runtime publishes it as it changes.
+    pub fn committed_membership(&self) -> (LogIndex, &Membership) {
+        let committed = self.log.committed;
+        self.memberships
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= committed)
+            .map_or(
+                (self.base_membership.0, &self.base_membership.1),
+                |(at, m)| (*at, m),
+            )
+    }
+
     /// The membership in force at `index` (at or after the log's offset).
     pub(super) fn membership_at(&self, index: LogIndex) -> &Membership {
         self.memberships
@@ -203,6 +218,23 @@ impl RawNode {
         self.proposals.place(index, self.term, id);
         self.assert_invariants();
         Ok(())
+    }
+
+    /// Whether learner `id` may be promoted now, as [`RawNode::change_membership`] would
+    /// decide: `Ok` once it answered in the life the membership records and holds the log
+    /// within `Config::promotion_lag_entries_max` entries of this leader's last index;
+    /// [`MembershipError::NotCaughtUp`] (with the figures) while it lags;
+    /// [`MembershipError::NotLeader`] on a node that does not lead, and
+    /// [`MembershipError::UnknownNode`] when `id` is not a learner. A runtime waiting for a
+    /// learner to catch up asks this after each step.
+    pub fn learner_caught_up(&self, id: NodeId) -> Result<(), MembershipError> {
+        if self.role != Role::Leader {
+            return Err(MembershipError::NotLeader(self.leader));
+        }
+        if !self.membership().learners.contains(&id) {
+            return Err(MembershipError::UnknownNode(id));
+        }
+        self.check_caught_up(id)
     }
 
     /// Leader: refuses to promote a learner that never answered or lags too far behind.

@@ -304,10 +304,7 @@ impl Status {
     /// recorded it and, if it voted, promoted it back (it is then caught up to within
     /// [`Config::promotion_lag_entries_max`]).
     pub fn rejoined(&self) -> bool {
-        let recorded = self.membership.incarnation_of(self.id) == self.incarnation;
-        let member =
-            self.incarnation == crate::Incarnation(0) || self.membership.is_member(self.id);
-        recorded && member && !self.membership.rejoining.contains(&self.id)
+        self.membership.rejoined(self.id, self.incarnation)
     }
 }
 

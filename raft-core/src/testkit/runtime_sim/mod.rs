@@ -225,14 +225,6 @@ thread_local! {
     static RUNNING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// While a run is on this thread, the first forward session of a node's life, from its seed
-/// (the runtime otherwise draws it at random, which would make two runs of a seed differ).
-pub(crate) fn forward_sessions_first(config: &Config) -> Option<crate::types::SessionId> {
-    RUNNING
-        .with(|running| running.get())
-        .then(|| crate::types::SessionId(mix(config.seed, 0xf0_4a4d)))
-}
-
 /// Records every panic on a thread that runs a simulation, so that one in a runtime task
 /// (which tokio catches) still fails the run.
 fn install_panic_recorder() {
@@ -451,8 +443,15 @@ impl Sim {
         let machine = Box::new(SimKvMachine::new(self.world.clone(), id, life));
         let config = self.config(id, life);
         lock(&self.world).record(format_args!("{id} starts life {life}"));
-        let started =
-            RaftNode::start(config, RuntimeOptions::default(), store, machine, network).await;
+        let started = {
+            // The first forward session from the life's seed: a random one would make two
+            // runs of a seed differ.
+            let options = RuntimeOptions {
+                forward_sessions_first: Some(crate::types::SessionId(mix(config.seed, 0xf0_4a4d))),
+                ..RuntimeOptions::default()
+            };
+            RaftNode::start(config, options, store, machine, network).await
+        };
         match started {
             Ok(node) => {
                 let (ended, ended_receiver) = watch::channel(false);
