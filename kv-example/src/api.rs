@@ -920,6 +920,8 @@ async fn status(State(context): Context) -> Json<Value> {
 
 async fn metrics(State(context): Context) -> Response {
     let mut text = context.metrics.render(&context.raft.status());
+    // The library's own metrics (`raft_core::runtime::telemetry`), labelled by node.
+    text.push_str(&crate::metrics::library_metrics().render());
     if let Some(stats) = &context.log_store_stats {
         crate::metrics::render_log_store(&mut text, &stats());
     }

@@ -1,5 +1,8 @@
-//! Counters and histograms for `/metrics`, rendered in the Prometheus text format by hand (a
-//! few atomics, no registry).
+//! Counters and histograms for `/metrics`, in the Prometheus text format: the node's own (a
+//! few atomics rendered by hand) and the library's (`raft_core::runtime::telemetry`, through
+//! the `metrics` facade and a Prometheus recorder installed once per process,
+//! [`library_metrics`]). Nodes sharing one process (a local cluster) share that recorder: each
+//! node's `/metrics` then shows every node's series, told apart by their `node` label.
 
 use crate::api::Consistency;
 use crate::http_server::{CloseReason, HttpCounters};
@@ -8,6 +11,48 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How often the library recorder drains its histogram samples into buckets when nobody
+/// scrapes `/metrics` (without it the samples would pile up between scrapes).
+const LIBRARY_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The process's recorder of the library's metrics: installed as the global `metrics`
+/// recorder by the first call (before the first node starts), with histogram buckets for
+/// durations (`*_seconds`) and for write group sizes. If another recorder was installed first
+/// (a program embedding the node, a test), that one keeps receiving the library's figures and
+/// this one renders nothing.
+pub fn library_metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    use std::sync::OnceLock;
+    static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS_SECONDS)
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(
+                    Matcher::Full("raft_write_batch_entries".into()),
+                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0],
+                )
+            })
+            .expect("bucket lists are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::info!(
+                "a metrics recorder was installed before kvnode's: it keeps the library's metrics"
+            );
+        }
+        let upkeep = handle.clone();
+        std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(LIBRARY_UPKEEP_INTERVAL);
+                upkeep.run_upkeep();
+            })
+            .expect("spawning the metrics upkeep thread");
+        handle
+    })
+}
 
 /// Upper bounds of the latency buckets, in seconds.
 const LATENCY_BUCKETS_SECONDS: [f64; 14] = [
@@ -147,8 +192,6 @@ pub struct Metrics {
     pub http: Arc<HttpCounters>,
     /// Commands applied.
     applied_commands: AtomicU64,
-    /// Leader changes this node has seen (a new leader known, or leadership lost).
-    leader_changes: AtomicU64,
     /// Snapshots the state machine built.
     snapshots_built: AtomicU64,
     /// Bytes of those snapshots.
@@ -220,16 +263,6 @@ impl Metrics {
             .fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// Counts a change of leader.
-    pub fn record_leader_change(&self) {
-        self.leader_changes.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Leader changes seen so far.
-    pub fn leader_changes(&self) -> u64 {
-        self.leader_changes.load(Ordering::Relaxed)
-    }
-
     /// Apply batches so far.
     pub fn apply_batches(&self) -> u64 {
         self.apply_seconds.count()
@@ -258,13 +291,6 @@ impl Metrics {
             "kv_applied_commands_total {}",
             self.applied_commands.load(Ordering::Relaxed)
         );
-        header(
-            &mut out,
-            "raft_leader_changes_total",
-            "counter",
-            "Times this node saw the leader change (elections) since it started.",
-        );
-        let _ = writeln!(out, "raft_leader_changes_total {}", self.leader_changes());
         self.render_snapshots(&mut out);
         self.render_http(&mut out);
         out
@@ -427,17 +453,6 @@ pub fn render_log_store(out: &mut String, stats: &raft_storage_rocksdb::WriteSta
 
 fn render_raft(out: &mut String, status: &Status) {
     let gauges = [
-        ("raft_term", "The current term.", status.term.0),
-        (
-            "raft_commit_index",
-            "Highest log index known committed (commits so far).",
-            status.commit_index.0,
-        ),
-        (
-            "raft_applied_index",
-            "Highest log index applied to the state machine.",
-            status.applied_index.0,
-        ),
         (
             "raft_log_last_index",
             "Last index in the log.",

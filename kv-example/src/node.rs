@@ -254,6 +254,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
         proposal_queue_max: config.proposal_queue_max,
         ..RuntimeOptions::default()
     };
+    // Installed before the node starts: the library registers its metric handles at start.
+    crate::metrics::library_metrics();
     let machine = KvStateMachine::new(state.clone(), metrics.clone());
     let raft = RaftNode::start(raft_config, options, store, Box::new(machine), network)
         .await
@@ -264,7 +266,6 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
     let watcher = tokio::spawn(watch_status(
         raft.clone(),
         readiness.clone(),
-        metrics.clone(),
         address_book.clone(),
     ));
     let http = reqwest::Client::builder()
@@ -404,21 +405,15 @@ pub async fn termination_signal() {
     }
 }
 
-/// Keeps readiness and the leader-change counter up to date from the node's narrow signals
+/// Keeps readiness up to date from the node's narrow signals
 /// (leadership, the applied index, the committed membership), and drops members from the
 /// transport once a committed membership removes them.
-async fn watch_status(
-    raft: RaftNode,
-    readiness: Arc<Readiness>,
-    metrics: Arc<Metrics>,
-    address_book: Arc<AddressBook>,
-) {
+async fn watch_status(raft: RaftNode, readiness: Arc<Readiness>, address_book: Arc<AddressBook>) {
     let status = raft.status();
     let (me, life) = (status.id, status.incarnation);
     let mut leadership = raft.watch_leadership();
     let mut applied = raft.watch_applied();
     let mut membership = raft.watch_membership();
-    let mut leader = None;
     // The commit index seen when a leader was first known after start.
     let mut catch_up_target = None;
     let mut removed_seen = 0;
@@ -438,12 +433,6 @@ async fn watch_status(
             for id in removed {
                 address_book.forget(id.0);
             }
-        }
-        if current_leader != leader {
-            if leader.is_some() || current_leader.is_some() {
-                metrics.record_leader_change();
-            }
-            leader = current_leader;
         }
         // A node that restarted without its state (in memory) is not ready until the leader
         // has recorded its new life and promoted it back (committed): before, the commit index

@@ -228,10 +228,10 @@ async fn every_endpoint_answers_as_documented() {
         .unwrap();
     for name in [
         "kv_proposals_total{op=\"put\"}",
-        "raft_commit_index",
-        "raft_term",
+        "raft_commit_index{node=",
+        "raft_term{node=",
         "kv_apply_seconds_bucket",
-        "raft_leader_changes_total",
+        "raft_leader_changes_total{node=",
         "raft_log_last_index",
         "raft_peer_replication_lag_entries{peer=",
         "kv_request_seconds_count{op=\"put\"}",
@@ -239,6 +239,12 @@ async fn every_endpoint_answers_as_documented() {
         "raft_snapshot_index",
         "raft_snapshot_bytes",
         "raft_membership_voters 3",
+        // From the library, through the metrics facade.
+        "raft_proposals_total{node=",
+        "raft_append_bytes_sent_total{node=",
+        "raft_write_sync_seconds_bucket{node=",
+        "raft_apply_seconds_count{node=",
+        "raft_is_leader{node=",
         "kv_snapshots_built_total",
         "kv_snapshots_installed_total",
     ] {

@@ -172,6 +172,8 @@ impl Applier {
             self.applied,
             "the table is at the applied index"
         );
+        let started = tokio::time::Instant::now();
+        let first_index = entries[0].index;
         let mut filtered = self.sessions.filter(entries);
         let batch = ApplyBatch {
             commands: filtered.take_commands(),
@@ -217,6 +219,17 @@ impl Applier {
                 return fail(&mut responders, cause);
             }
         }
+        let took = started.elapsed();
+        let applied_entries = last_index.0 - self.applied.0;
+        self.shared
+            .metrics
+            .applied(last_index, applied_entries, took);
+        tracing::debug!(
+            first = first_index.0,
+            last = last_index.0,
+            micros = took.as_micros() as u64,
+            "applied"
+        );
         self.applied = last_index;
         self.shared
             .applied_index

@@ -3,6 +3,7 @@
 use super::applier::{Applier, ApplyJob};
 use super::signals::Signals;
 use super::stop::{NodeTask, SnapshotError, StopCause, StopReason};
+use super::telemetry::{NodeMetrics, Seen};
 use super::writer;
 use super::{MachineRead, NodeError, ProposalRequest, ReadResponder, Responder, RuntimeOptions};
 use crate::membership::MembershipError;
@@ -25,7 +26,6 @@ use tracing::Instrument;
 
 /// Progress the writer and applier report to the driver, without a queue: the latest value
 /// wins, and `notify` wakes the driver.
-#[derive(Default)]
 pub(super) struct Shared {
     /// Highest ready number whose write is durable.
     pub(super) persisted_number: AtomicU64,
@@ -36,9 +36,22 @@ pub(super) struct Shared {
     /// Snapshots the applier built (or failed to), in order.
     pub(super) snapshots_built: Mutex<Vec<Result<SnapshotMeta, SnapshotError>>>,
     pub(super) notify: Notify,
+    /// The node's metric handles ([`super::telemetry`]).
+    pub(super) metrics: NodeMetrics,
 }
 
 impl Shared {
+    fn new(metrics: NodeMetrics) -> Shared {
+        Shared {
+            persisted_number: AtomicU64::new(0),
+            applied_index: AtomicU64::new(0),
+            failure: Mutex::new(None),
+            snapshots_built: Mutex::new(Vec::new()),
+            notify: Notify::new(),
+            metrics,
+        }
+    }
+
     pub(super) fn fail(&self, cause: StopCause) {
         tracing::error!(%cause, "raft node failing stop");
         let mut failure = self.failure.lock().expect("failure lock poisoned");
@@ -113,6 +126,8 @@ pub(super) struct Driver {
     last_applied: LogIndex,
     /// The index of the membership the network was last told of (`Network::members_changed`).
     members_told: Option<LogIndex>,
+    /// What the metrics last saw of the protocol.
+    seen: Seen,
 }
 
 type TransferResponder = oneshot::Sender<Result<(), NodeError>>;
@@ -131,7 +146,8 @@ enum Exit {
 
 impl Driver {
     pub(super) fn new(parts: DriverParts) -> Driver {
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::new(NodeMetrics::new(parts.raw.id())));
+        let seen = shared.metrics.start(&parts.raw, parts.applied);
         shared
             .applied_index
             .store(parts.applied.0, Ordering::Release);
@@ -140,8 +156,13 @@ impl Driver {
         let (snapshot_chunks, chunk_queue) = mpsc::channel(parts.options.snapshot_send_queue_max);
         // Spawned within the node's span (see `RaftNode::start`), which every task keeps.
         tokio::spawn(
-            send_snapshot_chunks(parts.store.clone(), parts.network.clone(), chunk_queue)
-                .in_current_span(),
+            send_snapshot_chunks(
+                parts.store.clone(),
+                parts.network.clone(),
+                shared.clone(),
+                chunk_queue,
+            )
+            .in_current_span(),
         );
         let writer = tokio::spawn(
             writer::run(
@@ -192,6 +213,7 @@ impl Driver {
             last_persisted_number: 0,
             last_applied: parts.applied,
             members_told: None,
+            seen,
         }
     }
 
@@ -221,6 +243,7 @@ impl Driver {
                 _ = ticker.tick() => {
                     self.raw.tick();
                     self.expire_reads();
+                    self.shared.metrics.observe_lag(&self.raw);
                     ticked = true;
                 }
                 message = self.inbox.recv() => match message {
@@ -296,6 +319,8 @@ impl Driver {
                 session,
                 responder,
             } => {
+                self.shared.metrics.proposals.increment(1);
+                tracing::debug!(proposal = id.0, "proposed");
                 self.responders.insert(id, responder);
                 match session {
                     None => self.raw.propose(id, command),
@@ -303,6 +328,7 @@ impl Driver {
                 }
             }
             ProposalRequest::Read { responder } => {
+                self.shared.metrics.read_barriers.increment(1);
                 self.read_responders.insert(id, responder);
                 self.raw.read_index(id);
             }
@@ -468,9 +494,13 @@ impl Driver {
     /// applier.
     async fn handle_ready(&mut self, ready: Ready) -> Result<(), StopCause> {
         self.tell_network_of_members();
+        if let (Some(first), Some(last)) = (ready.write.entries.first(), ready.write.entries.last())
+        {
+            tracing::debug!(first = first.index.0, last = last.index.0, "appended");
+        }
         let plan = ReadyPlan::new(ready);
         for message in plan.send_now {
-            send(&*self.network, message);
+            send(&*self.network, &self.shared, message);
         }
         for chunk in plan.snapshot_chunks {
             // A full queue drops the chunk: the leader resends from the last acknowledged byte.
@@ -533,6 +563,11 @@ impl Driver {
             let mut entries = Vec::with_capacity(plan.apply.len());
             for committed in plan.apply {
                 if let Some(id) = committed.proposal {
+                    tracing::debug!(
+                        proposal = id.0,
+                        index = committed.entry.index.0,
+                        "committed"
+                    );
                     if let Some(responder) = self.responders.remove(&id) {
                         responders.push((committed.entry.index, responder));
                     }
@@ -560,6 +595,7 @@ impl Driver {
     /// Publishes the narrow signals that changed, and the display status on a tick.
     fn publish_status(&mut self, ticked: bool) {
         self.signals.publish(&self.raw, self.last_applied, ticked);
+        self.shared.metrics.observe(&self.raw, &mut self.seen);
     }
 
     /// Answers the callers waiting for a learner to catch up once the protocol would accept
@@ -650,7 +686,8 @@ impl Driver {
     }
 }
 
-pub(super) fn send(network: &dyn Network, message: Message) {
+pub(super) fn send(network: &dyn Network, shared: &Shared, message: Message) {
+    shared.metrics.sent(&message);
     let (from, to) = (message.from, message.to);
     match network.send(message) {
         Ok(()) => {}
@@ -701,6 +738,7 @@ fn unknown_peer_warning_due(from: NodeId, to: NodeId) -> bool {
 async fn send_snapshot_chunks(
     store: Arc<dyn LogStore>,
     network: Arc<dyn Network>,
+    shared: Arc<Shared>,
     mut chunks: mpsc::Receiver<Message>,
 ) {
     while let Some(mut message) = chunks.recv().await {
@@ -727,6 +765,6 @@ async fn send_snapshot_chunks(
                 }
             }
         }
-        send(&*network, message);
+        send(&*network, &shared, message);
     }
 }

@@ -21,6 +21,7 @@ mod applier;
 mod driver;
 mod signals;
 mod stop;
+pub mod telemetry;
 mod writer;
 
 pub use signals::{CommittedMembership, Leadership};

@@ -58,12 +58,25 @@ pub(super) async fn run(
         }
         let count = plan::group_len(&queued);
         let group = WriteGroup::merge(queued.drain(..count));
+        let started = Instant::now();
+        let mut entries = 0;
+        let mut last = None;
+        for step in &group.steps {
+            if let WriteStep::Log(write) = step {
+                entries += write.entries.len();
+                last = write.entries.last().map(|e| e.index).or(last);
+            }
+        }
         if let Err(cause) = write_group(&*store, &mut receiving, group.steps).await {
             shared.fail(cause);
             return;
         }
+        shared.metrics.written(entries, started.elapsed());
+        if let Some(last) = last {
+            tracing::debug!(last = last.0, entries, "durable");
+        }
         for message in group.release {
-            send(&*network, message);
+            send(&*network, &shared, message);
         }
         shared
             .persisted_number

@@ -831,6 +831,12 @@ impl RawNode {
         &self.config
     }
 
+    /// On a leader, each follower's match index (the highest index known replicated on it);
+    /// empty on other nodes. For metrics such as replication lag.
+    pub fn follower_matches(&self) -> impl Iterator<Item = (NodeId, LogIndex)> + '_ {
+        self.progress.iter().map(|(id, p)| (*id, p.match_index))
+    }
+
     /// A status snapshot.
     pub fn status(&self) -> Status {
         Status {
