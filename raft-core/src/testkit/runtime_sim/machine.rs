@@ -1,5 +1,6 @@
-//! The state machine the simulated nodes run: the protocol-level simulator's key-value store
-//! ([`KvStore`]) behind the runtime's own session filter, reporting every command it applies.
+//! The state machines the simulated nodes run: any [`StateMachine`] inside [`Recorded`],
+//! which reports every command it applies to the simulation's checks; the simulator's own is
+//! [`KvMachine`], the protocol-level simulator's key-value store ([`KvStore`]).
 
 use super::world::{lock, SharedWorld};
 use crate::snapshot::{SnapshotMeta, SnapshotReader, SnapshotWriter};
@@ -9,34 +10,15 @@ use crate::types::{LogIndex, NodeId};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-/// One life's key-value state machine (in memory: a restart replays it from the disk's
-/// snapshot and log). Read it with [`RaftNode::read`](crate::runtime::RaftNode::read) as a
-/// `SimKvMachine`.
-pub struct SimKvMachine {
-    world: SharedWorld,
-    node: NodeId,
-    life: u64,
-    store: KvStore,
-}
-
-impl SimKvMachine {
-    pub(crate) fn new(world: SharedWorld, node: NodeId, life: u64) -> SimKvMachine {
-        SimKvMachine {
-            world,
-            node,
-            life,
-            store: KvStore::default(),
-        }
-    }
-
-    /// The key-value data applied so far.
-    pub fn store(&self) -> &KvStore {
-        &self.store
-    }
+/// The simulator's key-value state machine, in memory (a restart replays it from the disk's
+/// snapshot and log).
+#[derive(Debug, Default)]
+pub struct KvMachine {
+    pub(super) store: KvStore,
 }
 
 #[async_trait]
-impl StateMachine for SimKvMachine {
+impl StateMachine for KvMachine {
     async fn apply(&mut self, index: LogIndex, command: Bytes) -> Result<Bytes, StateMachineError> {
         let batch = ApplyBatch {
             commands: vec![(index, command)],
@@ -47,14 +29,7 @@ impl StateMachine for SimKvMachine {
     }
 
     async fn apply_batch(&mut self, batch: ApplyBatch) -> Result<Vec<Bytes>, StateMachineError> {
-        {
-            let mut world = lock(&self.world);
-            for (index, command) in &batch.commands {
-                world.on_apply(self.node, self.life, *index, command);
-            }
-        }
-        let answers = self.store.apply_batch(batch.commands, batch.last_index);
-        Ok(answers)
+        Ok(self.store.apply_batch(batch.commands, batch.last_index))
     }
 
     async fn build_snapshot(&mut self, out: &mut SnapshotWriter) -> Result<(), StateMachineError> {
@@ -73,6 +48,76 @@ impl StateMachine for SimKvMachine {
                 meta.last_index
             ))
         })?;
+        Ok(())
+    }
+}
+
+/// A node life's state machine `M`, reporting every command it applies (the checks compare
+/// them across nodes and against the durable logs) and every snapshot it installs. The
+/// simulator starts nodes with it; read it with
+/// [`RaftNode::read`](crate::runtime::RaftNode::read) as a `Recorded<M>`.
+pub struct Recorded<M> {
+    world: SharedWorld,
+    node: NodeId,
+    life: u64,
+    inner: M,
+}
+
+impl<M> Recorded<M> {
+    pub(crate) fn new(world: SharedWorld, node: NodeId, life: u64, inner: M) -> Recorded<M> {
+        Recorded {
+            world,
+            node,
+            life,
+            inner,
+        }
+    }
+
+    /// The machine itself.
+    pub fn inner(&self) -> &M {
+        &self.inner
+    }
+}
+
+#[async_trait]
+impl<M: StateMachine> StateMachine for Recorded<M> {
+    async fn apply(&mut self, index: LogIndex, command: Bytes) -> Result<Bytes, StateMachineError> {
+        lock(&self.world).on_apply(self.node, self.life, index, &command);
+        self.inner.apply(index, command).await
+    }
+
+    async fn apply_batch(&mut self, batch: ApplyBatch) -> Result<Vec<Bytes>, StateMachineError> {
+        {
+            let mut world = lock(&self.world);
+            for (index, command) in &batch.commands {
+                world.on_apply(self.node, self.life, *index, command);
+            }
+        }
+        self.inner.apply_batch(batch).await
+    }
+
+    async fn applied_index(&mut self) -> Result<LogIndex, StateMachineError> {
+        self.inner.applied_index().await
+    }
+
+    fn snapshot_format_version(&self) -> u32 {
+        self.inner.snapshot_format_version()
+    }
+
+    fn installs_snapshot_format(&self, version: u32) -> bool {
+        self.inner.installs_snapshot_format(version)
+    }
+
+    async fn build_snapshot(&mut self, out: &mut SnapshotWriter) -> Result<(), StateMachineError> {
+        self.inner.build_snapshot(out).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: &mut SnapshotReader,
+    ) -> Result<(), StateMachineError> {
+        self.inner.install_snapshot(meta, data).await?;
         let mut world = lock(&self.world);
         world.record(format_args!(
             "{} installed the snapshot at {}",

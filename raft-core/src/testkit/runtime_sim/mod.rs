@@ -56,28 +56,111 @@
 //! // The same seed replays the same run.
 //! assert_eq!(run(&options).trace_hash, report.trace_hash);
 //! ```
+//!
+//! # Your own state machine
+//!
+//! [`run_workload`] runs a [`Workload`] instead of the key-value store: your
+//! [`StateMachine`](crate::StateMachine), what your clients send, how answers decode, and a
+//! [`Model`](crate::testkit::linearizability::Model) of the machine for the history check. The
+//! faults and every check above stay the same. A counter:
+//!
+//! ```
+//! use async_trait::async_trait;
+//! use bytes::Bytes;
+//! use raft_core::testkit::linearizability::Model;
+//! use raft_core::testkit::runtime_sim::{run_workload, Call, RuntimeSimOptions, Via, Workload};
+//! use raft_core::testkit::sim::rng::SimRng;
+//! use raft_core::{LogIndex, StateMachine, StateMachineError};
+//!
+//! #[derive(Default)]
+//! struct Counter { total: u64 }
+//!
+//! #[async_trait]
+//! impl StateMachine for Counter {
+//!     async fn apply(&mut self, _: LogIndex, command: Bytes) -> Result<Bytes, StateMachineError> {
+//!         // "add N" adds N and answers the total; anything else is refused, as an answer.
+//!         match std::str::from_utf8(&command).ok().and_then(|c| c.strip_prefix("add ")) {
+//!             Some(n) if n.parse::<u64>().is_ok() => self.total += n.parse::<u64>().unwrap(),
+//!             _ => return Ok(Bytes::from("refused")),
+//!         }
+//!         Ok(Bytes::from(self.total.to_string()))
+//!     }
+//! }
+//!
+//! #[derive(Clone, Debug)]
+//! enum Op { Add(u64), Get }
+//!
+//! struct CounterModel;
+//!
+//! impl Model for CounterModel {
+//!     type State = u64;
+//!     type Input = Op;
+//!     type Output = u64;
+//!     fn init(&self) -> u64 { 0 }
+//!     fn step(&self, total: &u64, op: &Op, seen: &u64) -> Option<u64> {
+//!         let after = match op { Op::Add(n) => total + n, Op::Get => *total };
+//!         (after == *seen).then_some(after)
+//!     }
+//!     fn step_unknown(&self, total: &u64, op: &Op) -> Option<u64> {
+//!         Some(match op { Op::Add(n) => total + n, Op::Get => *total })
+//!     }
+//! }
+//!
+//! struct Counting;
+//!
+//! impl Workload for Counting {
+//!     type Machine = Counter;
+//!     type Input = Op;
+//!     type Output = u64;
+//!     type State = u64;
+//!     type Model = CounterModel;
+//!     fn machine(&self) -> Counter { Counter::default() }
+//!     fn model(&self) -> CounterModel { CounterModel }
+//!     fn next_call(&self, _client: usize, _counter: u64, rng: &mut SimRng) -> Call<Op> {
+//!         if rng.chance(0.3) {
+//!             return Call { input: Op::Get, via: Via::Read };
+//!         }
+//!         let n = 1 + rng.below(9);
+//!         Call { input: Op::Add(n), via: Via::Propose(Bytes::from(format!("add {n}"))) }
+//!     }
+//!     fn decode(&self, _: &Op, answer: &Bytes) -> Option<u64> {
+//!         std::str::from_utf8(answer).ok()?.parse().ok()
+//!     }
+//!     fn read(&self, machine: &Counter, _: &Op) -> u64 { machine.total }
+//!     fn state(&self, machine: &Counter) -> u64 { machine.total }
+//!     // Refused, so it changes nothing a client sees.
+//!     fn liveness_command(&self, _seed: u64) -> Bytes { Bytes::from("noop") }
+//! }
+//!
+//! let mut options = RuntimeSimOptions::from_seed(11);
+//! options.fault_phase_ms = 1_000;
+//! options.clients = 2;
+//! let report = run_workload(&options, Counting);
+//! assert!(report.operations > 0);
+//! ```
+//!
+//! A failing seed panics with the seed and its replay command; `tests/simulation_user_machine.rs`
+//! runs a bank ledger this way and shows a planted snapshot bug in it caught.
 
 mod disk;
 mod machine;
 mod network;
+mod workload;
 mod world;
 
 pub use disk::{DiskFaults, SimDisk};
-pub use machine::SimKvMachine;
+pub use machine::{KvMachine, Recorded};
 pub use network::{NetworkFaults, SimNetwork};
+pub use workload::{Call, KvWorkload, Via, Workload};
 pub use world::TRACE_LINES_MAX;
 
 use crate::config::Config;
 use crate::protocol::Role;
 use crate::runtime::{NodeError, RaftNode, RuntimeOptions, StopCause};
 use crate::sessions::SessionLimits;
-use crate::testkit::linearizability::{
-    check, CheckLimits, CheckResult, History, KvInput, KvModel, KvOutput, OpId,
-};
-use crate::testkit::sim::kv::{decode_output, encode};
+use crate::testkit::linearizability::{check, CheckResult, History, OpId};
 use crate::testkit::sim::rng::{mix, SimRng};
 use crate::types::{LogIndex, NodeId};
-use bytes::Bytes;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -127,6 +210,10 @@ pub struct RuntimeSimOptions {
     pub snapshot_tail_entries: u64,
     /// Keep the trace as text (for a replay), not just its hash.
     pub keep_trace: bool,
+    /// The command that replays this seed, printed with a failure; `None` names the
+    /// simulator's own test (`tests/simulation_runtime.rs`). Set it for a [`Workload`] of your
+    /// own, to your test's command.
+    pub replay_command: Option<String>,
 }
 
 impl RuntimeSimOptions {
@@ -172,11 +259,15 @@ impl RuntimeSimOptions {
                 10_000
             },
             keep_trace: false,
+            replay_command: None,
         }
     }
 
     /// The command that replays this seed.
     pub fn replay_hint(&self) -> String {
+        if let Some(command) = &self.replay_command {
+            return command.clone();
+        }
         format!(
             "SIM_SEED={} cargo test --release -p raft-core --test simulation_runtime -- --nocapture",
             self.seed
@@ -259,6 +350,19 @@ fn install_panic_recorder() {
 /// within [`LIVENESS_MS_MAX`] once the faults end, or a history that is not linearizable;
 /// the message names the seed and the command that replays it.
 pub fn run(options: &RuntimeSimOptions) -> RuntimeReport {
+    run_workload(options, KvWorkload)
+}
+
+/// Runs one seed with `workload`'s state machine, clients and model instead of the
+/// simulator's key-value store: the same faults and checks, and the client history checked
+/// against `workload`'s model. This is how a user tests their own [`StateMachine`] under
+/// crashes, partitions and slow or failing disks.
+///
+/// [`StateMachine`]: crate::StateMachine
+///
+/// # Panics
+/// As [`run`] does.
+pub fn run_workload<W: Workload>(options: &RuntimeSimOptions, workload: W) -> RuntimeReport {
     assert!((1..=7).contains(&options.nodes), "1 to 7 voters");
     assert!(
         (1..=CLIENTS_MAX).contains(&options.clients),
@@ -281,7 +385,7 @@ pub fn run(options: &RuntimeSimOptions) -> RuntimeReport {
     RUNNING.with(|running| running.set(true));
     let running = Running;
     // Built inside the runtime: the run's clock starts at the paused clock's start.
-    let report = runtime.block_on(async { Sim::new(options).run().await });
+    let report = runtime.block_on(async { Sim::new(options, workload).run().await });
     drop(runtime);
     drop(running);
     report
@@ -302,8 +406,9 @@ struct ClientHandle {
     ended: watch::Receiver<bool>,
 }
 
-struct Sim {
+struct Sim<W: Workload> {
     options: RuntimeSimOptions,
+    workload: Arc<W>,
     world: SharedWorld,
     rng: SimRng,
     voters: Vec<NodeId>,
@@ -311,14 +416,14 @@ struct Sim {
     /// The virtual time (ms) each node that is down may restart at.
     down_until: BTreeMap<NodeId, u64>,
     handles: Arc<Mutex<BTreeMap<NodeId, ClientHandle>>>,
-    history: Arc<Mutex<History<KvInput, KvOutput>>>,
+    history: Arc<Mutex<History<W::Input, W::Output>>>,
     /// Set when the clients are to stop (after the liveness phase).
     clients_stop: Arc<AtomicBool>,
     crashes: u64,
 }
 
-impl Sim {
-    fn new(options: &RuntimeSimOptions) -> Sim {
+impl<W: Workload> Sim<W> {
+    fn new(options: &RuntimeSimOptions, workload: W) -> Sim<W> {
         let voters: Vec<NodeId> = (1..=options.nodes as u64).map(NodeId).collect();
         let world = World::new(
             options.seed,
@@ -331,6 +436,7 @@ impl Sim {
         );
         Sim {
             options: options.clone(),
+            workload: Arc::new(workload),
             world: Arc::new(Mutex::new(world)),
             rng: SimRng::stream(options.seed, 0x5ced),
             lives: voters.iter().map(|&id| (id, None)).collect(),
@@ -373,6 +479,7 @@ impl Sim {
         let clients: Vec<_> = (0..self.options.clients)
             .map(|index| {
                 let client = Client {
+                    workload: self.workload.clone(),
                     index,
                     clients: self.options.clients,
                     rng: SimRng::stream(self.options.seed, 0xc11e_0000 + index as u64),
@@ -440,7 +547,12 @@ impl Sim {
         let life = lock(&self.world).lives[&id];
         let store = Arc::new(SimDisk::new(self.world.clone(), id, life));
         let network = Arc::new(SimNetwork::new(self.world.clone(), id, life));
-        let machine = Box::new(SimKvMachine::new(self.world.clone(), id, life));
+        let machine = Box::new(Recorded::new(
+            self.world.clone(),
+            id,
+            life,
+            self.workload.machine(),
+        ));
         let config = self.config(id, life);
         lock(&self.world).record(format_args!("{id} starts life {life}"));
         let started = {
@@ -673,8 +785,7 @@ impl Sim {
     /// Within [`LIVENESS_MS_MAX`]: a leader commits a fresh write and every node applies it.
     async fn liveness(&mut self) {
         let deadline = self.now_ms() + LIVENESS_MS_MAX;
-        let input = KvInput::put("liveness", format!("seed {}", self.options.seed));
-        let command = encode(&input);
+        let command = self.workload.liveness_command(self.options.seed);
         let mut applied_at: Option<LogIndex> = None;
         while self.now_ms() < deadline {
             self.step(20).await;
@@ -749,9 +860,10 @@ impl Sim {
         for (id, life) in &self.lives {
             let Some(life) = life else { continue };
             let wait = Duration::from_millis(5_000);
-            let read = life
-                .node
-                .read(|machine: &SimKvMachine| machine.store().data().clone());
+            let read = life.node.read({
+                let workload = self.workload.clone();
+                move |machine: &Recorded<W::Machine>| workload.state(machine.inner())
+            });
             match tokio::time::timeout(wait, read).await {
                 Ok(Ok(data)) => states.push((*id, data)),
                 other => self.fail(format_args!(
@@ -784,7 +896,11 @@ impl Sim {
                 )
             })
             .count();
-        match check(&KvModel, &history, CheckLimits::default()) {
+        match check(
+            &self.workload.model(),
+            &history,
+            self.workload.check_limits(),
+        ) {
             CheckResult::Linearizable => {}
             verdict => self.fail(format_args!("the client history: {verdict}")),
         }
@@ -793,25 +909,24 @@ impl Sim {
 }
 
 /// A closed-loop client: one operation at a time, to a random node.
-struct Client {
+struct Client<W: Workload> {
+    workload: Arc<W>,
     index: usize,
     clients: usize,
     rng: SimRng,
     handles: Arc<Mutex<BTreeMap<NodeId, ClientHandle>>>,
-    history: Arc<Mutex<History<KvInput, KvOutput>>>,
+    history: Arc<Mutex<History<W::Input, W::Output>>>,
     world: SharedWorld,
     voters: Vec<NodeId>,
     stop: Arc<AtomicBool>,
     /// The last operation's outcome, noted at the client's next moment: (operation, node
     /// asked, input, answer if any, when it came).
-    answered: Option<Answered>,
+    answered: Option<Answered<W::Input, W::Output>>,
 }
 
-type Answered = (OpId, NodeId, KvInput, Option<KvOutput>, u64);
+type Answered<I, O> = (OpId, NodeId, I, Option<O>, u64);
 
-const KEYS: [&str; 3] = ["x", "y", "z"];
-
-impl Client {
+impl<W: Workload> Client<W> {
     fn now_ns(&self) -> u64 {
         let world = lock(&self.world);
         tokio::time::Instant::now()
@@ -859,19 +974,8 @@ impl Client {
             }
             let Some(mut handle) = handle else { continue };
             counter += 1;
-            let key = KEYS[self.rng.below(KEYS.len() as u64) as usize];
-            let value = Bytes::from(format!("{}.{counter}", self.index));
-            let kind = self.rng.below(4);
-            let input = match kind {
-                0 | 1 => KvInput::put(key, value),
-                2 => {
-                    let expected = (counter > 1)
-                        .then(|| Bytes::from(format!("{}.{}", self.index, counter - 1)));
-                    KvInput::cas(key, expected, value)
-                }
-                _ => KvInput::get(key),
-            };
-            let through_read = kind == 3 && self.rng.chance(0.5);
+            let call = self.workload.next_call(self.index, counter, &mut self.rng);
+            let input = call.input;
             let call_time = self.now_ns();
             let op = self.history.lock().expect("history").call(
                 self.index as u64,
@@ -880,22 +984,23 @@ impl Client {
             );
             let node = handle.node.clone();
             let asked = input.clone();
+            let workload = self.workload.clone();
             let ask = async move {
-                if through_read {
-                    let key = asked.key().to_string();
-                    node.read(move |machine: &SimKvMachine| {
-                        KvOutput::Value(machine.store().get(&key).cloned())
-                    })
-                    .await
-                    .map(Some)
-                } else {
-                    node.propose(encode(&asked))
+                match call.via {
+                    Via::Read => node
+                        .read(move |machine: &Recorded<W::Machine>| {
+                            workload.read(machine.inner(), &asked)
+                        })
                         .await
-                        .map(|answer| decode_output(&answer))
+                        .map(Some),
+                    Via::Propose(command) => node
+                        .propose(command)
+                        .await
+                        .map(|answer| workload.decode(&asked, &answer)),
                 }
             };
             let wait = Duration::from_millis(CLIENT_WAIT_MS_MAX);
-            let outcome: Option<Result<Option<KvOutput>, NodeError>> = tokio::select! {
+            let outcome: Option<Result<Option<W::Output>, NodeError>> = tokio::select! {
                 biased;
                 answer = ask => Some(answer),
                 _ = handle.ended.wait_for(|ended| *ended) => None,
