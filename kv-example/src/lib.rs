@@ -66,6 +66,7 @@ pub mod client;
 pub mod command;
 pub mod config;
 pub mod failover;
+pub mod guide;
 pub mod http_server;
 pub mod local_cluster;
 pub mod members;

@@ -7,6 +7,11 @@
 //! `raft-storage-rocksdb`) and a [`Network`] (`raft-transport-tcp`, `raft-transport-quic`, or
 //! the in-process [`local_network`]); [`runtime::RaftNode`] runs the rest.
 //!
+//! New here? The guide in the repository's `docs/guide.md` (rendered as `kv_example::guide`)
+//! walks a bank ledger from its state machine to a three-node cluster over TCP with RocksDB,
+//! reads, sessions, metrics ([`runtime::telemetry`]) and a test under the simulator
+//! (`testkit::runtime_sim::run_workload`, with the `testkit` feature).
+//!
 //! # A three-node cluster in one process
 //!
 //! ```

@@ -1,0 +1,5 @@
+#![doc = include_str!("../../docs/guide.md")]
+
+mod ledger;
+
+pub use ledger::Ledger;
