@@ -32,14 +32,19 @@ bench:
 plant:
 	raft-core/mutants/plant.sh
 
-# Mutation testing of the protocol (raft-proto) with cargo-mutants, raft-core's simulation and
-# scenario tests as the test command (--test-package: the tests that exercise the protocol live
-# in raft-core). Long (hundreds of mutants, each a rebuild and a simulation run); narrow it with
-# e.g. MUTANTS_FILES=raft-proto/src/protocol/transfer.rs, add options with MUTANTS_ARGS (such as
-# "--output /tmp/mutants"). Survivors go in raft-core/MUTANTS.md.
+# Mutation testing of the protocol (raft-proto) with cargo-mutants, raft-proto's unit tests and
+# raft-core's unit, simulation, scenario and safety tests as the test command (--test-package:
+# the tests that exercise the protocol live mostly in raft-core). cargo-mutants' baseline runs the mutated package's tests, which
+# lack those targets, so it is skipped and the timeouts are set. Long (hundreds of mutants,
+# each a rebuild of raft-proto and raft-core's tests and a simulation run, 20 to 60 s here);
+# narrow it with e.g. MUTANTS_FILES=raft-proto/src/protocol/transfer.rs, add options with
+# MUTANTS_ARGS (such as "--re maybe_commit --output /tmp/mutants"). Survivors go in
+# raft-core/MUTANTS.md.
 MUTANTS_FILES ?= raft-proto/src/protocol/**/*.rs
 MUTANTS_ARGS ?=
 mutants:
 	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install --locked cargo-mutants
-	$(CARGO) mutants --package raft-proto --test-package raft-core --file '$(MUTANTS_FILES)' \
-		--cargo-arg=--release $(MUTANTS_ARGS) -- --test simulation --test scenarios
+	$(CARGO) mutants --test-package raft-proto --test-package raft-core --file '$(MUTANTS_FILES)' \
+		--baseline skip \
+		--timeout 600 --build-timeout 1200 --cargo-arg=--release $(MUTANTS_ARGS) \
+		-- --lib --test simulation --test scenarios --test safety

@@ -503,4 +503,30 @@ mod tests {
             "entry 2 of term 1 is no longer in the log"
         );
     }
+
+    /// Durable means handed to storage and reported back: a report naming an entry storage
+    /// was never given (the log's unwritten tail) is ignored even when its term matches, and
+    /// a report below what is durable already changes nothing.
+    #[test]
+    fn a_report_for_an_entry_not_yet_handed_to_storage_is_ignored() {
+        let mut log = log_with(&[]);
+        log.append(entry(1, 1));
+        log.append(entry(2, 1));
+        let _ = log.take_unwritten();
+        log.stable_to(LogIndex(2), Term(1));
+        assert_eq!(log.persisted, LogIndex(2));
+        log.append(entry(3, 1));
+        log.stable_to(LogIndex(3), Term(1));
+        assert_eq!(
+            log.persisted,
+            LogIndex(2),
+            "entry 3 was never handed to storage"
+        );
+        log.stable_to(LogIndex(1), Term(1));
+        assert_eq!(
+            log.persisted,
+            LogIndex(2),
+            "durable never goes back on a report"
+        );
+    }
 }

@@ -1,29 +1,5 @@
-//! Linearizable reads without writing to the log (Raft thesis §6.4): ReadIndex, lease reads,
-//! and follower reads.
-//!
-//! A read gets a *read index*: a commit index that is at least as new as every write that
-//! completed before the read began. The runtime serves the read from the state machine once
-//! it has applied that far. The leader finds it as follows:
-//! 1. it must have committed an entry of its own term (until then its commit index may be
-//!    stale, so reads wait);
-//! 2. it records its commit index and sends a heartbeat round tagged with a sequence number;
-//! 3. once a majority (itself included) answered that round or a later one, no other leader
-//!    can have existed when the round left, and the recorded index is the read index.
-//!
-//! Every read registered before a round leaves shares that round, so concurrent reads cost one
-//! round. With `lease_reads`, a leader whose last confirmed round left less than
-//! `read_lease_ticks` ago answers at once: followers refuse to vote for
-//! `election_timeout_ticks_min` after hearing from it, so no new leader can exist yet. This
-//! assumes that `read_lease_ticks` ticks of the leader's clock always end before
-//! `election_timeout_ticks_min - 1` ticks of any follower's clock (ticks are whole steps, hence
-//! the one tick less): with the defaults, 11 and 15, clock rates may differ by up to about 27%.
-//! The simulator checks lease reads with node clocks that differ by up to 20%.
-//!
-//! A leader that begins a leadership transfer gives up its lease for the rest of its term and
-//! confirms every later read with a round: the target campaigns with voters setting their
-//! lease promise aside (possibly much later, if `TimeoutNow` is delayed), and followers whose
-//! forwards it refuses forget it as leader; in both cases a new leader can be elected and
-//! commit without this one hearing of it within its lease.
+//! Reads without writing to the log: the rules are in the protocol module's docs
+//! ([`super`], "Reads without the log").
 
 use super::{ProposeError, RawNode, Role};
 use crate::message::MessageBody;

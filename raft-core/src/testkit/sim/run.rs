@@ -102,9 +102,9 @@ pub struct SimOptions {
     /// Voters the cluster starts with.
     pub nodes: usize,
     /// Nodes beyond the voters, outside the cluster until a membership change adds them.
-    /// Membership churn keeps the voters between `voters_min` and [`VOTERS_MAX`].
+    /// Membership churn keeps the voters between `voters_min` and `VOTERS_MAX` (7).
     pub spare_nodes: usize,
-    /// Fewest voters membership churn shrinks the cluster to: [`VOTERS_MIN`], or 1 (through
+    /// Fewest voters membership churn shrinks the cluster to: `VOTERS_MIN`, or 1 (through
     /// the one- and two-voter configurations, and the bootstrap path back: add learners,
     /// promote them).
     pub voters_min: usize,
