@@ -1567,3 +1567,64 @@ fn a_late_pre_vote_rejection_does_not_break_the_lease() {
         "nothing commits while n1's lease runs"
     );
 }
+
+/// Bad input changes nothing: an append whose entries do not follow its previous index
+/// without a gap, or that carries an entry of a term newer than the leader's own, is ignored
+/// by the follower (no entry taken, no acknowledgement), while a well-formed one is taken.
+/// A follower that took such entries would hold a log no leader sent, and acknowledge it.
+#[test]
+fn a_follower_ignores_an_append_with_a_gap_or_a_term_beyond_the_leaders() {
+    let voters = vec![NodeId(1), NodeId(2), NodeId(3)];
+    let mut follower = raft_core::protocol::RawNode::new(
+        raft_core::Config::new(NodeId(2), voters),
+        disk(&[], 0, None, 0),
+    )
+    .expect("starts");
+    let entry = |index: u64, term: u64| Entry {
+        term: Term(term),
+        index: LogIndex(index),
+        payload: EntryPayload::Command(Bytes::from(format!("{index}/{term}"))),
+    };
+    let append = |entries: Vec<Entry>| Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        term: Term(1),
+        incarnation: raft_core::Incarnation(0),
+        body: MessageBody::Append {
+            prev_log_index: LogIndex(0),
+            prev_log_term: Term(0),
+            entries,
+            leader_commit: LogIndex(0),
+        },
+    };
+    let accepted = |ready: &raft_core::protocol::Ready| {
+        ready
+            .messages
+            .iter()
+            .chain(&ready.messages_after_write)
+            .any(|m| {
+                matches!(
+                    m.body,
+                    MessageBody::AppendResponse(AppendResponse::Accepted { .. })
+                )
+            })
+    };
+    for (what, entries) in [
+        ("a gap", vec![entry(1, 1), entry(3, 1)]),
+        ("a term beyond the leader's", vec![entry(1, 1), entry(2, 2)]),
+    ] {
+        follower.step(append(entries));
+        let ready = follower.ready();
+        assert!(ready.write.entries.is_empty(), "{what}: no entry taken");
+        assert!(!accepted(&ready), "{what}: nothing acknowledged");
+        assert_eq!(follower.status().last_index, LogIndex(0), "{what}");
+    }
+    follower.step(append(vec![entry(1, 1), entry(2, 1)]));
+    let ready = follower.ready();
+    assert_eq!(
+        ready.write.entries.len(),
+        2,
+        "a well-formed append is taken"
+    );
+    assert!(accepted(&ready));
+}
