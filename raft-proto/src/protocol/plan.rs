@@ -213,14 +213,15 @@ impl WriteGroup {
 /// Folds `later` into `earlier` so that applying the result equals applying both in order.
 ///
 /// # Panics
-/// If the result would not be contiguous (`later` does not continue `earlier`).
+/// If the result would not be contiguous: `later`'s first entry must follow the last entry
+/// of `earlier` that `later`'s truncation keeps (as [`LogWrite::entries`] must follow the
+/// last kept entry of the log).
 pub fn merge(earlier: &mut LogWrite, later: LogWrite) {
     if let Some(from) = later.truncate_from {
         earlier.entries.retain(|entry| entry.index < from);
         earlier.truncate_from = Some(earlier.truncate_from.map_or(from, |t| t.min(from)));
     }
     if let Some(first) = later.entries.first() {
-        earlier.entries.retain(|entry| entry.index < first.index);
         if let Some(last_kept) = earlier.entries.last() {
             assert_eq!(
                 last_kept.index.next(),
@@ -383,6 +384,43 @@ mod tests {
     }
 
     #[test]
+    fn a_later_truncation_without_entries_cuts_earlier_ones() {
+        let mut first = LogWrite {
+            truncate_from: None,
+            entries: entries(4, 8, 1),
+            hard_state: None,
+        };
+        merge(
+            &mut first,
+            LogWrite {
+                truncate_from: Some(LogIndex(6)),
+                entries: Vec::new(),
+                hard_state: None,
+            },
+        );
+        assert_eq!(first.entries, entries(4, 5, 1));
+        assert_eq!(first.truncate_from, Some(LogIndex(6)));
+    }
+
+    #[test]
+    #[should_panic(expected = "merged writes must stay contiguous")]
+    fn a_later_write_that_overlaps_without_truncating_is_refused() {
+        let mut first = LogWrite {
+            truncate_from: None,
+            entries: entries(4, 8, 1),
+            hard_state: None,
+        };
+        merge(
+            &mut first,
+            LogWrite {
+                truncate_from: None,
+                entries: entries(6, 7, 2),
+                hard_state: None,
+            },
+        );
+    }
+
+    #[test]
     fn a_later_truncation_below_earlier_entries_drops_them_all() {
         let mut first = LogWrite {
             truncate_from: Some(LogIndex(5)),
@@ -538,6 +576,32 @@ mod tests {
         assert!(
             cursor.place(&data(8, 1, true)).is_err(),
             "finished closes it"
+        );
+    }
+
+    #[test]
+    fn a_reset_cursor_forgets_the_open_snapshot() {
+        let meta = SnapshotMeta {
+            last_index: LogIndex(10),
+            last_term: Term(1),
+            membership: crate::membership::Membership::new([crate::types::NodeId(1)]),
+            data_bytes: 8,
+            checksum: 0,
+            format_version: 0,
+        };
+        let data = |offset: u64| SnapshotWrite {
+            meta: meta.clone(),
+            offset,
+            data: bytes::Bytes::from(vec![0; 4]),
+            last: false,
+        };
+        let mut cursor = SnapshotCursor::default();
+        cursor.place(&data(0)).expect("offset 0 opens");
+        cursor.reset();
+        assert_eq!(
+            cursor.place(&data(4)),
+            Err(SnapshotDataError::NoSnapshotOpen { offset: 4 }),
+            "after a crash the sink is gone: data past offset 0 continues nothing"
         );
     }
 }
