@@ -5,7 +5,7 @@
 //! integers), behind a one-byte format version so that a later format can be told apart. A
 //! `Put` of a 16-byte key and a 256-byte value costs 278 bytes in the log (6 bytes of framing).
 
-use crate::snapshot::MemberAddress;
+use crate::members::MemberAddress;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -52,10 +52,10 @@ pub enum Command {
         /// Bytes of keys and values returned at most (at least one pair is always returned).
         bytes_max: u32,
     },
-    /// Records where member `id` is reached. The admin API sends it before adding the member,
-    /// so every node applies it and adds the member to its transport before the leader starts
-    /// replicating to it (and nodes that join later learn it from the log or a snapshot).
-    /// Appended last: bincode numbers variants in order, so older commands decode unchanged.
+    /// Legacy: recorded where member `id` is reached, before member addresses moved into the
+    /// membership ([`crate::members`]). No node proposes it any more; one in an older log is
+    /// answered as before ([`Answer::MemberAddressSet`]) and changes nothing. Kept, and last:
+    /// bincode numbers variants in order, so every command decodes unchanged.
     SetMemberAddress {
         /// The member.
         id: u64,

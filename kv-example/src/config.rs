@@ -503,10 +503,14 @@ impl NodeConfig {
         };
         let mut config = raft_core::Config::new(NodeId(self.id), initial.keys().copied().collect());
         // Recorded in the first membership, so nodes that join later learn where the first
-        // voters listen (raft_core::Network::members_changed).
+        // voters listen, for peers (raft_core::Network::members_changed) and for clients.
+        let clients = parse_members(&self.client_addresses).unwrap_or_default();
         config.initial_nodes = initial
             .iter()
-            .map(|(id, address)| (*id, raft_core::NodeMeta::at(address.to_string())))
+            .map(|(id, address)| {
+                let meta = crate::members::node_meta(*address, clients.get(id).copied());
+                (*id, meta)
+            })
             .collect();
         config.election_timeout_ticks_min = self.election_timeout_ticks_min;
         config.election_timeout_ticks_max = self.election_timeout_ticks_max;

@@ -1,20 +1,20 @@
-//! Where each member is reached, and keeping the transport's peers in step with membership.
+//! Where each member is reached: the library's membership records it.
 //!
 //! Both transports refuse connections from nodes they do not know and can only dial peers
 //! they have an address for, so a node added at run time must become known to every member.
+//! raft-core does this: every membership entry carries each member's [`NodeMeta`], committed
+//! with it (and carried by snapshots), and the runtime hands each committed membership to the
+//! transport (`raft_core::Network::members_changed`), which adds new members at their
+//! recorded peer address and drops removed ones. kvnode adds only its own part, the HTTP
+//! address a request is forwarded to, in [`NodeMeta::data`] ([`node_meta`], [`client_address`]).
+//!
 //! The addresses come from two places:
 //! - the flags (`--initial-cluster`, `--client-addresses`): the members a node was started
-//!   with;
-//! - the replicated state: `POST /v1/members` first commits a
-//!   [`SetMemberAddress`](crate::command::Command::SetMemberAddress) command, which every node
-//!   applies (and which snapshots carry), and only then adds the learner. Applying it calls
-//!   [`AddressBook::set`], which adds the peer to this node's transport. A RocksDB node reads
-//!   the addresses back from its state when it restarts, before binding its transport.
+//!   with, which are also recorded in the cluster's first membership;
+//! - the committed membership: `POST /v1/members` adds the learner with its addresses in its
+//!   `NodeMeta`, so every member, and every node that joins later, learns them.
 //!
-//! When the replicated address and a flag disagree, the replicated one wins: it is newer.
-//! A node removed from the cluster is removed from the transport once the membership that
-//! removes it is committed ([`AddressBook::forget`]), and never added again: IDs are never
-//! reused.
+//! When the membership and a flag disagree, the membership wins: it is newer.
 //!
 //! Restrictions:
 //! - A member's address is set when it is added; moving a member to another address means
@@ -27,70 +27,81 @@
 //! - A removed node does not always learn that it was removed (the entry that removes it may
 //!   never reach it). Until its process is stopped it keeps trying to reach the others, which
 //!   refuse it (a warning in their logs each time).
+//! - Clusters written by kvnode before the addresses moved into the membership kept client
+//!   addresses in the key-value state (the `SetMemberAddress` command and `p` snapshot
+//!   records): those are still read, and ignored. Members added then are forwarded to only
+//!   when `--client-addresses` names them.
 
 use crate::config::Member;
-use crate::snapshot::MemberAddress;
-use raft_core::NodeId;
-use raft_transport_quic::QuicTransport;
-use raft_transport_tcp::TcpTransport;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use bytes::Bytes;
+use raft_core::{Membership, NodeId, NodeMeta};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::RwLock;
 
-/// The concrete transport, for the peer changes the `Network` trait does not carry.
-#[derive(Clone)]
-pub enum PeerTransport {
-    /// The TCP transport.
-    Tcp(Arc<TcpTransport>),
-    /// The QUIC transport.
-    Quic(Arc<QuicTransport>),
+/// Where a member is reached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAddress {
+    /// Its peer (Raft) address.
+    pub peer_address: SocketAddr,
+    /// Its client (HTTP) address, when known.
+    pub client_address: Option<SocketAddr>,
 }
 
-impl PeerTransport {
-    fn add_peer(&self, id: u64, address: SocketAddr) {
-        match self {
-            PeerTransport::Tcp(transport) => transport.add_peer(NodeId(id), address),
-            PeerTransport::Quic(transport) => transport.add_peer(NodeId(id), address),
-        }
-    }
+/// kvnode's part of a member's [`NodeMeta::data`]: JSON, so fields can be added later (an
+/// older node ignores the ones it does not know).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct MetaData {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_address: Option<SocketAddr>,
+}
 
-    fn remove_peer(&self, id: u64) {
-        match self {
-            PeerTransport::Tcp(transport) => transport.remove_peer(NodeId(id)),
-            PeerTransport::Quic(transport) => transport.remove_peer(NodeId(id)),
+/// The membership record of a member reached at `peer_address` by peers and at
+/// `client_address` (when given) by HTTP clients.
+pub fn node_meta(peer_address: SocketAddr, client_address: Option<SocketAddr>) -> NodeMeta {
+    let data = match client_address {
+        Some(address) => {
+            let data = MetaData {
+                client_address: Some(address),
+            };
+            Bytes::from(serde_json::to_vec(&data).expect("member data encodes"))
         }
+        None => Bytes::new(),
+    };
+    NodeMeta {
+        address: peer_address.to_string(),
+        data,
     }
 }
 
-/// Every member's addresses as this node knows them.
+/// The client address a membership record carries, if any (data another application wrote
+/// there reads as none).
+pub fn client_address(meta: &NodeMeta) -> Option<SocketAddr> {
+    if meta.data.is_empty() {
+        return None;
+    }
+    serde_json::from_slice::<MetaData>(&meta.data)
+        .ok()
+        .and_then(|data| data.client_address)
+}
+
+/// Every member's addresses as this node knows them: the flags, under the committed
+/// membership's records.
 ///
-/// Invariant: once attached, the transport knows exactly the peers in `entries` other than
-/// this node and the removed ones, at the addresses `entries` holds.
+/// Invariant: `recorded` holds exactly the members of the last membership given to
+/// [`AddressBook::follow`] whose record has a peer address that parses.
+#[derive(Debug)]
 pub struct AddressBook {
     me: u64,
-    entries: RwLock<BTreeMap<u64, MemberAddress>>,
-    removed: RwLock<BTreeSet<u64>>,
-    transport: OnceLock<PeerTransport>,
-}
-
-impl std::fmt::Debug for AddressBook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AddressBook")
-            .field("me", &self.me)
-            .field("entries", &self.all())
-            .finish()
-    }
+    configured: BTreeMap<u64, MemberAddress>,
+    recorded: RwLock<BTreeMap<u64, MemberAddress>>,
 }
 
 impl AddressBook {
-    /// The book of node `me`: the configured members, then the replicated addresses over
-    /// them.
-    pub fn new(
-        me: u64,
-        configured: &[Member],
-        replicated: BTreeMap<u64, MemberAddress>,
-    ) -> AddressBook {
-        let mut entries: BTreeMap<u64, MemberAddress> = configured
+    /// The book of node `me`, knowing the configured members.
+    pub fn new(me: u64, configured: &[Member]) -> AddressBook {
+        let configured = configured
             .iter()
             .map(|member| {
                 let address = MemberAddress {
@@ -100,78 +111,59 @@ impl AddressBook {
                 (member.id, address)
             })
             .collect();
-        for (id, address) in replicated {
-            let entry = entries.entry(id).or_insert_with(|| address.clone());
-            entry.peer_address = address.peer_address;
-            // A replicated record without a client address keeps the configured one.
-            entry.client_address = address.client_address.or(entry.client_address);
-        }
         AddressBook {
             me,
-            entries: RwLock::new(entries),
-            removed: RwLock::new(BTreeSet::new()),
-            transport: OnceLock::new(),
+            configured,
+            recorded: RwLock::new(BTreeMap::new()),
         }
     }
 
-    /// The transport's peers: every member but this node.
+    /// The transport's peers at start: every configured member but this node (the runtime
+    /// adds the ones its stored membership records as it starts).
     pub fn peers(&self) -> HashMap<NodeId, SocketAddr> {
-        self.all()
-            .into_iter()
-            .filter(|(id, _)| *id != self.me)
-            .map(|(id, address)| (NodeId(id), address.peer_address))
+        self.configured
+            .iter()
+            .filter(|(id, _)| **id != self.me)
+            .map(|(id, address)| (NodeId(*id), address.peer_address))
             .collect()
     }
 
-    /// Attaches the transport bound with [`AddressBook::peers`]; later changes reach it.
-    pub fn attach(&self, transport: PeerTransport) {
-        if self.transport.set(transport).is_err() {
-            panic!("the address book's transport is attached once");
-        }
+    /// Takes the addresses a committed membership records.
+    pub fn follow(&self, membership: &Membership) {
+        let recorded = membership
+            .nodes
+            .iter()
+            .filter_map(|(id, meta)| {
+                let peer_address = meta.address.parse().ok()?;
+                let address = MemberAddress {
+                    peer_address,
+                    client_address: client_address(meta),
+                };
+                Some((id.0, address))
+            })
+            .collect();
+        *self.recorded.write().expect("address book lock") = recorded;
     }
 
-    /// Records member `id`'s address (from the replicated state) and adds or moves the peer
-    /// in the transport when its peer address is new.
-    pub fn set(&self, id: u64, address: &MemberAddress) {
-        let peer_changed = {
-            let mut entries = self.entries.write().expect("address book lock");
-            let previous = entries.insert(id, address.clone());
-            previous.is_none_or(|p| p.peer_address != address.peer_address)
-        };
-        let removed = self.removed.read().expect("removed lock").contains(&id);
-        if peer_changed && id != self.me && !removed {
-            if let Some(transport) = self.transport.get() {
-                tracing::info!(member = id, peer_address = %address.peer_address,
-                    "member address known: added to the transport");
-                transport.add_peer(id, address.peer_address);
-            }
-        }
-    }
-
-    /// Member `id` left the cluster: the transport drops it (its connections close, and its
-    /// messages are refused from now on).
-    pub fn forget(&self, id: u64) {
-        if id == self.me || !self.removed.write().expect("removed lock").insert(id) {
-            return;
-        }
-        if let Some(transport) = self.transport.get() {
-            tracing::info!(member = id, "member removed: dropped from the transport");
-            transport.remove_peer(id);
-        }
-    }
-
-    /// Member `id`'s addresses, if known.
+    /// Member `id`'s addresses, if known: the membership's record, with the configured
+    /// client address when the record has none.
     pub fn get(&self, id: u64) -> Option<MemberAddress> {
-        self.entries
+        let configured = self.configured.get(&id);
+        let recorded = self
+            .recorded
             .read()
             .expect("address book lock")
             .get(&id)
-            .cloned()
-    }
-
-    /// Every known address, removed members included.
-    pub fn all(&self) -> BTreeMap<u64, MemberAddress> {
-        self.entries.read().expect("address book lock").clone()
+            .cloned();
+        match (recorded, configured) {
+            (Some(mut recorded), configured) => {
+                recorded.client_address = recorded
+                    .client_address
+                    .or(configured.and_then(|c| c.client_address));
+                Some(recorded)
+            }
+            (None, configured) => configured.cloned(),
+        }
     }
 }
 
@@ -179,37 +171,59 @@ impl AddressBook {
 mod tests {
     use super::*;
 
-    fn address(port: u16) -> MemberAddress {
-        MemberAddress {
-            peer_address: SocketAddr::from(([127, 0, 0, 1], port)),
-            client_address: None,
-        }
+    fn socket(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
     }
 
-    /// Replicated addresses win over flags, this node is never its own peer, and a removed
-    /// member is not added back.
+    /// The membership's records win over flags, a record without a client address keeps the
+    /// configured one, and this node is never its own peer.
     #[test]
-    fn replicated_addresses_win_and_removed_members_stay_out() {
+    fn the_membership_wins_over_flags() {
         let configured = [
             Member {
                 id: 1,
-                peer_address: address(7001).peer_address,
-                client_address: Some(SocketAddr::from(([127, 0, 0, 1], 8001))),
+                peer_address: socket(7001),
+                client_address: Some(socket(8001)),
             },
             Member {
                 id: 2,
-                peer_address: address(7002).peer_address,
+                peer_address: socket(7002),
                 client_address: None,
             },
         ];
-        let replicated = BTreeMap::from([(2, address(7102)), (3, address(7003))]);
-        let book = AddressBook::new(1, &configured, replicated);
+        let book = AddressBook::new(1, &configured);
         let peers = book.peers();
-        assert_eq!(peers.len(), 2);
-        assert_eq!(peers[&NodeId(2)], address(7102).peer_address);
-        assert!(book.get(1).unwrap().client_address.is_some());
-        book.forget(3);
-        book.set(3, &address(7203));
-        assert_eq!(book.get(3), Some(address(7203)), "the record is kept");
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers[&NodeId(2)], socket(7002));
+        let mut membership = Membership::new([NodeId(1), NodeId(2), NodeId(3)]);
+        membership
+            .nodes
+            .insert(NodeId(1), node_meta(socket(7001), None));
+        membership
+            .nodes
+            .insert(NodeId(2), node_meta(socket(7102), Some(socket(8102))));
+        membership
+            .nodes
+            .insert(NodeId(3), node_meta(socket(7003), Some(socket(8003))));
+        book.follow(&membership);
+        assert_eq!(book.get(1).unwrap().client_address, Some(socket(8001)));
+        assert_eq!(
+            book.get(2),
+            Some(MemberAddress {
+                peer_address: socket(7102),
+                client_address: Some(socket(8102))
+            })
+        );
+        assert_eq!(book.get(3).unwrap().client_address, Some(socket(8003)));
+        assert_eq!(book.get(4), None);
+    }
+
+    #[test]
+    fn foreign_member_data_reads_as_no_client_address() {
+        let mut meta = node_meta(socket(7001), Some(socket(8001)));
+        assert_eq!(client_address(&meta), Some(socket(8001)));
+        meta.data = Bytes::from_static(b"zone=a");
+        assert_eq!(client_address(&meta), None);
+        assert_eq!(client_address(&node_meta(socket(7001), None)), None);
     }
 }

@@ -10,7 +10,7 @@
 
 use crate::api::{self, AppContext, Limits, NodeInfo, Readiness};
 use crate::config::{NodeConfig, StorageKind, TransportKind};
-use crate::members::{AddressBook, PeerTransport};
+use crate::members::AddressBook;
 use crate::metrics::Metrics;
 use crate::state::{KvState, KvStateMachine, WAL_FLUSH_INTERVAL};
 use raft_core::runtime::{RaftNode, RuntimeOptions};
@@ -115,12 +115,12 @@ fn reconnect_delays(config: &NodeConfig, transport_min: Duration) -> (Duration, 
     (transport_min.min(max), max)
 }
 
-/// Binds the transport the configuration names, with `peers`; also returns it as itself, so
-/// peers can be added and removed at run time.
+/// Binds the transport the configuration names, with `peers` (members joining later reach it
+/// through `Network::members_changed`).
 async fn bind_transport(
     config: &NodeConfig,
     peers: std::collections::HashMap<NodeId, SocketAddr>,
-) -> Result<(Arc<dyn Network>, PeerTransport), String> {
+) -> Result<Arc<dyn Network>, String> {
     let cluster = ClusterId(config.cluster_id);
     let node = NodeId(config.id);
     let listen = config.peer_listen_address()?;
@@ -139,8 +139,7 @@ async fn bind_transport(
             let transport = raft_transport_tcp::TcpTransport::bind(tcp)
                 .await
                 .map_err(|e| format!("binding the TCP transport on {listen}: {e}"))?;
-            let transport = Arc::new(transport);
-            (transport.clone(), PeerTransport::Tcp(transport))
+            Arc::new(transport)
         }
         TransportKind::Quic => {
             let paths = tls.ok_or("QUIC needs TLS files")?;
@@ -159,8 +158,7 @@ async fn bind_transport(
             let transport = raft_transport_quic::QuicTransport::bind(quic)
                 .await
                 .map_err(|e| format!("binding the QUIC transport on {listen}: {e}"))?;
-            let transport = Arc::new(transport);
-            (transport.clone(), PeerTransport::Quic(transport))
+            Arc::new(transport)
         }
     })
 }
@@ -236,16 +234,10 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
     let http_counters = metrics.http.clone();
     let (store, rocks_store) = open_log_store(&config)?;
     let state = open_state(&config)?;
-    // Members added at run time are in the state; the transport knows them from the start.
-    let address_book = Arc::new(AddressBook::new(
-        config.id,
-        &config.members()?,
-        state.member_addresses(),
-    ));
-    let (network, peer_transport) = bind_transport(&config, address_book.peers()).await?;
-    address_book.attach(peer_transport);
-    let book = address_book.clone();
-    state.set_member_listener(Box::new(move |id, address| book.set(id, address)));
+    // The transport starts with the configured members; the runtime hands it the stored
+    // membership's records as it starts, and every committed membership after.
+    let address_book = Arc::new(AddressBook::new(config.id, &config.members()?));
+    let network = bind_transport(&config, address_book.peers()).await?;
     let mut raft_config = config.raft_config();
     raft_config.seed = seed();
     raft_config.incarnation = take_incarnation(&config)?;
@@ -406,8 +398,8 @@ pub async fn termination_signal() {
 }
 
 /// Keeps readiness up to date from the node's narrow signals
-/// (leadership, the applied index, the committed membership), and drops members from the
-/// transport once a committed membership removes them.
+/// (leadership, the applied index, the committed membership), and the address book in step
+/// with the committed membership.
 async fn watch_status(raft: RaftNode, readiness: Arc<Readiness>, address_book: Arc<AddressBook>) {
     let status = raft.status();
     let (me, life) = (status.id, status.incarnation);
@@ -416,24 +408,14 @@ async fn watch_status(raft: RaftNode, readiness: Arc<Readiness>, address_book: A
     let mut membership = raft.watch_membership();
     // The commit index seen when a leader was first known after start.
     let mut catch_up_target = None;
-    let mut removed_seen = 0;
     loop {
         let current_leader = leadership.borrow_and_update().leader;
-        let (removed, rejoined) = {
+        let rejoined = {
             let committed = membership.borrow_and_update();
             let members = &committed.membership;
-            // Committed removals are final (IDs are never reused), so the set only grows and
-            // its size tells news.
-            let removed_now = members.removed.len();
-            let removed = (removed_now != removed_seen).then(|| members.removed.clone());
-            (removed, members.rejoined(me, life))
+            address_book.follow(members);
+            members.rejoined(me, life)
         };
-        if let Some(removed) = removed {
-            removed_seen = removed.len();
-            for id in removed {
-                address_book.forget(id.0);
-            }
-        }
         // A node that restarted without its state (in memory) is not ready until the leader
         // has recorded its new life and promoted it back (committed): before, the commit index
         // it hears is only as far as it holds, and it serves nothing it can vouch for.

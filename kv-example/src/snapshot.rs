@@ -9,11 +9,12 @@
 //! ```
 //!
 //! Integers are big-endian. Keys are the state's own namespaced keys (see [`crate::state`]):
-//! `d` + user key for data, `p` + member ID (8 bytes) for a member's addresses, whose value is
-//! the JSON of [`MemberAddress`]. The decoder refuses, with the reason, anything else: another
-//! magic or version, a key out of order or in an unknown namespace, a record over
-//! [`RECORD_BYTES_MAX`], a count that disagrees, bytes after the end, or data that stops
-//! before it. Raft already checks the snapshot's length and CRC; these checks catch a state
+//! `d` + user key for data, and, in snapshots written before member addresses moved into the
+//! membership ([`crate::members`]), `p` + member ID (8 bytes) for a member's addresses, whose
+//! value is the JSON of [`MemberAddress`]: still read, never written. The decoder refuses,
+//! with the reason, anything else: another magic or version, a key out of order or in an
+//! unknown namespace, a record over [`RECORD_BYTES_MAX`], a count that disagrees, bytes after
+//! the end, or data that stops before it. Raft already checks the snapshot's length and CRC; these checks catch a state
 //! machine bug or a snapshot of another application.
 //!
 //! ```
@@ -33,10 +34,9 @@
 //! assert_eq!(records.len(), 2);
 //! ```
 
+use crate::members::MemberAddress;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::net::SocketAddr;
 
 /// The first bytes of every snapshot.
 pub const MAGIC: &[u8; 6] = b"KVSNAP";
@@ -55,17 +55,7 @@ pub const DATA_PREFIX: u8 = b'd';
 /// Namespace of member address keys.
 pub const MEMBER_PREFIX: u8 = b'p';
 
-/// Where a member is reached: kept in the replicated state, so every node (including nodes
-/// that join later, through snapshots) learns the addresses of members added at run time.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberAddress {
-    /// Its peer (Raft) address.
-    pub peer_address: SocketAddr,
-    /// Its client (HTTP) address, when known.
-    pub client_address: Option<SocketAddr>,
-}
-
-/// The state key of member `id`'s address.
+/// The state key of member `id`'s address (legacy records, see [`crate::members`]).
 pub fn member_key(id: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
     key[0] = MEMBER_PREFIX;

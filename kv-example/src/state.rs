@@ -10,7 +10,7 @@
 //! | --- | --- |
 //! | `d` + user key | the value |
 //! | `m:applied_index` | the last applied log index, 8 bytes big-endian |
-//! | `p` + member ID (8 bytes big-endian) | where that member is reached: [`MemberAddress`] as JSON |
+//! | `p` + member ID (8 bytes big-endian) | legacy: where that member was reached (written before the addresses moved into the membership, [`crate::members`]; ignored) |
 //!
 //! Each apply batch is one RocksDB `WriteBatch` that carries the batch's writes *and* the new
 //! applied index, so the two never disagree: after a crash the database holds some prefix of
@@ -29,12 +29,12 @@
 //!
 //! # Snapshots
 //!
-//! A snapshot is the `d` and `p` keys with the applied index, in the format of
+//! A snapshot is the `d` keys with the applied index, in the format of
 //! [`crate::snapshot`]. Building one reads a RocksDB snapshot (a consistent view) on a
 //! blocking thread and streams it out in pieces of [`SNAPSHOT_PIECE_BYTES`], at most
 //! [`SNAPSHOT_PIECES_QUEUED`] ahead of the store; the memory backend does the same under its
 //! read lock. Installing one into RocksDB first checks the header's index against the
-//! snapshot's, then deletes every `d` and `p` key and the applied index in one batch, writes
+//! snapshot's, then deletes every `d` (and legacy `p`) key and the applied index in one batch, writes
 //! one batch per chunk received, and writes the applied index with the last batch: a crash
 //! part-way leaves no applied index, so the runtime installs the snapshot (which the log store
 //! keeps durably) again on restart. Stale reads during an install may see part of the new
@@ -44,8 +44,7 @@
 use crate::command::{Answer, Command};
 use crate::metrics::Metrics;
 use crate::snapshot::{
-    member_id, member_key, MemberAddress, SnapshotDecoder, SnapshotEncoder, SnapshotFormatError,
-    DATA_PREFIX, MEMBER_PREFIX,
+    SnapshotDecoder, SnapshotEncoder, SnapshotFormatError, DATA_PREFIX, MEMBER_PREFIX,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -58,7 +57,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 const APPLIED_INDEX_KEY: &[u8] = b"m:applied_index";
@@ -72,10 +71,6 @@ pub const WAL_BUFFER_BYTES: usize = 1 << 20;
 /// How often a node hands the WAL buffer to the file ([`KvState::flush_wal`]): the applies a
 /// killed process can lose, to be replayed from the Raft log on restart.
 pub const WAL_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
-
-/// Told of every member address the state sets (from a command or a snapshot), after it is
-/// stored: the node adds the member to its transport.
-pub type MemberListener = Box<dyn Fn(u64, &MemberAddress) + Send + Sync>;
 
 /// A page of a prefix scan.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -97,9 +92,6 @@ pub struct KvState {
     backend: Backend,
     /// The last index applied (in memory for both backends; RocksDB also stores it).
     applied_index: AtomicU64,
-    /// Member addresses set through the log (for RocksDB, a copy of its `p` keys).
-    members: RwLock<BTreeMap<u64, MemberAddress>>,
-    member_listener: OnceLock<MemberListener>,
 }
 
 impl std::fmt::Debug for KvState {
@@ -133,8 +125,6 @@ impl KvState {
         KvState {
             backend: Backend::Memory(RwLock::new(BTreeMap::new())),
             applied_index: AtomicU64::new(0),
-            members: RwLock::new(BTreeMap::new()),
-            member_listener: OnceLock::new(),
         }
     }
 
@@ -146,18 +136,9 @@ impl KvState {
         options.set_writable_file_max_buffer_size(WAL_BUFFER_BYTES as u64);
         let db = DB::open(&options, path).map_err(rocks_error)?;
         let applied = decode_applied_index(db.get(APPLIED_INDEX_KEY).map_err(rocks_error)?)?;
-        let mut members = BTreeMap::new();
-        let start = [MEMBER_PREFIX];
-        for item in db.iterator(IteratorMode::From(&start, Direction::Forward)) {
-            let (key, value) = item.map_err(rocks_error)?;
-            let Some(id) = member_id(&key) else { break };
-            members.insert(id, decode_member(id, &value)?);
-        }
         Ok(KvState {
             backend: Backend::Rocks(db),
             applied_index: AtomicU64::new(applied),
-            members: RwLock::new(members),
-            member_listener: OnceLock::new(),
         })
     }
 
@@ -167,33 +148,6 @@ impl KvState {
         match &self.backend {
             Backend::Memory(_) => Ok(()),
             Backend::Rocks(db) => db.flush_wal(false).map_err(rocks_error),
-        }
-    }
-
-    /// Sets the listener told of member addresses from now on (once; later calls are
-    /// ignored). The addresses already held are in [`KvState::member_addresses`].
-    pub fn set_member_listener(&self, listener: MemberListener) {
-        let _ = self.member_listener.set(listener);
-    }
-
-    /// Every member address set through the log, by member ID.
-    pub fn member_addresses(&self) -> BTreeMap<u64, MemberAddress> {
-        self.members.read().expect("members lock").clone()
-    }
-
-    /// Records member addresses a batch or a snapshot stored, and tells the listener.
-    fn members_changed(&self, changes: Vec<(u64, MemberAddress)>) {
-        if changes.is_empty() {
-            return;
-        }
-        self.members
-            .write()
-            .expect("members lock")
-            .extend(changes.iter().cloned());
-        if let Some(listener) = self.member_listener.get() {
-            for (id, address) in &changes {
-                listener(*id, address);
-            }
         }
     }
 
@@ -240,27 +194,18 @@ impl KvState {
             "apply went backwards: {last_index} after {}",
             self.applied_index()
         );
-        let mut member_changes = Vec::new();
         let answers = match &self.backend {
             Backend::Memory(map) => {
                 let mut map = map.write().expect("map lock");
                 batch
                     .commands
                     .into_iter()
-                    .map(|(index, bytes)| {
-                        apply_in_memory(&mut map, &mut member_changes, index.0, &bytes).encode()
-                    })
+                    .map(|(index, bytes)| apply_in_memory(&mut map, index.0, &bytes).encode())
                     .collect()
             }
-            Backend::Rocks(db) => {
-                let mut rocks = RocksBatch::new(db);
-                let answers = rocks.apply(batch)?;
-                member_changes = rocks.member_changes;
-                answers
-            }
+            Backend::Rocks(db) => RocksBatch::new(db).apply(batch)?,
         };
         self.applied_index.store(last_index, Ordering::Release);
-        self.members_changed(member_changes);
         Ok(answers)
     }
 
@@ -282,7 +227,6 @@ impl KvState {
         let (applied, encoder) = match &self.backend {
             Backend::Memory(map) => {
                 let map = map.read().expect("map lock");
-                let members = self.members.read().expect("members lock");
                 let applied = self.applied_index();
                 let mut encoder = SnapshotEncoder::new(applied);
                 let mut key = Vec::new();
@@ -291,13 +235,6 @@ impl KvState {
                     key.push(DATA_PREFIX);
                     key.extend_from_slice(user_key);
                     encoder.record(&key, value).map_err(format_error)?;
-                    emit(&mut encoder)?;
-                }
-                for (id, address) in members.iter() {
-                    let value = serde_json::to_vec(address).expect("an address encodes");
-                    encoder
-                        .record(&member_key(*id), &value)
-                        .map_err(format_error)?;
                     emit(&mut encoder)?;
                 }
                 (applied, encoder)
@@ -309,7 +246,8 @@ impl KvState {
                 let mut encoder = SnapshotEncoder::new(applied);
                 for item in view.iterator(IteratorMode::Start) {
                     let (key, value) = item.map_err(rocks_error)?;
-                    if key.as_ref() == APPLIED_INDEX_KEY {
+                    // Legacy member records (`p`) stay behind: the membership holds addresses.
+                    if key.as_ref() == APPLIED_INDEX_KEY || key.first() == Some(&MEMBER_PREFIX) {
                         continue;
                     }
                     encoder.record(&key, &value).map_err(format_error)?;
@@ -333,20 +271,15 @@ impl KvState {
         data: &mut SnapshotReader,
     ) -> Result<u64, StateMachineError> {
         let mut decoder = SnapshotDecoder::default();
-        let mut members = BTreeMap::new();
         match &self.backend {
             Backend::Memory(map) => {
                 let mut fresh = BTreeMap::new();
                 while let Some(chunk) = data.next_chunk().await? {
                     for (key, value) in decoder.feed(&chunk).map_err(format_error)? {
                         check_snapshot_index(&decoder, last_index)?;
-                        match member_id(&key) {
-                            Some(id) => {
-                                members.insert(id, decode_member(id, &value)?);
-                            }
-                            None => {
-                                fresh.insert(key.slice(1..), value);
-                            }
+                        // Legacy member records are read (the decoder checked them) and dropped.
+                        if key.first() == Some(&DATA_PREFIX) {
+                            fresh.insert(key.slice(1..), value);
                         }
                     }
                 }
@@ -355,12 +288,10 @@ impl KvState {
                 *map.write().expect("map lock") = fresh;
             }
             Backend::Rocks(db) => {
-                install_into_rocks(db, &mut decoder, &mut members, last_index, data).await?;
+                install_into_rocks(db, &mut decoder, last_index, data).await?;
             }
         }
         self.applied_index.store(last_index, Ordering::Release);
-        *self.members.write().expect("members lock") = BTreeMap::new();
-        self.members_changed(members.into_iter().collect());
         Ok(decoder.records())
     }
 }
@@ -383,11 +314,6 @@ fn decode_applied_index(bytes: Option<Vec<u8>>) -> Result<u64, StateMachineError
     Ok(u64::from_be_bytes(array))
 }
 
-fn decode_member(id: u64, value: &[u8]) -> Result<MemberAddress, StateMachineError> {
-    serde_json::from_slice(value)
-        .map_err(|e| StateMachineError(format!("member {id}'s stored address: {e}")))
-}
-
 /// Once the header is read: it must name the index the snapshot is installed at.
 fn check_snapshot_index(
     decoder: &SnapshotDecoder,
@@ -407,7 +333,6 @@ fn check_snapshot_index(
 async fn install_into_rocks(
     db: &DB,
     decoder: &mut SnapshotDecoder,
-    members: &mut BTreeMap<u64, MemberAddress>,
     last_index: u64,
     data: &mut SnapshotReader,
 ) -> Result<(), StateMachineError> {
@@ -437,11 +362,12 @@ async fn install_into_rocks(
             write(batch)?;
         }
         let mut batch = WriteBatch::default();
-        for (key, value) in records {
-            if let Some(id) = member_id(&key) {
-                members.insert(id, decode_member(id, &value)?);
-            }
-            batch.put(&key, &value);
+        // Legacy member records are read (the decoder checked them) and dropped.
+        for (key, value) in records
+            .iter()
+            .filter(|(key, _)| key.first() == Some(&DATA_PREFIX))
+        {
+            batch.put(key, value);
         }
         pending = Some(batch);
     }
@@ -452,24 +378,13 @@ async fn install_into_rocks(
     write(last)
 }
 
-fn apply_in_memory(
-    map: &mut BTreeMap<Bytes, Bytes>,
-    member_changes: &mut Vec<(u64, MemberAddress)>,
-    index: u64,
-    bytes: &[u8],
-) -> Answer {
+fn apply_in_memory(map: &mut BTreeMap<Bytes, Bytes>, index: u64, bytes: &[u8]) -> Answer {
     let command = match Command::decode(bytes) {
         Ok(command) => command,
         Err(error) => return Answer::Invalid(error.to_string()),
     };
     match command {
-        Command::SetMemberAddress { id, address } => match check_member(id) {
-            Ok(()) => {
-                member_changes.push((id, address));
-                Answer::MemberAddressSet { index }
-            }
-            Err(answer) => answer,
-        },
+        Command::SetMemberAddress { id, .. } => legacy_member_address(id, index),
         Command::Put { key, value } => {
             map.insert(key, value);
             Answer::Written { index }
@@ -536,16 +451,16 @@ struct RocksBatch<'a> {
     write: WriteBatch,
     /// Keys written in `write`, with their new value (`None`: deleted).
     overlay: HashMap<Bytes, Option<Bytes>>,
-    /// Member addresses the batch set.
-    member_changes: Vec<(u64, MemberAddress)>,
 }
 
-/// Refuses member 0 (it means "no node"), identically on every node.
-fn check_member(id: u64) -> Result<(), Answer> {
+/// A `SetMemberAddress` of a log written before the addresses moved into the membership: it
+/// answers as it did and changes nothing (member 0 is refused, as it was, identically on every
+/// node).
+fn legacy_member_address(id: u64, index: u64) -> Answer {
     if id == 0 {
-        return Err(Answer::Invalid("member ID 0 is reserved".into()));
+        return Answer::Invalid("member ID 0 is reserved".into());
     }
-    Ok(())
+    Answer::MemberAddressSet { index }
 }
 
 impl<'a> RocksBatch<'a> {
@@ -554,7 +469,6 @@ impl<'a> RocksBatch<'a> {
             db,
             write: WriteBatch::default(),
             overlay: HashMap::new(),
-            member_changes: Vec::new(),
         }
     }
 
@@ -599,15 +513,7 @@ impl<'a> RocksBatch<'a> {
         command: Command,
     ) -> Result<Answer, StateMachineError> {
         Ok(match command {
-            Command::SetMemberAddress { id, address } => match check_member(id) {
-                Ok(()) => {
-                    let value = serde_json::to_vec(&address).expect("an address encodes");
-                    self.write.put(member_key(id), value);
-                    self.member_changes.push((id, address));
-                    Answer::MemberAddressSet { index }
-                }
-                Err(answer) => answer,
-            },
+            Command::SetMemberAddress { id, .. } => legacy_member_address(id, index),
             Command::Put { key, value } => {
                 self.set(key, Some(value));
                 Answer::Written { index }
@@ -932,7 +838,8 @@ mod tests {
         folder
     }
 
-    /// Fills a state with many keys (over several snapshot pieces) and one member address.
+    /// Fills a state with many keys (over several snapshot pieces) and a legacy member
+    /// address command (answered, and leaving no trace).
     fn fill(state: &KvState, first_index: u64) -> u64 {
         let mut commands: Vec<(LogIndex, Bytes)> = (0..3000u64)
             .map(|i| {
@@ -946,17 +853,21 @@ mod tests {
             })
             .collect();
         let last = first_index + commands.len() as u64;
-        let address = MemberAddress {
+        let address = crate::members::MemberAddress {
             peer_address: "127.0.0.1:7004".parse().unwrap(),
             client_address: Some("127.0.0.1:8004".parse().unwrap()),
         };
         commands.push(command(last, Command::SetMemberAddress { id: 4, address }));
-        state
+        let answers = state
             .apply_batch(ApplyBatch {
                 commands,
                 last_index: LogIndex(last),
             })
             .unwrap();
+        assert_eq!(
+            Answer::decode(answers.last().unwrap()).unwrap(),
+            Answer::MemberAddressSet { index: last }
+        );
         last
     }
 
@@ -984,8 +895,8 @@ mod tests {
     }
 
     /// A snapshot from either backend installs into either backend and replaces the whole
-    /// state: old keys go, the new keys, the member addresses and the applied index arrive,
-    /// and the listener hears of the members. RocksDB keeps it all across a reopen.
+    /// state: old keys go, the new keys and the applied index arrive. RocksDB keeps it all
+    /// across a reopen.
     #[test]
     fn snapshots_move_between_backends() {
         let folder = temp_folder("snapshot-backends");
@@ -1003,33 +914,72 @@ mod tests {
             ];
             for target in &targets {
                 exercise(target); // keys a/1 (and an applied index of 10) to be replaced
-                let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
-                let log = heard.clone();
-                target.set_member_listener(Box::new(move |id, _| log.lock().unwrap().push(id)));
                 let mut reader = SnapshotReader::from_bytes(data.clone(), 4096);
                 let records = runtime()
                     .block_on(target.install_snapshot(last, &mut reader))
                     .unwrap();
-                assert_eq!(records, 3001);
+                assert_eq!(records, 3000);
                 assert_eq!(target.applied_index(), last);
                 assert_eq!(target.get(b"a/1").unwrap(), None, "old keys are gone");
                 assert_eq!(
                     target.scan(b"key/", 5000, 1 << 30).unwrap().entries.len(),
                     3000
                 );
-                assert_eq!(*heard.lock().unwrap(), [4]);
                 assert_eq!(snapshot_of(target), data, "the same state, byte for byte");
             }
             drop(targets);
             let reopened = KvState::open_rocksdb(&target_path).unwrap();
             assert_eq!(reopened.applied_index(), last);
-            assert_eq!(reopened.member_addresses().len(), 1);
             assert_eq!(
                 reopened.get(b"key/00042").unwrap().map(|v| v.len()),
                 Some(40)
             );
         }
         drop(sources);
+        std::fs::remove_dir_all(&folder).unwrap();
+    }
+
+    /// A snapshot written before member addresses moved into the membership carries `p`
+    /// records: both backends install it, keep its data, and leave the records out.
+    #[test]
+    fn a_legacy_snapshot_with_member_records_installs() {
+        let mut encoder = SnapshotEncoder::new(9);
+        encoder.record(b"dcolour", b"blue").unwrap();
+        let address = br#"{"peer_address":"127.0.0.1:7004","client_address":null}"#;
+        encoder
+            .record(&crate::snapshot::member_key(4), address)
+            .unwrap();
+        let legacy = Bytes::from(encoder.finish());
+        let folder = temp_folder("snapshot-legacy");
+        let targets = [
+            KvState::in_memory(),
+            KvState::open_rocksdb(&folder).unwrap(),
+        ];
+        for target in &targets {
+            let mut reader = SnapshotReader::from_bytes(legacy.clone(), 16);
+            let records = runtime()
+                .block_on(target.install_snapshot(9, &mut reader))
+                .unwrap();
+            assert_eq!(records, 2, "both records read");
+            assert_eq!(target.get(b"colour").unwrap(), Some(bytes("blue")));
+            let mut rebuilt = Vec::new();
+            target
+                .write_snapshot(SNAPSHOT_PIECE_BYTES, |piece| {
+                    rebuilt.extend_from_slice(&piece);
+                    true
+                })
+                .unwrap();
+            let mut decoder = SnapshotDecoder::default();
+            let keys: Vec<Bytes> = decoder
+                .feed(&rebuilt)
+                .unwrap()
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect();
+            decoder.finish().unwrap();
+            assert_eq!(keys, [bytes("dcolour")], "the member record is left out");
+        }
+        drop(targets);
         std::fs::remove_dir_all(&folder).unwrap();
     }
 

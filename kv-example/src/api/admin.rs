@@ -33,8 +33,7 @@
 //! `"applied": "unknown"`: it may still complete (see `GET /v1/members`).
 
 use super::{node_error, ApiError, AppContext, Context};
-use crate::command::{Answer, Command};
-use crate::snapshot::MemberAddress;
+use crate::members::{node_meta, MemberAddress};
 use axum::body::Body;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
@@ -320,39 +319,6 @@ impl AppContext {
             }
         }
     }
-
-    /// Commits member `id`'s addresses through the log, so every node can reach it.
-    async fn register_address(&self, id: u64, address: MemberAddress) -> Result<(), ApiError> {
-        let command = Command::SetMemberAddress { id, address };
-        let proposal = self.raft.propose(command.encode());
-        let answer = match tokio::time::timeout(self.limits.request_timeout, proposal).await {
-            Ok(Ok(bytes)) => Answer::decode(&bytes).map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "bad_answer",
-                    e.to_string(),
-                )
-            })?,
-            Ok(Err(error)) => return Err(node_error(error, true)),
-            Err(_) => {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "timeout",
-                    "the member's address was not committed within request_timeout_ms; the \
-                     member was not added",
-                )
-                .applied("unknown"))
-            }
-        };
-        match answer {
-            Answer::MemberAddressSet { .. } => Ok(()),
-            other => Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "unexpected_answer",
-                format!("the state machine answered {other:?}"),
-            )),
-        }
-    }
 }
 
 /// A refused membership change as an HTTP answer, with the protocol's reason.
@@ -448,15 +414,11 @@ async fn add_member(
         }
     };
     let mut change = change;
-    if let Some(address) = &address {
-        // The library records it in the membership too, which is what reaches every member's
-        // transport (raft_core::Network::members_changed); the KV's own copy keeps the client
-        // address for forwarding.
-        let meta = raft_core::NodeMeta::at(address.peer_address.to_string());
-        change.node_meta.insert(NodeId(request.id), meta);
-    }
     if let Some(address) = address {
-        context.register_address(request.id, address).await?;
+        // Committed with the membership: every member's transport learns the peer address
+        // (raft_core::Network::members_changed), every address book the client address.
+        let meta = node_meta(address.peer_address, address.client_address);
+        change.node_meta.insert(NodeId(request.id), meta);
     }
     context.change_membership(change).await
 }
