@@ -3,7 +3,7 @@
 use super::applier::{Applier, ApplyJob};
 use super::signals::Signals;
 use super::stop::{NodeTask, SnapshotError, StopCause, StopReason};
-use super::telemetry::{NodeMetrics, Seen};
+use super::telemetry::{NodeMetrics, PeerMeters, Seen};
 use super::writer;
 use super::{MachineRead, NodeError, ProposalRequest, ReadResponder, Responder, RuntimeOptions};
 use crate::membership::MembershipError;
@@ -128,6 +128,8 @@ pub(super) struct Driver {
     members_told: Option<LogIndex>,
     /// What the metrics last saw of the protocol.
     seen: Seen,
+    /// The driver's own per-peer metric handles.
+    meters: PeerMeters,
 }
 
 type TransferResponder = oneshot::Sender<Result<(), NodeError>>;
@@ -148,6 +150,7 @@ impl Driver {
     pub(super) fn new(parts: DriverParts) -> Driver {
         let shared = Arc::new(Shared::new(NodeMetrics::new(parts.raw.id())));
         let seen = shared.metrics.start(&parts.raw, parts.applied);
+        let meters = shared.metrics.peer_meters();
         shared
             .applied_index
             .store(parts.applied.0, Ordering::Release);
@@ -214,6 +217,7 @@ impl Driver {
             last_applied: parts.applied,
             members_told: None,
             seen,
+            meters,
         }
     }
 
@@ -243,7 +247,7 @@ impl Driver {
                 _ = ticker.tick() => {
                     self.raw.tick();
                     self.expire_reads();
-                    self.shared.metrics.observe_lag(&self.raw);
+                    self.meters.observe_lag(&self.raw);
                     ticked = true;
                 }
                 message = self.inbox.recv() => match message {
@@ -500,7 +504,7 @@ impl Driver {
         }
         let plan = ReadyPlan::new(ready);
         for message in plan.send_now {
-            send(&*self.network, &self.shared, message);
+            send(&*self.network, &mut self.meters, message);
         }
         for chunk in plan.snapshot_chunks {
             // A full queue drops the chunk: the leader resends from the last acknowledged byte.
@@ -686,8 +690,8 @@ impl Driver {
     }
 }
 
-pub(super) fn send(network: &dyn Network, shared: &Shared, message: Message) {
-    shared.metrics.sent(&message);
+pub(super) fn send(network: &dyn Network, meters: &mut PeerMeters, message: Message) {
+    meters.sent(&message);
     let (from, to) = (message.from, message.to);
     match network.send(message) {
         Ok(()) => {}
@@ -741,6 +745,7 @@ async fn send_snapshot_chunks(
     shared: Arc<Shared>,
     mut chunks: mpsc::Receiver<Message>,
 ) {
+    let mut meters = shared.metrics.peer_meters();
     while let Some(mut message) = chunks.recv().await {
         if let MessageBody::SnapshotChunk {
             meta,
@@ -765,6 +770,6 @@ async fn send_snapshot_chunks(
                 }
             }
         }
-        send(&*network, &shared, message);
+        send(&*network, &mut meters, message);
     }
 }

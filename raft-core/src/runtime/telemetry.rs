@@ -34,7 +34,6 @@ use crate::protocol::{RawNode, Role};
 use crate::types::{LogIndex, NodeId};
 use metrics::{Counter, Gauge, Histogram};
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// Peers with handles of their own, at most; a membership larger than this shares one set
@@ -57,7 +56,17 @@ pub(super) struct NodeMetrics {
     leader_changes: Counter,
     write_batch_entries: Histogram,
     write_sync_seconds: Histogram,
-    peers: Mutex<HashMap<NodeId, PeerMetrics>>,
+}
+
+/// One task's per-peer handles (the driver's, the writer's, the snapshot sender's): each task
+/// that sends keeps its own, so counting a message takes no lock. Handles of the same peer in
+/// two tasks are the same metric.
+///
+/// Invariant: at most [`PEERS_MAX`] peers have handles of their own; the rest share the
+/// handles keyed `NodeId(u64::MAX)`, labelled `peer="other"`.
+pub(super) struct PeerMeters {
+    node: String,
+    peers: HashMap<NodeId, PeerMetrics>,
 }
 
 struct PeerMetrics {
@@ -93,8 +102,15 @@ impl NodeMetrics {
             leader_changes: metrics::counter!("raft_leader_changes_total", &label()),
             write_batch_entries: metrics::histogram!("raft_write_batch_entries", &label()),
             write_sync_seconds: metrics::histogram!("raft_write_sync_seconds", &label()),
-            peers: Mutex::new(HashMap::new()),
             node,
+        }
+    }
+
+    /// Per-peer handles for one task that sends.
+    pub(super) fn peer_meters(&self) -> PeerMeters {
+        PeerMeters {
+            node: self.node.clone(),
+            peers: HashMap::new(),
         }
     }
 
@@ -145,33 +161,6 @@ impl NodeMetrics {
         }
     }
 
-    /// A tick on the leader: each follower's lag in entries.
-    pub(super) fn observe_lag(&self, raw: &RawNode) {
-        if raw.role() != Role::Leader {
-            return;
-        }
-        let last = raw.last_index().0;
-        for (peer, match_index) in raw.follower_matches() {
-            self.with_peer(peer, |p| {
-                p.lag_entries.set(last.saturating_sub(match_index.0) as f64)
-            });
-        }
-    }
-
-    /// Counts the bytes a message carries to its peer.
-    pub(super) fn sent(&self, message: &Message) {
-        match &message.body {
-            MessageBody::Append { entries, .. } if !entries.is_empty() => {
-                let bytes: usize = entries.iter().map(|e| e.payload.payload_bytes()).sum();
-                self.with_peer(message.to, |p| p.append_bytes.increment(bytes as u64));
-            }
-            MessageBody::SnapshotChunk { len, .. } => {
-                self.with_peer(message.to, |p| p.snapshot_bytes.increment(*len));
-            }
-            _ => {}
-        }
-    }
-
     /// A write group became durable: `entries` log entries in `took`.
     pub(super) fn written(&self, entries: usize, took: Duration) {
         self.write_batch_entries.record(entries as f64);
@@ -184,9 +173,38 @@ impl NodeMetrics {
         self.applied_index.set(last.0 as f64);
         self.apply_seconds.record(took.as_secs_f64());
     }
+}
 
-    fn with_peer(&self, peer: NodeId, record: impl FnOnce(&PeerMetrics)) {
-        let mut peers = self.peers.lock().expect("peer metrics lock");
+impl PeerMeters {
+    /// A tick on the leader: each follower's lag in entries.
+    pub(super) fn observe_lag(&mut self, raw: &RawNode) {
+        if raw.role() != Role::Leader {
+            return;
+        }
+        let last = raw.last_index().0;
+        for (peer, match_index) in raw.follower_matches() {
+            self.with_peer(peer, |p| {
+                p.lag_entries.set(last.saturating_sub(match_index.0) as f64)
+            });
+        }
+    }
+
+    /// Counts the bytes a message carries to its peer.
+    pub(super) fn sent(&mut self, message: &Message) {
+        match &message.body {
+            MessageBody::Append { entries, .. } if !entries.is_empty() => {
+                let bytes: usize = entries.iter().map(|e| e.payload.payload_bytes()).sum();
+                self.with_peer(message.to, |p| p.append_bytes.increment(bytes as u64));
+            }
+            MessageBody::SnapshotChunk { len, .. } => {
+                self.with_peer(message.to, |p| p.snapshot_bytes.increment(*len));
+            }
+            _ => {}
+        }
+    }
+
+    fn with_peer(&mut self, peer: NodeId, record: impl FnOnce(&PeerMetrics)) {
+        let peers = &mut self.peers;
         let key = if peers.len() < PEERS_MAX || peers.contains_key(&peer) {
             peer
         } else {

@@ -33,6 +33,7 @@ pub(super) async fn run(
         cursor: plan::SnapshotCursor::default(),
         sink: None,
     };
+    let mut meters = shared.metrics.peer_meters();
     // Jobs received and not yet written, in order (a group may leave some for the next).
     let mut queued: VecDeque<WriteJob> = VecDeque::new();
     loop {
@@ -76,7 +77,7 @@ pub(super) async fn run(
             tracing::debug!(last = last.0, entries, "durable");
         }
         for message in group.release {
-            send(&*network, &shared, message);
+            send(&*network, &mut meters, message);
         }
         shared
             .persisted_number
