@@ -1,15 +1,17 @@
 //! Committed proposals per second for three nodes in one process: in-memory logs, the
 //! in-process network, a state machine that answers every command with its length.
-//! Proposers are closed loops (one proposal in flight each) sent to the leader.
+//! Proposers are closed loops (one call in flight each) sent to the leader: one command per
+//! `propose`, or, in the batch rows, `batch` commands per `propose_many` (as openraft's
+//! benchmark does with batches of commands per client write).
 //!
-//! `cargo bench -p raft-core --bench cluster` prints one row per (proposers, payload).
+//! `cargo bench -p raft-core --bench cluster` prints one row per (proposers, payload, batch).
 //! `BENCH_SECONDS` sets the measuring time per row (default 3).
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use raft_core::local_network::LocalRouter;
 use raft_core::protocol::Role;
-use raft_core::runtime::{RaftNode, RuntimeOptions};
+use raft_core::runtime::{Proposal, RaftNode, RuntimeOptions};
 use raft_core::{Config, LogIndex, NodeId, StateMachine, StateMachineError};
 use raft_storage_mem::MemLogStore;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,7 +63,7 @@ async fn leader(nodes: &[RaftNode]) -> RaftNode {
     }
 }
 
-async fn measure(proposers: usize, payload_bytes: usize, seconds: f64) -> f64 {
+async fn measure(proposers: usize, payload_bytes: usize, batch: usize, seconds: f64) -> f64 {
     let nodes = cluster(proposers as u64 * 31 + payload_bytes as u64).await;
     let leader = leader(&nodes).await;
     let done = Arc::new(AtomicU64::new(0));
@@ -75,10 +77,17 @@ async fn measure(proposers: usize, payload_bytes: usize, seconds: f64) -> f64 {
         let payload = payload.clone();
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
-                node.propose(payload.clone())
-                    .await
-                    .expect("proposal commits");
-                done.fetch_add(1, Ordering::Relaxed);
+                if batch == 1 {
+                    node.propose(payload.clone())
+                        .await
+                        .expect("proposal commits");
+                } else {
+                    let commands = (0..batch).map(|_| Proposal::from(payload.clone()));
+                    for answer in node.propose_many(commands).await {
+                        answer.expect("proposal commits");
+                    }
+                }
+                done.fetch_add(batch as u64, Ordering::Relaxed);
             }
         }));
     }
@@ -102,12 +111,14 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    println!("| proposers | payload bytes | committed proposals/s |");
-    println!("| --- | --- | --- |");
-    for proposers in [1, 64, 256] {
-        for payload_bytes in [0, 256] {
-            let rate = runtime.block_on(measure(proposers, payload_bytes, seconds));
-            println!("| {proposers} | {payload_bytes} | {rate:.0} |");
-        }
+    println!("| proposers | payload bytes | batch | committed proposals/s |");
+    println!("| --- | --- | --- | --- |");
+    let rows = [1, 64, 256]
+        .into_iter()
+        .flat_map(|proposers| [0, 256].map(|payload| (proposers, payload, 1)))
+        .chain([(256, 0, 4), (256, 256, 4)]);
+    for (proposers, payload_bytes, batch) in rows {
+        let rate = runtime.block_on(measure(proposers, payload_bytes, batch, seconds));
+        println!("| {proposers} | {payload_bytes} | {batch} | {rate:.0} |");
     }
 }

@@ -6,10 +6,10 @@ use bytes::Bytes;
 use raft_core::local_network::LocalRouter;
 use raft_core::protocol::{ProposeError, Role, TransferError};
 use raft_core::runtime::{
-    NodeError, RaftNode, RuntimeOptions, SnapshotError, StopCause, StoreOperation,
+    NodeError, Proposal, RaftNode, RuntimeOptions, SnapshotError, StopCause, StoreOperation,
 };
 use raft_core::{
-    Config, Entry, HardState, LogBounds, LogIndex, LogStore, NodeId, StateMachine,
+    Config, Entry, HardState, LogBounds, LogIndex, LogStore, NodeId, SessionId, StateMachine,
     StateMachineError, StorageError,
 };
 use raft_storage_mem::MemLogStore;
@@ -518,6 +518,66 @@ async fn every_call_on_a_stopped_node_is_definitely_refused() {
     let change = raft_core::MembershipChange::add_learner(NodeId(2));
     refused(node.change_membership(change).await.unwrap_err());
     refused(node.read(|_: &Recorder| ()).await.unwrap_err());
+    let answers = node
+        .propose_many([Proposal::from(Bytes::from("a")), Bytes::from("b").into()])
+        .await;
+    assert_eq!(answers.len(), 2);
+    answers.into_iter().for_each(|a| refused(a.unwrap_err()));
+}
+
+/// A batch through the leader and one through a follower: every command is answered, in the
+/// order given, and applied in that order; a batch larger than one driver request
+/// (`step_batch_max`) is split and answered whole; a retry in the same batch (same session
+/// and sequence) applies once and both get the first answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn propose_many_answers_every_command_in_the_order_given() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let batch_max = options().step_batch_max;
+    for (position, tag, count) in [(leader, "l", 2 * batch_max + 7), (follower, "f", 50)] {
+        let commands: Vec<Proposal> = (0..count)
+            .map(|i| Proposal::from(Bytes::from(format!("{tag}{i}"))))
+            .collect();
+        let answers = tokio::time::timeout(TIMEOUT, cluster.node(position).propose_many(commands))
+            .await
+            .expect("answered in time");
+        assert_eq!(answers.len(), count);
+        let positions: Vec<u64> = answers
+            .into_iter()
+            .map(|answer| {
+                let answer = answer.expect("committed");
+                std::str::from_utf8(&answer).unwrap().parse().unwrap()
+            })
+            .collect();
+        assert!(
+            positions.windows(2).all(|pair| pair[1] == pair[0] + 1),
+            "answers follow the order given: {:?}..",
+            &positions[..5]
+        );
+        let applied: Vec<Bytes> = cluster
+            .applied(position)
+            .into_iter()
+            .map(|(_, command)| command)
+            .filter(|command| command.starts_with(tag.as_bytes()))
+            .collect();
+        let expected: Vec<Bytes> = (0..count)
+            .map(|i| Bytes::from(format!("{tag}{i}")))
+            .collect();
+        assert_eq!(applied, expected, "applied once each, in the order given");
+    }
+    let session = SessionId::random();
+    let once = || Proposal::in_session(session, 1, Bytes::from("once"));
+    let answers = cluster.node(follower).propose_many([once(), once()]).await;
+    let answers: Vec<Bytes> = answers.into_iter().map(|a| a.expect("answered")).collect();
+    assert_eq!(answers[0], answers[1], "the retry gets the first answer");
+    let applied_once = cluster
+        .applied(follower)
+        .iter()
+        .filter(|(_, command)| command.as_ref() == b"once")
+        .count();
+    assert_eq!(applied_once, 1);
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

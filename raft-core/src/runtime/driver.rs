@@ -15,7 +15,8 @@ use crate::snapshot::SnapshotMeta;
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
 use crate::types::NodeId;
-use crate::types::{LogIndex, ProposalId};
+use crate::types::{LogIndex, ProposalId, SessionTag};
+use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -306,37 +307,72 @@ impl Driver {
                 Err(_) => break,
             }
         }
-        for _ in 0..self.options.step_batch_max {
+        // Counted in commands: a batch of `propose_many` counts each of its commands.
+        let mut stepped = 0;
+        while stepped < self.options.step_batch_max {
             match self.proposals.try_recv() {
-                Ok(request) => self.propose(request),
+                Ok(request) => stepped += self.propose(request),
                 Err(_) => break,
             }
         }
     }
 
-    fn propose(&mut self, request: ProposalRequest) {
+    /// Hands a request to the protocol; returns how many commands it held (1 for every
+    /// request but a batch).
+    fn propose(&mut self, request: ProposalRequest) -> usize {
+        let commands = match &request {
+            ProposalRequest::ProposeMany { proposals } => proposals.len(),
+            _ => 1,
+        };
+        self.handle_request(request);
+        commands
+    }
+
+    fn next_proposal_id(&mut self) -> ProposalId {
         let id = ProposalId(self.next_proposal);
         self.next_proposal += 1;
+        id
+    }
+
+    fn propose_command(
+        &mut self,
+        command: Bytes,
+        session: Option<SessionTag>,
+        responder: Responder,
+    ) {
+        let id = self.next_proposal_id();
+        self.shared.metrics.proposals.increment(1);
+        tracing::debug!(proposal = id.0, "proposed");
+        self.responders.insert(id, responder);
+        match session {
+            None => self.raw.propose(id, command),
+            Some(tag) => self.raw.propose_in_session(id, tag, command),
+        }
+    }
+
+    fn handle_request(&mut self, request: ProposalRequest) {
         match request {
             ProposalRequest::Propose {
                 command,
                 session,
                 responder,
-            } => {
-                self.shared.metrics.proposals.increment(1);
-                tracing::debug!(proposal = id.0, "proposed");
-                self.responders.insert(id, responder);
-                match session {
-                    None => self.raw.propose(id, command),
-                    Some(tag) => self.raw.propose_in_session(id, tag, command),
+            } => self.propose_command(command, session, responder),
+            ProposalRequest::ProposeMany { proposals } => {
+                for (proposal, responder) in proposals {
+                    let session = proposal
+                        .session
+                        .map(|(session, sequence)| SessionTag { session, sequence });
+                    self.propose_command(proposal.command, session, responder);
                 }
             }
             ProposalRequest::Read { responder } => {
+                let id = self.next_proposal_id();
                 self.shared.metrics.read_barriers.increment(1);
                 self.read_responders.insert(id, responder);
                 self.raw.read_index(id);
             }
             ProposalRequest::ChangeMembership { change, responder } => {
+                let id = self.next_proposal_id();
                 match self.raw.change_membership(id, &change) {
                     Ok(()) => {
                         self.responders.insert(id, responder);

@@ -217,6 +217,35 @@ impl NodeError {
 }
 
 type Responder = oneshot::Sender<Result<Bytes, NodeError>>;
+
+/// One command of [`RaftNode::propose_many`], with its client session when it has one (see
+/// [`RaftNode::propose_in_session`]). A plain command converts from [`Bytes`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proposal {
+    /// The command.
+    pub command: Bytes,
+    /// Its session and sequence number, for a command that may be retried.
+    pub session: Option<(SessionId, u64)>,
+}
+
+impl Proposal {
+    /// A command in a client session.
+    pub fn in_session(session: SessionId, sequence: u64, command: Bytes) -> Proposal {
+        Proposal {
+            command,
+            session: Some((session, sequence)),
+        }
+    }
+}
+
+impl From<Bytes> for Proposal {
+    fn from(command: Bytes) -> Proposal {
+        Proposal {
+            command,
+            session: None,
+        }
+    }
+}
 type ReadResponder = oneshot::Sender<Result<LogIndex, NodeError>>;
 
 /// A user's read of the state machine ([`RaftNode::read`]), run by the applier between
@@ -230,6 +259,11 @@ impl ProposalRequest {
             ProposalRequest::Propose { responder, .. }
             | ProposalRequest::ChangeMembership { responder, .. } => {
                 let _ = responder.send(Err(error()));
+            }
+            ProposalRequest::ProposeMany { proposals } => {
+                for (_, responder) in proposals {
+                    let _ = responder.send(Err(error()));
+                }
             }
             ProposalRequest::Read { responder } => {
                 let _ = responder.send(Err(error()));
@@ -254,6 +288,11 @@ enum ProposalRequest {
         command: Bytes,
         session: Option<SessionTag>,
         responder: Responder,
+    },
+    /// Commands to replicate, proposed together so that they join one ready (at most
+    /// `step_batch_max` of them: [`RaftNode::propose_many`] splits larger batches).
+    ProposeMany {
+        proposals: Vec<(Proposal, Responder)>,
     },
     /// A linearizable read barrier.
     Read { responder: ReadResponder },
@@ -295,6 +334,8 @@ pub struct RaftNode {
     machine_reads: mpsc::Sender<MachineRead>,
     /// The concrete type of the state machine, checked by [`RaftNode::read`].
     machine_type: TypeId,
+    /// Commands handed to the driver in one request at most (`step_batch_max`).
+    batch_max: usize,
 }
 
 impl RaftNode {
@@ -319,6 +360,7 @@ impl RaftNode {
             restore_from(&store, &mut *state_machine, chunk_bytes, limits).await?;
         let applied = restore.applied;
         let promotion_lag_entries_max = config.promotion_lag_entries_max;
+        let batch_max = options.step_batch_max;
         let mut raw = RawNode::new(config.clone(), restore)?;
         // Every forward travels in a one-off session, numbered from a random value per life.
         raw.set_forward_sessions(
@@ -363,6 +405,7 @@ impl RaftNode {
             promotion_lag_entries_max,
             machine_reads,
             machine_type,
+            batch_max,
         })
     }
 
@@ -418,6 +461,69 @@ impl RaftNode {
         };
         self.submit(request).await?;
         answer.await.unwrap_or_else(|_| Err(self.stopped_error()))
+    }
+
+    /// Proposes many commands at once and waits until each is committed and applied here (or
+    /// failed), returning one result per command, in order, as [`RaftNode::propose`] (or
+    /// [`RaftNode::propose_in_session`], for a [`Proposal`] with a session) would. The
+    /// commands reach the driver in one request per `RuntimeOptions::step_batch_max` of them
+    /// rather than one each, so they join one ready: one log write, and one append message per
+    /// follower. On a follower each is forwarded to the leader, as `propose` does. Those that
+    /// commit keep the order given, in the log and so in their answers.
+    ///
+    /// ```
+    /// # use bytes::Bytes;
+    /// # use raft_core::runtime::{NodeError, Proposal, RaftNode};
+    /// # use raft_core::SessionId;
+    /// # async fn example(node: &RaftNode) -> Result<(), NodeError> {
+    /// let session = SessionId::random();
+    /// let answers = node
+    ///     .propose_many([
+    ///         Proposal::from(Bytes::from("add 5")),
+    ///         Proposal::in_session(session, 1, Bytes::from("add 7")),
+    ///     ])
+    ///     .await;
+    /// for answer in answers {
+    ///     println!("{:?}", answer?);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn propose_many(
+        &self,
+        proposals: impl IntoIterator<Item = Proposal>,
+    ) -> Vec<Result<Bytes, NodeError>> {
+        let mut answers = Vec::new();
+        let mut batch = Vec::new();
+        let mut submitted: Vec<Result<(), NodeError>> = Vec::new();
+        let mut proposals = proposals.into_iter().peekable();
+        while proposals.peek().is_some() {
+            for proposal in proposals.by_ref().take(self.batch_max) {
+                let (responder, answer) = oneshot::channel();
+                batch.push((proposal, responder));
+                answers.push(answer);
+            }
+            let count = batch.len();
+            let request = ProposalRequest::ProposeMany {
+                proposals: std::mem::take(&mut batch),
+            };
+            let result = self.submit(request).await;
+            submitted.extend(
+                std::iter::repeat_with(|| match &result {
+                    Ok(()) => Ok(()),
+                    Err(_) => Err(self.not_running_error()),
+                })
+                .take(count),
+            );
+        }
+        let mut results = Vec::with_capacity(answers.len());
+        for (answer, submitted) in answers.into_iter().zip(submitted) {
+            results.push(match submitted {
+                Err(error) => Err(error),
+                Ok(()) => answer.await.unwrap_or_else(|_| Err(self.stopped_error())),
+            });
+        }
+        results
     }
 
     /// A linearizable read barrier: returns once this node's state machine has applied every
