@@ -14,6 +14,9 @@ struct RouterState {
     inboxes: HashMap<NodeId, Inbound>,
     /// Cut links, as (from, to).
     cut: BTreeSet<(NodeId, NodeId)>,
+    /// Removals committed, as (the node told, the node removed): messages from the removed
+    /// node to that one are dropped and it is told it was removed.
+    removed: BTreeSet<(NodeId, NodeId)>,
 }
 
 /// Connects the [`LocalNetwork`]s of one process. Cheap to clone.
@@ -61,6 +64,12 @@ impl LocalRouter {
             return Ok(()); // a cut link loses messages silently, like a real partition
         }
         let to = message.to;
+        if state.removed.contains(&(to, message.from)) {
+            if let Some(sender) = state.inboxes.get(&message.from) {
+                sender.report_removed(to);
+            }
+            return Ok(()); // refused, as a transport refuses a removed node
+        }
         let inbound = state
             .inboxes
             .get(&to)
@@ -95,6 +104,13 @@ impl Network for LocalNetwork {
 
     fn send(&self, message: Message) -> Result<(), SendError> {
         self.router.deliver(message)
+    }
+
+    fn removals_committed(&self, removed: &BTreeSet<NodeId>) {
+        let mut state = self.router.state.write().expect("router lock poisoned");
+        state
+            .removed
+            .extend(removed.iter().map(|node| (self.id, *node)));
     }
 
     async fn shutdown(&self) {

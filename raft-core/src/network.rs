@@ -3,8 +3,10 @@
 use crate::message::Message;
 use crate::types::NodeId;
 use async_trait::async_trait;
+use std::collections::BTreeSet;
 use std::fmt;
-use tokio::sync::mpsc;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
 
 /// Why a message could not be queued for sending. Raft retries on its own (heartbeats, probes,
 /// resent appends), so a dropped message costs time, never safety.
@@ -97,6 +99,8 @@ impl std::error::Error for DeliverError {}
 pub struct Inbound {
     local: NodeId,
     sender: mpsc::Sender<Message>,
+    /// The first peer that said this node was removed ([`Inbound::report_removed`]).
+    removed_by: Arc<watch::Sender<Option<NodeId>>>,
 }
 
 impl Inbound {
@@ -107,7 +111,31 @@ impl Inbound {
             "an inbox needs room for at least one message"
         );
         let (sender, receiver) = mpsc::channel(messages_max);
-        (Inbound { local, sender }, receiver)
+        let (removed_by, _) = watch::channel(None);
+        let inbound = Inbound {
+            local,
+            sender,
+            removed_by: Arc::new(removed_by),
+        };
+        (inbound, receiver)
+    }
+
+    /// Tells the node that `peer` refused it as a member its committed membership removed
+    /// (see [`Network::removals_committed`]): the node learns of its removal even when the
+    /// entry that removed it never reached it. The first report is kept; later ones change
+    /// nothing. A transport calls it only for a refusal that came from `peer` itself (the
+    /// node it dialled, in this cluster).
+    pub fn report_removed(&self, peer: NodeId) {
+        self.removed_by.send_if_modified(|by| {
+            let first = by.is_none();
+            by.get_or_insert(peer);
+            first
+        });
+    }
+
+    /// The peer that reported this node removed, if one did, as a watch.
+    pub fn removal_reports(&self) -> watch::Receiver<Option<NodeId>> {
+        self.removed_by.subscribe()
     }
 
     /// The node this handle delivers to.
@@ -169,5 +197,14 @@ pub trait Network: Send + Sync + 'static {
     /// The default does nothing, for transports whose peers are fixed or found otherwise.
     fn members_changed(&self, membership: &crate::membership::Membership) {
         let _ = membership;
+    }
+
+    /// The nodes a committed membership records as removed (all of them, each time the set
+    /// grows; removals are final). A transport should refuse them in a way that reaches them
+    /// as a removal ([`Inbound::report_removed`] on their side), as etcd answers a removed
+    /// member 410 Gone, so a node whose removal never reached it learns of it and says so.
+    /// The default does nothing.
+    fn removals_committed(&self, removed: &BTreeSet<NodeId>) {
+        let _ = removed;
     }
 }

@@ -17,10 +17,10 @@
 //!   bytes, before it buffers or allocates anything for the frame.
 //! - `version`: [`FORMAT_VERSION`]. A receiver refuses any other value, so a future format can
 //!   change everything after this byte. Version 0 is never used, so a zeroed buffer is no frame.
-//! - `kind`: [`KIND_HANDSHAKE`] or [`KIND_MESSAGE`]; 0 is never used.
-//! - `payload`: the serde form of a [`Handshake`] or a [`Message`], encoded by bincode 2.0 with
-//!   its standard configuration (little-endian, variable-length integers, `u64` lengths as
-//!   varints). It must fill the frame exactly: trailing bytes are an error.
+//! - `kind`: [`KIND_HANDSHAKE`], [`KIND_MESSAGE`] or [`KIND_REFUSAL`]; 0 is never used.
+//! - `payload`: the serde form of a [`Handshake`], a [`Message`] or a [`Refusal`], encoded by
+//!   bincode 2.0 with its standard configuration (little-endian, variable-length integers,
+//!   `u64` lengths as varints). It must fill the frame exactly: trailing bytes are an error.
 //!
 //! # The handshake
 //!
@@ -33,6 +33,12 @@
 //! [`certificate_name`]), so there is no answer. Only message frames follow, and every one
 //! must come from the peer the handshake named ([`check_sender`]). A refused handshake or a
 //! garbled frame closes that connection only.
+//!
+//! A node that a committed membership removed is answered, over TCP, with a [`Refusal`]
+//! instead of a handshake (QUIC closes the connection with an application code of its own),
+//! so that it learns of its removal even if the entry that removed it never reached it. A
+//! node that knows only the older kinds reads the refusal as an unknown kind and redials, as
+//! it would after any refusal.
 //!
 //! # Decoding is a pure function over bytes
 //!
@@ -103,6 +109,9 @@ pub const KIND_HANDSHAKE: u8 = 1;
 /// The `kind` byte of a message frame.
 pub const KIND_MESSAGE: u8 = 2;
 
+/// The `kind` byte of a refusal frame.
+pub const KIND_REFUSAL: u8 = 3;
+
 /// Bytes of the length field.
 pub const LENGTH_BYTES: usize = 4;
 
@@ -146,6 +155,28 @@ pub struct Handshake {
     pub lane: Lane,
 }
 
+/// Why a node refuses a dialler, told to it in a [`Refusal`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefusalReason {
+    /// The refusing node's committed membership removed the dialler: it is no longer a
+    /// member, and never will be again (IDs are not reused).
+    Removed,
+}
+
+/// The answer, instead of a handshake, to a dialler that is refused for a reason it should
+/// know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The refusing node's cluster.
+    pub cluster: ClusterId,
+    /// The refusing node.
+    pub from: NodeId,
+    /// The refused dialler.
+    pub to: NodeId,
+    /// Why.
+    pub reason: RefusalReason,
+}
+
 /// One decoded frame.
 // A frame lives only between `decode` and the match that hands its message on, so the size of
 // a message (a snapshot chunk's meta is the largest part) costs nothing here, and boxing it
@@ -157,6 +188,8 @@ pub enum Frame {
     Handshake(Handshake),
     /// A Raft message.
     Message(Message),
+    /// A dialler is refused, and told why.
+    Refusal(Refusal),
 }
 
 /// Why bytes are not a frame, or a message does not fit in one.
@@ -186,7 +219,7 @@ pub enum FrameError {
         /// The byte found.
         version: u8,
     },
-    /// The kind byte is neither [`KIND_HANDSHAKE`] nor [`KIND_MESSAGE`].
+    /// The kind byte is none of [`KIND_HANDSHAKE`], [`KIND_MESSAGE`] and [`KIND_REFUSAL`].
     UnknownKind {
         /// The byte found.
         kind: u8,
@@ -291,6 +324,13 @@ pub fn encode_handshake(handshake: &Handshake) -> Bytes {
     Bytes::from(frame)
 }
 
+/// Encodes a refusal frame; like a handshake, it is below every allowed limit.
+pub fn encode_refusal(refusal: &Refusal) -> Bytes {
+    let frame = encode(KIND_REFUSAL, refusal);
+    assert!(frame.len() <= *FRAME_BYTES_MAX_RANGE.start());
+    Bytes::from(frame)
+}
+
 /// Encodes a message frame, or says it is over `frame_bytes_max`.
 pub fn encode_message(message: &Message, frame_bytes_max: usize) -> Result<Bytes, FrameError> {
     let frame = encode(KIND_MESSAGE, message);
@@ -345,7 +385,7 @@ pub fn check(buffer: &[u8], frame_bytes_max: usize) -> Result<Option<usize>, Fra
         }
     }
     if let Some(&kind) = buffer.get(LENGTH_BYTES + 1) {
-        if kind != KIND_HANDSHAKE && kind != KIND_MESSAGE {
+        if kind != KIND_HANDSHAKE && kind != KIND_MESSAGE && kind != KIND_REFUSAL {
             return Err(FrameError::UnknownKind { kind });
         }
     }
@@ -386,6 +426,7 @@ pub fn parse(frame: &[u8], frame_bytes_max: usize) -> Result<Frame, FrameError> 
     match frame[LENGTH_BYTES + 1] {
         KIND_HANDSHAKE => decode_payload::<Handshake>(payload).map(Frame::Handshake),
         KIND_MESSAGE => decode_payload::<Message>(payload).map(Frame::Message),
+        KIND_REFUSAL => decode_payload::<Refusal>(payload).map(Frame::Refusal),
         kind => Err(FrameError::UnknownKind { kind }),
     }
 }

@@ -356,6 +356,13 @@ async fn a_joining_node_is_added_as_a_learner_promoted_and_the_removed_leader_st
         wait_applied(node, commit).await;
         assert_eq!(node.table.rows(), nodes[next].table.rows());
     }
+    tokio::time::timeout(TIMEOUT, async {
+        while removed.raft.removal().is_none() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the removed leader learns it was removed");
     removed.raft.shutdown().await;
     for node in &nodes {
         node.raft.shutdown().await;

@@ -159,6 +159,15 @@ fn handshake() -> impl Strategy<Value = Handshake> {
     })
 }
 
+fn refusal() -> impl Strategy<Value = wire::Refusal> {
+    (any::<u64>(), node(), node()).prop_map(|(cluster, from, to)| wire::Refusal {
+        cluster: ClusterId(cluster),
+        from,
+        to,
+        reason: wire::RefusalReason::Removed,
+    })
+}
+
 /// Decodes every frame in `stream`, as a reader would, until the bytes run out or an error.
 fn decode_all(stream: &[u8], frame_bytes_max: usize) -> Result<Vec<Frame>, FrameError> {
     let mut frames = Vec::new();
@@ -194,6 +203,17 @@ proptest! {
         prop_assert_eq!(
             wire::parse(&frame, *wire::FRAME_BYTES_MAX_RANGE.start()),
             Ok(Frame::Handshake(handshake))
+        );
+    }
+
+    /// Every refusal round-trips and fits in the smallest allowed frame limit.
+    #[test]
+    fn refusal_round_trip(refusal in refusal()) {
+        let frame = wire::encode_refusal(&refusal);
+        prop_assert!(frame.len() <= *wire::FRAME_BYTES_MAX_RANGE.start());
+        prop_assert_eq!(
+            wire::parse(&frame, *wire::FRAME_BYTES_MAX_RANGE.start()),
+            Ok(Frame::Refusal(refusal))
         );
     }
 
@@ -234,7 +254,7 @@ proptest! {
     /// decodes something that fits exactly; it never panics.
     #[test]
     fn random_payload_behind_valid_header(
-        kind in prop_oneof![Just(wire::KIND_HANDSHAKE), Just(wire::KIND_MESSAGE)],
+        kind in prop_oneof![Just(wire::KIND_HANDSHAKE), Just(wire::KIND_MESSAGE), Just(wire::KIND_REFUSAL)],
         payload in proptest::collection::vec(any::<u8>(), 0..512),
     ) {
         let mut frame = ((payload.len() + 2) as u32).to_be_bytes().to_vec();
@@ -252,6 +272,10 @@ proptest! {
                 Frame::Handshake(handshake) => {
                     let again = wire::encode_handshake(&handshake);
                     prop_assert_eq!(wire::parse(&again, FRAME_BYTES_MAX), Ok(Frame::Handshake(handshake)));
+                }
+                Frame::Refusal(refusal) => {
+                    let again = wire::encode_refusal(&refusal);
+                    prop_assert_eq!(wire::parse(&again, FRAME_BYTES_MAX), Ok(Frame::Refusal(refusal)));
                 }
             }
         }

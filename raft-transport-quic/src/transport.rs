@@ -26,6 +26,9 @@ const CLOSE_SHUTDOWN: u32 = 0;
 const CLOSE_REFUSED: u32 = 1;
 const CLOSE_REPLACED: u32 = 2;
 const CLOSE_PEER_RESTARTED: u32 = 3;
+/// The dialler was removed from the cluster by a committed membership (`wire::Refusal` over
+/// TCP): it reports so to its node.
+const CLOSE_REMOVED: u32 = 4;
 
 /// Stream priorities: quinn sends higher first, so a heartbeat never waits behind queued
 /// snapshot data on the same connection.
@@ -211,6 +214,19 @@ impl Network for QuicTransport {
         self.send_on(message.lane(), message)
     }
 
+    fn removals_committed(&self, removed: &std::collections::BTreeSet<NodeId>) {
+        let dropped = {
+            let mut links = self.inner.links();
+            for node in removed {
+                links.remove(node);
+            }
+            self.inner.core.set_removed(removed)
+        };
+        for peer in dropped {
+            retire(peer, CLOSE_REMOVED);
+        }
+    }
+
     fn members_changed(&self, membership: &raft_core::Membership) {
         self.inner.core.follow_members(
             membership,
@@ -373,9 +389,23 @@ async fn run_writer(
         .await
         {
             Ended::Stop => return,
-            Ended::Lost => tracing::debug!(node = %link.node, ?lane, "stream lost; reopening"),
+            Ended::Lost => {
+                if removed_by_peer(&connection) {
+                    inner.core.report_removed(link.node);
+                }
+                tracing::debug!(node = %link.node, ?lane, "stream lost; reopening");
+            }
         }
     }
+}
+
+/// Whether the peer closed the connection because a committed membership removed this node.
+fn removed_by_peer(connection: &Connection) -> bool {
+    matches!(
+        connection.close_reason(),
+        Some(quinn::ConnectionError::ApplicationClosed(close))
+            if close.error_code == VarInt::from_u32(CLOSE_REMOVED)
+    )
 }
 
 async fn open_stream(
@@ -512,7 +542,12 @@ async fn serve_connection(inner: Arc<Inner>, incoming: Incoming, inbound: Inboun
     };
     let (connection, opened) = match first {
         Ok(Ok((connection, Ok(opened)))) => (connection, opened),
-        Ok(Ok((connection, Err(error)))) => {
+        Ok(Ok((connection, Err(StreamRefusal::Removed(peer))))) => {
+            tracing::warn!(%remote, %peer, "refused a removed node, and told it so");
+            connection.close(VarInt::from_u32(CLOSE_REMOVED), b"removed from the cluster");
+            return;
+        }
+        Ok(Ok((connection, Err(StreamRefusal::Other(error))))) => {
             tracing::warn!(%remote, %error, "refused a connection");
             connection.close(VarInt::from_u32(CLOSE_REFUSED), b"refused");
             return;
@@ -552,13 +587,24 @@ async fn serve_connection(inner: Arc<Inner>, incoming: Incoming, inbound: Inboun
                 open_stream_inbound(&stream_inner, &stream_connection, stream),
             )
             .await
-            .unwrap_or_else(|_| Err("no handshake in time".into()));
+            .unwrap_or_else(|_| Err(StreamRefusal::Other("no handshake in time".into())));
             match opened {
                 Ok(opened) => {
                     let mut shutdown = stream_inner.core.shutdown.clone();
-                    read_messages(opened, &stream_connection, &stream_inbound, &mut shutdown).await
+                    read_messages(
+                        &stream_inner,
+                        opened,
+                        &stream_connection,
+                        &stream_inbound,
+                        &mut shutdown,
+                    )
+                    .await
                 }
-                Err(error) => refuse(&stream_connection, &error),
+                Err(StreamRefusal::Removed(_)) => {
+                    stream_connection
+                        .close(VarInt::from_u32(CLOSE_REMOVED), b"removed from the cluster");
+                }
+                Err(StreamRefusal::Other(error)) => refuse(&stream_connection, &error),
             }
         });
     }
@@ -573,8 +619,9 @@ fn spawn_reader(
     let connection = connection.clone();
     let inbound = inbound.clone();
     let mut shutdown = inner.core.shutdown.clone();
+    let reader_inner = Arc::clone(inner);
     inner.core.tasks.spawn(async move {
-        read_messages(opened, &connection, &inbound, &mut shutdown).await;
+        read_messages(&reader_inner, opened, &connection, &inbound, &mut shutdown).await;
     });
 }
 
@@ -584,15 +631,37 @@ fn refuse(connection: &Connection, why: &str) {
     connection.close(VarInt::from_u32(CLOSE_REFUSED), b"refused");
 }
 
+/// Why an inbound stream is not read.
+enum StreamRefusal {
+    /// The dialler's handshake and certificate name a node a committed membership removed.
+    Removed(NodeId),
+    /// Anything else, described for the log.
+    Other(String),
+}
+
+impl From<String> for StreamRefusal {
+    fn from(why: String) -> StreamRefusal {
+        StreamRefusal::Other(why)
+    }
+}
+
+impl From<&str> for StreamRefusal {
+    fn from(why: &str) -> StreamRefusal {
+        StreamRefusal::Other(why.to_string())
+    }
+}
+
 /// Reads and checks a stream's handshake against the connection's certificate.
 async fn open_stream_inbound(
     inner: &Inner,
     connection: &Connection,
     stream: RecvStream,
-) -> Result<OpenedStream, String> {
+) -> Result<OpenedStream, StreamRefusal> {
     let mut frames = FrameReader::new(stream, inner.config.frame_bytes_max);
     let (cluster, node) = (inner.config.cluster, inner.config.node);
-    let handshake = read_inbound_handshake(&mut frames, cluster, node, |peer| inner.is_known(peer))
+    // A removed node passes the handshake check only to be told it was removed.
+    let known = |peer| inner.is_known(peer) || inner.core.is_removed(peer);
+    let handshake = read_inbound_handshake(&mut frames, cluster, node, known)
         .await?
         .ok_or("a stream closed before its handshake")?;
     let certificates = connection
@@ -600,10 +669,13 @@ async fn open_stream_inbound(
         .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
         .ok_or("the connection has no peer certificate")?;
     if !inner.identity.names(&certificates, handshake.from) {
-        return Err(format!(
+        return Err(StreamRefusal::Other(format!(
             "the peer's certificate does not name {}, whom its handshake claims",
             handshake.from
-        ));
+        )));
+    }
+    if inner.core.is_removed(handshake.from) {
+        return Err(StreamRefusal::Removed(handshake.from));
     }
     let certificate = certificates
         .first()
@@ -619,11 +691,13 @@ async fn open_stream_inbound(
 /// Delivers an authenticated stream's messages until it ends; a bad frame, a second
 /// handshake or a message from another sender closes the connection.
 async fn read_messages(
+    inner: &Inner,
     mut opened: OpenedStream,
     connection: &Connection,
     inbound: &Inbound,
     shutdown: &mut Shutdown,
 ) {
+    let mut removals_seen = 0;
     loop {
         let frame = tokio::select! {
             _ = shutdown.wait() => return,
@@ -632,6 +706,7 @@ async fn read_messages(
         let message = match frame {
             Ok(Some(Frame::Message(message))) => message,
             Ok(Some(Frame::Handshake(_))) => return refuse(connection, "a second handshake"),
+            Ok(Some(Frame::Refusal(_))) => return refuse(connection, "a refusal from a dialler"),
             Ok(None) => return,
             Err(ReadError::Io(error)) => {
                 tracing::debug!(peer = %opened.peer, %error, "stream ended");
@@ -643,6 +718,11 @@ async fn read_messages(
         };
         if let Err(error) = wire::check_sender(&message, opened.peer) {
             return refuse(connection, &error.to_string());
+        }
+        if inner.core.removed_since(&mut removals_seen, opened.peer) {
+            tracing::info!(peer = %opened.peer, "closing the connection of a removed node, telling it so");
+            connection.close(VarInt::from_u32(CLOSE_REMOVED), b"removed from the cluster");
+            return;
         }
         tokio::select! {
             _ = shutdown.wait() => return,

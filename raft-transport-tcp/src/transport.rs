@@ -139,6 +139,12 @@ impl Network for TcpTransport {
         self.send_on(message.lane(), message)
     }
 
+    fn removals_committed(&self, removed: &std::collections::BTreeSet<NodeId>) {
+        for peer in self.inner.core.set_removed(removed) {
+            peer.abort_writers();
+        }
+    }
+
     fn members_changed(&self, membership: &raft_core::Membership) {
         self.inner.core.follow_members(
             membership,
@@ -252,9 +258,21 @@ async fn dial(
         .map_err(|error| format!("writing the handshake: {error}"))?;
     // The reply proves the listener is the node we meant, in our cluster. It is read byte by
     // byte-exact frame length, so nothing after it is consumed here.
-    let reply = read_one_frame(&mut stream, inner.config.frame_bytes_max).await?;
-    let Frame::Handshake(reply) = reply else {
-        return Err("the peer answered with a message, not a handshake".into());
+    let reply = match read_one_frame(&mut stream, inner.config.frame_bytes_max).await? {
+        Frame::Handshake(reply) => reply,
+        Frame::Refusal(refusal) => {
+            let ours = refusal.cluster == inner.config.cluster
+                && refusal.from == node
+                && refusal.to == inner.config.node;
+            if ours && refusal.reason == wire::RefusalReason::Removed {
+                inner.core.report_removed(node);
+                return Err("the peer refused this node: it was removed from the cluster".into());
+            }
+            return Err(format!("the peer refused this node: {refusal:?}"));
+        }
+        Frame::Message(_) => {
+            return Err("the peer answered with a message, not a handshake".into());
+        }
     };
     wire::check_handshake(
         &reply,
@@ -404,7 +422,7 @@ async fn serve_inbound(inner: Arc<Inner>, tcp: TcpStream, remote: SocketAddr, in
         }
     };
     let peer = accepted.peer;
-    if let Err(error) = read_messages(accepted, &inbound, &mut shutdown).await {
+    if let Err(error) = read_messages(&inner, accepted, &inbound, &mut shutdown).await {
         tracing::warn!(%remote, %peer, %error, "closed a connection");
     }
 }
@@ -439,7 +457,9 @@ async fn open_inbound(inner: &Inner, tcp: TcpStream) -> Result<Accepted, String>
     let (reader, mut writer) = tokio::io::split(stream);
     let mut frames = FrameReader::new(reader, inner.config.frame_bytes_max);
     let (cluster, node) = (inner.config.cluster, inner.config.node);
-    let handshake = read_inbound_handshake(&mut frames, cluster, node, |peer| inner.is_known(peer))
+    // A removed node passes the handshake check only to be told it was removed.
+    let known = |peer| inner.is_known(peer) || inner.core.is_removed(peer);
+    let handshake = read_inbound_handshake(&mut frames, cluster, node, known)
         .await?
         .ok_or("closed before the handshake")?;
     if let (Some(tls), Some(certificates)) = (&inner.tls, &certificates) {
@@ -449,6 +469,21 @@ async fn open_inbound(inner: &Inner, tcp: TcpStream) -> Result<Accepted, String>
                 handshake.from
             ));
         }
+    }
+    if inner.core.is_removed(handshake.from) {
+        let refusal = wire::Refusal {
+            cluster,
+            from: node,
+            to: handshake.from,
+            reason: wire::RefusalReason::Removed,
+        };
+        // Best effort: the dialler learns of its removal, or redials and is told again.
+        let _ = writer.write_all(&wire::encode_refusal(&refusal)).await;
+        let _ = writer.flush().await;
+        return Err(format!(
+            "{} was removed from the cluster: told so and refused",
+            handshake.from
+        ));
     }
     let reply = Handshake {
         cluster: inner.config.cluster,
@@ -473,10 +508,12 @@ async fn open_inbound(inner: &Inner, tcp: TcpStream) -> Result<Accepted, String>
 
 /// Delivers the messages of an authenticated connection until it ends.
 async fn read_messages(
+    inner: &Inner,
     mut accepted: Accepted,
     inbound: &Inbound,
     shutdown: &mut Shutdown,
 ) -> Result<(), String> {
+    let mut removals_seen = 0;
     loop {
         let frame = tokio::select! {
             _ = shutdown.wait() => return Ok(()),
@@ -485,11 +522,16 @@ async fn read_messages(
         let message = match frame {
             Ok(Some(Frame::Message(message))) => message,
             Ok(Some(Frame::Handshake(_))) => return Err("a second handshake".into()),
+            Ok(Some(Frame::Refusal(_))) => return Err("a refusal from a dialler".into()),
             Ok(None) => return Ok(()),
             Err(ReadError::Io(error)) => return Err(format!("read failed: {error}")),
             Err(ReadError::Frame(error)) => return Err(format!("bad frame: {error}")),
         };
         wire::check_sender(&message, accepted.peer).map_err(|error| error.to_string())?;
+        if inner.core.removed_since(&mut removals_seen, accepted.peer) {
+            // Its next dial is answered with a refusal that tells it so.
+            return Err("the peer was removed from the cluster".into());
+        }
         tokio::select! {
             _ = shutdown.wait() => return Ok(()),
             delivered = inbound.deliver(message) => {

@@ -127,6 +127,8 @@ pub(super) struct Driver {
     last_applied: LogIndex,
     /// The index of the membership the network was last told of (`Network::members_changed`).
     members_told: Option<LogIndex>,
+    /// How many committed removals the network was told of (`Network::removals_committed`).
+    removals_told: usize,
     /// What the metrics last saw of the protocol.
     seen: Seen,
     /// The driver's own per-peer metric handles.
@@ -217,6 +219,7 @@ impl Driver {
             last_persisted_number: 0,
             last_applied: parts.applied,
             members_told: None,
+            removals_told: 0,
             seen,
             meters,
         }
@@ -522,11 +525,16 @@ impl Driver {
     /// (and once at start), before any message to a new member leaves.
     fn tell_network_of_members(&mut self) {
         let index = self.raw.membership_index();
-        if self.members_told == Some(index) {
-            return;
+        if self.members_told != Some(index) {
+            self.members_told = Some(index);
+            self.network.members_changed(self.raw.membership());
         }
-        self.members_told = Some(index);
-        self.network.members_changed(self.raw.membership());
+        // Removals are final, so the committed set only grows and its size tells news.
+        let (_, committed) = self.raw.committed_membership();
+        if committed.removed.len() != self.removals_told {
+            self.removals_told = committed.removed.len();
+            self.network.removals_committed(&committed.removed);
+        }
     }
 
     /// Carries out one ready in the documented order ([`ReadyPlan`]): independent messages

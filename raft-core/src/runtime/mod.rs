@@ -336,6 +336,20 @@ pub struct RaftNode {
     machine_type: TypeId,
     /// Commands handed to the driver in one request at most (`step_batch_max`).
     batch_max: usize,
+    /// The peer that refused this node as removed, if one did ([`Inbound::report_removed`]).
+    removal_reports: watch::Receiver<Option<NodeId>>,
+}
+
+/// How a node knows it was removed from the cluster ([`RaftNode::removal`]). A removed node
+/// keeps running (it answers status and stale reads of what it holds) but is no member: it
+/// takes no writes and elects nothing; stop it when convenient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// Its own committed membership records the removal.
+    Committed,
+    /// This peer refused it as removed: the peer's committed membership records the removal,
+    /// which never reached this node (a removed node is no longer sent the entries after it).
+    ReportedBy(NodeId),
 }
 
 impl RaftNode {
@@ -369,6 +383,7 @@ impl RaftNode {
                 .unwrap_or_else(SessionId::random),
         );
         let (inbound, inbox) = Inbound::channel(config.id, options.inbox_messages_max);
+        let removal_reports = inbound.removal_reports();
         network.start(inbound).await.map_err(NodeError::Network)?;
         let (proposal_sender, proposal_receiver) = mpsc::channel(options.proposal_queue_max);
         let (machine_reads, machine_read_queue) = mpsc::channel(options.machine_read_queue_max);
@@ -406,6 +421,7 @@ impl RaftNode {
             machine_reads,
             machine_type,
             batch_max,
+            removal_reports,
         })
     }
 
@@ -524,6 +540,23 @@ impl RaftNode {
             });
         }
         results
+    }
+
+    /// Whether this node was removed from the cluster, and how it knows: from its own committed
+    /// membership, or because a member refused it as removed (the transport's report, see
+    /// [`Network::removals_committed`]). `None` while it is a member, as far as it knows.
+    pub fn removal(&self) -> Option<Removal> {
+        let committed = self
+            .signals
+            .membership
+            .borrow()
+            .membership
+            .removed
+            .contains(&self.id);
+        if committed {
+            return Some(Removal::Committed);
+        }
+        (*self.removal_reports.borrow()).map(Removal::ReportedBy)
     }
 
     /// A linearizable read barrier: returns once this node's state machine has applied every

@@ -23,6 +23,9 @@
 //!   another node, a silent connection, and messages whose sender is not the connection's peer
 //!   are all refused by closing that connection, and no such message reaches the node, while
 //!   good peers' messages keep arriving;
+//! - a node that a committed membership removed ([`Network::removals_committed`]) is refused in
+//!   a way that tells it so: it gets a removal report ([`Inbound::report_removed`]) naming the
+//!   member that refused it;
 //! - after `shutdown` the transport runs no task, and the runtime is back to the tasks it had
 //!   before the transports were built (transport libraries' own background tasks included);
 //! - with [`RaftNode`]s on top, a node that joins with its address in the membership is
@@ -88,11 +91,11 @@ use crate::types::{Entry, EntryPayload, Incarnation, LogIndex, NodeId, Term};
 use crate::wire::{self, ClusterId, Handshake};
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, timeout, Instant};
 
 /// The limits the harness configured its transports with; the suite fills and passes them.
@@ -192,6 +195,8 @@ pub struct SuiteNode<T> {
     pub address: SocketAddr,
     /// What reached it.
     pub inbox: mpsc::Receiver<Message>,
+    /// The peer that reported it removed, if one did ([`Inbound::report_removed`]).
+    pub removal: watch::Receiver<Option<NodeId>>,
 }
 
 /// Builds and starts `count` nodes (IDs 1..=count) on OS-chosen ports, each knowing the others.
@@ -236,6 +241,7 @@ pub async fn start_node<H: NetworkHarness>(
     assert!(address.ip().is_loopback(), "transports listen on loopback");
     assert_ne!(address.port(), 0, "local_addr is the bound address");
     let (inbound, inbox) = Inbound::channel(id, INBOX_MESSAGES_MAX);
+    let removal = inbound.removal_reports();
     transport
         .start(inbound)
         .await
@@ -245,6 +251,7 @@ pub async fn start_node<H: NetworkHarness>(
         transport: Arc::new(transport),
         address,
         inbox,
+        removal,
     }
 }
 
@@ -380,6 +387,7 @@ pub async fn run_all<H: NetworkHarness>(harness: &H) {
     delivery_and_per_peer_order(harness).await;
     large_messages_up_to_the_limit(harness).await;
     unknown_and_removed_peers_are_refused(harness).await;
+    removed_nodes_are_told_they_were_removed(harness).await;
     full_queue_refuses_without_blocking(harness).await;
     restarted_peer_is_reached_again(harness).await;
     snapshot_lane_does_not_delay_ordinary_messages(harness).await;
@@ -500,6 +508,44 @@ pub async fn unknown_and_removed_peers_are_refused<H: NetworkHarness>(harness: &
     .await;
     let message = next_message(&mut nodes[1].inbox, "a message to a re-added peer").await;
     assert_eq!(message, numbered(from, to, 1));
+    shutdown_all(&nodes).await;
+}
+
+/// Proves: once told that a committed membership removed node 2
+/// ([`Network::removals_committed`]), node 1 drops it as a peer and refuses what it sends in a
+/// way that tells it so: node 2, which still takes node 1 for a member, gets a removal report
+/// naming node 1 ([`Inbound::report_removed`]), and none of its messages reach node 1.
+pub async fn removed_nodes_are_told_they_were_removed<H: NetworkHarness>(harness: &H) {
+    let mut nodes = start_cluster(harness, 2).await;
+    let (one, two) = (nodes[0].id, nodes[1].id);
+    nodes[0]
+        .transport
+        .removals_committed(&BTreeSet::from([two]));
+    assert_eq!(
+        nodes[0].transport.send(numbered(one, two, 0)),
+        Err(SendError::UnknownPeer { to: two }),
+        "a removed node is no longer a peer"
+    );
+    let deadline = Instant::now() + PATIENCE;
+    let mut sequence = 1;
+    while nodes[1].removal.borrow().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "node 2 was never told it was removed"
+        );
+        let _ = nodes[1].transport.send(numbered(two, one, sequence));
+        sequence += 1;
+        sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        *nodes[1].removal.borrow(),
+        Some(one),
+        "the report names node 1"
+    );
+    assert!(
+        nodes[0].inbox.try_recv().is_err(),
+        "nothing from the removed node was delivered"
+    );
     shutdown_all(&nodes).await;
 }
 
@@ -1101,6 +1147,13 @@ pub async fn joined_nodes_are_reached_through_the_membership<H: NetworkHarness>(
     n3.propose(Bytes::from("after"))
         .await
         .expect("nodes 2 and 3 commit without node 1");
+    timeout(PATIENCE, async {
+        while n1.removal().is_none() {
+            sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("node 1 learns it was removed");
     for node in nodes {
         node.shutdown().await;
     }
@@ -1131,6 +1184,7 @@ macro_rules! network_suite_tests {
             delivery_and_per_peer_order,
             large_messages_up_to_the_limit,
             unknown_and_removed_peers_are_refused,
+            removed_nodes_are_told_they_were_removed,
             full_queue_refuses_without_blocking,
             restarted_peer_is_reached_again,
             snapshot_lane_does_not_delay_ordinary_messages,

@@ -102,6 +102,7 @@ pub async fn read_inbound_handshake<R: AsyncRead + Unpin>(
     let handshake = match frames.next().await.map_err(|error| error.to_string())? {
         Some(Frame::Handshake(handshake)) => handshake,
         Some(Frame::Message(_)) => return Err("a message before the handshake".into()),
+        Some(Frame::Refusal(_)) => return Err("a refusal from a dialler".into()),
         None => return Ok(None),
     };
     wire::check_handshake(&handshake, cluster, node, is_known, None)

@@ -6,10 +6,10 @@ use super::tasks::{Shutdown, Tasks};
 use crate::membership::Membership;
 use crate::network::{Inbound, NetworkError, SendError};
 use crate::{Lane, Message, NodeId};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -27,6 +27,15 @@ pub struct TransportCore<L> {
     snapshot_queue_messages_max: usize,
     /// Invariant: holds no entry for `node`.
     peers: Mutex<HashMap<NodeId, Peer<L>>>,
+    /// The nodes a committed membership removed ([`Self::set_removed`]): refused as removed.
+    removed: Mutex<BTreeSet<NodeId>>,
+    /// How many nodes `removed` holds: lets a connection's reader notice a removal with one
+    /// atomic load per message ([`Self::removed_since`]).
+    removed_count: AtomicUsize,
+    /// The node's inbound handle, kept at start for reports ([`Self::report_removed`]).
+    inbound: OnceLock<Inbound>,
+    /// Whether a peer reported this node removed yet (it is warned of once).
+    removal_reported: AtomicBool,
     /// Every task the transport started.
     pub tasks: Tasks,
     /// The shutdown signal; each task watches a clone.
@@ -53,6 +62,10 @@ impl<L> TransportCore<L> {
             send_queue_messages_max,
             snapshot_queue_messages_max,
             peers: Mutex::new(HashMap::new()),
+            removed: Mutex::new(BTreeSet::new()),
+            removed_count: AtomicUsize::new(0),
+            inbound: OnceLock::new(),
+            removal_reported: AtomicBool::new(false),
             tasks: Tasks::new(tokio::runtime::Handle::current()),
             shutdown,
             stop,
@@ -65,7 +78,8 @@ impl<L> TransportCore<L> {
         self.peers.lock().expect("peers lock")
     }
 
-    /// Checks that `inbound` delivers to this node, as `Network::start` requires.
+    /// Checks that `inbound` delivers to this node, as `Network::start` requires, and keeps
+    /// it for [`Self::report_removed`].
     pub fn check_inbound(&self, inbound: &Inbound) -> Result<(), NetworkError> {
         if inbound.local_id() != self.node {
             return Err(NetworkError(format!(
@@ -74,7 +88,54 @@ impl<L> TransportCore<L> {
                 self.node
             )));
         }
+        let _ = self.inbound.set(inbound.clone());
         Ok(())
+    }
+
+    /// Records the nodes a committed membership removed (`Network::removals_committed`):
+    /// from now on the transport refuses each as removed, and drops it as a peer.
+    pub fn set_removed(&self, removed: &BTreeSet<NodeId>) -> Vec<Peer<L>> {
+        let mut known = self.removed.lock().expect("removed lock");
+        let mut dropped = Vec::new();
+        for &node in removed {
+            if node != self.node && known.insert(node) {
+                tracing::info!(local = %self.node, peer = %node,
+                    "a committed membership removed this peer: it is refused as removed");
+                dropped.extend(self.remove_peer(node));
+            }
+        }
+        self.removed_count.store(known.len(), Ordering::Release);
+        dropped
+    }
+
+    /// For the reader of a connection from `peer`: whether `peer` was removed since the
+    /// reader last looked (`seen`, which starts at 0 and is updated). An established
+    /// connection from a node that is then removed must close, so that its next dial is
+    /// refused as removed.
+    pub fn removed_since(&self, seen: &mut usize, peer: NodeId) -> bool {
+        let count = self.removed_count.load(Ordering::Acquire);
+        if count == *seen {
+            return false;
+        }
+        *seen = count;
+        self.is_removed(peer)
+    }
+
+    /// Whether a committed membership removed `node`.
+    pub fn is_removed(&self, node: NodeId) -> bool {
+        self.removed.lock().expect("removed lock").contains(&node)
+    }
+
+    /// `peer` refused this node as removed: tells the node (once started), with a warning
+    /// the first time.
+    pub fn report_removed(&self, peer: NodeId) {
+        if !self.removal_reported.swap(true, Ordering::AcqRel) {
+            tracing::warn!(local = %self.node, %peer,
+                "a member refused this node: its committed membership removed it");
+        }
+        if let Some(inbound) = self.inbound.get() {
+            inbound.report_removed(peer);
+        }
     }
 
     /// Records that the transport started; answers whether it had started already.
