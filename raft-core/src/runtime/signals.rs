@@ -119,6 +119,18 @@ impl Signals {
         let leadership = Leadership::of(raw);
         let leadership_changed = self.leadership.send_if_modified(|current| {
             let changed = *current != leadership;
+            // A leader known for a new term is news worth a line; an election's gap is not.
+            let new_leader = leadership.leader.is_some()
+                && (leadership.leader != current.leader || leadership.term != current.term);
+            if new_leader && leadership.leader == Some(raw.id()) {
+                tracing::info!(term = leadership.term.0, "this node leads");
+            } else if let Some(leader) = leadership.leader.filter(|_| new_leader) {
+                tracing::info!(
+                    term = leadership.term.0,
+                    leader = leader.0,
+                    "following a leader"
+                );
+            }
             *current = leadership;
             changed
         });
