@@ -6,6 +6,9 @@
 //!   ever talks to the node it meant; the listener checks each stream's handshake (cluster,
 //!   sender, recipient, lane) and that the certificate names the sender, and every message on
 //!   the stream must come from that sender. A bad frame closes the connection; the node runs on.
+//! - A node a committed membership removed (`Network::removals_committed`) has its connections
+//!   closed with an application code of their own, which its dialler reads as its removal
+//!   (`Inbound::report_removed`), even when the entry never reached it.
 //! - One outbound connection per peer, dialled when the first message for it is queued and
 //!   redialled with exponential backoff and jitter. On it, a long-lived stream per
 //!   [`Lane`](raft_core::Lane) keeps each lane in order; the ordinary stream has priority and its

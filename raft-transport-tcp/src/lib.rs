@@ -6,6 +6,10 @@
 //!   other clusters, unknown nodes and connections meant for someone else, then answers with its
 //!   own handshake, which the dialler checks the same way. Every later message must come from
 //!   the node the handshake named. A bad frame closes that connection only.
+//! - A node a committed membership removed (`Network::removals_committed`) is answered with a
+//!   [`Refusal`](raft_core::wire::Refusal) instead of a handshake, and its open connections
+//!   close, so it learns of its removal (`Inbound::report_removed`) even when the entry never
+//!   reached it.
 //! - One outbound connection per peer and [`Lane`](raft_core::Lane): snapshot chunks have their
 //!   own connection, so heartbeats never wait behind them. Connections are dialled when there is
 //!   something to send and redialled after failures with exponential backoff and jitter; sockets
