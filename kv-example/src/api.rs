@@ -60,7 +60,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use raft_core::protocol::ProposeError;
-use raft_core::runtime::{NodeError, RaftNode};
+use raft_core::runtime::{NodeError, RaftNode, Removal};
 use raft_core::sessions::SessionError;
 use raft_core::SessionId;
 use serde::Deserialize;
@@ -398,6 +398,7 @@ impl AppContext {
         session: Option<SessionId>,
     ) -> Result<Answer, ApiError> {
         self.metrics.record_proposal(operation);
+        self.refuse_if_removed()?;
         let write = command.is_write();
         let proposal = async {
             match session {
@@ -448,6 +449,7 @@ impl AppContext {
     /// Waits, within the request timeout, until this node has applied every write that
     /// completed before the call (the protocol's read index).
     async fn read_barrier(&self) -> Result<(), ApiError> {
+        self.refuse_if_removed()?;
         match tokio::time::timeout(self.limits.request_timeout, self.raft.read_index()).await {
             Ok(Ok(_index)) => Ok(()),
             Ok(Err(error)) => Err(node_error(error, false)),
@@ -459,6 +461,15 @@ impl AppContext {
                     self.limits.request_timeout.as_millis()
                 ),
             )),
+        }
+    }
+
+    /// A node removed from the cluster takes no writes and serves no linearizable reads: it
+    /// says so, rather than that no leader was known.
+    fn refuse_if_removed(&self) -> Result<(), ApiError> {
+        match self.raft.removal() {
+            None => Ok(()),
+            Some(removal) => Err(removed_error(removal)),
         }
     }
 
@@ -911,6 +922,11 @@ pub fn status_json(context: &AppContext) -> Value {
         "client_address": context.node.client_address.to_string(),
         "peer_address": context.node.peer_address.to_string(),
         "stopped": context.raft.stopped_reason().map(|reason| reason.to_string()),
+        "removed": match context.raft.removal() {
+            None => Value::Null,
+            Some(Removal::Committed) => json!({"known_from": "committed membership"}),
+            Some(Removal::ReportedBy(peer)) => json!({"reported_by": peer.0}),
+        },
     })
 }
 
@@ -929,11 +945,33 @@ async fn metrics(State(context): Context) -> Response {
 }
 
 async fn healthz(State(context): Context) -> Response {
-    match context.raft.stopped_reason() {
-        None => Json(json!({"status": "ok"})).into_response(),
-        Some(why) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", why.to_string())
-            .into_response(),
+    if let Some(why) = context.raft.stopped_reason() {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", why.to_string())
+            .into_response();
     }
+    if let Some(removal) = context.raft.removal() {
+        let mut error = removed_error(removal);
+        error.status = StatusCode::SERVICE_UNAVAILABLE;
+        return error.into_response();
+    }
+    Json(json!({"status": "ok"})).into_response()
+}
+
+/// The answer of a node removed from the cluster (410 to requests, 503 to `/healthz`), with
+/// how it knows.
+fn removed_error(removal: Removal) -> ApiError {
+    let how = match removal {
+        Removal::Committed => "its committed membership records it".to_string(),
+        Removal::ReportedBy(peer) => format!("member {} refused it as removed", peer.0),
+    };
+    ApiError::new(
+        StatusCode::GONE,
+        "removed",
+        format!(
+            "this node was removed from the cluster ({how}); it takes no writes and serves no              linearizable reads: use another member"
+        ),
+    )
+    .applied("no")
 }
 
 async fn readyz(State(context): Context) -> Response {

@@ -632,6 +632,39 @@ async fn removed_node_stops_receiving(
             return Err(format!("the removed node {removed} received {key}"));
         }
     }
+    // It learns it was removed (the entry that removed it never reached it, so a member's
+    // transport tells it) and says so: no "no leader", but "removed", to writes and health.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let health = reqwest::get(format!("{}/healthz", cluster.endpoint(removed)))
+            .await
+            .map_err(|e| e.to_string())?;
+        let code = health.status();
+        let body: Value = health.json().await.map_err(|e| e.to_string())?;
+        if body["error"] == "removed" && code == 503 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "node {removed} never said it was removed: {code} {body}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = reqwest::Client::new()
+        .put(format!(
+            "{}/v1/kv/after-removal-write",
+            cluster.endpoint(removed)
+        ))
+        .body("x")
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let code = refused.status();
+    let body: Value = refused.json().await.map_err(|e| e.to_string())?;
+    if code != 410 || body["error"] != "removed" || body["applied"] != "no" {
+        return Err(format!("a write on the removed node got {code} {body}"));
+    }
     let commit = number(&status(&cluster.endpoint(leader)).await?, "commit_index");
     let removed_status = status(&cluster.endpoint(removed)).await?;
     if number(&removed_status, "applied_index") >= commit {
