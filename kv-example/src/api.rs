@@ -140,6 +140,8 @@ pub struct AppContext {
     pub address_book: Arc<AddressBook>,
     /// The HTTP client that forwards admin requests to the leader.
     pub http: reqwest::Client,
+    /// `http` or `https`: the scheme of every member's client API (the one this node serves).
+    pub http_scheme: &'static str,
     /// This node.
     pub node: NodeInfo,
     /// Readiness, kept by the node's status watcher.

@@ -92,17 +92,44 @@ pub fn encode_key(key: &str) -> String {
 impl KvClient {
     /// A client for `endpoints` (`http://host:port`), each request bounded by `timeout`.
     pub fn new(endpoints: Vec<String>, timeout: Duration) -> Result<KvClient, ClientError> {
+        KvClient::with_tls(endpoints, timeout, None)
+    }
+
+    /// A client for `endpoints`, each request bounded by `timeout`; with `tls`, the endpoints
+    /// are `https://host:port`, their certificates must be signed by its CA, and its client
+    /// certificate (if any) is presented to nodes that require one. Without, they are
+    /// `http://`. A mix, or a scheme that does not fit, is refused.
+    pub fn with_tls(
+        endpoints: Vec<String>,
+        timeout: Duration,
+        tls: Option<&crate::tls::ClientTlsFiles>,
+    ) -> Result<KvClient, ClientError> {
         if endpoints.is_empty() {
             return Err(ClientError::Usage("no endpoints given".into()));
         }
-        let endpoints = endpoints
+        let endpoints: Vec<String> = endpoints
             .into_iter()
             .map(|e| e.trim().trim_end_matches('/').to_string())
             .collect();
-        let http = reqwest::Client::builder()
+        let scheme = if tls.is_some() { "https://" } else { "http://" };
+        if let Some(other) = endpoints.iter().find(|e| !e.starts_with(scheme)) {
+            return Err(ClientError::Usage(match tls {
+                Some(_) => format!("{other}: with a CA to trust (--cacert) endpoints are https://"),
+                None if other.starts_with("https://") => {
+                    format!("{other}: an https:// endpoint needs the CA to trust (--cacert)")
+                }
+                None => format!("{other}: endpoints are http://HOST:PORT or https://HOST:PORT"),
+            }));
+        }
+        let mut http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        if let Some(tls) = tls {
+            http = crate::tls::configure_client(http, tls)
+                .map_err(|e| ClientError::Usage(e.to_string()))?;
+        }
+        let http = http
             .build()
             .map_err(|e| ClientError::Usage(e.to_string()))?;
         Ok(KvClient {

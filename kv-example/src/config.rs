@@ -97,6 +97,17 @@ pub struct NodeConfig {
     pub tls_cert: Option<PathBuf>,
     /// This node's private key (PEM); overrides the one in `tls_dir`.
     pub tls_key: Option<PathBuf>,
+    /// Serve the client API over HTTPS with this certificate chain (PEM, leaf first), with
+    /// `http_tls_private_key`; see [`crate::tls`].
+    pub http_tls_certificate: Option<PathBuf>,
+    /// The private key (PEM) of `http_tls_certificate`.
+    pub http_tls_private_key: Option<PathBuf>,
+    /// With HTTPS: require every client to present a certificate this CA (PEM) signed; a
+    /// client without one fails the TLS handshake.
+    pub http_tls_client_ca: Option<PathBuf>,
+    /// With HTTPS: the CA (PEM) that signed the members' HTTPS certificates, trusted when
+    /// forwarding to the leader. Default: the peer CA (`tls_ca`, or the one in `tls_dir`).
+    pub http_tls_ca: Option<PathBuf>,
     /// Real time per Raft tick, in milliseconds.
     pub tick_ms: u64,
     /// Shortest election timeout, in ticks.
@@ -200,6 +211,10 @@ impl Default for NodeConfig {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            http_tls_certificate: None,
+            http_tls_private_key: None,
+            http_tls_client_ca: None,
+            http_tls_ca: None,
             tick_ms: 10,
             election_timeout_ticks_min: 15,
             election_timeout_ticks_max: 30,
@@ -241,6 +256,16 @@ pub struct TlsPaths {
     pub certificate: PathBuf,
     /// This node's private key.
     pub private_key: PathBuf,
+}
+
+/// The client API's TLS files, when it serves HTTPS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpsPaths {
+    /// The HTTPS server's files.
+    pub server: crate::tls::ServerTlsFiles,
+    /// What the node trusts and presents when it forwards to the leader: the members' CA and
+    /// its own HTTPS certificate.
+    pub forwarding: crate::tls::ClientTlsFiles,
 }
 
 /// A member of the cluster as configured.
@@ -362,6 +387,43 @@ impl NodeConfig {
         }
     }
 
+    /// The client API's TLS files when it serves HTTPS (`None`: plain HTTP).
+    pub fn https_paths(&self) -> Result<Option<HttpsPaths>, String> {
+        let (certificate, private_key) =
+            match (&self.http_tls_certificate, &self.http_tls_private_key) {
+                (Some(certificate), Some(private_key)) => (certificate, private_key),
+                (None, None) => {
+                    return match (&self.http_tls_client_ca, &self.http_tls_ca) {
+                        (None, None) => Ok(None),
+                        _ => Err("--http-tls-client-ca and --http-tls-ca need HTTPS: give                                   --http-tls-certificate and --http-tls-private-key"
+                            .into()),
+                    }
+                }
+                _ => {
+                    return Err(
+                        "HTTPS needs both --http-tls-certificate and --http-tls-private-key".into(),
+                    )
+                }
+            };
+        let peer_ca = self.tls_paths()?.map(|paths| paths.ca);
+        let Some(members_ca) = self.http_tls_ca.clone().or(peer_ca) else {
+            return Err("HTTPS needs the CA of the members' HTTPS certificates, to forward to                         the leader: give --http-tls-ca (or the peer CA, --tls-ca or --tls-dir)"
+                .into());
+        };
+        Ok(Some(HttpsPaths {
+            server: crate::tls::ServerTlsFiles {
+                certificate: certificate.clone(),
+                private_key: private_key.clone(),
+                client_ca: self.http_tls_client_ca.clone(),
+            },
+            forwarding: crate::tls::ClientTlsFiles {
+                ca_certificate: members_ca,
+                certificate: Some(certificate.clone()),
+                private_key: Some(private_key.clone()),
+            },
+        }))
+    }
+
     /// Real time per tick.
     pub fn tick(&self) -> Duration {
         Duration::from_millis(self.tick_ms)
@@ -424,6 +486,7 @@ impl NodeConfig {
                     .into(),
             );
         }
+        self.https_paths()?;
         let positive = [
             ("tick_ms", self.tick_ms),
             ("leader_wait_ms", self.leader_wait_ms),
@@ -575,6 +638,20 @@ pub struct NodeFlags {
     /// This node's private key (PEM).
     #[arg(long)]
     pub tls_key: Option<PathBuf>,
+    /// Serve the client API over HTTPS with this certificate chain (PEM; `kvnode certs
+    /// --https` writes http-node-<id>.pem).
+    #[arg(long)]
+    pub http_tls_certificate: Option<PathBuf>,
+    /// The HTTPS certificate's private key (PEM).
+    #[arg(long)]
+    pub http_tls_private_key: Option<PathBuf>,
+    /// Require every HTTPS client to present a certificate signed by this CA (PEM).
+    #[arg(long)]
+    pub http_tls_client_ca: Option<PathBuf>,
+    /// The CA of the members' HTTPS certificates, trusted when forwarding to the leader
+    /// (default: the peer CA).
+    #[arg(long)]
+    pub http_tls_ca: Option<PathBuf>,
     /// Milliseconds per Raft tick (default 10).
     #[arg(long)]
     pub tick_ms: Option<u64>,
@@ -695,7 +772,8 @@ impl NodeFlags {
                 proposal_queue_max, inflight_messages_max, worker_threads, quic_idle_timeout_ms,
                 snapshot_interval_entries, snapshot_tail_entries, snapshot_chunk_bytes_max,
                 sessions_max, session_idle_entries_max, session_result_bytes_max],
-            optional: [client_address, peer_address, tls_dir, tls_ca, tls_cert, tls_key]);
+            optional: [client_address, peer_address, tls_dir, tls_ca, tls_cert, tls_key,
+                http_tls_certificate, http_tls_private_key, http_tls_client_ca, http_tls_ca]);
         if flags.lease_reads {
             config.lease_reads = true;
         }
@@ -767,6 +845,21 @@ mod tests {
             ),
             (Box::new(|c| c.transport = TransportKind::Quic), "QUIC"),
             (Box::new(|c| c.tls_ca = Some("ca.pem".into())), "all three"),
+            (
+                Box::new(|c| c.http_tls_certificate = Some("http.pem".into())),
+                "both --http-tls-certificate and --http-tls-private-key",
+            ),
+            (
+                Box::new(|c| c.http_tls_client_ca = Some("ca.pem".into())),
+                "--http-tls-client-ca and --http-tls-ca need HTTPS",
+            ),
+            (
+                Box::new(|c| {
+                    c.http_tls_certificate = Some("http.pem".into());
+                    c.http_tls_private_key = Some("http.key.pem".into());
+                }),
+                "give --http-tls-ca",
+            ),
             (Box::new(|c| c.value_bytes_max = 0), "value_bytes_max"),
             (
                 Box::new(|c| c.http_header_read_timeout_ms = 0),
@@ -847,6 +940,30 @@ mod tests {
         config.join = false;
         let error = config.validate().unwrap_err();
         assert!(error.contains("not in --initial-cluster"), "{error}");
+    }
+
+    /// HTTPS trusts the peer CA for forwarding unless `http_tls_ca` names another, and the
+    /// node presents its own HTTPS certificate when it forwards.
+    #[test]
+    fn https_forwarding_trusts_the_members_ca() {
+        let mut config = three();
+        assert_eq!(config.https_paths().unwrap(), None);
+        config.tls_dir = Some("tls".into());
+        config.http_tls_certificate = Some("http.pem".into());
+        config.http_tls_private_key = Some("http.key.pem".into());
+        config.validate().unwrap();
+        let https = config.https_paths().unwrap().unwrap();
+        assert_eq!(https.forwarding.ca_certificate, PathBuf::from("tls/ca.pem"));
+        assert_eq!(https.forwarding.certificate, Some("http.pem".into()));
+        assert_eq!(https.server.client_ca, None);
+        config.http_tls_ca = Some("http-ca.pem".into());
+        config.http_tls_client_ca = Some("clients.pem".into());
+        let https = config.https_paths().unwrap().unwrap();
+        assert_eq!(
+            https.forwarding.ca_certificate,
+            PathBuf::from("http-ca.pem")
+        );
+        assert_eq!(https.server.client_ca, Some("clients.pem".into()));
     }
 
     /// The TOML file is read with the same names, unknown keys are refused, and flags win.

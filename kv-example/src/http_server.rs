@@ -6,7 +6,8 @@
 //!
 //! | phase | from | until | closed after |
 //! | --- | --- | --- | --- |
-//! | idle | the accept, or the end of an answer | the first byte of the next request | `http_keep_alive_idle_timeout_ms` |
+//! | TLS handshake (HTTPS only) | the accept | the handshake is complete | `http_header_read_timeout_ms` |
+//! | idle | the accept (with HTTPS, the end of the handshake), or the end of an answer | the first byte of the next request | `http_keep_alive_idle_timeout_ms` |
 //! | reading headers | that first byte | the request's head is complete | `http_header_read_timeout_ms` |
 //! | busy | the complete head | the answer is handed to the socket | never by a timeout or the limit |
 //!
@@ -16,12 +17,20 @@
 //! it also runs while a keep-alive connection is idle, so it cannot be set apart from the idle
 //! timeout.
 //!
+//! With HTTPS ([`crate::tls`]), the TLS handshake is part of the header-read phase: it counts
+//! from the accept, so a client that opens a connection and never sends its ClientHello (or
+//! stalls in the middle of the handshake) is closed after `http_header_read_timeout_ms`, like
+//! one that stalls in its request head. Bytes count as a request's first byte only once
+//! decrypted. A handshake that fails (plain HTTP on the HTTPS port, a client certificate
+//! missing or not signed by the client CA) closes the connection before any request is read.
+//!
 //! # The connection limit
 //!
 //! A node holds at most `http_connections_max` connections, and keeps accepting. A connection
 //! accepted at the limit makes the node close its oldest connection that is idle or reading
-//! headers; a busy connection is never cut mid-request. So idle or half-sent connections, however
-//! many, cannot keep a new client out: each new one pushes an old one out. Only when every
+//! headers (or still in its TLS handshake); a busy connection is never cut mid-request. So
+//! idle or half-sent connections, however many, cannot keep a new client out: each new one
+//! pushes an old one out. Only when every
 //! held connection is busy (the node is then answering `http_connections_max` requests at once,
 //! each bounded as above) is the new connection closed at once.
 //!
@@ -57,6 +66,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
 
 /// The HTTP server's limits (the `http_*` settings of [`crate::config::NodeConfig`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,17 +129,21 @@ pub enum CloseReason {
     OutOfFiles,
     /// A new connection closed at once: every held one had a request in progress.
     AllBusy,
+    /// The TLS handshake failed: not TLS, no client certificate or one the client CA did not
+    /// sign, or the client gave up during it.
+    TlsHandshake,
 }
 
 impl CloseReason {
     /// Every reason, in metric order.
-    pub const ALL: [CloseReason; 6] = [
+    pub const ALL: [CloseReason; 7] = [
         CloseReason::IdleTimeout,
         CloseReason::HeaderTimeout,
         CloseReason::BodyTimeout,
         CloseReason::Limit,
         CloseReason::OutOfFiles,
         CloseReason::AllBusy,
+        CloseReason::TlsHandshake,
     ];
 
     /// The metric label.
@@ -141,6 +155,7 @@ impl CloseReason {
             CloseReason::Limit => "limit",
             CloseReason::OutOfFiles => "out_of_files",
             CloseReason::AllBusy => "all_busy",
+            CloseReason::TlsHandshake => "tls_handshake",
         }
     }
 }
@@ -175,7 +190,8 @@ impl HttpCounters {
 enum Phase {
     /// Nothing of the next request received since `since` (the accept or the last answer).
     Idle { since: Instant },
-    /// Part of a request head received, its first byte at `since`.
+    /// Part of a request head received, its first byte at `since`; or, with HTTPS, the TLS
+    /// handshake under way since the accept at `since`.
     ReadingHeaders { since: Instant },
     /// `requests` (at least 1) requests between their complete head and the end of their
     /// answer.
@@ -207,6 +223,30 @@ impl Connection {
         self.phase
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// An HTTPS connection: its handshake is bounded as a request head is (see the module
+    /// docs).
+    fn awaiting_handshake(now: Instant) -> Connection {
+        let connection = Connection::new(now);
+        *connection.phase() = Phase::ReadingHeaders { since: now };
+        connection
+    }
+
+    /// The TLS handshake is complete: the connection is idle until its first request's first
+    /// byte. False if the node closed it meanwhile.
+    fn handshake_done(&self, now: Instant) -> bool {
+        let mut phase = self.phase();
+        match *phase {
+            Phase::Closed => false,
+            Phase::ReadingHeaders { .. } => {
+                *phase = Phase::Idle { since: now };
+                drop(phase);
+                self.wake.notify_one();
+                true
+            }
+            other => unreachable!("a handshake ended on a connection in phase {other:?}"),
+        }
     }
 
     /// Bytes arrived: an idle connection starts reading a request head.
@@ -369,15 +409,18 @@ impl Registry {
 /// Serves `router` on `listener` until `stop` resolves, then stops accepting, closes the
 /// connections that have no request in progress, lets the busy ones finish their request, and
 /// returns once every connection is closed.
-/// `counters` are kept up to date for `/metrics`.
+/// `counters` are kept up to date for `/metrics`. With `tls`, every connection is HTTPS (see
+/// the module docs for the handshake's timeout).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
     counters: Arc<HttpCounters>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let limits = Arc::new(limits);
+    let acceptor = tls.map(TlsAcceptor::from);
     let registry = Arc::new(Registry::new(counters));
     let (stopping_sender, stopping) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -407,7 +450,11 @@ pub async fn serve(
         // Small requests and answers: do not wait to fill a segment.
         let _ = stream.set_nodelay(true);
         next_id += 1;
-        let connection = Arc::new(Connection::new(Instant::now()));
+        let connection = Arc::new(if acceptor.is_some() {
+            Connection::awaiting_handshake(Instant::now())
+        } else {
+            Connection::new(Instant::now())
+        });
         if !registry.admit(next_id, connection.clone(), &limits) {
             // Dropping the stream closes it. One warning a second at most: this is overload.
             let now = Instant::now();
@@ -420,13 +467,17 @@ pub async fn serve(
             }
             continue;
         }
+        let serving = Serving {
+            id: next_id,
+            connection,
+            registry: registry.clone(),
+            limits: limits.clone(),
+        };
         tasks.spawn(serve_connection(
             stream,
-            next_id,
-            connection,
-            registry.clone(),
+            serving,
             router.clone(),
-            limits.clone(),
+            acceptor.clone(),
             stopping.clone(),
         ));
     }
@@ -439,73 +490,150 @@ pub async fn serve(
 /// server stops.
 async fn serve_connection(
     stream: TcpStream,
-    id: u64,
-    connection: Arc<Connection>,
-    registry: Arc<Registry>,
+    serving: Serving,
     router: Router,
-    limits: Arc<HttpLimits>,
+    acceptor: Option<TlsAcceptor>,
     mut stopping: watch::Receiver<bool>,
 ) {
-    let io = TokioIo::new(TrackedStream {
-        stream,
-        connection: connection.clone(),
-    });
-    let service = {
-        let (connection, limits) = (connection.clone(), limits.clone());
-        hyper::service::service_fn(move |request| {
-            handle(request, router.clone(), connection.clone(), limits.clone())
-        })
-    };
-    // No timer for hyper: the phases time out here (see the module docs).
-    let served = hyper::server::conn::http1::Builder::new()
-        .max_buf_size(limits.read_buffer_bytes())
-        .serve_connection(io, service);
-    tokio::pin!(served);
-    let mut draining = false;
-    loop {
-        let deadline = connection.deadline(&limits);
-        let far = Instant::now() + Duration::from_secs(3600);
-        tokio::select! {
-            result = served.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "an HTTP connection ended with an error");
-                }
-                break;
+    match acceptor {
+        None => serving.serve_http(stream, router, &mut stopping).await,
+        Some(acceptor) => {
+            if let Some(stream) = serving.handshake(&acceptor, stream, &mut stopping).await {
+                serving.serve_http(stream, router, &mut stopping).await;
             }
-            () = connection.wake.notified() => {}
-            () = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {}
-            _ = stopping.changed(), if !*stopping.borrow() => {}
-        }
-        let stop = *stopping.borrow();
-        // Closed by the registry, timed out, or the server stops: unless a request is in
-        // progress, the connection ends here (dropping it closes the socket).
-        let only_if_expired = (!stop).then(Instant::now);
-        if let Some(closed_from) = connection.close_unless_busy(&limits, only_if_expired) {
-            let timed_out = match closed_from {
-                _ if stop => None,
-                Phase::Idle { .. } => Some(CloseReason::IdleTimeout),
-                Phase::ReadingHeaders { .. } => Some(CloseReason::HeaderTimeout),
-                // Closed by the registry, which counted it.
-                Phase::Closed | Phase::Busy { .. } => None,
-            };
-            if let Some(reason) = timed_out {
-                registry.counters.record_close(reason);
-            }
-            break;
-        }
-        let body_timed_out = connection.body_timed_out.load(Ordering::Acquire);
-        if (stop || body_timed_out) && !draining {
-            // Hyper finishes the request in progress, then closes.
-            served.as_mut().graceful_shutdown();
-            draining = true;
         }
     }
     // Counted here: hyper may close the connection itself in the poll that ran out the body's
-    // time, before the loop above sees it.
-    if connection.body_timed_out.load(Ordering::Acquire) {
-        registry.counters.record_close(CloseReason::BodyTimeout);
+    // time, before the serving loop sees it.
+    if serving.connection.body_timed_out.load(Ordering::Acquire) {
+        serving
+            .registry
+            .counters
+            .record_close(CloseReason::BodyTimeout);
     }
-    registry.remove(id);
+    serving.registry.remove(serving.id);
+}
+
+/// What serving one connection needs.
+struct Serving {
+    /// The connection's ID in the registry.
+    id: u64,
+    connection: Arc<Connection>,
+    registry: Arc<Registry>,
+    limits: Arc<HttpLimits>,
+}
+
+impl Serving {
+    /// Runs the TLS handshake within the header-read phase the connection started in. `None`
+    /// (the connection then ends) when it failed, timed out, or the node closed the connection
+    /// meanwhile.
+    async fn handshake(
+        &self,
+        acceptor: &TlsAcceptor,
+        stream: TcpStream,
+        stopping: &mut watch::Receiver<bool>,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let accepting = acceptor.accept(stream);
+        tokio::pin!(accepting);
+        loop {
+            let deadline = self.connection.deadline(&self.limits);
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                accepted = accepting.as_mut() => {
+                    return match accepted {
+                        Ok(stream) => self.connection.handshake_done(Instant::now()).then_some(stream),
+                        Err(error) => {
+                            tracing::debug!(%error, "a TLS handshake failed");
+                            self.registry.counters.record_close(CloseReason::TlsHandshake);
+                            None
+                        }
+                    };
+                }
+                () = self.connection.wake.notified() => {}
+                () = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {}
+                _ = stopping.changed(), if !*stopping.borrow() => {}
+            }
+            if self.close_if_due(*stopping.borrow()) {
+                return None;
+            }
+        }
+    }
+
+    /// Closes the connection, unless a request is in progress, if the node closed it, its
+    /// phase timed out, or the server `stop`s; true if it did (the caller then drops it, which
+    /// closes the socket).
+    fn close_if_due(&self, stop: bool) -> bool {
+        let only_if_expired = (!stop).then(Instant::now);
+        let Some(closed_from) = self
+            .connection
+            .close_unless_busy(&self.limits, only_if_expired)
+        else {
+            return false;
+        };
+        let timed_out = match closed_from {
+            _ if stop => None,
+            Phase::Idle { .. } => Some(CloseReason::IdleTimeout),
+            Phase::ReadingHeaders { .. } => Some(CloseReason::HeaderTimeout),
+            // Closed by the registry, which counted it.
+            Phase::Closed | Phase::Busy { .. } => None,
+        };
+        if let Some(reason) = timed_out {
+            self.registry.counters.record_close(reason);
+        }
+        true
+    }
+
+    /// Serves HTTP/1.1 on `stream` (TCP, or TLS over it) until the connection ends.
+    async fn serve_http<S>(&self, stream: S, router: Router, stopping: &mut watch::Receiver<bool>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let connection = &self.connection;
+        let limits = &self.limits;
+        let io = TokioIo::new(TrackedStream {
+            stream,
+            connection: connection.clone(),
+        });
+        let service = {
+            let (connection, limits) = (connection.clone(), limits.clone());
+            hyper::service::service_fn(move |request| {
+                handle(request, router.clone(), connection.clone(), limits.clone())
+            })
+        };
+        // No timer for hyper: the phases time out here (see the module docs).
+        let served = hyper::server::conn::http1::Builder::new()
+            .max_buf_size(limits.read_buffer_bytes())
+            .serve_connection(io, service);
+        tokio::pin!(served);
+        let mut draining = false;
+        loop {
+            let deadline = connection.deadline(limits);
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                result = served.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "an HTTP connection ended with an error");
+                    }
+                    break;
+                }
+                () = connection.wake.notified() => {}
+                () = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {}
+                _ = stopping.changed(), if !*stopping.borrow() => {}
+            }
+            let stop = *stopping.borrow();
+            // Closed by the registry, timed out, or the server stops: unless a request is in
+            // progress, the connection ends here.
+            if self.close_if_due(stop) {
+                break;
+            }
+            let body_timed_out = connection.body_timed_out.load(Ordering::Acquire);
+            if (stop || body_timed_out) && !draining {
+                // Hyper finishes the request in progress, then closes.
+                served.as_mut().graceful_shutdown();
+                draining = true;
+            }
+        }
+    }
 }
 
 /// Answers one request: checks its head, gives its body a deadline, runs the router, and keeps
@@ -700,13 +828,14 @@ impl HttpBody for DeadlineBody {
     }
 }
 
-/// A connection's socket that tells the connection when bytes arrive.
-struct TrackedStream {
-    stream: TcpStream,
+/// A connection's socket (or its TLS stream, whose bytes are counted once decrypted) that
+/// tells the connection when bytes arrive.
+struct TrackedStream<S> {
+    stream: S,
     connection: Arc<Connection>,
 }
 
-impl AsyncRead for TrackedStream {
+impl<S: AsyncRead + Unpin> AsyncRead for TrackedStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         context: &mut Context<'_>,
@@ -721,7 +850,7 @@ impl AsyncRead for TrackedStream {
     }
 }
 
-impl AsyncWrite for TrackedStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedStream<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         context: &mut Context<'_>,
@@ -801,6 +930,44 @@ mod tests {
         assert!(!registry.admit(3, Arc::new(Connection::new(now)), &limits));
         assert_eq!(registry.open().len(), 3);
         assert_eq!(registry.counters.closed(CloseReason::AllBusy), 1);
+    }
+
+    /// An HTTPS connection starts on the header clock at the accept, may be pushed out at the
+    /// limit while its handshake runs, and is idle (on the keep-alive clock) once it is done.
+    #[test]
+    fn a_tls_handshake_runs_on_the_header_clock() {
+        let limits = limits(1);
+        let start = Instant::now();
+        let at = |seconds| Some(start + Duration::from_secs(seconds));
+        let connection = Connection::awaiting_handshake(start);
+        assert_eq!(connection.deadline(&limits), at(5), "the header timeout");
+        assert_eq!(connection.close_unless_busy(&limits, at(4)), None);
+        let done = start + Duration::from_secs(2);
+        assert!(connection.handshake_done(done));
+        assert_eq!(
+            connection.deadline(&limits),
+            Some(done + Duration::from_secs(60))
+        );
+        connection.received(done);
+        assert_eq!(
+            connection.deadline(&limits),
+            Some(done + Duration::from_secs(5))
+        );
+
+        let registry = Registry::new(Arc::default());
+        let handshaking = Arc::new(Connection::awaiting_handshake(start));
+        assert!(registry.admit(0, handshaking.clone(), &limits));
+        assert!(registry.admit(1, Arc::new(Connection::new(start)), &limits));
+        assert_eq!(
+            *handshaking.phase(),
+            Phase::Closed,
+            "pushed out at the limit"
+        );
+        assert!(
+            !handshaking.handshake_done(done),
+            "a closed one stays closed"
+        );
+        assert_eq!(registry.counters.closed(CloseReason::Limit), 1);
     }
 
     /// A phase expires after its own timeout: idle after the keep-alive one, reading headers

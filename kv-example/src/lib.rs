@@ -6,7 +6,7 @@
 //!   the log in memory or RocksDB (`--storage mem|rocksdb`) and peers reached over TCP or QUIC
 //!   (`--transport tcp|quic`), both chosen at run time as trait objects, and the HTTP API of
 //!   [`api`]. `kvnode demo` starts a local three-node cluster; `kvnode certs` writes TLS
-//!   certificates for QUIC (or TLS over TCP).
+//!   certificates for QUIC (or TLS over TCP) and, with `--https`, for the client API.
 //! - **`kvctl`** is the client ([`client`]): `put`, `get`, `del`, `cas`, `scan`, `status`, with
 //!   fail-over between endpoints; `bench` ([`bench`](mod@bench)) for load against a running
 //!   cluster or a fresh local one per backend combination; `failover` ([`failover`]), which
@@ -42,6 +42,7 @@
 //! | [`api`] | the HTTP/JSON API and its errors; [`api::admin`]: membership, leadership transfer, snapshots |
 //! | [`members`] | where each member is reached, and the transport's peers kept in step with membership |
 //! | [`http_server`] | the HTTP connections: timeouts for slow and idle clients, the connection limit that closes the oldest idle connection rather than turning new clients away |
+//! | [`tls`] | HTTPS on the client API: the server's TLS (client certificates required when a client CA is set), the clients' side, and the certificates `kvnode certs --https` issues |
 //! | [`node`] | composing storage, transport, Raft and HTTP into a running node, and its shutdown |
 //! | [`config`] | flags and TOML settings, with every limit named |
 //! | [`metrics`] | Prometheus counters and histograms |
@@ -74,3 +75,4 @@ pub mod metrics;
 pub mod node;
 pub mod snapshot;
 pub mod state;
+pub mod tls;

@@ -15,6 +15,11 @@
 //! that list matter only for a node whose storage holds no membership: a memory node that
 //! restarts after the voters changed should be restarted as joining
 //! ([`LocalCluster::set_joining`]).
+//!
+//! [`LocalCluster::start_with_https`] serves the client API over HTTPS: the cluster CA in
+//! `<data dir>/tls` signs each member's HTTPS certificate (for 127.0.0.1 and localhost) and a
+//! client certificate `client-admin.pem`; [`LocalCluster::client_tls`] gives a client the
+//! files to use.
 
 use crate::config::{StorageKind, TransportKind};
 use std::fs::OpenOptions;
@@ -44,11 +49,38 @@ pub struct ClusterSpec {
     pub log_filter: String,
 }
 
+/// HTTPS on a local cluster's client API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClusterHttps {
+    /// Plain HTTP.
+    #[default]
+    Off,
+    /// HTTPS; clients present no certificate.
+    On,
+    /// HTTPS, and every client must present a certificate signed by the cluster CA.
+    ClientCertificates,
+}
+
+impl ClusterHttps {
+    /// `http` or `https`.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            ClusterHttps::Off => "http",
+            ClusterHttps::On | ClusterHttps::ClientCertificates => "https",
+        }
+    }
+}
+
+/// The name of the client certificate a local HTTPS cluster issues.
+pub const ADMIN_CLIENT: &str = "admin";
+
 /// One child.
 #[derive(Debug)]
 pub struct LocalMember {
     /// Its ID.
     pub id: u64,
+    /// `http` or `https`.
+    scheme: &'static str,
     /// Its peer address.
     pub peer_address: SocketAddr,
     /// Its HTTP address.
@@ -61,9 +93,9 @@ pub struct LocalMember {
 }
 
 impl LocalMember {
-    /// Its HTTP endpoint, `http://127.0.0.1:PORT`.
+    /// Its HTTP endpoint, `http://127.0.0.1:PORT` (or `https://`).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.client_address)
+        format!("{}://{}", self.scheme, self.client_address)
     }
 
     /// The child's process ID while it runs.
@@ -77,6 +109,7 @@ impl LocalMember {
 #[derive(Debug)]
 pub struct LocalCluster {
     spec: ClusterSpec,
+    https: ClusterHttps,
     members: Vec<LocalMember>,
 }
 
@@ -128,13 +161,21 @@ fn member_list(members: &[LocalMember], address: impl Fn(&LocalMember) -> Socket
 impl LocalCluster {
     /// Chooses ports, writes certificates (QUIC), and starts every member.
     pub fn start(spec: ClusterSpec) -> io::Result<LocalCluster> {
+        LocalCluster::start_with_https(spec, ClusterHttps::Off)
+    }
+
+    /// [`LocalCluster::start`], with the client API served as `https` says (see the module
+    /// docs for the certificates).
+    pub fn start_with_https(spec: ClusterSpec, https: ClusterHttps) -> io::Result<LocalCluster> {
         std::fs::create_dir_all(&spec.data_dir)?;
+        let scheme = https.scheme();
         let count = spec.nodes as usize;
         let peer_ports = free_ports(count, spec.transport == TransportKind::Quic)?;
         let client_ports = free_ports(count, false)?;
         let members = (0..count)
             .map(|i| LocalMember {
                 id: i as u64 + 1,
+                scheme,
                 peer_address: SocketAddr::from(([127, 0, 0, 1], peer_ports[i])),
                 client_address: SocketAddr::from(([127, 0, 0, 1], client_ports[i])),
                 extra_args: None,
@@ -142,12 +183,23 @@ impl LocalCluster {
                 child: None,
             })
             .collect();
-        if spec.transport == TransportKind::Quic {
-            let ids: Vec<raft_core::NodeId> = (1..=spec.nodes).map(raft_core::NodeId).collect();
+        let ids: Vec<raft_core::NodeId> = (1..=spec.nodes).map(raft_core::NodeId).collect();
+        if spec.transport == TransportKind::Quic || https != ClusterHttps::Off {
             raft_transport_quic::generate_cluster_certificates(&spec.data_dir.join("tls"), &ids)
                 .map_err(|e| io::Error::other(e.to_string()))?;
         }
-        let mut cluster = LocalCluster { spec, members };
+        if https != ClusterHttps::Off {
+            issue_local_https(
+                &spec.data_dir.join("tls"),
+                &ids,
+                &[ADMIN_CLIENT.to_string()],
+            )?;
+        }
+        let mut cluster = LocalCluster {
+            spec,
+            https,
+            members,
+        };
         for id in 1..=cluster.spec.nodes {
             cluster.start_member(id)?;
         }
@@ -157,6 +209,26 @@ impl LocalCluster {
     /// The spec it was started with.
     pub fn spec(&self) -> &ClusterSpec {
         &self.spec
+    }
+
+    /// How the client API is served.
+    pub fn https(&self) -> ClusterHttps {
+        self.https
+    }
+
+    /// With HTTPS, what a client trusts and presents: the cluster CA and the `admin` client
+    /// certificate.
+    pub fn client_tls(&self) -> Option<crate::tls::ClientTlsFiles> {
+        if self.https == ClusterHttps::Off {
+            return None;
+        }
+        let folder = self.spec.data_dir.join("tls");
+        let (certificate, private_key) = crate::tls::client_files(&folder, ADMIN_CLIENT);
+        Some(crate::tls::ClientTlsFiles {
+            ca_certificate: crate::tls::ca_files(&folder, false).0,
+            certificate: Some(certificate),
+            private_key: Some(private_key),
+        })
     }
 
     /// The members.
@@ -204,6 +276,21 @@ impl LocalCluster {
             args.push("--tls-dir".into());
             args.push(self.spec.data_dir.join("tls").display().to_string());
         }
+        if self.https != ClusterHttps::Off {
+            let folder = self.spec.data_dir.join("tls");
+            let (certificate, private_key) = crate::tls::node_files(&folder, raft_core::NodeId(id));
+            let ca = crate::tls::ca_files(&folder, false).0;
+            let mut flag = |name: &str, path: &Path| {
+                args.push(name.to_string());
+                args.push(path.display().to_string());
+            };
+            flag("--http-tls-certificate", &certificate);
+            flag("--http-tls-private-key", &private_key);
+            flag("--http-tls-ca", &ca);
+            if self.https == ClusterHttps::ClientCertificates {
+                flag("--http-tls-client-ca", &ca);
+            }
+        }
         if member.joining {
             args.push("--join".into());
         }
@@ -229,13 +316,18 @@ impl LocalCluster {
         let quic = self.spec.transport == TransportKind::Quic;
         let peer_port = free_ports(1, quic)?[0];
         let client_port = free_ports(1, false)?[0];
-        if quic {
-            let folder = self.spec.data_dir.join("tls");
+        let folder = self.spec.data_dir.join("tls");
+        if quic || self.https != ClusterHttps::Off {
             raft_transport_quic::generate_node_certificate(&folder, raft_core::NodeId(id))
                 .map_err(|e| io::Error::other(e.to_string()))?;
         }
+        if self.https != ClusterHttps::Off {
+            issue_local_https(&folder, &[raft_core::NodeId(id)], &[])?;
+        }
+        let scheme = self.https.scheme();
         self.members.push(LocalMember {
             id,
+            scheme,
             peer_address: SocketAddr::from(([127, 0, 0, 1], peer_port)),
             client_address: SocketAddr::from(([127, 0, 0, 1], client_port)),
             extra_args: None,
@@ -339,10 +431,11 @@ impl LocalCluster {
     /// Waits until member `id` answers `/readyz` with 200, up to `timeout`; returns how long
     /// that took.
     pub async fn wait_member_ready(&self, id: u64, timeout: Duration) -> Result<Duration, String> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(1))
-            .build()
-            .map_err(|e| e.to_string())?;
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(1));
+        if let Some(tls) = self.client_tls() {
+            http = crate::tls::configure_client(http, &tls).map_err(|e| e.to_string())?;
+        }
+        let http = http.build().map_err(|e| e.to_string())?;
         let started = Instant::now();
         let url = format!("{}/readyz", self.endpoint(id));
         loop {
@@ -370,6 +463,18 @@ impl LocalCluster {
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
+}
+
+/// Issues HTTPS certificates for `nodes` (127.0.0.1 and localhost) and `clients`, signed by the
+/// cluster CA in `folder`.
+fn issue_local_https(
+    folder: &Path,
+    nodes: &[raft_core::NodeId],
+    clients: &[String],
+) -> io::Result<()> {
+    let hosts = vec![vec!["127.0.0.1".to_string(), "localhost".to_string()]; nodes.len()];
+    crate::tls::issue_https_certificates(folder, false, true, nodes, &hosts, clients)
+        .map_err(|e| io::Error::other(e.to_string()))
 }
 
 /// Member `id`'s data folder.

@@ -309,7 +309,7 @@ impl Metrics {
             "kv_http_connections_closed_total",
             "counter",
             "HTTP connections the node closed, by reason: a timeout, the connection limit, out of \
-             files, or all connections busy.",
+             files, all connections busy, or a failed TLS handshake.",
         );
         for reason in CloseReason::ALL {
             let _ = writeln!(

@@ -1,6 +1,8 @@
 //! Composing a node: storage and transport picked at run time as trait objects, the Raft node,
 //! the state machine, the HTTP server (with its connection limit and timeouts, see
-//! [`crate::http_server`]), and an orderly shutdown.
+//! [`crate::http_server`]; HTTPS when configured, see [`crate::tls`]), and an orderly
+//! shutdown. The TLS files are loaded before anything starts, so a bad one stops the node
+//! with a message that names it.
 //!
 //! Shutdown order (SIGTERM, Ctrl-C, or the future given to [`run`]): the HTTP server stops
 //! accepting, closes its idle connections and finishes the requests in flight (each bounded by
@@ -224,6 +226,12 @@ fn raise_open_files_limit(connections_max: usize) {
 /// Starts a node: stores, transport, Raft, the status watcher and the HTTP server.
 pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
     config.validate()?;
+    // Loaded before anything starts: a bad file stops the node with a message naming it.
+    let https = config.https_paths()?;
+    let server_tls = match &https {
+        Some(paths) => Some(crate::tls::server_config(&paths.server).map_err(|e| e.to_string())?),
+        None => None,
+    };
     raise_open_files_limit(config.http_connections_max);
     let client_address = config.client_listen_address()?;
     let listener = TcpListener::bind(client_address)
@@ -260,11 +268,18 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
         readiness.clone(),
         address_book.clone(),
     ));
-    let http = reqwest::Client::builder()
+    let mut http = reqwest::Client::builder()
         .timeout(config.request_timeout() + Duration::from_secs(1))
-        .connect_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(2));
+    if let Some(paths) = &https {
+        http = crate::tls::configure_client(http, &paths.forwarding)
+            .map_err(|e| format!("the HTTPS client for forwarding: {e}"))?;
+    }
+    let http = http
         .build()
         .map_err(|e| format!("building the HTTP client for forwarding: {e}"))?;
+    // Every member uses the same scheme: the one this node serves.
+    let http_scheme = if https.is_some() { "https" } else { "http" };
     let context = Arc::new(AppContext {
         raft: raft.clone(),
         state: state.clone(),
@@ -280,6 +295,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
         },
         address_book,
         http,
+        http_scheme,
         node: NodeInfo {
             id: config.id,
             storage: config.storage,
@@ -299,9 +315,10 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, String> {
         router,
         config.http_limits(),
         http_counters,
+        server_tls,
         async move { stop.notified().await },
     ));
-    tracing::info!(id = config.id, %client_address, storage = %config.storage,
+    tracing::info!(id = config.id, %client_address, scheme = http_scheme, storage = %config.storage,
         transport = %config.transport, "node started");
     Ok(RunningNode {
         raft,

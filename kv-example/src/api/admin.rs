@@ -235,7 +235,7 @@ impl AppContext {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
-        let url = format!("http://{address}{path}");
+        let url = format!("{}://{address}{path}", self.http_scheme);
         let mut forwarded = self
             .http
             .request(request.method.clone(), &url)

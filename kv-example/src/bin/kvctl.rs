@@ -32,6 +32,16 @@ struct Cli {
     /// How long one request may take, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
+    /// HTTPS: trust only node certificates signed by this CA (PEM); the endpoints are then
+    /// https://.
+    #[arg(long, env = "KVCTL_CACERT")]
+    cacert: Option<PathBuf>,
+    /// HTTPS: the client certificate (PEM) for nodes that require one (with --key).
+    #[arg(long, env = "KVCTL_CERT", requires = "key", requires = "cacert")]
+    cert: Option<PathBuf>,
+    /// HTTPS: the client certificate's private key (PEM).
+    #[arg(long, env = "KVCTL_KEY", requires = "cert")]
+    key: Option<PathBuf>,
     #[command(subcommand)]
     command: Commands,
 }
@@ -276,8 +286,16 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
     let timeout = Duration::from_millis(cli.timeout_ms);
+    let tls = cli
+        .cacert
+        .clone()
+        .map(|ca_certificate| kv_example::tls::ClientTlsFiles {
+            ca_certificate,
+            certificate: cli.cert.clone(),
+            private_key: cli.key.clone(),
+        });
     let client = || {
-        KvClient::new(cli.endpoints.clone(), timeout)
+        KvClient::with_tls(cli.endpoints.clone(), timeout, tls.as_ref())
             .map(KvClient::with_request_ids)
             .map_err(|e| e.to_string())
     };
