@@ -509,34 +509,29 @@ impl RaftNode {
         &self,
         proposals: impl IntoIterator<Item = Proposal>,
     ) -> Vec<Result<Bytes, NodeError>> {
-        let mut answers = Vec::new();
-        let mut batch = Vec::new();
-        let mut submitted: Vec<Result<(), NodeError>> = Vec::new();
+        // Each command's answer: its receiver, or the error of a batch that never reached
+        // the driver.
+        let mut pending: Vec<Result<oneshot::Receiver<_>, NodeError>> = Vec::new();
         let mut proposals = proposals.into_iter().peekable();
         while proposals.peek().is_some() {
+            let mut batch = Vec::new();
+            let mut answers = Vec::new();
             for proposal in proposals.by_ref().take(self.batch_max) {
                 let (responder, answer) = oneshot::channel();
                 batch.push((proposal, responder));
                 answers.push(answer);
             }
-            let count = batch.len();
-            let request = ProposalRequest::ProposeMany {
-                proposals: std::mem::take(&mut batch),
-            };
-            let result = self.submit(request).await;
-            submitted.extend(
-                std::iter::repeat_with(|| match &result {
-                    Ok(()) => Ok(()),
-                    Err(_) => Err(self.not_running_error()),
-                })
-                .take(count),
-            );
+            let request = ProposalRequest::ProposeMany { proposals: batch };
+            match self.submit(request).await {
+                Ok(()) => pending.extend(answers.into_iter().map(Ok)),
+                Err(_) => pending.extend(answers.iter().map(|_| Err(self.not_running_error()))),
+            }
         }
-        let mut results = Vec::with_capacity(answers.len());
-        for (answer, submitted) in answers.into_iter().zip(submitted) {
-            results.push(match submitted {
+        let mut results = Vec::with_capacity(pending.len());
+        for answer in pending {
+            results.push(match answer {
                 Err(error) => Err(error),
-                Ok(()) => answer.await.unwrap_or_else(|_| Err(self.stopped_error())),
+                Ok(answer) => answer.await.unwrap_or_else(|_| Err(self.stopped_error())),
             });
         }
         results
