@@ -6,8 +6,8 @@
 //! | `PUT /v1/kv/{key}` (body: the value) | 200 `{"index": N}` |
 //! | `GET /v1/kv/{key}?consistency=linearizable\|lease\|log\|stale` | 200 with the raw value, or 404 |
 //! | `DELETE /v1/kv/{key}` | 200 `{"index": N, "deleted": bool}` |
-//! | `POST /v1/kv/{key}/cas` with `{"expected": "old" or null, "new": "value"}` | 200 `{"swapped": true, ...}` or 409 `{"swapped": false, "current": ...}` |
-//! | `GET /v1/kv?prefix=P&limit=N&consistency=...` | 200 `{"entries": [{"key", "value"}], "more": bool}` |
+//! | `POST /v1/kv/{key}/cas` with `{"expected": "old" or null, "new": "value"}` (or `expected_base64`, `new_base64`) | 200 `{"swapped": true, "previous": ...}` or 409 `{"swapped": false, "current": ...}` |
+//! | `GET /v1/kv?prefix=P&start=S&limit=N&consistency=...` | 200 `{"entries": [{"key", "value"}], "more": bool, "next": key or null}` |
 //! | `GET /v1/status` | JSON: role, term, indexes, membership, snapshot, per-follower progress |
 //! | `GET /v1/members`, `POST /v1/members`, `POST /v1/members/{id}/promote`, `DELETE /v1/members/{id}` | membership (see [`admin`]) |
 //! | `POST /v1/leader/transfer` with `{"to": N}` | 200 `{"leader": N}` (see [`admin`]) |
@@ -15,8 +15,26 @@
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /healthz`, `GET /readyz` | 200 or 503 with JSON |
 //!
-//! Keys are one path segment: a key holding `/` is sent percent-encoded (`a%2Fb`). Scan keys
-//! and values are JSON strings when they are UTF-8, else `key_base64` / `value_base64`.
+//! Keys are bytes, any bytes: the path segment is percent-decoded to the key's bytes, so a key
+//! holding `/` is sent as `a%2Fb` and the bytes 0x00 0xFF as `%00%FF`; a `%` not followed by
+//! two hex digits is a 400. Scan parameters are percent-decoded to bytes the same way (`+` is
+//! a space, as in any query string), or given as standard base64 (`prefix_base64=`,
+//! `start_base64=`). In JSON answers, keys and values are strings when they are UTF-8, else
+//! `<name>_base64` (`key_base64`, `value_base64`, `next_base64`, `previous_base64`,
+//! `current_base64`) holds their base64. A compare-and-swap takes each value as text
+//! (`expected`, `new`) or as base64 (`expected_base64`, `new_base64`), one of each pair; both
+//! are limited by `value_bytes_max` once decoded, whatever their JSON escaping.
+//!
+//! A scan answers at most `limit` pairs and about `scan_bytes_max` bytes; when either cut it
+//! short, `more` is true and `next` (or `next_base64`) is the first key it left out: the same
+//! request with `start=` that key (inclusive) continues where the page ended, in the same key
+//! order, until `more` is false. Each page is a read of its own (not one snapshot): a key
+//! written between two requests shows in the later page only if it sorts at or after that
+//! page's start.
+//!
+//! Every answer of the router carries a [`NODE_HEADER`] (`x-kv-node`) header with the node's
+//! ID, so a client can tell a kvnode's answer (a 404 for a missing key) from another
+//! server's.
 //!
 //! Every error is JSON: `{"error": "<code>", "message": "<what was wrong>"}`, plus
 //! `"applied": "no" | "unknown"` for requests that reached Raft; those of the HTTP layer too
@@ -52,9 +70,9 @@ use crate::config::{StorageKind, TransportKind};
 use crate::members::AddressBook;
 use crate::metrics::{Failure, Metrics, Operation};
 use crate::state::KvState;
-use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -285,35 +303,172 @@ struct ReadParams {
 #[serde(deny_unknown_fields)]
 struct WriteParams {}
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A scan's query string, its byte strings decoded (see [`parse_scan_query`]).
+#[derive(Debug, Default, PartialEq, Eq)]
 struct ScanParams {
-    prefix: Option<String>,
+    /// Every returned key starts with it (empty: every key).
+    prefix: Bytes,
+    /// The first key the page may return (inclusive; empty: from the prefix).
+    start: Bytes,
     limit: Option<u32>,
     consistency: Option<String>,
 }
 
+/// The parameters a scan takes, for the message that refuses another one.
+const SCAN_PARAMETERS: &str = "prefix, prefix_base64, start, start_base64, limit, consistency";
+
+/// Reads a scan's query string. The byte strings (`prefix`, `start`) are percent-decoded to
+/// bytes, not to text (so `%FF` is the byte 0xFF), or given as base64 by their `_base64`
+/// twin; an unknown parameter, one given twice (or with its twin), a malformed escape, a
+/// `limit` that is not a number or a text parameter that is not UTF-8 is refused.
+fn parse_scan_query(query: &str) -> Result<ScanParams, ApiError> {
+    let mut params = ScanParams::default();
+    let mut seen: Vec<&'static str> = Vec::new();
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = form_decode(name)
+            .ok()
+            .and_then(|name| String::from_utf8(name).ok())
+            .ok_or_else(|| ApiError::bad_request(format!("bad query parameter name {name:?}")))?;
+        let (slot, twin) = match name.as_str() {
+            "prefix" | "prefix_base64" => ("prefix", "prefix_base64"),
+            "start" | "start_base64" => ("start", "start_base64"),
+            "limit" => ("limit", "limit"),
+            "consistency" => ("consistency", "consistency"),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?}; a scan takes {SCAN_PARAMETERS}"
+                )))
+            }
+        };
+        if seen.contains(&slot) {
+            let given = if slot == twin {
+                format!("{slot} is given twice")
+            } else {
+                format!("give {slot} or {twin}, once")
+            };
+            return Err(ApiError::bad_request(given));
+        }
+        seen.push(slot);
+        let bytes =
+            form_decode(value).map_err(|why| ApiError::bad_request(format!("{name}: {why}")))?;
+        let bytes = if name.ends_with("_base64") {
+            let text = String::from_utf8(bytes)
+                .map_err(|_| ApiError::bad_request(format!("{name} is not base64")))?;
+            crate::base64::decode(&text)
+                .map_err(|why| ApiError::bad_request(format!("{name} is not base64: {why}")))?
+        } else {
+            bytes
+        };
+        let text = || {
+            String::from_utf8(bytes.clone())
+                .map_err(|_| ApiError::bad_request(format!("{name} is not UTF-8")))
+        };
+        match slot {
+            "prefix" => params.prefix = Bytes::from(bytes),
+            "start" => params.start = Bytes::from(bytes),
+            "limit" => {
+                let text = text()?;
+                let limit = text.parse().map_err(|_| {
+                    ApiError::bad_request(format!("limit must be a number; got {text:?}"))
+                })?;
+                params.limit = Some(limit);
+            }
+            _ => params.consistency = Some(text()?),
+        }
+    }
+    Ok(params)
+}
+
+/// Percent-decodes `text` to bytes (`%FF` is the byte 0xFF, whatever it spells in UTF-8),
+/// refusing a `%` not followed by two hex digits. The inverse of [`crate::client::encode_key`].
+pub fn percent_decode(text: &str) -> Result<Vec<u8>, String> {
+    let bytes = text.as_bytes();
+    for (at, _) in text.match_indices('%') {
+        let escape = bytes.get(at + 1..at + 3);
+        if !escape.is_some_and(|digits| digits.iter().all(u8::is_ascii_hexdigit)) {
+            return Err(format!(
+                "'%' at byte {at} is not followed by two hex digits (write a '%' as %25)"
+            ));
+        }
+    }
+    Ok(percent_encoding::percent_decode_str(text).collect())
+}
+
+/// Percent-decodes a query string's name or value: as [`percent_decode`], with `+` for a
+/// space (the form encoding every query string uses; a `+` itself is `%2B`).
+fn form_decode(text: &str) -> Result<Vec<u8>, String> {
+    percent_decode(&text.replace('+', " "))
+}
+
+/// A compare-and-swap body. Each value comes as text or as base64 (its bytes exactly), never
+/// both: `new` or `new_base64`, and `expected` or `expected_base64` (neither, or null: the key
+/// must not exist).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CasBody {
-    /// The value the key must hold; null or absent: the key must not exist.
     #[serde(default)]
     expected: Option<String>,
-    new: String,
+    #[serde(default)]
+    expected_base64: Option<String>,
+    #[serde(default)]
+    new: Option<String>,
+    #[serde(default)]
+    new_base64: Option<String>,
+}
+
+impl CasBody {
+    /// The expected and new values' bytes, or why the body is bad.
+    fn values(self) -> Result<(Option<Bytes>, Bytes), ApiError> {
+        let expected = one_of("expected", self.expected, self.expected_base64)?;
+        let new = one_of("new", self.new, self.new_base64)?.ok_or_else(|| {
+            ApiError::bad_request("the body needs the new value: \"new\" or \"new_base64\"")
+        })?;
+        Ok((expected, new))
+    }
+}
+
+/// The bytes of a value given as text (`name`) or base64 (`<name>_base64`); both is an error.
+fn one_of(
+    name: &str,
+    text: Option<String>,
+    base64: Option<String>,
+) -> Result<Option<Bytes>, ApiError> {
+    match (text, base64) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(format!(
+            "give \"{name}\" or \"{name}_base64\", not both"
+        ))),
+        (Some(text), None) => Ok(Some(Bytes::from(text))),
+        (None, Some(encoded)) => crate::base64::decode(&encoded)
+            .map(|bytes| Some(Bytes::from(bytes)))
+            .map_err(|why| ApiError::bad_request(format!("{name}_base64 is not base64: {why}"))),
+        (None, None) => Ok(None),
+    }
 }
 
 /// Keys a scan returns when the request gives no limit (capped by `scan_limit_max`).
 const SCAN_LIMIT_DEFAULT: u32 = 100;
 
-/// The largest compare-and-swap body: two values and room for the JSON around them.
+/// The most bytes of JSON one byte of a value can take in a compare-and-swap body: a control
+/// character is escaped as `\u0001` (base64 takes 4 bytes per 3).
+pub const CAS_JSON_BYTES_PER_VALUE_BYTE: usize = 6;
+
+/// The largest compare-and-swap body: two values of `value_bytes_max` bytes however JSON
+/// escapes them, and room for the JSON around them. The values' limit is checked on their
+/// decoded bytes once the body is read.
 fn cas_body_bytes_max(limits: &Limits) -> usize {
-    2 * limits.value_bytes_max + 4096
+    2 * CAS_JSON_BYTES_PER_VALUE_BYTE * limits.value_bytes_max + 4096
 }
+
+/// The header every answer of the router carries, with the node's ID: it tells a client the
+/// answer comes from a kvnode (a 404 from another server is not "key not found").
+pub const NODE_HEADER: &str = "x-kv-node";
 
 /// The router for a node.
 pub fn router(context: Arc<AppContext>) -> Router {
     let put_body = DefaultBodyLimit::max(context.limits.value_bytes_max);
     let cas_body = DefaultBodyLimit::max(cas_body_bytes_max(&context.limits));
+    let node_header = axum::middleware::map_response_with_state(context.clone(), mark_node);
     Router::new()
         .route(
             "/v1/kv/{key}",
@@ -328,7 +483,16 @@ pub fn router(context: Arc<AppContext>) -> Router {
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(node_header)
         .with_state(context)
+}
+
+/// Adds [`NODE_HEADER`] to an answer.
+async fn mark_node(State(context): Context, mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(NODE_HEADER, HeaderValue::from(context.node.id));
+    response
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -353,9 +517,26 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// The key of a `/v1/kv/{key}` or `/v1/kv/{key}/cas` request: its path segment, percent-decoded
+/// to bytes (axum's own path extractor decodes to text, and refuses keys that are not UTF-8).
+fn key_of(uri: &Uri) -> Result<Vec<u8>, ApiError> {
+    let path = uri.path();
+    let segment = path.strip_prefix("/v1/kv/").unwrap_or_default();
+    let segment = segment.strip_suffix("/cas").unwrap_or(segment);
+    percent_decode(segment).map_err(|why| ApiError::bad_request(format!("bad key: {why}")))
+}
+
+/// A key in a message: quoted text when it is UTF-8, else its base64.
+fn key_text(key: &[u8]) -> String {
+    match std::str::from_utf8(key) {
+        Ok(text) => format!("{text:?}"),
+        Err(_) => format!("(base64) {}", crate::base64::encode(key)),
+    }
+}
+
 impl AppContext {
-    fn check_key(&self, key: Result<Path<String>, PathRejection>) -> Result<Bytes, ApiError> {
-        let Path(key) = key.map_err(|e| ApiError::bad_request(format!("bad key: {e}")))?;
+    fn check_key(&self, uri: &Uri) -> Result<Bytes, ApiError> {
+        let key = key_of(uri)?;
         if key.is_empty() {
             return Err(ApiError::bad_request("the key is empty"));
         }
@@ -626,14 +807,14 @@ pub fn request_session(headers: &HeaderMap) -> Result<Option<SessionId>, ApiErro
 async fn put_key(
     State(context): Context,
     headers: HeaderMap,
-    key: Result<Path<String>, PathRejection>,
+    uri: Uri,
     params: Result<Query<WriteParams>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let result = async {
         let session = request_session(&headers)?;
-        let key = context.check_key(key)?;
+        let key = context.check_key(&uri)?;
         params.map_err(|e| ApiError::bad_request(e.body_text()))?;
         let value = body.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -656,12 +837,12 @@ async fn put_key(
 
 async fn get_key(
     State(context): Context,
-    key: Result<Path<String>, PathRejection>,
+    uri: Uri,
     params: Result<Query<ReadParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let result = async {
-        let key = context.check_key(key)?;
+        let key = context.check_key(&uri)?;
         let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
         let consistency =
             parse_consistency(params.consistency.as_deref(), context.limits.lease_reads)?;
@@ -690,7 +871,7 @@ async fn get_key(
             None => Ok(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                format!("key {:?} does not exist", String::from_utf8_lossy(&key)),
+                format!("key {} does not exist", key_text(&key)),
             )
             .into_response()),
         }
@@ -702,13 +883,13 @@ async fn get_key(
 async fn delete_key(
     State(context): Context,
     headers: HeaderMap,
-    key: Result<Path<String>, PathRejection>,
+    uri: Uri,
     params: Result<Query<WriteParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let result = async {
         let session = request_session(&headers)?;
-        let key = context.check_key(key)?;
+        let key = context.check_key(&uri)?;
         params.map_err(|e| ApiError::bad_request(e.body_text()))?;
         match context
             .propose(Operation::Delete, Command::Delete { key }, session)
@@ -727,13 +908,13 @@ async fn delete_key(
 async fn cas_key(
     State(context): Context,
     headers: HeaderMap,
-    key: Result<Path<String>, PathRejection>,
+    uri: Uri,
     body: Result<Json<CasBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let result = async {
         let session = request_session(&headers)?;
-        let key = context.check_key(key)?;
+        let key = context.check_key(&uri)?;
         let Json(body) = body.map_err(|e| match e {
             other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -744,48 +925,44 @@ async fn cas_key(
                 ),
             ),
             other => ApiError::bad_request(format!(
-                "the body must be JSON {{\"expected\": string or null, \"new\": string}}: {}",
+                "the body must be JSON {{\"expected\" (or \"expected_base64\"): string or \
+                 null, \"new\" (or \"new_base64\"): string}}: {}",
                 other.body_text()
             )),
         })?;
-        let longest = body
-            .new
-            .len()
-            .max(body.expected.as_ref().map_or(0, String::len));
+        let (expected, new) = body.values()?;
+        let longest = new.len().max(expected.as_ref().map_or(0, Bytes::len));
         if longest > context.limits.value_bytes_max {
             return Err(context.value_too_large(longest));
         }
-        let command = Command::Cas {
-            key,
-            expected: body.expected.map(Bytes::from),
-            new: Bytes::from(body.new),
-        };
+        let command = Command::Cas { key, expected, new };
         match context.propose(Operation::Cas, command, session).await? {
             Answer::Cas {
                 index,
                 swapped: true,
                 previous,
-            } => Ok(Json(json!({
-                "swapped": true,
-                "index": index,
-                "previous": previous.map(|v| String::from_utf8_lossy(&v).into_owned()),
-            }))
-            .into_response()),
+            } => {
+                let mut answer = serde_json::Map::new();
+                answer.insert("swapped".into(), json!(true));
+                answer.insert("index".into(), json!(index));
+                optional_text_or_base64(&mut answer, "previous", previous.as_deref());
+                Ok(Json(Value::Object(answer)).into_response())
+            }
             Answer::Cas {
                 index,
                 swapped: false,
                 previous,
             } => {
-                let mut error = ApiError::new(
+                let mut fields = serde_json::Map::new();
+                fields.insert("swapped".into(), json!(false));
+                fields.insert("index".into(), json!(index));
+                optional_text_or_base64(&mut fields, "current", previous.as_deref());
+                let error = ApiError::new(
                     StatusCode::CONFLICT,
                     "compare_failed",
                     "the key does not hold the expected value; nothing was changed",
-                );
-                error.extra = Some(json!({
-                    "swapped": false,
-                    "index": index,
-                    "current": previous.map(|v| String::from_utf8_lossy(&v).into_owned()),
-                }));
+                )
+                .with_fields(Value::Object(fields));
                 Ok(error.into_response())
             }
             other => Err(unexpected(other)),
@@ -795,13 +972,10 @@ async fn cas_key(
     context.finish(Operation::Cas, started, result)
 }
 
-async fn scan(
-    State(context): Context,
-    params: Result<Query<ScanParams>, QueryRejection>,
-) -> Result<Response, ApiError> {
+async fn scan(State(context): Context, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
     let started = Instant::now();
     let result = async {
-        let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let params = parse_scan_query(query.as_deref().unwrap_or_default())?;
         let limit_max = context.limits.scan_limit_max;
         let limit = params.limit.unwrap_or(SCAN_LIMIT_DEFAULT.min(limit_max));
         if limit == 0 || limit > limit_max {
@@ -809,27 +983,30 @@ async fn scan(
                 "limit must be between 1 and scan_limit_max ({limit_max}); got {limit}"
             )));
         }
-        let prefix = Bytes::from(params.prefix.unwrap_or_default());
-        if prefix.len() > context.limits.key_bytes_max {
-            return Err(ApiError::bad_request(format!(
-                "the prefix has {} bytes; key_bytes_max is {}",
-                prefix.len(),
-                context.limits.key_bytes_max
-            )));
+        let (prefix, start) = (params.prefix, params.start);
+        for (name, bytes) in [("prefix", &prefix), ("start", &start)] {
+            if bytes.len() > context.limits.key_bytes_max {
+                return Err(ApiError::bad_request(format!(
+                    "the {name} has {} bytes; key_bytes_max is {}",
+                    bytes.len(),
+                    context.limits.key_bytes_max
+                )));
+            }
         }
         let bytes_max = context.limits.scan_bytes_max;
         let consistency =
             parse_consistency(params.consistency.as_deref(), context.limits.lease_reads)?;
         context.metrics.record_read(Operation::Scan, consistency);
-        let (entries, more) = match consistency {
+        let (entries, next) = match consistency {
             Consistency::Log => {
-                let command = Command::Scan {
+                let command = Command::ScanFrom {
                     prefix,
+                    start,
                     limit,
                     bytes_max,
                 };
                 match context.propose(Operation::Scan, command, None).await? {
-                    Answer::Scan { entries, more } => (entries, more),
+                    Answer::ScanFrom { entries, next } => (entries, next),
                     other => return Err(unexpected(other)),
                 }
             }
@@ -839,9 +1016,9 @@ async fn scan(
                 }
                 let page = context
                     .state
-                    .scan(&prefix, limit as usize, bytes_max as usize)
+                    .scan(&prefix, &start, limit as usize, bytes_max as usize)
                     .map_err(AppContext::state_error)?;
-                (page.entries, page.more)
+                (page.entries, page.next)
             }
         };
         let entries: Vec<Value> = entries
@@ -853,7 +1030,11 @@ async fn scan(
                 Value::Object(entry)
             })
             .collect();
-        Ok(Json(json!({"entries": entries, "more": more})).into_response())
+        let mut answer = serde_json::Map::new();
+        answer.insert("entries".into(), Value::Array(entries));
+        answer.insert("more".into(), json!(next.is_some()));
+        optional_text_or_base64(&mut answer, "next", next.as_deref());
+        Ok(Json(Value::Object(answer)).into_response())
     }
     .await;
     context.finish(Operation::Scan, started, result)
@@ -868,6 +1049,20 @@ fn text_or_base64(object: &mut serde_json::Map<String, Value>, name: &str, bytes
             json!(crate::base64::encode(bytes)),
         ),
     };
+}
+
+/// As [`text_or_base64`], with `"<name>": null` for no bytes at all (an absent key).
+fn optional_text_or_base64(
+    object: &mut serde_json::Map<String, Value>,
+    name: &str,
+    bytes: Option<&[u8]>,
+) {
+    match bytes {
+        Some(bytes) => text_or_base64(object, name, bytes),
+        None => {
+            object.insert(name.to_string(), Value::Null);
+        }
+    }
 }
 
 /// The status JSON of this node.
@@ -1000,6 +1195,74 @@ async fn readyz(State(context): Context) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key's path segment decodes to its bytes, whatever they are; a malformed escape is
+    /// refused, not kept as it is.
+    #[test]
+    fn keys_are_percent_decoded_to_bytes() {
+        let key = |path: &str| key_of(&path.parse().unwrap());
+        assert_eq!(key("/v1/kv/a%2Fb").unwrap(), b"a/b");
+        assert_eq!(key("/v1/kv/%00%ff%2F%25/cas").unwrap(), b"\x00\xff/%");
+        assert_eq!(key("/v1/kv/a+b").unwrap(), b"a+b", "a path keeps its plus");
+        for bad in ["/v1/kv/%", "/v1/kv/a%F", "/v1/kv/%GG"] {
+            let error = key(bad).unwrap_err();
+            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert!(
+                error.message.contains("two hex digits"),
+                "{}",
+                error.message
+            );
+        }
+    }
+
+    /// A scan's byte strings decode to bytes, by escapes or base64; everything else about the
+    /// query is checked.
+    #[test]
+    fn scan_queries_decode_to_bytes_and_refuse_what_they_do_not_know() {
+        let params = parse_scan_query("prefix=%00%FF+x&start_base64=AP8%3D&limit=5").unwrap();
+        assert_eq!(params.prefix.as_ref(), b"\x00\xff x");
+        assert_eq!(params.start.as_ref(), b"\x00\xff");
+        assert_eq!(params.limit, Some(5));
+        assert_eq!(parse_scan_query("").unwrap(), ScanParams::default());
+        let refused = |query: &str, says: &str| {
+            let error = parse_scan_query(query).unwrap_err();
+            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{query}");
+            assert!(error.message.contains(says), "{query}: {}", error.message);
+        };
+        refused("colour=blue", "unknown query parameter \"colour\"");
+        refused(
+            "prefix=a&prefix_base64=YQ%3D%3D",
+            "give prefix or prefix_base64",
+        );
+        refused("limit=1&limit=2", "limit is given twice");
+        refused("limit=many", "limit must be a number");
+        refused("start=%ZZ", "two hex digits");
+        refused("prefix_base64=***", "not base64");
+        refused("consistency=%FF", "consistency is not UTF-8");
+    }
+
+    /// A compare-and-swap value comes as text or base64, exactly one of each pair.
+    #[test]
+    fn cas_values_come_as_text_or_base64() {
+        let body = |json: Value| serde_json::from_value::<CasBody>(json).unwrap().values();
+        let (expected, new) = body(json!({"expected_base64": "AP8=", "new": "x"})).unwrap();
+        assert_eq!(expected.as_deref(), Some(&b"\x00\xff"[..]));
+        assert_eq!(new.as_ref(), b"x");
+        let (expected, new) = body(json!({"expected": null, "new_base64": "/w=="})).unwrap();
+        assert_eq!((expected, new.as_ref()), (None, &b"\xff"[..]));
+        for (json, says) in [
+            (json!({"new": "a", "new_base64": "YQ=="}), "not both"),
+            (
+                json!({"expected": "a", "expected_base64": "YQ==", "new": "b"}),
+                "not both",
+            ),
+            (json!({"expected": "a"}), "needs the new value"),
+            (json!({"new_base64": "Y"}), "new_base64 is not base64"),
+        ] {
+            let error = body(json.clone()).unwrap_err();
+            assert!(error.message.contains(says), "{json}: {}", error.message);
+        }
+    }
 
     /// A forward the protocol ends because its leader was replaced (a newer leader committed
     /// here) keeps the answer the API gave when it decided that itself: a 503 `indeterminate`

@@ -1,15 +1,31 @@
 //! The HTTP client behind `kvctl`, with fail-over between endpoints.
 //!
-//! A request goes to the endpoint that answered last. It moves on to the next endpoint when the
-//! current one cannot be reached (nothing was sent) or answers 503 with `"applied": "no"` or
-//! without `applied` (nothing happened). A 503 with `"applied": "unknown"` is returned to the
-//! caller as it is: resending a write whose outcome is unknown is the caller's decision.
+//! Keys are bytes (any bytes: [`encode_key`] percent-encodes them into the path), and so are
+//! values, both ways: binary scan keys and CAS values travel as base64 in the JSON and come
+//! back as the same bytes.
+//!
+//! A request goes to the endpoint that answered last. It moves on to the next endpoint when:
+//! - the current one cannot be reached (nothing was sent);
+//! - it answers 503 with `"applied": "no"` or without `applied` (nothing happened);
+//! - for a request that is safe to send again (a read, or a write with a request ID, below):
+//!   it does not answer within the timeout, the connection fails mid-way, or the answer is not
+//!   a kvnode's (no [`crate::api::NODE_HEADER`] header and no kvnode JSON error: another
+//!   server at that address, whose 404 is not "key not found").
+//!
+//! A write without a request ID that may have reached a node (a timeout, a broken connection,
+//! an answer from something that is not a kvnode, perhaps a proxy in front of one) is not sent
+//! again: the error says it may or may not have applied. A 503 with `"applied": "unknown"` is
+//! returned to the caller as it is: resending a write whose outcome is unknown is the
+//! caller's decision.
 //!
 //! A client made [`KvClient::with_request_ids`] (as `kvctl` is) sends every write with a new
 //! random `Request-Id` header and keeps it on that write's fail-over retries. The cluster
 //! applies such a write at most once however often it arrives, so such a client also moves on
 //! to the next endpoint after a 503 `"applied": "unknown"` or a timeout, and gets the first
 //! answer if the earlier attempt did apply.
+//!
+//! Errors carry their whole cause chain ([`error_chain`]): "connection refused", not
+//! "error sending request".
 
 use bytes::Bytes;
 use reqwest::{Method, StatusCode};
@@ -32,6 +48,13 @@ pub enum ClientError {
     },
     /// The client was given bad arguments.
     Usage(String),
+    /// A request that is not safe to send twice (a write without a request ID, an admin
+    /// change) may have reached a node, but no kvnode answer came back: it timed out, the
+    /// connection broke, or something that is not a kvnode answered (perhaps a proxy in front
+    /// of one). It was not sent again; what happened at each endpoint tried is given.
+    MayHaveApplied(String),
+    /// A kvnode's answer could not be read (a bug, or a version mismatch).
+    BadAnswer(String),
 }
 
 impl fmt::Display for ClientError {
@@ -50,6 +73,11 @@ impl fmt::Display for ClientError {
                 Ok(())
             }
             ClientError::Usage(why) => write!(f, "{why}"),
+            ClientError::MayHaveApplied(why) => write!(
+                f,
+                "the request may or may not have taken effect, so it was not sent again: {why}"
+            ),
+            ClientError::BadAnswer(why) => write!(f, "unreadable answer: {why}"),
         }
     }
 }
@@ -61,8 +89,20 @@ impl std::error::Error for ClientError {}
 pub struct CasOutcome {
     /// True when the new value was stored.
     pub swapped: bool,
+    /// The value the key held when the comparison was made (`None`: absent): the old value
+    /// when swapped, the current one when not.
+    pub previous: Option<Bytes>,
     /// The server's JSON answer.
     pub body: Value,
+}
+
+/// A page of a scan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanPage {
+    /// Key and value pairs, in key order.
+    pub entries: Vec<(Bytes, Bytes)>,
+    /// Where the next page starts (give it as `start`); `None` after the last matching key.
+    pub next: Option<Bytes>,
 }
 
 /// A client for a cluster's HTTP API.
@@ -76,17 +116,105 @@ pub struct KvClient {
     request_ids: bool,
 }
 
-/// Percent-encodes `key` as one path segment (everything but unreserved characters).
-pub fn encode_key(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for byte in key.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
+/// The bytes [`encode_key`] leaves as they are: RFC 3986's unreserved characters.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes `key`'s bytes as one path segment or query value (everything but
+/// unreserved characters: `/`, `%`, `+`, spaces and every byte over 0x7F are escaped).
+pub fn encode_key(key: &[u8]) -> String {
+    percent_encoding::percent_encode(key, UNRESERVED).to_string()
+}
+
+/// An error and every cause under it, joined by `: ` (a cause already in the text is not
+/// repeated). reqwest's own text stops at "error sending request"; the reason is below it.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let more = error.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
         }
+        cause = error.source();
     }
-    out
+    text
+}
+
+/// A reqwest error with its causes, without the URL (the caller names the endpoint).
+fn describe(error: reqwest::Error) -> String {
+    let timed_out = error.is_timeout();
+    let mut text = error_chain(&error.without_url());
+    if timed_out && !text.contains("timed out") {
+        text.push_str(" (timed out)");
+    }
+    text
+}
+
+/// An endpoint as a base URL: `host:port` means `http://host:port`; any other scheme than
+/// `http` or `https`, a path or a query is refused with the reason.
+pub fn endpoint_url(text: &str) -> Result<String, ClientError> {
+    let trimmed = text.trim().trim_end_matches('/');
+    let bad = |why: &str| ClientError::Usage(format!("endpoint {text:?}: {why}"));
+    if trimmed.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    let full = match trimmed.contains("://") {
+        true => trimmed.to_string(),
+        false => format!("http://{trimmed}"),
+    };
+    let url = reqwest::Url::parse(&full).map_err(|e| bad(&format!("not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("the scheme must be http:// or https://"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("it names no host"));
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("give only scheme://host:port, without a path or query"));
+    }
+    Ok(full)
+}
+
+/// Whether an answer comes from a kvnode: its router marks every answer with
+/// [`crate::api::NODE_HEADER`]; the HTTP layer's own refusals (408, 414, 431) are its JSON
+/// errors.
+fn from_kvnode(marked: bool, body: &[u8]) -> bool {
+    if marked {
+        return true;
+    }
+    let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    json["error"].is_string() && json["message"].is_string()
+}
+
+/// The bytes of `object[name]` (a string) or `object["<name>_base64"]`; `None` when neither is
+/// there or the field is null.
+pub fn json_bytes(object: &Value, name: &str) -> Result<Option<Bytes>, ClientError> {
+    if let Some(text) = object[name].as_str() {
+        return Ok(Some(Bytes::copy_from_slice(text.as_bytes())));
+    }
+    match &object[format!("{name}_base64")] {
+        Value::String(encoded) => crate::base64::decode(encoded)
+            .map(|bytes| Some(Bytes::from(bytes)))
+            .map_err(|why| ClientError::BadAnswer(format!("{name}_base64: {why}"))),
+        Value::Null => Ok(None),
+        other => Err(ClientError::BadAnswer(format!(
+            "{name}_base64 is {other}, not a string"
+        ))),
+    }
+}
+
+/// Puts `bytes` in `object` as text under `name` when it is UTF-8, else as base64 under
+/// `<name>_base64`.
+fn put_bytes(object: &mut Value, name: &str, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => object[name] = Value::from(text),
+        Err(_) => object[format!("{name}_base64")] = Value::from(crate::base64::encode(bytes)),
+    }
 }
 
 impl KvClient {
@@ -107,18 +235,18 @@ impl KvClient {
         if endpoints.is_empty() {
             return Err(ClientError::Usage("no endpoints given".into()));
         }
-        let endpoints: Vec<String> = endpoints
-            .into_iter()
-            .map(|e| e.trim().trim_end_matches('/').to_string())
-            .collect();
         let scheme = if tls.is_some() { "https://" } else { "http://" };
+        let endpoints: Vec<String> = endpoints
+            .iter()
+            .map(|endpoint| match endpoint.contains("://") {
+                true => endpoint_url(endpoint),
+                false => endpoint_url(&format!("{scheme}{}", endpoint.trim())),
+            })
+            .collect::<Result<_, _>>()?;
         if let Some(other) = endpoints.iter().find(|e| !e.starts_with(scheme)) {
             return Err(ClientError::Usage(match tls {
                 Some(_) => format!("{other}: with a CA to trust (--cacert) endpoints are https://"),
-                None if other.starts_with("https://") => {
-                    format!("{other}: an https:// endpoint needs the CA to trust (--cacert)")
-                }
-                None => format!("{other}: endpoints are http://HOST:PORT or https://HOST:PORT"),
+                None => format!("{other}: an https:// endpoint needs the CA to trust (--cacert)"),
             }));
         }
         let mut http = reqwest::Client::builder()
@@ -131,7 +259,7 @@ impl KvClient {
         }
         let http = http
             .build()
-            .map_err(|e| ClientError::Usage(e.to_string()))?;
+            .map_err(|e| ClientError::Usage(error_chain(&e)))?;
         Ok(KvClient {
             endpoints,
             http,
@@ -160,7 +288,7 @@ impl KvClient {
     }
 
     /// Sends a request, failing over as the module docs say. Returns the status and body of the
-    /// first answer that is not a retryable 503.
+    /// first kvnode answer that is not a retryable 503.
     async fn send(
         &self,
         method: Method,
@@ -168,16 +296,27 @@ impl KvClient {
         body: Option<Body>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let first = self.preferred.load(Ordering::Relaxed);
-        let mut last_error = String::new();
-        let write = method != Method::GET && path.starts_with("/v1/kv");
+        // Why each endpoint tried so far did not serve the request.
+        let mut failures: Vec<String> = Vec::new();
+        let read = method == Method::GET;
+        let write = !read && path.starts_with("/v1/kv");
         // One ID per write, the same on every attempt: the cluster applies it once.
         let request_id = (self.request_ids && write)
             .then(|| format!("{:016x}", raft_core::SessionId::random().0));
+        // Sending again is harmless for a read, and for a write the cluster applies once.
+        let resend_safe = read || request_id.is_some();
+        // Once a request that is not safe to resend may have reached a node, the failures so
+        // far and this one are the answer.
+        let may_have_applied = |mut failures: Vec<String>, failure: String| {
+            failures.push(failure);
+            ClientError::MayHaveApplied(failures.join("; "))
+        };
         // An unknown outcome kept while another endpoint is tried with the same request ID.
         let mut unknown = None;
         for step in 0..self.endpoints.len() {
             let index = (first + step) % self.endpoints.len();
-            let url = format!("{}{path}", self.endpoints[index]);
+            let endpoint = &self.endpoints[index];
+            let url = format!("{endpoint}{path}");
             let mut request = self.http.request(method.clone(), &url);
             if let Some(id) = &request_id {
                 request = request.header("request-id", id);
@@ -189,23 +328,47 @@ impl KvClient {
             }
             let response = match request.send().await {
                 Ok(response) => response,
-                Err(error)
-                    if error.is_connect() || (request_id.is_some() && error.is_timeout()) =>
-                {
-                    last_error = format!("{url}: {error}");
+                // A connect error sent nothing.
+                Err(error) if resend_safe || error.is_connect() => {
+                    failures.push(format!("{endpoint}: {}", describe(error)));
                     continue;
                 }
-                Err(error) => return Err(ClientError::Unavailable(format!("{url}: {error}"))),
+                Err(error) => {
+                    let failure = format!("{endpoint}: {}", describe(error));
+                    return Err(may_have_applied(failures, failure));
+                }
             };
             let status = response.status();
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|e| ClientError::Unavailable(format!("{url}: {e}")))?;
+            let marked = response.headers().contains_key(crate::api::NODE_HEADER);
+            let bytes = match response.bytes().await {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    let failure = format!("{endpoint}: reading the answer: {}", describe(error));
+                    if resend_safe {
+                        failures.push(failure);
+                        continue;
+                    }
+                    return Err(may_have_applied(failures, failure));
+                }
+            };
+            if !from_kvnode(marked, &bytes) {
+                let excerpt = String::from_utf8_lossy(&bytes[..bytes.len().min(80)]);
+                let foreign = format!(
+                    "{endpoint}: answered {status} but is not a kvnode (no {} header): \
+                     {excerpt:?}; check the endpoint",
+                    crate::api::NODE_HEADER
+                );
+                if resend_safe {
+                    failures.push(foreign);
+                    continue;
+                }
+                return Err(may_have_applied(failures, foreign));
+            }
             if status == StatusCode::SERVICE_UNAVAILABLE {
                 let json = parse_json(&bytes);
                 if json["applied"] != "unknown" {
-                    last_error = format!("{url}: {}", json["message"].as_str().unwrap_or(""));
+                    let message = json["message"].as_str().unwrap_or("");
+                    failures.push(format!("{endpoint}: {status}: {message}"));
                     continue;
                 }
                 if request_id.is_some() {
@@ -218,7 +381,7 @@ impl KvClient {
         }
         match unknown {
             Some(answer) => Ok(answer),
-            None => Err(ClientError::Unavailable(last_error)),
+            None => Err(ClientError::Unavailable(failures.join("; "))),
         }
     }
 
@@ -237,8 +400,8 @@ impl KvClient {
     }
 
     /// Sets `key` to `value`; returns the log index it took.
-    pub async fn put(&self, key: &str, value: Bytes) -> Result<u64, ClientError> {
-        let path = format!("/v1/kv/{}", encode_key(key));
+    pub async fn put(&self, key: impl AsRef<[u8]>, value: Bytes) -> Result<u64, ClientError> {
+        let path = format!("/v1/kv/{}", encode_key(key.as_ref()));
         match self
             .send_ok(Method::PUT, &path, Some(Body::Raw(value)))
             .await
@@ -255,61 +418,103 @@ impl KvClient {
         }
     }
 
-    /// Reads `key` (`consistency`: linearizable or stale); `None` when absent.
-    pub async fn get(&self, key: &str, consistency: &str) -> Result<Option<Bytes>, ClientError> {
-        let path = format!("/v1/kv/{}?consistency={consistency}", encode_key(key));
+    /// Reads `key` (`consistency`: linearizable, lease, log or stale); `None` when absent.
+    pub async fn get(
+        &self,
+        key: impl AsRef<[u8]>,
+        consistency: &str,
+    ) -> Result<Option<Bytes>, ClientError> {
+        let key = encode_key(key.as_ref());
+        let path = format!(
+            "/v1/kv/{key}?consistency={}",
+            encode_key(consistency.as_bytes())
+        );
         let (status, bytes) = self.send(Method::GET, &path, None).await?;
         match status {
             StatusCode::OK => Ok(Some(bytes)),
-            StatusCode::NOT_FOUND => Ok(None),
+            // Only the node's own "no such key", not a 404 for another reason.
+            StatusCode::NOT_FOUND if parse_json(&bytes)["error"] == "not_found" => Ok(None),
             other => Err(server_error(other, &bytes)),
         }
     }
 
     /// Deletes `key`; returns whether it existed.
-    pub async fn delete(&self, key: &str) -> Result<bool, ClientError> {
-        let path = format!("/v1/kv/{}", encode_key(key));
+    pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool, ClientError> {
+        let path = format!("/v1/kv/{}", encode_key(key.as_ref()));
         let body = self.send_ok(Method::DELETE, &path, None).await?;
         Ok(body["deleted"].as_bool().unwrap_or(false))
     }
 
-    /// Sets `key` to `new` if it holds `expected` (`None`: if it is absent).
+    /// Sets `key` to `new` if it holds `expected` (`None`: if it is absent). Values that are
+    /// not UTF-8 are sent as base64, so any bytes compare and swap exactly.
     pub async fn cas(
         &self,
-        key: &str,
-        expected: Option<&str>,
-        new: &str,
+        key: impl AsRef<[u8]>,
+        expected: Option<&[u8]>,
+        new: &[u8],
     ) -> Result<CasOutcome, ClientError> {
-        let path = format!("/v1/kv/{}/cas", encode_key(key));
-        let body = serde_json::json!({"expected": expected, "new": new});
+        let path = format!("/v1/kv/{}/cas", encode_key(key.as_ref()));
+        let mut body = serde_json::json!({});
+        match expected {
+            Some(expected) => put_bytes(&mut body, "expected", expected),
+            None => body["expected"] = Value::Null,
+        }
+        put_bytes(&mut body, "new", new);
         let (status, bytes) = self
             .send(Method::POST, &path, Some(Body::Json(body)))
             .await?;
-        match status {
-            StatusCode::OK => Ok(CasOutcome {
-                swapped: true,
-                body: parse_json(&bytes),
-            }),
-            StatusCode::CONFLICT => Ok(CasOutcome {
-                swapped: false,
-                body: parse_json(&bytes),
-            }),
-            other => Err(server_error(other, &bytes)),
-        }
+        let (swapped, field) = match status {
+            StatusCode::OK => (true, "previous"),
+            StatusCode::CONFLICT => (false, "current"),
+            other => return Err(server_error(other, &bytes)),
+        };
+        let body = parse_json(&bytes);
+        Ok(CasOutcome {
+            swapped,
+            previous: json_bytes(&body, field)?,
+            body,
+        })
     }
 
-    /// Up to `limit` pairs under `prefix`: the server's JSON (`entries`, `more`).
+    /// A page of up to `limit` pairs whose keys start with `prefix`, from the first key at or
+    /// after `start` (empty: from the prefix). Follow [`ScanPage::next`] for the next page.
     pub async fn scan(
         &self,
-        prefix: &str,
+        prefix: impl AsRef<[u8]>,
+        start: impl AsRef<[u8]>,
         limit: u32,
         consistency: &str,
-    ) -> Result<Value, ClientError> {
-        let path = format!(
-            "/v1/kv?prefix={}&limit={limit}&consistency={consistency}",
-            encode_key(prefix)
-        );
-        self.send_ok(Method::GET, &path, None).await
+    ) -> Result<ScanPage, ClientError> {
+        let mut path = format!("/v1/kv?prefix={}", encode_key(prefix.as_ref()));
+        if !start.as_ref().is_empty() {
+            path.push_str(&format!("&start={}", encode_key(start.as_ref())));
+        }
+        let consistency = encode_key(consistency.as_bytes());
+        path.push_str(&format!("&limit={limit}&consistency={consistency}"));
+        let answer = self.send_ok(Method::GET, &path, None).await?;
+        let mut page = ScanPage {
+            entries: Vec::new(),
+            next: json_bytes(&answer, "next")?,
+        };
+        let Some(entries) = answer["entries"].as_array() else {
+            return Err(ClientError::BadAnswer(format!(
+                "a scan without entries: {answer}"
+            )));
+        };
+        for entry in entries {
+            let key = json_bytes(entry, "key")?;
+            let value = json_bytes(entry, "value")?;
+            let (Some(key), Some(value)) = (key, value) else {
+                return Err(ClientError::BadAnswer(format!("a scan entry {entry}")));
+            };
+            page.entries.push((key, value));
+        }
+        if (answer["more"] == true) != page.next.is_some() {
+            return Err(ClientError::BadAnswer(format!(
+                "a scan whose more and next disagree: {answer}"
+            )));
+        }
+        Ok(page)
     }
 
     /// Every endpoint's `/v1/status`, in endpoint order (no fail-over: each is asked).
@@ -328,9 +533,9 @@ impl KvClient {
                     .request(method.clone(), format!("{endpoint}{path}"))
                     .send()
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(describe)?;
                 let status = response.status();
-                let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+                let bytes = response.bytes().await.map_err(describe)?;
                 if status.is_success() {
                     Ok(parse_json(&bytes))
                 } else {
@@ -608,12 +813,98 @@ pub fn format_table(rows: &[Vec<String>]) -> String {
 mod tests {
     use super::*;
 
-    /// Unreserved characters pass; everything else, `/` included, is escaped.
+    /// Unreserved characters pass; everything else, `/`, `%`, `+` and bytes that are not
+    /// UTF-8 included, is escaped.
     #[test]
     fn keys_are_one_path_segment() {
-        assert_eq!(encode_key("abc-1.2_~"), "abc-1.2_~");
-        assert_eq!(encode_key("a/b c"), "a%2Fb%20c");
-        assert_eq!(encode_key("é"), "%C3%A9");
+        assert_eq!(encode_key(b"abc-1.2_~"), "abc-1.2_~");
+        assert_eq!(encode_key(b"a/b c"), "a%2Fb%20c");
+        assert_eq!(encode_key("é".as_bytes()), "%C3%A9");
+        assert_eq!(encode_key(b"\x00\xff%+"), "%00%FF%25%2B");
+    }
+
+    /// `host:port` is taken as `http://host:port`; what cannot be an endpoint is refused with
+    /// the reason, not reqwest's bare "builder error".
+    #[test]
+    fn endpoints_are_checked_and_completed() {
+        assert_eq!(
+            endpoint_url(" 127.0.0.1:8001/ ").unwrap(),
+            "http://127.0.0.1:8001"
+        );
+        assert_eq!(
+            endpoint_url("localhost:8001").unwrap(),
+            "http://localhost:8001"
+        );
+        assert_eq!(
+            endpoint_url("https://kv.example:443").unwrap(),
+            "https://kv.example:443"
+        );
+        for (bad, says) in [
+            ("", "empty"),
+            ("ftp://host:21", "scheme must be http:// or https://"),
+            ("http://host:8001/v1", "without a path"),
+            ("http://:8001", "not a URL"),
+        ] {
+            let error = endpoint_url(bad).unwrap_err().to_string();
+            assert!(error.contains(says), "{bad:?}: {error}");
+        }
+    }
+
+    /// The causes under an error are shown, each once.
+    #[test]
+    fn error_chains_show_every_cause() {
+        #[derive(Debug)]
+        struct Layer(&'static str, Option<Box<Layer>>);
+        impl fmt::Display for Layer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for Layer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|e| e as _)
+            }
+        }
+        let refused = Layer("connection refused", None);
+        let connect = Layer("connect: connection refused", Some(Box::new(refused)));
+        let top = Layer("error sending request", Some(Box::new(connect)));
+        assert_eq!(
+            error_chain(&top),
+            "error sending request: connect: connection refused"
+        );
+    }
+
+    /// Binary values go as base64 and come back as the same bytes; text stays text.
+    #[test]
+    fn json_bytes_round_trip_binary_and_text() {
+        let mut object = serde_json::json!({});
+        put_bytes(&mut object, "new", b"\x00\xff");
+        put_bytes(&mut object, "expected", b"plain");
+        assert_eq!(
+            object,
+            serde_json::json!({"new_base64": "AP8=", "expected": "plain"})
+        );
+        let read = |name| json_bytes(&object, name).unwrap();
+        assert_eq!(read("new").as_deref(), Some(&b"\x00\xff"[..]));
+        assert_eq!(read("expected").as_deref(), Some(&b"plain"[..]));
+        assert_eq!(read("absent"), None);
+        let bad = serde_json::json!({"key_base64": "*"});
+        assert!(matches!(
+            json_bytes(&bad, "key"),
+            Err(ClientError::BadAnswer(_))
+        ));
+    }
+
+    /// A kvnode's answers are told from another server's: the header, or a kvnode JSON error.
+    #[test]
+    fn foreign_answers_are_recognised() {
+        assert!(from_kvnode(true, b"raw value"));
+        assert!(from_kvnode(
+            false,
+            br#"{"error": "uri_too_long", "message": "m"}"#
+        ));
+        assert!(!from_kvnode(false, b"Not Found"));
+        assert!(!from_kvnode(false, br#"{"status": 404}"#));
     }
 
     /// The status table shows snapshots, learners and snapshot transfers, then the membership.

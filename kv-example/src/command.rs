@@ -54,13 +54,26 @@ pub enum Command {
     },
     /// Legacy: recorded where member `id` is reached, before member addresses moved into the
     /// membership ([`crate::members`]). No node proposes it any more; one in an older log is
-    /// answered as before ([`Answer::MemberAddressSet`]) and changes nothing. Kept, and last:
-    /// bincode numbers variants in order, so every command decodes unchanged.
+    /// answered as before ([`Answer::MemberAddressSet`]) and changes nothing. Kept in its
+    /// place: bincode numbers variants in order, so every command decodes unchanged.
     SetMemberAddress {
         /// The member.
         id: u64,
         /// Its addresses.
         address: MemberAddress,
+    },
+    /// A page of a scan: like [`Command::Scan`], from the first key at or after `start` (the
+    /// `next` of the page before), answered by [`Answer::ScanFrom`], which says where the
+    /// next page starts. Added after every older variant, so older logs decode unchanged.
+    ScanFrom {
+        /// The prefix (empty: every key).
+        prefix: Bytes,
+        /// The first key the page may return (inclusive; empty: from the prefix).
+        start: Bytes,
+        /// Keys returned at most.
+        limit: u32,
+        /// Bytes of keys and values returned at most (at least one pair is always returned).
+        bytes_max: u32,
     },
 }
 
@@ -104,6 +117,14 @@ pub enum Answer {
     MemberAddressSet {
         /// The command's log index.
         index: u64,
+    },
+    /// The pairs a `ScanFrom` found, and the key the next page starts at.
+    ScanFrom {
+        /// Key and value pairs in key order.
+        entries: Vec<(Bytes, Bytes)>,
+        /// The first matching key not returned (a limit stopped the page); `None` when the
+        /// page reached the last matching key.
+        next: Option<Bytes>,
     },
 }
 
@@ -207,6 +228,12 @@ mod tests {
                 limit: 10,
                 bytes_max: 1 << 20,
             },
+            Command::ScanFrom {
+                prefix: Bytes::from_static(b"a/"),
+                start: Bytes::from_static(b"a/\x00\xff"),
+                limit: 10,
+                bytes_max: 1 << 20,
+            },
             Command::SetMemberAddress {
                 id: 4,
                 address: MemberAddress {
@@ -223,6 +250,46 @@ mod tests {
             value: Bytes::from(vec![b'v'; 256]),
         };
         assert_eq!(put.encode().len(), 16 + 256 + 6);
+    }
+
+    /// The variants keep their numbers, so a log written before `ScanFrom` existed decodes
+    /// as it was written: these bytes are what older nodes wrote (version byte, variant
+    /// number, then the fields in order), and `ScanFrom` and its answer come after every
+    /// older variant.
+    #[test]
+    fn older_commands_decode_unchanged_and_new_variants_come_last() {
+        let get = [FORMAT_VERSION, 3, 1, b'a'];
+        assert_eq!(
+            Command::decode(&get).unwrap(),
+            Command::Get {
+                key: Bytes::from_static(b"a")
+            }
+        );
+        let scan = [FORMAT_VERSION, 4, 1, b'p', 10, 100];
+        assert_eq!(
+            Command::decode(&scan).unwrap(),
+            Command::Scan {
+                prefix: Bytes::from_static(b"p"),
+                limit: 10,
+                bytes_max: 100,
+            }
+        );
+        let scan_from = Command::ScanFrom {
+            prefix: Bytes::from_static(b"p"),
+            start: Bytes::from_static(b"q"),
+            limit: 10,
+            bytes_max: 100,
+        };
+        assert_eq!(
+            scan_from.encode().as_ref(),
+            [FORMAT_VERSION, 6, 1, b'p', 1, b'q', 10, 100]
+        );
+        let answer = Answer::ScanFrom {
+            entries: vec![],
+            next: None,
+        };
+        assert_eq!(answer.encode().as_ref(), [FORMAT_VERSION, 7, 0, 0]);
+        assert_eq!(Answer::decode(&answer.encode()).unwrap(), answer);
     }
 
     /// Unknown versions, truncation and trailing garbage are refused, not misread.

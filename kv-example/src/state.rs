@@ -77,8 +77,22 @@ pub const WAL_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_mi
 pub struct ScanPage {
     /// Key and value pairs in key order.
     pub entries: Vec<(Bytes, Bytes)>,
+    /// The first matching key a limit kept out of the page: where the next page starts.
+    /// `None` when the page reached the last matching key.
+    pub next: Option<Bytes>,
+}
+
+impl ScanPage {
     /// True when a limit stopped the scan before the last matching key.
-    pub more: bool,
+    pub fn more(&self) -> bool {
+        self.next.is_some()
+    }
+}
+
+/// Where a scan of `prefix` from `start` begins: the later of the two (every key at or after
+/// it that starts with `prefix` matches, until the first one that does not).
+fn scan_origin<'a>(prefix: &'a [u8], start: &'a [u8]) -> &'a [u8] {
+    prefix.max(start)
 }
 
 /// Where the map lives.
@@ -167,11 +181,13 @@ impl KvState {
         }
     }
 
-    /// Up to `limit` pairs whose key starts with `prefix`, in key order, and about `bytes_max`
-    /// bytes of keys and values (the first pair is always returned whole).
+    /// Up to `limit` pairs whose key starts with `prefix` and is at or after `start` (empty:
+    /// from the prefix), in key order, and about `bytes_max` bytes of keys and values (the
+    /// first pair is always returned whole).
     pub fn scan(
         &self,
         prefix: &[u8],
+        start: &[u8],
         limit: usize,
         bytes_max: usize,
     ) -> Result<ScanPage, StateMachineError> {
@@ -179,10 +195,11 @@ impl KvState {
             Backend::Memory(map) => Ok(scan_map(
                 &map.read().expect("map lock"),
                 prefix,
+                start,
                 limit,
                 bytes_max,
             )),
-            Backend::Rocks(db) => scan_rocks(db, prefix, limit, bytes_max),
+            Backend::Rocks(db) => scan_rocks(db, prefix, start, limit, bytes_max),
         }
     }
 
@@ -411,10 +428,22 @@ fn apply_in_memory(map: &mut BTreeMap<Bytes, Bytes>, index: u64, bytes: &[u8]) -
             limit,
             bytes_max,
         } => {
-            let page = scan_map(map, &prefix, limit as usize, bytes_max as usize);
+            let page = scan_map(map, &prefix, &[], limit as usize, bytes_max as usize);
             Answer::Scan {
+                more: page.more(),
                 entries: page.entries,
-                more: page.more,
+            }
+        }
+        Command::ScanFrom {
+            prefix,
+            start,
+            limit,
+            bytes_max,
+        } => {
+            let page = scan_map(map, &prefix, &start, limit as usize, bytes_max as usize);
+            Answer::ScanFrom {
+                entries: page.entries,
+                next: page.next,
             }
         }
     }
@@ -423,19 +452,20 @@ fn apply_in_memory(map: &mut BTreeMap<Bytes, Bytes>, index: u64, bytes: &[u8]) -
 fn scan_map(
     map: &BTreeMap<Bytes, Bytes>,
     prefix: &[u8],
+    start: &[u8],
     limit: usize,
     bytes_max: usize,
 ) -> ScanPage {
     let mut page = ScanPage::default();
     let mut bytes = 0usize;
-    let start = Bound::Included(Bytes::copy_from_slice(prefix));
-    for (key, value) in map.range((start, Bound::Unbounded)) {
+    let origin = Bound::Included(Bytes::copy_from_slice(scan_origin(prefix, start)));
+    for (key, value) in map.range((origin, Bound::Unbounded)) {
         if !key.starts_with(prefix) {
             break;
         }
         let size = key.len() + value.len();
         if page.entries.len() >= limit || (!page.entries.is_empty() && bytes + size > bytes_max) {
-            page.more = true;
+            page.next = Some(key.clone());
             break;
         }
         bytes += size;
@@ -546,10 +576,27 @@ impl<'a> RocksBatch<'a> {
                 if !self.overlay.is_empty() {
                     self.commit(previous_index)?;
                 }
-                let page = scan_rocks(self.db, &prefix, limit as usize, bytes_max as usize)?;
+                let page = scan_rocks(self.db, &prefix, &[], limit as usize, bytes_max as usize)?;
                 Answer::Scan {
+                    more: page.more(),
                     entries: page.entries,
-                    more: page.more,
+                }
+            }
+            Command::ScanFrom {
+                prefix,
+                start,
+                limit,
+                bytes_max,
+            } => {
+                // As for `Scan`: the database holds this batch's earlier writes first.
+                if !self.overlay.is_empty() {
+                    self.commit(previous_index)?;
+                }
+                let (limit, bytes_max) = (limit as usize, bytes_max as usize);
+                let page = scan_rocks(self.db, &prefix, &start, limit, bytes_max)?;
+                Answer::ScanFrom {
+                    entries: page.entries,
+                    next: page.next,
                 }
             }
         })
@@ -572,20 +619,22 @@ impl<'a> RocksBatch<'a> {
 fn scan_rocks(
     db: &DB,
     prefix: &[u8],
+    start: &[u8],
     limit: usize,
     bytes_max: usize,
 ) -> Result<ScanPage, StateMachineError> {
     let mut page = ScanPage::default();
     let mut bytes = 0usize;
-    let start = data_key(prefix);
-    for item in db.iterator(IteratorMode::From(&start, Direction::Forward)) {
+    let data_prefix = data_key(prefix);
+    let origin = data_key(scan_origin(prefix, start));
+    for item in db.iterator(IteratorMode::From(&origin, Direction::Forward)) {
         let (key, value) = item.map_err(rocks_error)?;
-        if !key.starts_with(&start) {
+        if !key.starts_with(&data_prefix) {
             break;
         }
         let size = key.len() - 1 + value.len();
         if page.entries.len() >= limit || (!page.entries.is_empty() && bytes + size > bytes_max) {
-            page.more = true;
+            page.next = Some(Bytes::copy_from_slice(&key[1..]));
             break;
         }
         bytes += size;
@@ -827,7 +876,7 @@ mod tests {
         let reopened = KvState::open_rocksdb(&folder).unwrap();
         assert_eq!(reopened.applied_index(), 10);
         assert_eq!(reopened.get(b"a/1").unwrap(), Some(bytes("y")));
-        assert_eq!(reopened.scan(b"", 10, 2).unwrap().entries.len(), 1);
+        assert_eq!(reopened.scan(b"", b"", 10, 2).unwrap().entries.len(), 1);
         drop(reopened);
         std::fs::remove_dir_all(&folder).unwrap();
     }
@@ -922,7 +971,11 @@ mod tests {
                 assert_eq!(target.applied_index(), last);
                 assert_eq!(target.get(b"a/1").unwrap(), None, "old keys are gone");
                 assert_eq!(
-                    target.scan(b"key/", 5000, 1 << 30).unwrap().entries.len(),
+                    target
+                        .scan(b"key/", b"", 5000, 1 << 30)
+                        .unwrap()
+                        .entries
+                        .len(),
                     3000
                 );
                 assert_eq!(snapshot_of(target), data, "the same state, byte for byte");
@@ -1049,9 +1102,99 @@ mod tests {
                 last_index: LogIndex(3),
             })
             .unwrap();
-        let page = state.scan(b"k", 10, 25).unwrap();
-        assert_eq!((page.entries.len(), page.more), (2, true));
-        let page = state.scan(b"k", 10, 1).unwrap();
-        assert_eq!((page.entries.len(), page.more), (1, true));
+        let page = state.scan(b"k", b"", 10, 25).unwrap();
+        assert_eq!((page.entries.len(), page.next), (2, Some(bytes("k3"))));
+        let page = state.scan(b"k", b"", 10, 1).unwrap();
+        assert_eq!((page.entries.len(), page.next), (1, Some(bytes("k2"))));
+    }
+
+    /// Pages that each start at the `next` of the one before return every matching key once,
+    /// in order, on both backends; a start before the prefix scans from the prefix, one past
+    /// it finds nothing, and keys that merely sort after the prefix are never returned.
+    fn page_through(state: &KvState) {
+        let keys: Vec<Bytes> = [
+            &b"a"[..],
+            b"p",
+            b"p\x00",
+            b"p/1",
+            b"p/2",
+            b"p\xff",
+            b"p\xff\xff",
+            b"q",
+        ]
+        .iter()
+        .map(|k| Bytes::copy_from_slice(k))
+        .collect();
+        let commands = keys
+            .iter()
+            .zip(1..)
+            .map(|(key, i)| {
+                let value = bytes("v");
+                command(
+                    i,
+                    Command::Put {
+                        key: key.clone(),
+                        value,
+                    },
+                )
+            })
+            .collect();
+        state
+            .apply_batch(ApplyBatch {
+                commands,
+                last_index: LogIndex(keys.len() as u64),
+            })
+            .unwrap();
+        for limit in 1..=3 {
+            let mut seen = Vec::new();
+            let mut start = Bytes::new();
+            loop {
+                let page = state.scan(b"p", &start, limit, 1 << 20).unwrap();
+                assert!(page.entries.len() <= limit);
+                seen.extend(page.entries.iter().map(|(key, _)| key.clone()));
+                match page.next {
+                    Some(next) => start = next,
+                    None => break,
+                }
+            }
+            assert_eq!(seen, keys[1..7], "limit {limit}");
+        }
+        let from_before = state.scan(b"p", b"a", 10, 1 << 20).unwrap();
+        assert_eq!(from_before.entries.len(), 6);
+        let from_inside = state.scan(b"p", b"p/2", 10, 1 << 20).unwrap();
+        assert_eq!(from_inside.entries[0].0, bytes("p/2"));
+        assert_eq!(from_inside.entries.len(), 3);
+        let past = state.scan(b"p", b"q", 10, 1 << 20).unwrap();
+        assert_eq!(past, ScanPage::default());
+        // Through the log, the same pages.
+        let scan_from = Command::ScanFrom {
+            prefix: bytes("p"),
+            start: bytes("p/2"),
+            limit: 2,
+            bytes_max: 1 << 20,
+        };
+        let batch = ApplyBatch {
+            commands: vec![command(keys.len() as u64 + 1, scan_from)],
+            last_index: LogIndex(keys.len() as u64 + 1),
+        };
+        let answer = Answer::decode(&state.apply_batch(batch).unwrap()[0]).unwrap();
+        assert_eq!(
+            answer,
+            Answer::ScanFrom {
+                entries: vec![(bytes("p/2"), bytes("v")), (keys[5].clone(), bytes("v"))],
+                next: Some(keys[6].clone()),
+            }
+        );
+    }
+
+    #[test]
+    fn memory_scans_page_from_a_start_key() {
+        page_through(&KvState::in_memory());
+    }
+
+    #[test]
+    fn rocksdb_scans_page_from_a_start_key() {
+        let folder = tempfile::tempdir().unwrap();
+        page_through(&KvState::open_rocksdb(folder.path()).unwrap());
     }
 }

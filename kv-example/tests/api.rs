@@ -291,7 +291,16 @@ async fn bad_input_gets_a_4xx_json_error() {
         "value_too_large",
         "value_bytes_max is 64",
     );
+    // Keys are bytes: `%FF` is a key like any other (absent here); only a malformed escape
+    // is bad input.
     let answer = call(Method::GET, &kv("%FF"), None).await;
+    assert_error(
+        &answer,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "does not exist",
+    );
+    let answer = call(Method::GET, &kv("a%F"), None).await;
     assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "bad key");
     let answer = call(Method::GET, &kv("k?consistency=lease"), None).await;
     assert_error(
@@ -383,6 +392,22 @@ async fn bad_input_gets_a_4xx_json_error() {
     )
     .await;
     assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "prefix");
+    let answer = call(Method::GET, &format!("{node}/v1/kv?start={long_key}"), None).await;
+    assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "start");
+    let answer = call(
+        Method::GET,
+        &format!("{node}/v1/kv?prefix=a&prefix_base64=YQ%3D%3D"),
+        None,
+    )
+    .await;
+    assert_error(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "prefix_base64",
+    );
+    let answer = call(Method::GET, &format!("{node}/v1/kv?colour=blue"), None).await;
+    assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request", "colour");
 
     let answer = call(Method::GET, &format!("{node}/v2/nothing"), None).await;
     assert_error(

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use kv_example::bench::{self, BenchResult, Workload};
-use kv_example::client::{members_text, status_table, ClientError, KvClient};
+use kv_example::client::{encode_key, members_text, status_table, ClientError, KvClient};
 use kv_example::config::{StorageKind, TransportKind};
 use kv_example::failover::{self, FailoverResult, FailoverSettings};
 use kv_example::local_cluster::{fresh_temp_dir, ClusterSpec, LocalCluster};
@@ -14,14 +14,38 @@ use std::time::Duration;
 
 /// The client of the replicated key-value service.
 ///
+/// Requests go to the endpoint that answered last and move on to the next one when it cannot
+/// be reached, has no leader, or (reads, and writes, which carry a request ID) does not answer
+/// within --timeout-ms or is not a kvnode (another server's 404 is not "key not found").
+///
 /// Every write (put, del, cas) is sent with a new random Request-Id header, which it keeps on
 /// its fail-over retries: if an attempt timed out or answered that the write may or may not
 /// have applied, the next endpoint is asked with the same ID, and the cluster applies the
 /// write at most once and answers as the first attempt did.
+///
+/// Keys and values are bytes. Give binary keys with --key-encoding (hex, base64, or url:
+/// percent escapes as in a URL), binary values on standard input (`put KEY -`) or with
+/// --value-encoding; `get` writes the value's bytes exactly.
 #[derive(Parser)]
-#[command(name = "kvctl", version)]
+#[command(
+    name = "kvctl",
+    version,
+    after_help = "Examples of binary keys and values:
+  kvctl --key-encoding hex put 00ff2f25 - < value.bin
+  kvctl --key-encoding url get 'a%00%FF'
+  kvctl --value-encoding base64 cas greeting aGk= --expected aGVsbG8=
+  kvctl scan logs/ --limit 500 --all
+
+Exit status:
+  0  success
+  1  an error: no endpoint could serve the request, the node refused it, or bad input
+  2  a bad command line
+  3  cas: not swapped (the key holds another value, or exists with --absent)
+  4  get: the key does not exist"
+)]
 struct Cli {
-    /// The cluster's HTTP endpoints, comma separated; requests fail over between them.
+    /// The cluster's HTTP endpoints, comma separated (`host:port` means `http://host:port`);
+    /// requests fail over between them.
     #[arg(
         long,
         env = "KVCTL_ENDPOINTS",
@@ -29,7 +53,7 @@ struct Cli {
         default_value = "http://127.0.0.1:8001"
     )]
     endpoints: Vec<String>,
-    /// How long one request may take, in milliseconds.
+    /// How long one request to one endpoint may take, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
     /// HTTPS: trust only node certificates signed by this CA (PEM); the endpoints are then
@@ -42,8 +66,88 @@ struct Cli {
     /// HTTPS: the client certificate's private key (PEM).
     #[arg(long, env = "KVCTL_KEY", requires = "cert")]
     key: Option<PathBuf>,
+    /// How KEY, PREFIX and --start are written on the command line, and how scan prints keys:
+    /// text (as typed; keys that are not UTF-8 print as base64:...), hex, base64, or url
+    /// (percent escapes: %00%FF, %25 for '%').
+    #[arg(long, global = true, value_enum, default_value_t = Encoding::Text)]
+    key_encoding: Encoding,
+    /// How values on the command line (put VALUE, cas NEW and --expected) are written, and
+    /// how scan and cas print values: text, hex, base64 or url, as for --key-encoding.
+    #[arg(long, global = true, value_enum, default_value_t = Encoding::Text)]
+    value_encoding: Encoding,
     #[command(subcommand)]
     command: Commands,
+}
+
+/// How bytes are written on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Encoding {
+    /// The argument's own bytes (UTF-8).
+    Text,
+    /// Two hex digits a byte.
+    Hex,
+    /// Standard padded base64.
+    Base64,
+    /// Percent escapes, as in a URL.
+    Url,
+}
+
+impl Encoding {
+    /// The bytes `text` stands for.
+    fn decode(self, text: &str) -> Result<Vec<u8>, String> {
+        match self {
+            Encoding::Text => Ok(text.as_bytes().to_vec()),
+            Encoding::Hex => decode_hex(text),
+            Encoding::Base64 => kv_example::base64::decode(text),
+            Encoding::Url => kv_example::api::percent_decode(text),
+        }
+        .map_err(|why| format!("{text:?} is not {}: {why}", self.name()))
+    }
+
+    /// `bytes` as this encoding writes them (text that is not UTF-8: `base64:...`).
+    fn encode(self, bytes: &[u8]) -> String {
+        match self {
+            Encoding::Text => match std::str::from_utf8(bytes) {
+                Ok(text) => text.to_string(),
+                Err(_) => format!("base64:{}", kv_example::base64::encode(bytes)),
+            },
+            Encoding::Hex => {
+                const DIGITS: &[u8; 16] = b"0123456789abcdef";
+                let mut out = String::with_capacity(2 * bytes.len());
+                for byte in bytes {
+                    out.push(DIGITS[usize::from(byte >> 4)] as char);
+                    out.push(DIGITS[usize::from(byte & 15)] as char);
+                }
+                out
+            }
+            Encoding::Base64 => kv_example::base64::encode(bytes),
+            Encoding::Url => encode_key(bytes),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Encoding::Text => "text",
+            Encoding::Hex => "hex",
+            Encoding::Base64 => "base64",
+            Encoding::Url => "percent-encoded",
+        }
+    }
+}
+
+fn decode_hex(text: &str) -> Result<Vec<u8>, String> {
+    if text.len() % 2 != 0 {
+        return Err(format!("{} hex digits, not an even number", text.len()));
+    }
+    let digit = |c: u8| {
+        (c as char)
+            .to_digit(16)
+            .ok_or_else(|| format!("{:?} is not a hex digit", c as char))
+    };
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| Ok((digit(pair[0])? * 16 + digit(pair[1])?) as u8))
+        .collect()
 }
 
 #[derive(Subcommand)]
@@ -82,14 +186,20 @@ enum Commands {
         #[arg(long)]
         absent: bool,
     },
-    /// List keys under a prefix.
+    /// List keys under a prefix, one `KEY<tab>VALUE` line each, in key order.
     Scan {
         /// The prefix (empty: all keys).
         #[arg(default_value = "")]
         prefix: String,
-        /// Most keys to list.
+        /// Start at this key (inclusive), e.g. the next key a cut-short scan named.
+        #[arg(long)]
+        start: Option<String>,
+        /// Most keys to list (with --all: per request).
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Follow the pages to the last matching key.
+        #[arg(long)]
+        all: bool,
         /// linearizable, lease, log or stale.
         #[arg(long, default_value = "linearizable")]
         consistency: String,
@@ -294,6 +404,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             certificate: cli.cert.clone(),
             private_key: cli.key.clone(),
         });
+    let (keys, values) = (cli.key_encoding, cli.value_encoding);
     let client = || {
         KvClient::with_tls(cli.endpoints.clone(), timeout, tls.as_ref())
             .map(KvClient::with_request_ids)
@@ -309,13 +420,17 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     .map_err(|e| e.to_string())?;
                 Bytes::from(buffer)
             } else {
-                Bytes::from(value)
+                Bytes::from(values.decode(&value)?)
             };
-            let index = client()?.put(&key, value).await.map_err(show)?;
+            let index = client()?
+                .put(keys.decode(&key)?, value)
+                .await
+                .map_err(show)?;
             println!("OK (index {index})");
         }
         Commands::Get { key, consistency } => {
-            match client()?.get(&key, &consistency).await.map_err(show)? {
+            let found = client()?.get(keys.decode(&key)?, &consistency).await;
+            match found.map_err(show)? {
                 // The value's bytes exactly: no newline added, nothing decoded as text.
                 Some(value) => {
                     let mut stdout = std::io::stdout().lock();
@@ -331,7 +446,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
         }
         Commands::Del { key } => {
-            let existed = client()?.delete(&key).await.map_err(show)?;
+            let existed = client()?.delete(keys.decode(&key)?).await.map_err(show)?;
             println!(
                 "{}",
                 if existed {
@@ -347,41 +462,64 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             expected,
             absent: _,
         } => {
+            let expected = expected.map(|text| values.decode(&text)).transpose()?;
             let outcome = client()?
-                .cas(&key, expected.as_deref(), &new)
+                .cas(
+                    keys.decode(&key)?,
+                    expected.as_deref(),
+                    &values.decode(&new)?,
+                )
                 .await
                 .map_err(show)?;
             if outcome.swapped {
                 println!("swapped (index {})", outcome.body["index"]);
             } else {
-                println!(
-                    "not swapped: the current value is {}",
-                    outcome.body["current"]
-                );
+                match outcome.previous {
+                    Some(current) => println!(
+                        "not swapped: the current value is {}",
+                        values.encode(&current)
+                    ),
+                    None => println!("not swapped: the key does not exist"),
+                }
                 return Ok(ExitCode::from(3));
             }
         }
         Commands::Scan {
             prefix,
+            start,
             limit,
+            all,
             consistency,
         } => {
-            let page = client()?
-                .scan(&prefix, limit, &consistency)
-                .await
-                .map_err(show)?;
-            for entry in page["entries"].as_array().into_iter().flatten() {
-                let part = |name: &str| match entry[name].as_str() {
-                    Some(text) => text.to_string(),
-                    None => format!(
-                        "base64:{}",
-                        entry[format!("{name}_base64")].as_str().unwrap_or("")
-                    ),
-                };
-                println!("{}\t{}", part("key"), part("value"));
-            }
-            if page["more"] == true {
-                eprintln!("(more keys match; raise --limit or scan from a longer prefix)");
+            let client = client()?;
+            let prefix = keys.decode(&prefix)?;
+            let mut start = match start {
+                Some(start) => keys.decode(&start)?,
+                None => Vec::new(),
+            };
+            loop {
+                let page = client
+                    .scan(&prefix, &start, limit, &consistency)
+                    .await
+                    .map_err(show)?;
+                let mut stdout = std::io::stdout().lock();
+                for (key, value) in &page.entries {
+                    writeln!(stdout, "{}\t{}", keys.encode(key), values.encode(value))
+                        .map_err(|e| format!("writing to standard output: {e}"))?;
+                }
+                let Some(next) = page.next else { break };
+                if next.as_ref() <= start.as_slice() {
+                    return Err(format!(
+                        "the scan did not advance: its next key {} is not after {}",
+                        keys.encode(&next),
+                        keys.encode(&start)
+                    ));
+                }
+                if !all {
+                    eprintln!("{}", continue_hint(keys, &next));
+                    break;
+                }
+                start = next.to_vec();
             }
         }
         Commands::Status => {
@@ -440,6 +578,24 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Commands::Failover(args) => return failover_command(args, timeout).await,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a scan cut short says: the key the next page starts at, and how to ask for it.
+fn continue_hint(keys: Encoding, next: &[u8]) -> String {
+    let encoding = match (keys, std::str::from_utf8(next)) {
+        // A key that is not UTF-8 cannot be typed as text: name it in base64.
+        (Encoding::Text, Err(_)) => Encoding::Base64,
+        (chosen, _) => chosen,
+    };
+    let switch = if encoding == keys {
+        String::new()
+    } else {
+        "--key-encoding base64 ".to_string()
+    };
+    format!(
+        "(more keys match: continue with {switch}--start '{}', or use --all)",
+        encoding.encode(next)
+    )
 }
 
 fn parse_combination(text: &str) -> Result<(StorageKind, TransportKind), String> {
@@ -624,4 +780,51 @@ async fn bench_command(args: BenchArgs, endpoints: Vec<String>) -> Result<(), St
         args.svg.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every encoding gives back the bytes it wrote, and refuses what it cannot read.
+    #[test]
+    fn encodings_round_trip_any_bytes() {
+        let bytes = b"\x00\xff/%+ a";
+        for encoding in [Encoding::Hex, Encoding::Base64, Encoding::Url] {
+            let written = encoding.encode(bytes);
+            assert_eq!(encoding.decode(&written).unwrap(), bytes, "{written}");
+        }
+        assert_eq!(Encoding::Hex.encode(bytes), "00ff2f252b2061");
+        assert_eq!(Encoding::Url.encode(bytes), "%00%FF%2F%25%2B%20a");
+        assert_eq!(Encoding::Text.encode(b"plain"), "plain");
+        assert_eq!(Encoding::Text.encode(b"\xff"), "base64:/w==");
+        assert_eq!(Encoding::Text.decode("a%00").unwrap(), b"a%00");
+        assert_eq!(Encoding::Hex.decode("00FFaB").unwrap(), b"\x00\xff\xab");
+        for (encoding, bad) in [
+            (Encoding::Hex, "0"),
+            (Encoding::Hex, "zz"),
+            (Encoding::Base64, "***"),
+            (Encoding::Url, "%G0"),
+        ] {
+            let error = encoding.decode(bad).unwrap_err();
+            assert!(error.contains(encoding.name()), "{error}");
+        }
+    }
+
+    /// A cut-short scan names its next key in a form that can be typed back.
+    #[test]
+    fn the_continue_hint_can_be_typed_back() {
+        assert_eq!(
+            continue_hint(Encoding::Text, b"k2"),
+            "(more keys match: continue with --start 'k2', or use --all)"
+        );
+        assert_eq!(
+            continue_hint(Encoding::Text, b"\xff"),
+            "(more keys match: continue with --key-encoding base64 --start '/w==', or use --all)"
+        );
+        assert_eq!(
+            continue_hint(Encoding::Hex, b"\xff"),
+            "(more keys match: continue with --start 'ff', or use --all)"
+        );
+    }
 }
